@@ -1,0 +1,217 @@
+//! The configuration file as operators write it: serde structs whose doc
+//! comments are the operator documentation. Nothing here is validated beyond
+//! its type; `config::validate` turns a [`FileConfig`] into a [`Config`].
+//!
+//! [`Config`]: super::Config
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole file. Every section and key is optional and has a default, so an
+/// empty file is a valid configuration (proxy on :8080 to 127.0.0.1:9000).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    /// The proxy listener and the upstream it forwards to.
+    pub proxy: ProxySection,
+    /// Bounds on what a client may send and how long it may take.
+    pub limits: LimitsSection,
+    /// The admin listener.
+    pub admin: AdminSection,
+    /// The embedded store.
+    pub store: StoreSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[proxy]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxySection {
+    /// Address the proxy listens on (`COSTGUARD_PROXY_LISTEN`).
+    pub listen: String,
+    /// Base URL of the upstream service, `http://host:port` (`COSTGUARD_PROXY_UPSTREAM`).
+    pub upstream: String,
+    /// PEM certificate chain; with `tls_key_file`, the proxy port speaks TLS
+    /// (HTTP/2 by ALPN, HTTP/1.1 otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CIDRs of proxies whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP`
+    /// headers are believed. Default: none, so those headers are replaced.
+    pub trusted_proxies: Vec<String>,
+    /// Inbound headers removed before forwarding because an upstream might
+    /// take them as identity. A trailing `*` matches a prefix. `_` and `.`
+    /// match `-`, and case is ignored. `X-CostOps-*` is always removed.
+    pub strip_headers: Vec<String>,
+    /// Time allowed to open a TCP connection to the upstream (then 502).
+    #[serde(with = "duration")]
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed from sending a request (including its body) until the
+    /// upstream's response headers arrive (then 504).
+    #[serde(with = "duration")]
+    pub upstream_response_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(with = "duration")]
+    pub upstream_pool_idle_timeout: Duration,
+    /// Most idle pooled connections kept to the upstream.
+    pub upstream_pool_max_idle: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before the process exits anyway. Keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            upstream: "http://127.0.0.1:9000".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            trusted_proxies: Vec::new(),
+            strip_headers: default_strip_headers(),
+            upstream_connect_timeout: Duration::from_secs(2),
+            upstream_response_timeout: Duration::from_secs(60),
+            upstream_pool_idle_timeout: Duration::from_secs(90),
+            upstream_pool_max_idle: 256,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Identity headers other auth proxies set (oauth2-proxy, Pomerium, Apache
+/// `REMOTE_USER`, home-grown gateways) that an upstream might believe.
+pub fn default_strip_headers() -> Vec<String> {
+    [
+        "X-Tenant-Id",
+        "X-User-Id",
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "X-Auth-Request-*",
+        "Remote-User",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsSection {
+    /// Time a client has to send a complete request head, and to finish the
+    /// TLS handshake (slowloris defence). Then the connection is closed.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving for this
+    /// long is closed (HTTP/2 gets a GOAWAY).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most bytes of request header names and values (then 431).
+    pub max_header_bytes: u64,
+    /// Most request header fields (then 431).
+    pub max_header_count: u64,
+    /// Most request body bytes, counted while streaming (then 413).
+    pub max_body_bytes: u64,
+    /// Most simultaneous client connections per listener; further clients
+    /// wait in the kernel's accept queue.
+    pub max_connections: u64,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_header_count: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminSection {
+    /// Address of the admin listener; loopback unless you mean otherwise.
+    pub listen: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreSection {
+    /// Storage backend. `sled` (embedded, one pod) is the only one so far.
+    pub backend: String,
+    /// Directory of the embedded store.
+    pub path: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            backend: "sled".into(),
+            path: PathBuf::from("./costguard-data"),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSection {
+    /// `human` or `json` (one JSON object per line).
+    pub format: String,
+    /// A tracing filter: `info`, `debug`, `costguard=debug,hyper=info`, …
+    pub level: String,
+    /// One line per request: request id, method, path (never the query),
+    /// status, latency and bytes.
+    pub access_log: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            format: "human".into(),
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+/// Durations are written as `"250ms"`, `"10s"`, `"5m"`, `"1h 30m"`.
+mod duration {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. \"500ms\", \"10s\", \"2m\""
+            ))
+        })
+    }
+}

@@ -1,0 +1,106 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    Env::from_pairs(pairs.iter().copied())
+}
+
+#[test]
+fn empty_file_is_the_defaults() {
+    let c = parse("", "t.toml", &Env::default()).unwrap();
+    assert_eq!(c.proxy.listen, "0.0.0.0:8080");
+    assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
+}
+
+#[test]
+fn env_overrides_file_with_typed_values() {
+    let c = parse(
+        "[proxy]\nlisten = \"127.0.0.1:1\"\n",
+        "t.toml",
+        &env(&[
+            ("COSTGUARD_PROXY_LISTEN", "127.0.0.1:2"),
+            ("COSTGUARD_LIMITS_MAX_BODY_BYTES", "42"),
+            ("COSTGUARD_LOG_ACCESS_LOG", "false"),
+            ("COSTGUARD_PROXY_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16"),
+            ("COSTGUARD_CONFIG", "ignored.toml"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.proxy.listen, "127.0.0.1:2");
+    assert_eq!(c.limits.max_body_bytes, 42);
+    assert!(!c.log.access_log);
+    assert_eq!(c.proxy.trusted_proxies, ["10.0.0.0/8", "192.168.0.0/16"]);
+}
+
+#[test]
+fn every_unknown_and_mistyped_key_is_reported() {
+    let text = r#"
+[proxy]
+lisen = "x"
+upstream_connect_timeout = "soon"
+[limits]
+max_body_bytes = "big"
+max_header_count = 10
+[nonsense]
+a = 1
+"#;
+    let err = parse(text, "t.toml", &env(&[("COSTGUARD_LIMITS_MAX_HEADER_BYTES", "lots")]))
+        .unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "proxy.lisen",
+        "proxy.upstream_connect_timeout",
+        "limits.max_body_bytes",
+        "nonsense",
+        "COSTGUARD_LIMITS_MAX_HEADER_BYTES",
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+    assert!(!keys.contains(&"limits.max_header_count"));
+}
+
+#[test]
+fn unknown_env_setting_is_an_error() {
+    let err = parse("", "t.toml", &env(&[("COSTGUARD_PROXY_LISTN", "x")])).unwrap_err();
+    assert_eq!(err.problems[0].key, "proxy.listn (from COSTGUARD_PROXY_LISTN)");
+    let err = parse("", "t.toml", &env(&[("COSTGUARD_NOPE_X", "x")])).unwrap_err();
+    assert_eq!(err.problems[0].key, "COSTGUARD_NOPE_X");
+}
+
+#[test]
+fn syntax_error_names_the_line() {
+    let err = parse("[proxy]\nlisten = \n", "t.toml", &Env::default()).unwrap_err();
+    assert!(err.problems[0].message.contains("line 2"), "{}", err);
+}
+
+#[test]
+fn validation_collects_every_problem() {
+    let text = r#"
+[proxy]
+listen = "nowhere"
+upstream = "ftp://x/y"
+tls_cert_file = "/nonexistent/cert.pem"
+trusted_proxies = ["10.0.0.0/33"]
+strip_headers = ["bad header"]
+[limits]
+max_header_count = 0
+[store]
+backend = "etcd"
+[log]
+format = "xml"
+"#;
+    let file = parse(text, "t.toml", &Env::default()).unwrap();
+    let err = validate::validate(file).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "proxy.listen",
+        "proxy.upstream",
+        "proxy.tls_key_file",
+        "proxy.trusted_proxies[0]",
+        "proxy.strip_headers[0]",
+        "limits.max_header_count",
+        "store.backend",
+        "log.format",
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+}

@@ -1,0 +1,345 @@
+//! [`FileConfig`] → [`Config`]: every value parsed, bounded and loaded (TLS
+//! certificates included), every problem collected with its key path.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use ipnet::IpNet;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use super::file::FileConfig;
+use super::{ConfigError, Problem};
+use crate::forward::headers::HeaderPattern;
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listener and upstream.
+    pub proxy: ProxyConfig,
+    /// Request bounds.
+    pub limits: Limits,
+    /// Admin listener.
+    pub admin: AdminConfig,
+    /// Embedded store.
+    pub store: StoreConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[proxy]`, validated.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Proxy listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where requests go.
+    pub upstream: UpstreamTarget,
+    /// TLS termination, when a certificate and key are configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Identity headers removed from requests.
+    pub strip_headers: Vec<HeaderPattern>,
+    /// TCP connect timeout to the upstream.
+    pub upstream_connect_timeout: Duration,
+    /// Time to the upstream's response head.
+    pub upstream_response_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    pub upstream_pool_idle_timeout: Duration,
+    /// Idle pooled connections kept.
+    pub upstream_pool_max_idle: usize,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// The upstream's scheme and authority; the request's own path and query are
+/// appended unchanged.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    /// Always `http` (the upstream is in the same pod).
+    pub scheme: Scheme,
+    /// `host:port`.
+    pub authority: Authority,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request head and TLS handshake deadline.
+    pub header_read_timeout: Duration,
+    /// Idle connection lifetime.
+    pub idle_timeout: Duration,
+    /// Bytes of header names and values.
+    pub max_header_bytes: usize,
+    /// Header fields.
+    pub max_header_count: usize,
+    /// Request body bytes.
+    pub max_body_bytes: u64,
+    /// Connections per listener.
+    pub max_connections: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Admin listen address.
+    pub listen: SocketAddr,
+}
+
+/// `[store]`, validated.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// tracing filter directive.
+    pub level: String,
+    /// Whether to write one access-log line per request.
+    pub access_log: bool,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, for collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `human` or `json`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "human" => Some(Self::Human),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Collects problems while building values; a failed value becomes a
+/// placeholder that is never used because `finish` returns the problems.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(key, message));
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|_| {
+            self.fail(key, format!("expected host:port with an IP address, got {value:?}"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn duration(&mut self, key: &str, d: Duration) -> Duration {
+        if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+            self.fail(key, "must be more than 0 and at most 24h");
+        }
+        d
+    }
+
+    fn bounded(&mut self, key: &str, value: u64, min: u64, max: u64) -> u64 {
+        if value < min || value > max {
+            self.fail(key, format!("must be between {min} and {max}, got {value}"));
+        }
+        value.clamp(min, max)
+    }
+}
+
+/// Validates a parsed file, reporting every problem at once.
+pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    let p = &file.proxy;
+    let listen = c.socket_addr("proxy.listen", &p.listen);
+    let upstream = upstream(&mut c, &p.upstream);
+    let tls = tls(&mut c, p.tls_cert_file.as_deref(), p.tls_key_file.as_deref());
+    let trusted_proxies = p
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let parsed = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
+            parsed
+                .map_err(|_| c.fail(format!("proxy.trusted_proxies[{i}]"), format!("not a CIDR or IP address: {s:?}")))
+                .ok()
+        })
+        .collect();
+    let strip_headers = p
+        .strip_headers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            HeaderPattern::parse(s)
+                .map_err(|e| c.fail(format!("proxy.strip_headers[{i}]"), e))
+                .ok()
+        })
+        .collect();
+    let proxy = ProxyConfig {
+        listen,
+        upstream,
+        tls,
+        trusted_proxies,
+        strip_headers,
+        upstream_connect_timeout: c.duration("proxy.upstream_connect_timeout", p.upstream_connect_timeout),
+        upstream_response_timeout: c.duration("proxy.upstream_response_timeout", p.upstream_response_timeout),
+        upstream_pool_idle_timeout: c.duration("proxy.upstream_pool_idle_timeout", p.upstream_pool_idle_timeout),
+        upstream_pool_max_idle: c.bounded("proxy.upstream_pool_max_idle", p.upstream_pool_max_idle, 0, 100_000) as usize,
+        shutdown_grace: c.duration("proxy.shutdown_grace", p.shutdown_grace),
+    };
+
+    let l = &file.limits;
+    let limits = Limits {
+        header_read_timeout: c.duration("limits.header_read_timeout", l.header_read_timeout),
+        idle_timeout: c.duration("limits.idle_timeout", l.idle_timeout),
+        max_header_bytes: c.bounded("limits.max_header_bytes", l.max_header_bytes, 1024, 1 << 20) as usize,
+        max_header_count: c.bounded("limits.max_header_count", l.max_header_count, 8, 1000) as usize,
+        max_body_bytes: c.bounded("limits.max_body_bytes", l.max_body_bytes, 0, u64::MAX),
+        max_connections: c.bounded("limits.max_connections", l.max_connections, 1, 1_000_000) as usize,
+        max_concurrent_streams: c.bounded("limits.max_concurrent_streams", l.max_concurrent_streams, 1, 10_000) as u32,
+    };
+
+    let admin = AdminConfig {
+        listen: c.socket_addr("admin.listen", &file.admin.listen),
+    };
+    if file.store.backend != "sled" {
+        c.fail("store.backend", format!("unknown backend {:?}; supported: \"sled\"", file.store.backend));
+    }
+    if file.store.path.as_os_str().is_empty() {
+        c.fail("store.path", "must not be empty");
+    }
+    let store = StoreConfig {
+        path: file.store.path.clone(),
+    };
+
+    let format = LogFormat::parse(&file.log.format).unwrap_or_else(|| {
+        c.fail("log.format", format!("expected \"human\" or \"json\", got {:?}", file.log.format));
+        LogFormat::Human
+    });
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
+        c.fail("log.level", format!("invalid filter {:?}: {e}", file.log.level));
+    }
+    let log = LogConfig {
+        format,
+        level: file.log.level.clone(),
+        access_log: file.log.access_log,
+    };
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            proxy,
+            limits,
+            admin,
+            store,
+            log,
+        })
+    } else {
+        Err(ConfigError {
+            problems: c.problems,
+        })
+    }
+}
+
+fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
+    let fallback = UpstreamTarget {
+        scheme: Scheme::HTTP,
+        authority: Authority::from_static("127.0.0.1:9000"),
+    };
+    let uri: http::Uri = match value.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            c.fail("proxy.upstream", format!("not a URL ({e}): {value:?}"));
+            return fallback;
+        }
+    };
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        c.fail("proxy.upstream", format!("must start with http:// (the upstream runs in the same pod), got {value:?}"));
+        return fallback;
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        c.fail("proxy.upstream", "has no host");
+        return fallback;
+    };
+    if authority.as_str().contains('@') {
+        c.fail("proxy.upstream", "must not contain credentials");
+        return fallback;
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        c.fail("proxy.upstream", "must be scheme://host:port only; a path prefix is not supported");
+        return fallback;
+    }
+    UpstreamTarget {
+        scheme: Scheme::HTTP,
+        authority,
+    }
+}
+
+fn tls(c: &mut Checker, cert: Option<&Path>, key: Option<&Path>) -> Option<Arc<rustls::ServerConfig>> {
+    let (cert_path, key_path) = match (cert, key) {
+        (None, None) => return None,
+        (Some(_), None) => {
+            c.fail("proxy.tls_key_file", "required when tls_cert_file is set");
+            return None;
+        }
+        (None, Some(_)) => {
+            c.fail("proxy.tls_cert_file", "required when tls_key_file is set");
+            return None;
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let certs: Result<Vec<CertificateDer<'static>>, _> =
+        CertificateDer::pem_file_iter(cert_path).and_then(|it| it.collect());
+    let certs = match certs {
+        Ok(certs) if !certs.is_empty() => Some(certs),
+        Ok(_) => {
+            c.fail("proxy.tls_cert_file", format!("{}: no PEM certificate found", cert_path.display()));
+            None
+        }
+        Err(e) => {
+            c.fail("proxy.tls_cert_file", format!("{}: {e}", cert_path.display()));
+            None
+        }
+    };
+    // The message never includes key material: rustls' errors describe only
+    // the file and the parse failure.
+    let key = match PrivateKeyDer::from_pem_file(key_path) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            c.fail("proxy.tls_key_file", format!("{}: {e}", key_path.display()));
+            None
+        }
+    };
+    let (certs, key) = (certs?, key?);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let built = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key));
+    match built {
+        Ok(mut config) => {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(config))
+        }
+        Err(e) => {
+            c.fail("proxy.tls_cert_file", format!("certificate and key do not work together: {e}"));
+            None
+        }
+    }
+}

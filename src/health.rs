@@ -1,0 +1,63 @@
+//! `/health` (the process answers) and `/ready` (configuration loaded, store
+//! open, not draining), served locally on both ports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::error::json_response;
+use crate::store::Store;
+
+/// Shared readiness state. `draining` flips once, on SIGTERM/SIGINT.
+#[derive(Debug)]
+pub struct Readiness {
+    draining: AtomicBool,
+    store: Store,
+}
+
+impl Readiness {
+    /// Ready as long as `store` answers and no shutdown has begun.
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            draining: AtomicBool::new(false),
+            store,
+        })
+    }
+
+    /// From now on `/ready` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers `/health` and `/ready` (GET or HEAD); `None` for anything else.
+    pub fn respond(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+        if method != Method::GET && method != Method::HEAD {
+            return None;
+        }
+        match path {
+            "/health" => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            "/ready" => Some(self.ready()),
+            _ => None,
+        }
+    }
+
+    fn ready(&self) -> Response<Full<Bytes>> {
+        let draining = self.draining.load(Ordering::SeqCst);
+        let store = self.store.check();
+        let ok = !draining && store.is_ok();
+        let body = json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "checks": {
+                "config": "ok",
+                "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+                "shutdown": if draining { "draining" } else { "no" },
+            }
+        });
+        let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        json_response(status, &body)
+    }
+}

@@ -1,0 +1,49 @@
+//! costguard: an authentication/authorization reverse-proxy sidecar for the
+//! LLM Cost Ops service. It takes every request first, decides who is
+//! calling and what they may do, and forwards only what is allowed, with
+//! identity headers the upstream can trust.
+//!
+//! # Layout
+//! - [`config`]: TOML file + `COSTGUARD_*` environment → validated [`config::Config`].
+//! - [`server`]: startup (store, listeners) and graceful shutdown.
+//! - [`listener`]: accept loop, connection limit, TLS, HTTP/1.1 + HTTP/2, timeouts.
+//! - [`pipeline`]: the one function that orders the proxy's stages.
+//! - [`request_id`]: keep or make the request id.
+//! - [`limits`]: header and body size bounds.
+//! - [`forward`]: header hygiene ([`forward::headers`]) and the pooled upstream client ([`forward::upstream`]).
+//! - [`error`]: the one place errors become JSON responses.
+//! - [`access_log`]: one line per request, written when its body ends.
+//! - [`health`]: `/health` and `/ready`.
+//! - [`admin`]: the admin port.
+//! - [`store`]: the embedded sled store.
+//! - [`echo`]: the demo's echo upstream.
+//! - [`telemetry`]: log setup.
+//!
+//! # Request flow
+//! 1. `listener` accepts under the connection semaphore, finishes TLS, and
+//!    hands each request to the pipeline (HTTP/1.1 or HTTP/2).
+//! 2. `request_id` keeps a valid `X-Request-Id` or makes a UUIDv7.
+//! 3. `/health` and `/ready` are answered locally.
+//! 4. `limits` rejects oversized headers (431) or declared bodies (413).
+//! 5. `forward::headers` strips hop-by-hop, `X-CostOps-*` look-alikes,
+//!    foreign identity headers and untrusted forwarding headers, then adds
+//!    `X-Forwarded-*` and `X-Request-Id`.
+//! 6. `forward::upstream` streams the request to the upstream pool and the
+//!    response back (502 when unreachable, 504 on timeout, 413 mid-stream).
+//! 7. `error::rescue` turns any stage error into the JSON error body.
+//! 8. `access_log` writes one line when the response body is done.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod echo;
+pub mod error;
+pub mod forward;
+pub mod health;
+pub mod limits;
+pub mod listener;
+pub mod pipeline;
+pub mod request_id;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,243 @@
+//! Accepting connections: the connection limit, TLS, HTTP/1.1 + HTTP/2
+//! (hyper-util's auto builder: h2 by ALPN over TLS, h2c by prior knowledge
+//! in clear), the header-read and idle timeouts, and graceful drain.
+//!
+//! Each accepted connection holds a permit of the listener's semaphore until
+//! it closes. That one semaphore bounds concurrent connections (the accept
+//! loop waits for a permit, so excess clients queue in the kernel backlog)
+//! and tells the drain when the last connection is gone.
+
+mod activity;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Limits;
+use activity::{Activity, TrackedIo};
+
+/// What a request handler knows about the connection it arrived on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, rendered once per connection.
+    pub peer_value: HeaderValue,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Something that answers requests: the proxy pipeline or the admin router.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response body type.
+    type Body: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+    /// Answers one request. Never fails: errors become responses inside.
+    fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// A bound listener and what it needs to serve.
+pub struct Listener<H> {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    limits: Limits,
+    /// One permit per open connection; see the module docs.
+    connections: Arc<Semaphore>,
+    name: &'static str,
+}
+
+impl<H: Handler> Listener<H> {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: H,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
+        let tcp = TcpListener::bind(addr).await?;
+        Ok(Self {
+            tcp,
+            tls: tls.map(TlsAcceptor::from),
+            handler,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            name,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts until `shutdown` turns true, then stops accepting (the socket
+    /// is closed), asks every connection to finish gracefully, and waits up
+    /// to `grace` for them. Returns whether every connection finished.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> bool {
+        let builder = Arc::new(http_builder(&self.limits));
+        loop {
+            let permit = tokio::select! {
+                p = self.connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stopped(&mut shutdown) => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = self.tcp.accept() => match r {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = self.name, error = %e, "Accept failed.");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let conn = Connection {
+                stream,
+                peer,
+                tls: self.tls.clone(),
+                handler: self.handler.clone(),
+                builder: builder.clone(),
+                header_read_timeout: self.limits.header_read_timeout,
+                idle_timeout: self.limits.idle_timeout,
+                shutdown: shutdown.clone(),
+            };
+            tokio::spawn(async move {
+                conn.run().await;
+                drop(permit);
+            });
+        }
+        drop(self.tcp);
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, self.connections.acquire_many(all)).await.is_ok();
+        if !drained {
+            tracing::warn!(listener = self.name, "Grace period over with connections still open; closing them.");
+        }
+        drained
+    }
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 itself when the head outgrows its buffer or its
+        // header array; both sit just above our own limits so that what
+        // reaches `limits::check` gets our JSON 431 and nothing unbounded
+        // is ever buffered.
+        .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
+        .max_headers(limits.max_header_count + 1)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes + 32 * limits.max_header_count).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    builder
+}
+
+/// One accepted connection, until it closes.
+struct Connection<H> {
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self) {
+        let _ = self.stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = TrackedIo::new(self.stream, activity.clone());
+        let info = ConnInfo {
+            peer: self.peer,
+            peer_value: HeaderValue::from_str(&self.peer.ip().to_canonical().to_string())
+                .expect("an IP address is a valid header value"),
+            tls: self.tls.is_some(),
+        };
+        match &self.tls {
+            None => serve_http(io, info, self.handler, &self.builder, activity, self.idle_timeout, self.shutdown).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.header_read_timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => {
+                        serve_http(tls, info, self.handler, &self.builder, activity, self.idle_timeout, self.shutdown)
+                            .await
+                    }
+                    Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed."),
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out."),
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<IO, H>(
+    io: IO,
+    info: ConnInfo,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let peer = info.peer;
+    let in_flight = activity.clone();
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let info = info.clone();
+        let guard = in_flight.request_started();
+        async move {
+            let resp = handler.handle(req, &info).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let graceful = tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+            }
+            return;
+        }
+        _ = activity.idle(idle_timeout) => Duration::from_secs(1),
+        _ = stopped(&mut shutdown) => Duration::MAX,
+    };
+    // Idle or draining: finish the request in progress (if any), then close.
+    // HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY. A drain is bounded by
+    // the listener's grace period; an idle close by one second.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(graceful, conn).await;
+}
+
+/// Resolves once the shutdown flag is true (the guard is dropped inside,
+/// keeping callers `Send`).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

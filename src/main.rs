@@ -1,0 +1,157 @@
+//! The `costguard` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use costguard::config::{self, Env, FileConfig, LogFormat};
+use costguard::server::{Server, shutdown_signal};
+
+/// costguard: authentication/authorization sidecar for LLM Cost Ops.
+///
+/// It sits in front of the cost service in the same pod, checks every
+/// request, and forwards what is allowed with trusted X-CostOps-* identity
+/// headers. Start with `costguard demo`.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log line format: human or json (default: the config's log.format).
+    #[arg(long, global = true, value_parser = ["human", "json"])]
+    log_format: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy and admin listeners from a configuration file.
+    ///
+    /// Every key can be overridden by COSTGUARD_<SECTION>_<KEY>, for example
+    /// COSTGUARD_PROXY_UPSTREAM=http://127.0.0.1:9000. See
+    /// config/costguard.example.toml for every key. SIGTERM or SIGINT drains
+    /// in-flight requests (proxy.shutdown_grace) and exits 0.
+    Serve {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "COSTGUARD_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Validate the configuration (file, environment, certificates),
+        /// print every problem, and exit: 0 if valid, 2 if not.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Everything in one process, to try costguard: the proxy, the admin
+    /// API, a built-in echo upstream that answers with what it received,
+    /// and an embedded store.
+    Demo {
+        /// Proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        proxy_listen: SocketAddr,
+        /// Admin listen address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Echo upstream listen address (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        echo_listen: SocketAddr,
+        /// Directory of the embedded store.
+        #[arg(long, default_value = "./costguard-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, check_config } => serve(&config, check_config, cli.log_format.as_deref()).await,
+            Command::Demo {
+                proxy_listen,
+                admin_listen,
+                echo_listen,
+                data_dir,
+            } => demo(proxy_listen, admin_listen, echo_listen, data_dir, cli.log_format.as_deref()).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path, check_only: bool, log_format: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = match config::load(Some(path), &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if check_only {
+        println!("{}: configuration is valid", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let format = log_format.and_then(LogFormat::parse).unwrap_or(config.log.format);
+    costguard::telemetry::init(format, &config.log.level);
+    run(config).await
+}
+
+async fn run(config: config::Config) -> anyhow::Result<ExitCode> {
+    let server = Server::bind(&config).await.context("startup failed")?;
+    server.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(
+    proxy_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    echo_listen: SocketAddr,
+    data_dir: PathBuf,
+    log_format: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let echo = costguard::echo::spawn(echo_listen)
+        .await
+        .with_context(|| format!("cannot start the echo upstream on {echo_listen}"))?;
+    let mut file = FileConfig::default();
+    file.proxy.listen = proxy_listen.to_string();
+    file.proxy.upstream = format!("http://{echo}");
+    file.admin.listen = admin_listen.to_string();
+    file.store.path = data_dir.clone();
+    let config = config::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    costguard::telemetry::init(log_format.and_then(LogFormat::parse).unwrap_or(LogFormat::Human), "info");
+    let server = Server::bind(&config).await.context("demo startup failed")?;
+    let (proxy, admin) = (server.proxy_addr(), server.admin_addr());
+    println!(
+        "costguard demo\n\
+         \n\
+         proxy        http://{proxy}   (forwards to the echo upstream)\n\
+         admin        http://{admin}   (/health, /ready)\n\
+         echo         http://{echo}    (answers with the request it received, as JSON)\n\
+         store        {data}\n\
+         \n\
+         Try:\n\
+         \x20 curl -s http://{proxy}/v1/anything?x=1 -H 'X-CostOps-Tenant-Id: forged'\n\
+         \x20   (see what the upstream received: forged X-CostOps-* headers are gone,\n\
+         \x20    X-Forwarded-For and X-Request-Id are set by costguard)\n\
+         \x20 curl -s http://{admin}/ready\n\
+         \n\
+         This build proxies, bounds and logs requests; authentication, policies,\n\
+         rate limits and audit are not part of it yet, so every request is forwarded.\n\
+         Ctrl-C stops.",
+        data = data_dir.display()
+    );
+    server.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,100 @@
+//! The proxy pipeline: the one place that orders the stages of a request.
+//!
+//! ```text
+//! request id → local endpoints → size limits → forward (header hygiene,
+//! pooled upstream client) → response hygiene
+//!              any stage error → error::rescue → JSON error response
+//! every response → X-Request-Id echoed, access-log line when its body ends
+//! ```
+//! Authentication, authorization, rate limits and audit slot in between the
+//! size limits and forwarding, in that order, as their issues land.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::access_log::{Entry, LoggedBody};
+use crate::config::{Config, Limits, UpstreamTarget};
+use crate::error::{self, Error};
+use crate::forward::headers::{self, Hygiene, X_REQUEST_ID};
+use crate::forward::upstream::Upstream;
+use crate::forward::{self, ResponseBody};
+use crate::health::Readiness;
+use crate::listener::{ConnInfo, Handler};
+use crate::request_id;
+
+/// The proxy port's handler. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Proxy(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    limits: Limits,
+    hygiene: Hygiene,
+    target: UpstreamTarget,
+    upstream: Upstream,
+    readiness: Arc<Readiness>,
+    access_log: bool,
+}
+
+impl Proxy {
+    /// Builds the pipeline once from the configuration.
+    pub fn new(config: &Config, readiness: Arc<Readiness>) -> Self {
+        Self(Arc::new(Inner {
+            limits: config.limits.clone(),
+            hygiene: Hygiene::new(config.proxy.strip_headers.clone(), config.proxy.trusted_proxies.clone()),
+            target: config.proxy.upstream.clone(),
+            upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
+            readiness,
+            access_log: config.log.access_log,
+        }))
+    }
+
+    /// The stages in order. Each returns early with an error, which
+    /// [`error::rescue`] turns into the response.
+    async fn stages(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let this = &*self.0;
+        // Probes are answered here and never reach the upstream.
+        if let Some(resp) = this.readiness.respond(req.method(), req.uri().path()) {
+            return Ok(resp.map(Either::Right));
+        }
+        // Bounds first: nothing below reads an oversized request.
+        crate::limits::check(req.headers(), &this.limits)?;
+        let upstream_req = forward::prepare(req, conn, request_id, &this.hygiene, &this.target, this.limits.max_body_bytes)?;
+        let mut resp = this.upstream.send(upstream_req).await?;
+        headers::response(resp.headers_mut());
+        Ok(resp.map(Either::Left))
+    }
+}
+
+impl Handler for Proxy {
+    type Body = LoggedBody<ResponseBody>;
+
+    async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
+        let start = Instant::now();
+        let request_id = request_id::take_or_generate(req.headers());
+        let entry = self.0.access_log.then(|| Entry {
+            listener: "proxy",
+            request_id: request_id.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            peer: conn.peer.ip(),
+            start,
+        });
+        let mut resp = match self.stages(req, conn, &request_id).await {
+            Ok(resp) => resp,
+            Err(e) => error::rescue(&e, &request_id).map(Either::Right),
+        };
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        let status = resp.status();
+        resp.map(|body| LoggedBody::new(body, entry, status))
+    }
+}
