@@ -1,0 +1,225 @@
+//! What the upstream receives: exact method, path, query, headers and body;
+//! nothing a client could use to impersonate; costguard's own headers.
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use support::{Sidecar, Upstream, client, raw_request};
+
+fn config(upstream: &Upstream, extra: &str) -> String {
+    format!("[proxy]\nupstream = \"{}\"\n{extra}", upstream.url())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwards_method_path_query_headers_and_body_exactly() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let target = "/v1/items/caf%C3%A9/x%20y/%7Euser?q=a%20b&q=2&empty=&plus=a+b";
+    let req = Request::builder()
+        .method("PATCH")
+        .uri(cg.url(target))
+        .header("x-custom", "one")
+        .header("x-custom", "two")
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::from_static(b"{\"hello\":\"world\"}")))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream"], "yes", "upstream headers come back");
+    assert!(!resp.headers().contains_key("x-upstream-private"), "response Connection tokens are stripped");
+    assert!(!resp.headers().contains_key("keep-alive"));
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "upstream saw 17 bytes");
+
+    let seen = up.last();
+    assert_eq!(seen.method, "PATCH");
+    assert_eq!(seen.target, target, "path and query byte for byte");
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    let custom: Vec<_> = seen.headers.get_all("x-custom").iter().collect();
+    assert_eq!(custom, ["one", "two"]);
+    assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(seen.headers["accept-encoding"], "gzip");
+    assert_eq!(seen.headers["host"], cg.proxy.to_string().as_str(), "the client's Host is kept");
+    assert_eq!(seen.headers["x-request-id"], rid.as_str());
+    assert_eq!(seen.body.as_deref(), Some(&b"{\"hello\":\"world\"}"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let request = "GET /v1/tenants/org-1/costs HTTP/1.1\r\n\
+        Host: api.example\r\n\
+        Connection: close, X-Private-Hop\r\n\
+        X-Private-Hop: 1\r\n\
+        Keep-Alive: timeout=5\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+        TE: trailers\r\n\
+        Upgrade: websocket\r\n\
+        X-CostOps-Tenant-Id: org-evil\r\n\
+        x-costops-roles: system_admin\r\n\
+        X_CostOps_User_Id: root\r\n\
+        x.costops.key-id: k\r\n\
+        X-COSTOPS-AUTH-METHOD: api_key\r\n\
+        X-Tenant-Id: org-evil\r\n\
+        X-User-Id: root\r\n\
+        X-Forwarded-User: root\r\n\
+        X-Forwarded-Email: root@example.com\r\n\
+        X-Auth-Request-Email: root@example.com\r\n\
+        X-Auth-Request-Groups: admins\r\n\
+        Remote-User: root\r\n\
+        Remote_User: root\r\n\
+        X-Forwarded-For: 6.6.6.6\r\n\
+        X-Forwarded-Proto: https\r\n\
+        X-Forwarded-Host: evil.example\r\n\
+        X-Forwarded-Port: 443\r\n\
+        Forwarded: for=6.6.6.6;proto=https\r\n\
+        X-Real-IP: 6.6.6.6\r\n\
+        X-Keep-Me: yes\r\n\
+        \r\n";
+    let resp = raw_request(cg.proxy, request.as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen = up.last();
+    let names: Vec<&str> = seen.headers.keys().map(|k| k.as_str()).collect();
+    for gone in [
+        "connection",
+        "x-private-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+        "x-tenant-id",
+        "x-user-id",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "remote-user",
+        "remote_user",
+        "x-forwarded-port",
+        "forwarded",
+    ] {
+        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream: {names:?}");
+    }
+    for name in &names {
+        let canon = name.replace(['_', '.'], "-");
+        assert!(!canon.starts_with("x-costops"), "{name} reached the upstream");
+    }
+    assert_eq!(seen.headers["x-keep-me"], "yes");
+    assert_eq!(seen.headers["host"], "api.example");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "spoofed X-Forwarded-For is replaced");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "api.example");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_header_cannot_strip_costguards_own_headers() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let request = "GET /x HTTP/1.1\r\nHost: a\r\n\
+        Connection: close, X-CostOps-Tenant-Id, X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Host\r\n\
+        X-Request-Id: keep-me-123\r\n\r\n";
+    let resp = raw_request(cg.proxy, request.as_bytes());
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.headers["x-request-id"], "keep-me-123");
+    let seen = up.last();
+    assert_eq!(seen.headers["x-request-id"], "keep-me-123");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "a");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen.headers["host"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, "trusted_proxies = [\"127.0.0.0/8\"]\n"), &[]);
+    let request = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+        X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: costs.example.com\r\n\
+        Forwarded: for=203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-User: mallory\r\n\r\n";
+    assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "costs.example.com");
+    assert_eq!(seen.headers["forwarded"], "for=203.0.113.7");
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.7");
+    assert!(!seen.headers.contains_key("x-forwarded-user"), "identity headers go even from trusted proxies");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_strip_list_replaces_the_default() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, "strip_headers = [\"X-Internal-*\"]\n"), &[]);
+    let request = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+        X-Internal-Role: admin\r\nX-Tenant-Id: org-1\r\nX-CostOps-Tenant-Id: org-evil\r\n\r\n";
+    assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
+    let seen = up.last();
+    assert!(!seen.headers.contains_key("x-internal-role"));
+    assert_eq!(seen.headers["x-tenant-id"], "org-1", "no longer in the list");
+    assert!(!seen.headers.contains_key("x-costops-tenant-id"), "X-CostOps-* always goes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_id_is_kept_when_valid_and_generated_otherwise() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let resp = raw_request(cg.proxy, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n");
+    assert_eq!(resp.headers["x-request-id"], "abc-123");
+    assert_eq!(up.last().headers["x-request-id"], "abc-123");
+
+    let resp = raw_request(
+        cg.proxy,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: bad id\"<>\r\n\r\n",
+    );
+    let rid = resp.headers["x-request-id"].clone();
+    let uuid = uuid::Uuid::parse_str(&rid).expect("a generated id is a UUID");
+    assert_eq!(uuid.get_version_num(), 7);
+    assert_eq!(up.last().headers["x-request-id"], rid.as_str());
+
+    // Errors and health answers carry the id too.
+    let resp = raw_request(cg.proxy, b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: hc-1\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.headers["x-request-id"], "hc-1");
+    assert_eq!(up.count(), 2, "/health is answered locally");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_has_one_line_per_request_and_no_secrets() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let request = "POST /v1/things?api_key=query-secret-1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+        Authorization: Bearer costops_0123456789abcdef0123456789abcdef\r\n\
+        X-API-Key: costops_fedcba9876543210fedcba9876543210\r\n\
+        Cookie: costguard_session=cookie-secret-2\r\n\
+        X-Request-Id: logged-1\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
+    // The line is written when the body ends; give the writer a moment.
+    let mut line = None;
+    for _ in 0..100 {
+        line = cg.logs().lines().find(|l| l.contains("logged-1")).map(str::to_string);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line: serde_json::Value = serde_json::from_str(&line.expect("an access-log line")).unwrap();
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/v1/things");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], "upstream saw 5 bytes".len());
+    assert!(line["latency_us"].as_u64().is_some());
+    let logs = cg.logs();
+    assert_eq!(logs.lines().filter(|l| l.contains("logged-1")).count(), 1);
+    for secret in ["query-secret-1", "0123456789abcdef", "fedcba9876543210", "cookie-secret-2", "Bearer"] {
+        assert!(!logs.contains(secret), "{secret} appears in the logs");
+    }
+}

@@ -1,0 +1,322 @@
+//! Test harness: the real `costguard` binary on ephemeral loopback ports,
+//! and a recording upstream in the test process.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The raw request target (path and query, byte for byte).
+    pub target: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    /// The body, when it was at most 1 MiB.
+    pub body: Option<Bytes>,
+}
+
+/// A recording upstream. Paths choose behaviour:
+/// `/slow/<ms>` answers after a delay, `/hang` never answers,
+/// `/sink` counts the body without keeping it, anything else answers 200.
+/// Every answer carries `x-upstream: yes`, a hop-by-hop `Connection` token
+/// and a `keep-alive` header the proxy must strip.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, record.clone()));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+}
+
+async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    if path == "/hang" {
+        std::future::pending::<()>().await;
+    }
+    let keep = path != "/sink";
+    let mut len = 0u64;
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Some(d) = frame.data_ref() {
+            len += d.len() as u64;
+            if keep && kept.len() + d.len() <= 1 << 20 {
+                kept.extend_from_slice(d);
+            }
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target,
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len: len,
+        body: (keep && kept.len() as u64 == len).then(|| Bytes::from(kept)),
+    });
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+    }
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header("x-upstream", "yes")
+        .header("connection", "x-upstream-private")
+        .header("x-upstream-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from(format!("upstream saw {len} bytes"))))
+        .unwrap();
+    Ok(resp)
+}
+
+/// The real binary, started with a config and JSON logs on stdout.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_costguard"))
+}
+
+impl Sidecar {
+    /// Starts `costguard serve` with `config` (TOML) plus `env`; listeners
+    /// on 127.0.0.1:0 and a fresh store unless the config/env says otherwise.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("costguard.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .arg("--log-format")
+            .arg("json")
+            .env("COSTGUARD_PROXY_LISTEN", "127.0.0.1:0")
+            .env("COSTGUARD_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("COSTGUARD_STORE_PATH", dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, dir)
+    }
+
+    /// Starts an arbitrary costguard command that logs JSON to stdout.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Self {
+        let mut child = cmd.spawn().expect("costguard starts");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "Listening."
+                {
+                    let p = v["proxy"].as_str().unwrap().parse().unwrap();
+                    let a = v["admin"].as_str().unwrap().parse().unwrap();
+                    let _ = tx.send((p, a));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let (proxy, admin) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("costguard did not start; output:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        Self {
+            child: Some(child),
+            proxy,
+            admin,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM to the process this harness started.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "costguard did not exit in {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory of the process, in KiB (Linux).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A parsed HTTP/1.1 response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Writes `request` bytes as-is on a new connection and reads one response
+/// (the request should say `Connection: close`).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    RawResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// A plain HTTP/1.1 client (pooled, keep-alive).
+pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `url` and return status, headers and body text.
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
+    let resp = client().get(url.parse().unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Asserts the contract's error body and returns its code.
+pub fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{body}");
+    assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    e["code"].as_str().unwrap().to_string()
+}
