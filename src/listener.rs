@@ -144,7 +144,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // reaches `limits::check` gets our JSON 431 and nothing unbounded
         // is ever buffered.
         .max_buf_size((limits.max_header_bytes * 2).max(16 * 1024))
-        .max_headers(limits.max_header_count + 1)
+        .max_headers(limits.max_header_count * 2)
         .keep_alive(true);
     builder
         .http2()

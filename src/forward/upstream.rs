@@ -54,18 +54,20 @@ impl Upstream {
     }
 
     fn classify(&self, e: hyper_util::client::legacy::Error) -> ForwardError {
+        let mut limit_hit = false;
+        let mut body_broke = false;
         let mut source = e.source();
         while let Some(s) = source {
-            if s.is::<LengthLimitError>() {
-                return ForwardError::BodyTooLarge { limit: self.max_body };
-            }
-            if let Some(h) = s.downcast_ref::<hyper::Error>()
-                && h.is_user()
-            {
-                // A body error that is not our limit: the client's body broke.
-                return ForwardError::BodyRead(e);
-            }
+            limit_hit |= s.is::<LengthLimitError>();
+            body_broke |= s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user);
             source = s.source();
+        }
+        if limit_hit {
+            return ForwardError::BodyTooLarge { limit: self.max_body };
+        }
+        // A body error that is not our limit: the client's body broke off.
+        if body_broke {
+            return ForwardError::BodyRead(e);
         }
         if e.is_connect() {
             ForwardError::Unavailable(e)

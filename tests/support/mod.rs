@@ -30,6 +30,8 @@ pub struct Seen {
     pub body_len: u64,
     /// The body, when it was at most 1 MiB.
     pub body: Option<Bytes>,
+    /// Whether the body arrived whole (false: the proxy aborted it).
+    pub complete: bool,
 }
 
 /// A recording upstream. Paths choose behaviour:
@@ -91,8 +93,12 @@ async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<R
     let keep = path != "/sink";
     let mut len = 0u64;
     let mut kept = Vec::new();
+    let mut complete = true;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            complete = false;
+            break;
+        };
         if let Some(d) = frame.data_ref() {
             len += d.len() as u64;
             if keep && kept.len() + d.len() <= 1 << 20 {
@@ -107,6 +113,7 @@ async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<R
         headers: parts.headers.clone(),
         body_len: len,
         body: (keep && kept.len() as u64 == len).then(|| Bytes::from(kept)),
+        complete,
     });
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
@@ -281,6 +288,18 @@ pub fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     parse_response(&buf)
+}
+
+/// Like [`raw_request`], but `None` when the server closed or reset the
+/// connection without a complete response head.
+pub fn try_raw_request(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.contains("\r\n\r\n").then(|| parse_response(&buf))
 }
 
 pub fn parse_response(buf: &[u8]) -> RawResponse {
