@@ -26,7 +26,10 @@ pub struct Admin {
 impl Admin {
     /// Builds the admin router.
     pub fn new(readiness: Arc<Readiness>, access_log: bool) -> Self {
-        Self { readiness, access_log }
+        Self {
+            readiness,
+            access_log,
+        }
     }
 }
 

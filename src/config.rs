@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
+use serde::Deserialize;
 use toml::{Table, Value};
 
 pub use file::FileConfig;
@@ -112,34 +113,62 @@ pub fn load(path: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         },
         None => (String::new(), "(defaults)".to_string()),
     };
-    let file = parse(&text, &origin, env)?;
-    validate::validate(file)
+    let (file, mut problems, from_env) = parse_lenient(&text, &origin, env)?;
+    match validate::validate(file) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems }),
+        Err(e) => {
+            problems.extend(e.problems.into_iter().map(|p| Problem {
+                key: describe(&from_env, p.key),
+                message: p.message,
+            }));
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// A key path, with the environment variable it came from, if any.
+fn describe(from_env: &HashMap<String, String>, key: String) -> String {
+    match from_env.get(&key) {
+        Some(var) => format!("{key} (from {var})"),
+        None => key,
+    }
 }
 
 /// Parses TOML text and applies environment overrides, reporting unknown keys
 /// and mistyped values all at once.
 pub fn parse(text: &str, origin: &str, env: &Env) -> Result<FileConfig, ConfigError> {
+    match parse_lenient(text, origin, env)? {
+        (file, problems, _) if problems.is_empty() => Ok(file),
+        (_, problems, _) => Err(ConfigError { problems }),
+    }
+}
+
+/// Like [`parse`], but returns the problems beside a [`FileConfig`] in which
+/// every unknown or mistyped key is left at its default, so that validation
+/// can still report the problems of the rest. Fails only on a syntax error.
+type Lenient = (FileConfig, Vec<Problem>, HashMap<String, String>);
+
+fn parse_lenient(text: &str, origin: &str, env: &Env) -> Result<Lenient, ConfigError> {
     let mut table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
         problems: vec![Problem::new(origin, e.to_string().trim_end().to_string())],
     })?;
     let defaults = Table::try_from(FileConfig::default()).expect("defaults serialize to TOML");
     let mut problems = Vec::new();
     let from_env = apply_env(&mut table, &defaults, env, &mut problems);
-    let describe = |key: String| match from_env.get(&key) {
-        Some(var) => format!("{key} (from {var})"),
-        None => key,
-    };
+    let describe = |key: String| describe(&from_env, key);
 
     let mut unknown = Vec::new();
+    let mut bad: Vec<(String, Option<String>)> = Vec::new();
     let whole = serde_ignored::deserialize(Value::Table(table.clone()), |path| {
         unknown.push(path.to_string())
     });
     match whole {
-        Ok(config) if unknown.is_empty() && problems.is_empty() => return Ok(config),
-        Ok(_) => {
+        Ok(config) => {
             for key in unknown {
                 problems.push(Problem::new(describe(key), "unknown key"));
             }
+            return Ok((config, problems, from_env));
         }
         // Serde stops at the first mistyped value: deserialize each key on
         // its own (all keys have defaults) to find every one.
@@ -172,16 +201,31 @@ pub fn parse(text: &str, origin: &str, env: &Env) -> Result<FileConfig, ConfigEr
                                 problems.push(Problem::new(describe(key), "unknown key"));
                             }
                         }
-                        Err(e) => problems.push(Problem::new(
-                            describe(path),
-                            toml_message(&e).to_string(),
-                        )),
+                        Err(e) => {
+                            problems
+                                .push(Problem::new(describe(path), toml_message(&e).to_string()));
+                            bad.push((section.clone(), key.cloned()));
+                        }
                     }
                 }
             }
         }
     }
-    Err(ConfigError { problems })
+    // Leave the bad keys at their defaults; the rest still gets validated.
+    for (section, key) in bad {
+        match key {
+            Some(k) => {
+                if let Some(Value::Table(t)) = table.get_mut(&section) {
+                    t.remove(&k);
+                }
+            }
+            None => {
+                table.remove(&section);
+            }
+        }
+    }
+    let rest = FileConfig::deserialize(Value::Table(table)).unwrap_or_default();
+    Ok((rest, problems, from_env))
 }
 
 fn toml_message(e: &toml::de::Error) -> &str {
@@ -227,7 +271,10 @@ fn apply_env(
             Some(Value::Integer(_)) => match raw.trim().parse::<i64>() {
                 Ok(n) => Value::Integer(n),
                 Err(_) => {
-                    problems.push(Problem::new(var.clone(), format!("expected an integer, got {raw:?}")));
+                    problems.push(Problem::new(
+                        var.clone(),
+                        format!("expected an integer, got {raw:?}"),
+                    ));
                     continue;
                 }
             },
@@ -235,7 +282,10 @@ fn apply_env(
                 "true" | "1" | "yes" => Value::Boolean(true),
                 "false" | "0" | "no" => Value::Boolean(false),
                 _ => {
-                    problems.push(Problem::new(var.clone(), format!("expected true or false, got {raw:?}")));
+                    problems.push(Problem::new(
+                        var.clone(),
+                        format!("expected true or false, got {raw:?}"),
+                    ));
                     continue;
                 }
             },

@@ -52,7 +52,10 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
     let mut kept = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
-            return Ok(json_response(StatusCode::BAD_REQUEST, &serde_json::json!({"error": "body read failed"})));
+            return Ok(json_response(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": "body read failed"}),
+            ));
         };
         if let Some(data) = frame.data_ref() {
             body_bytes += data.len() as u64;

@@ -75,7 +75,12 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
 }
 
 /// The contract's error body.
-pub fn json_error(status: StatusCode, code: &str, message: &str, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "error": {
             "code": code,
@@ -84,7 +89,8 @@ pub fn json_error(status: StatusCode, code: &str, message: &str, request_id: &He
         }
     });
     let mut resp = json_response(status, &body);
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    resp.headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     resp
 }
 
@@ -94,7 +100,10 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<F
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

@@ -97,7 +97,10 @@ pub fn prepare(
         .build()
         .map_err(|_| ForwardError::BadRequest("invalid request target"))?;
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, Limited::new(body, usize_limit(max_body))))
+    Ok(Request::from_parts(
+        parts,
+        Limited::new(body, usize_limit(max_body)),
+    ))
 }
 
 fn usize_limit(max: u64) -> usize {

@@ -57,7 +57,11 @@ impl Readiness {
                 "shutdown": if draining { "draining" } else { "no" },
             }
         });
-        let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         json_response(status, &body)
     }
 }

@@ -35,7 +35,10 @@ pub fn check(headers: &HeaderMap, limits: &Limits) -> Result<(), TooLarge> {
     if headers.len() > limits.max_header_count {
         return Err(headers_too_large);
     }
-    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
     if bytes > limits.max_header_bytes {
         return Err(headers_too_large);
     }

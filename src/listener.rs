@@ -47,7 +47,11 @@ pub trait Handler: Clone + Send + Sync + 'static {
         + Send
         + 'static;
     /// Answers one request. Never fails: errors become responses inside.
-    fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> impl Future<Output = Response<Self::Body>> + Send;
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
 /// A bound listener and what it needs to serve.
@@ -125,9 +129,14 @@ impl<H: Handler> Listener<H> {
         }
         drop(self.tcp);
         let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, self.connections.acquire_many(all)).await.is_ok();
+        let drained = tokio::time::timeout(grace, self.connections.acquire_many(all))
+            .await
+            .is_ok();
         if !drained {
-            tracing::warn!(listener = self.name, "Grace period over with connections still open; closing them.");
+            tracing::warn!(
+                listener = self.name,
+                "Grace period over with connections still open; closing them."
+            );
         }
         drained
     }
@@ -149,7 +158,10 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes + 32 * limits.max_header_count).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes + 32 * limits.max_header_count)
+                .unwrap_or(u32::MAX),
+        )
         .max_concurrent_streams(limits.max_concurrent_streams);
     builder
 }
@@ -178,14 +190,35 @@ impl<H: Handler> Connection<H> {
             tls: self.tls.is_some(),
         };
         match &self.tls {
-            None => serve_http(io, info, self.handler, &self.builder, activity, self.idle_timeout, self.shutdown).await,
+            None => {
+                serve_http(
+                    io,
+                    info,
+                    self.handler,
+                    &self.builder,
+                    activity,
+                    self.idle_timeout,
+                    self.shutdown,
+                )
+                .await
+            }
             Some(acceptor) => {
                 match tokio::time::timeout(self.header_read_timeout, acceptor.accept(io)).await {
                     Ok(Ok(tls)) => {
-                        serve_http(tls, info, self.handler, &self.builder, activity, self.idle_timeout, self.shutdown)
-                            .await
+                        serve_http(
+                            tls,
+                            info,
+                            self.handler,
+                            &self.builder,
+                            activity,
+                            self.idle_timeout,
+                            self.shutdown,
+                        )
+                        .await
                     }
-                    Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed."),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed.")
+                    }
                     Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out."),
                 }
             }

@@ -64,7 +64,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -73,13 +76,25 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config, check_config } => serve(&config, check_config, cli.log_format.as_deref()).await,
+            Command::Serve {
+                config,
+                check_config,
+            } => serve(&config, check_config, cli.log_format.as_deref()).await,
             Command::Demo {
                 proxy_listen,
                 admin_listen,
                 echo_listen,
                 data_dir,
-            } => demo(proxy_listen, admin_listen, echo_listen, data_dir, cli.log_format.as_deref()).await,
+            } => {
+                demo(
+                    proxy_listen,
+                    admin_listen,
+                    echo_listen,
+                    data_dir,
+                    cli.log_format.as_deref(),
+                )
+                .await
+            }
         }
     });
     match result {
@@ -91,7 +106,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(path: &std::path::Path, check_only: bool, log_format: Option<&str>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    path: &std::path::Path,
+    check_only: bool,
+    log_format: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let config = match config::load(Some(path), &Env::from_process()) {
         Ok(c) => c,
         Err(e) => {
@@ -103,7 +122,9 @@ async fn serve(path: &std::path::Path, check_only: bool, log_format: Option<&str
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let format = log_format.and_then(LogFormat::parse).unwrap_or(config.log.format);
+    let format = log_format
+        .and_then(LogFormat::parse)
+        .unwrap_or(config.log.format);
     costguard::telemetry::init(format, &config.log.level);
     run(config).await
 }
@@ -130,7 +151,12 @@ async fn demo(
     file.admin.listen = admin_listen.to_string();
     file.store.path = data_dir.clone();
     let config = config::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
-    costguard::telemetry::init(log_format.and_then(LogFormat::parse).unwrap_or(LogFormat::Human), "info");
+    costguard::telemetry::init(
+        log_format
+            .and_then(LogFormat::parse)
+            .unwrap_or(LogFormat::Human),
+        "info",
+    );
     let server = Server::bind(&config).await.context("demo startup failed")?;
     let (proxy, admin) = (server.proxy_addr(), server.admin_addr());
     println!(

@@ -45,7 +45,10 @@ impl Proxy {
     pub fn new(config: &Config, readiness: Arc<Readiness>) -> Self {
         Self(Arc::new(Inner {
             limits: config.limits.clone(),
-            hygiene: Hygiene::new(config.proxy.strip_headers.clone(), config.proxy.trusted_proxies.clone()),
+            hygiene: Hygiene::new(
+                config.proxy.strip_headers.clone(),
+                config.proxy.trusted_proxies.clone(),
+            ),
             target: config.proxy.upstream.clone(),
             upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
             readiness,
@@ -68,7 +71,14 @@ impl Proxy {
         }
         // Bounds first: nothing below reads an oversized request.
         crate::limits::check(req.headers(), &this.limits)?;
-        let upstream_req = forward::prepare(req, conn, request_id, &this.hygiene, &this.target, this.limits.max_body_bytes)?;
+        let upstream_req = forward::prepare(
+            req,
+            conn,
+            request_id,
+            &this.hygiene,
+            &this.target,
+            this.limits.max_body_bytes,
+        )?;
         let mut resp = this.upstream.send(upstream_req).await?;
         headers::response(resp.headers_mut());
         Ok(resp.map(Either::Left))

@@ -30,7 +30,8 @@ pub fn generate() -> HeaderValue {
 fn is_valid(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= MAX_LEN
-        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 #[cfg(test)]
@@ -53,7 +54,13 @@ mod tests {
     #[test]
     fn invalid_or_repeated_ids_are_replaced() {
         let long = "a".repeat(129);
-        for bad in [vec!["has space"], vec![""], vec![long.as_str()], vec!["a", "b"], vec!["<script>"]] {
+        for bad in [
+            vec!["has space"],
+            vec![""],
+            vec![long.as_str()],
+            vec!["a", "b"],
+            vec!["<script>"],
+        ] {
             let id = take_or_generate(&with(&bad));
             let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
             assert_eq!(parsed.get_version_num(), 7, "{bad:?}");

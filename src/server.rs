@@ -52,21 +52,33 @@ impl Server {
         let store = Store::open(&config.store.path)?;
         let readiness = Readiness::new(store.clone());
         let proxy = Proxy::new(config, readiness.clone());
-        let proxy = Listener::bind("proxy", config.proxy.listen, config.proxy.tls.clone(), proxy, config.limits.clone())
-            .await
-            .map_err(|source| StartError::Bind {
-                listener: "proxy",
-                addr: config.proxy.listen,
-                source,
-            })?;
+        let proxy = Listener::bind(
+            "proxy",
+            config.proxy.listen,
+            config.proxy.tls.clone(),
+            proxy,
+            config.limits.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: "proxy",
+            addr: config.proxy.listen,
+            source,
+        })?;
         let admin = Admin::new(readiness.clone(), config.log.access_log);
-        let admin = Listener::bind("admin", config.admin.listen, None, admin, config.limits.clone())
-            .await
-            .map_err(|source| StartError::Bind {
-                listener: "admin",
-                addr: config.admin.listen,
-                source,
-            })?;
+        let admin = Listener::bind(
+            "admin",
+            config.admin.listen,
+            None,
+            admin,
+            config.limits.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            listener: "admin",
+            addr: config.admin.listen,
+            source,
+        })?;
         let server = Self {
             proxy,
             admin,
@@ -86,12 +98,16 @@ impl Server {
 
     /// The bound proxy address.
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy.local_addr().expect("bound socket has an address")
+        self.proxy
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound socket has an address")
+        self.admin
+            .local_addr()
+            .expect("bound socket has an address")
     }
 
     /// Serves until `shutdown` resolves, then drains. Returns whether every

@@ -26,7 +26,10 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .open()
-            .map_err(|source| StoreError { what: "open", source })?;
+            .map_err(|source| StoreError {
+                what: "open",
+                source,
+            })?;
         Ok(Self { db })
     }
 
@@ -35,14 +38,17 @@ impl Store {
         self.db
             .get(b"__costguard_ready_probe")
             .map(drop)
-            .map_err(|source| StoreError { what: "read", source })
+            .map_err(|source| StoreError {
+                what: "read",
+                source,
+            })
     }
 
     /// Flushes pending writes to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(drop)
-            .map_err(|source| StoreError { what: "flush", source })
+        self.db.flush().map(drop).map_err(|source| StoreError {
+            what: "flush",
+            source,
+        })
     }
 }

@@ -28,8 +28,15 @@ async fn forwards_method_path_query_headers_and_body_exactly() {
         .unwrap();
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-upstream"], "yes", "upstream headers come back");
-    assert!(!resp.headers().contains_key("x-upstream-private"), "response Connection tokens are stripped");
+    assert_eq!(
+        resp.headers()["x-upstream"],
+        "yes",
+        "upstream headers come back"
+    );
+    assert!(
+        !resp.headers().contains_key("x-upstream-private"),
+        "response Connection tokens are stripped"
+    );
     assert!(!resp.headers().contains_key("keep-alive"));
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -43,7 +50,11 @@ async fn forwards_method_path_query_headers_and_body_exactly() {
     assert_eq!(custom, ["one", "two"]);
     assert_eq!(seen.headers["content-type"], "application/json");
     assert_eq!(seen.headers["accept-encoding"], "gzip");
-    assert_eq!(seen.headers["host"], cg.proxy.to_string().as_str(), "the client's Host is kept");
+    assert_eq!(
+        seen.headers["host"],
+        cg.proxy.to_string().as_str(),
+        "the client's Host is kept"
+    );
     assert_eq!(seen.headers["x-request-id"], rid.as_str());
     assert_eq!(seen.body.as_deref(), Some(&b"{\"hello\":\"world\"}"[..]));
 }
@@ -105,15 +116,24 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
         "x-forwarded-port",
         "forwarded",
     ] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream: {names:?}");
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream: {names:?}"
+        );
     }
     for name in &names {
         let canon = name.replace(['_', '.'], "-");
-        assert!(!canon.starts_with("x-costops"), "{name} reached the upstream");
+        assert!(
+            !canon.starts_with("x-costops"),
+            "{name} reached the upstream"
+        );
     }
     assert_eq!(seen.headers["x-keep-me"], "yes");
     assert_eq!(seen.headers["host"], "api.example");
-    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "spoofed X-Forwarded-For is replaced");
+    assert_eq!(
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "spoofed X-Forwarded-For is replaced"
+    );
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], "api.example");
     assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
@@ -152,7 +172,10 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     assert_eq!(seen.headers["x-forwarded-host"], "costs.example.com");
     assert_eq!(seen.headers["forwarded"], "for=203.0.113.7");
     assert_eq!(seen.headers["x-real-ip"], "203.0.113.7");
-    assert!(!seen.headers.contains_key("x-forwarded-user"), "identity headers go even from trusted proxies");
+    assert!(
+        !seen.headers.contains_key("x-forwarded-user"),
+        "identity headers go even from trusted proxies"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,15 +187,24 @@ async fn configured_strip_list_replaces_the_default() {
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
     let seen = up.last();
     assert!(!seen.headers.contains_key("x-internal-role"));
-    assert_eq!(seen.headers["x-tenant-id"], "org-1", "no longer in the list");
-    assert!(!seen.headers.contains_key("x-costops-tenant-id"), "X-CostOps-* always goes");
+    assert_eq!(
+        seen.headers["x-tenant-id"], "org-1",
+        "no longer in the list"
+    );
+    assert!(
+        !seen.headers.contains_key("x-costops-tenant-id"),
+        "X-CostOps-* always goes"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
-    let resp = raw_request(cg.proxy, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n");
+    let resp = raw_request(
+        cg.proxy,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n",
+    );
     assert_eq!(resp.headers["x-request-id"], "abc-123");
     assert_eq!(up.last().headers["x-request-id"], "abc-123");
 
@@ -186,7 +218,10 @@ async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     assert_eq!(up.last().headers["x-request-id"], rid.as_str());
 
     // Errors and health answers carry the id too.
-    let resp = raw_request(cg.proxy, b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: hc-1\r\n\r\n");
+    let resp = raw_request(
+        cg.proxy,
+        b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: hc-1\r\n\r\n",
+    );
     assert_eq!(resp.status, 200);
     assert_eq!(resp.headers["x-request-id"], "hc-1");
     assert_eq!(up.count(), 2, "/health is answered locally");
@@ -205,7 +240,11 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     // The line is written when the body ends; give the writer a moment.
     let mut line = None;
     for _ in 0..100 {
-        line = cg.logs().lines().find(|l| l.contains("logged-1")).map(str::to_string);
+        line = cg
+            .logs()
+            .lines()
+            .find(|l| l.contains("logged-1"))
+            .map(str::to_string);
         if line.is_some() {
             break;
         }
@@ -219,7 +258,13 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     assert!(line["latency_us"].as_u64().is_some());
     let logs = cg.logs();
     assert_eq!(logs.lines().filter(|l| l.contains("logged-1")).count(), 1);
-    for secret in ["query-secret-1", "0123456789abcdef", "fedcba9876543210", "cookie-secret-2", "Bearer"] {
+    for secret in [
+        "query-secret-1",
+        "0123456789abcdef",
+        "fedcba9876543210",
+        "cookie-secret-2",
+        "Bearer",
+    ] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
 }

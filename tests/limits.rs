@@ -20,13 +20,19 @@ fn config(upstream: &str, extra: &str) -> String {
 async fn declared_body_over_the_limit_is_413_before_the_upstream() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_body_bytes = 1024\n"), &[]);
-    let req = format!("POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1025\r\n\r\n{}", "a".repeat(1025));
+    let req = format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1025\r\n\r\n{}",
+        "a".repeat(1025)
+    );
     let resp = raw_request(cg.proxy, req.as_bytes());
     assert_eq!(resp.status, 413);
     assert_eq!(error_code(&resp.body), "body_too_large");
     assert_eq!(up.count(), 0);
     // At the limit is fine.
-    let req = format!("POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1024\r\n\r\n{}", "a".repeat(1024));
+    let req = format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1024\r\n\r\n{}",
+        "a".repeat(1024)
+    );
     assert_eq!(raw_request(cg.proxy, req.as_bytes()).status, 200);
     assert_eq!(up.last().body_len, 1024);
 }
@@ -43,14 +49,20 @@ async fn chunked_body_over_the_limit_is_cut_off_with_413() {
     let resp = raw_request(cg.proxy, &req);
     assert_eq!(resp.status, 413, "{resp:?}");
     assert_eq!(error_code(&resp.body), "body_too_large");
-    assert!(up.seen().iter().all(|s| !s.complete), "the upstream never saw a complete request");
+    assert!(
+        up.seen().iter().all(|s| !s.complete),
+        "the upstream never saw a complete request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_or_too_large_headers_are_431() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(
-        &config(&up.url(), "[limits]\nmax_header_count = 20\nmax_header_bytes = 4096\n"),
+        &config(
+            &up.url(),
+            "[limits]\nmax_header_count = 20\nmax_header_bytes = 4096\n",
+        ),
         &[],
     );
     let mut req = String::from("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
@@ -62,14 +74,20 @@ async fn too_many_or_too_large_headers_are_431() {
     assert_eq!(resp.status, 431);
     assert_eq!(error_code(&resp.body), "headers_too_large");
 
-    let req = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "v".repeat(5000));
+    let req = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "v".repeat(5000)
+    );
     let resp = raw_request(cg.proxy, req.as_bytes());
     assert_eq!(resp.status, 431);
     assert_eq!(error_code(&resp.body), "headers_too_large");
 
     // Far beyond the limit hyper itself stops reading and answers 431; the
     // client may see a reset instead, as the rest of its head is unread.
-    let req = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Huge: {}\r\n\r\n", "v".repeat(64 * 1024));
+    let req = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Huge: {}\r\n\r\n",
+        "v".repeat(64 * 1024)
+    );
     if let Some(resp) = support::try_raw_request(cg.proxy, req.as_bytes()) {
         assert_eq!(resp.status, 431);
     }
@@ -82,9 +100,16 @@ async fn too_many_or_too_large_headers_are_431() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_down_is_502_without_hanging() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cg = Sidecar::start(
-        &config(&format!("http://127.0.0.1:{port}"), "upstream_connect_timeout = \"1s\"\n"),
+        &config(
+            &format!("http://127.0.0.1:{port}"),
+            "upstream_connect_timeout = \"1s\"\n",
+        ),
         &[],
     );
     let started = Instant::now();
@@ -98,7 +123,10 @@ async fn upstream_down_is_502_without_hanging() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_504_at_the_response_timeout() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "upstream_response_timeout = \"500ms\"\n"), &[]);
+    let cg = Sidecar::start(
+        &config(&up.url(), "upstream_response_timeout = \"500ms\"\n"),
+        &[],
+    );
     let (status, _, body) = get(&cg.url("/hang")).await;
     assert_eq!(status, 504);
     assert_eq!(error_code(&body), "upstream_timeout");
@@ -109,7 +137,10 @@ async fn slow_upstream_is_504_at_the_response_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "[limits]\nheader_read_timeout = \"1s\"\n"), &[]);
+    let cg = Sidecar::start(
+        &config(&up.url(), "[limits]\nheader_read_timeout = \"1s\"\n"),
+        &[],
+    );
     let addr = cg.proxy;
     let slow = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -118,7 +149,9 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
         // Drip one header line every 200 ms, for up to 10 s.
         for i in 0..50 {
             std::thread::sleep(Duration::from_millis(200));
-            if s.write_all(format!("X-Drip-{i}: x\r\n").as_bytes()).is_err() {
+            if s.write_all(format!("X-Drip-{i}: x\r\n").as_bytes())
+                .is_err()
+            {
                 return started.elapsed();
             }
             s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
@@ -126,7 +159,9 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
             match s.read(&mut buf) {
                 Ok(0) => return started.elapsed(),
                 Ok(_) => return started.elapsed(), // hyper may answer 408 before closing
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(_) => return started.elapsed(),
             }
         }
@@ -138,8 +173,13 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
         assert_eq!(status, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let closed_after = tokio::task::spawn_blocking(move || slow.join().unwrap()).await.unwrap();
-    assert!(closed_after < Duration::from_secs(5), "closed after {closed_after:?}");
+    let closed_after = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
     assert_eq!(up.count(), 5, "the slow request never reached the upstream");
 }
 
@@ -149,7 +189,9 @@ async fn silent_and_idle_connections_are_closed_at_the_idle_timeout() {
     let cg = Sidecar::start(&config(&up.url(), "[limits]\nidle_timeout = \"1s\"\n"), &[]);
     // Connects and never sends a byte.
     let mut silent = TcpStream::connect(cg.proxy).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let n = silent.read(&mut buf).unwrap_or(0);
@@ -158,8 +200,10 @@ async fn silent_and_idle_connections_are_closed_at_the_idle_timeout() {
 
     // Keep-alive connection left idle after one request.
     let mut kept = TcpStream::connect(cg.proxy).unwrap();
-    kept.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    kept.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut all = Vec::new();
     let started = Instant::now();
     loop {
@@ -169,7 +213,10 @@ async fn silent_and_idle_connections_are_closed_at_the_idle_timeout() {
         }
     }
     assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
-    assert!(started.elapsed() < Duration::from_secs(5), "idle keep-alive closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle keep-alive closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,15 +235,23 @@ async fn one_gib_upload_streams_with_bounded_memory() {
         chunk: Bytes::from(vec![b'z'; CHUNK]),
         left: (TOTAL / CHUNK as u64) as usize,
     };
-    let req = Request::builder().method("POST").uri(cg.url("/sink")).body(body).unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method("POST")
+        .uri(cg.url("/sink"))
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let resp = client.request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, format!("upstream saw {TOTAL} bytes"));
     assert_eq!(up.last().body_len, TOTAL);
     let peak = cg.peak_rss_kib();
-    assert!(peak < 128 * 1024, "peak RSS {peak} KiB for a 1 GiB body: it was buffered");
+    assert!(
+        peak < 128 * 1024,
+        "peak RSS {peak} KiB for a 1 GiB body: it was buffered"
+    );
 }
 
 /// `left` copies of `chunk`, produced as fast as they are taken.

@@ -20,7 +20,10 @@ fn env_overrides_file_with_typed_values() {
             ("COSTGUARD_PROXY_LISTEN", "127.0.0.1:2"),
             ("COSTGUARD_LIMITS_MAX_BODY_BYTES", "42"),
             ("COSTGUARD_LOG_ACCESS_LOG", "false"),
-            ("COSTGUARD_PROXY_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.0/16"),
+            (
+                "COSTGUARD_PROXY_TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.168.0.0/16",
+            ),
             ("COSTGUARD_CONFIG", "ignored.toml"),
         ]),
     )
@@ -43,8 +46,12 @@ max_header_count = 10
 [nonsense]
 a = 1
 "#;
-    let err = parse(text, "t.toml", &env(&[("COSTGUARD_LIMITS_MAX_HEADER_BYTES", "lots")]))
-        .unwrap_err();
+    let err = parse(
+        text,
+        "t.toml",
+        &env(&[("COSTGUARD_LIMITS_MAX_HEADER_BYTES", "lots")]),
+    )
+    .unwrap_err();
     let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
     for want in [
         "proxy.lisen",
@@ -61,7 +68,10 @@ a = 1
 #[test]
 fn unknown_env_setting_is_an_error() {
     let err = parse("", "t.toml", &env(&[("COSTGUARD_PROXY_LISTN", "x")])).unwrap_err();
-    assert_eq!(err.problems[0].key, "proxy.listn (from COSTGUARD_PROXY_LISTN)");
+    assert_eq!(
+        err.problems[0].key,
+        "proxy.listn (from COSTGUARD_PROXY_LISTN)"
+    );
     let err = parse("", "t.toml", &env(&[("COSTGUARD_NOPE_X", "x")])).unwrap_err();
     assert_eq!(err.problems[0].key, "COSTGUARD_NOPE_X");
 }

@@ -141,7 +141,10 @@ impl Checker {
 
     fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
         value.parse().unwrap_or_else(|_| {
-            self.fail(key, format!("expected host:port with an IP address, got {value:?}"));
+            self.fail(
+                key,
+                format!("expected host:port with an IP address, got {value:?}"),
+            );
             SocketAddr::from(([127, 0, 0, 1], 0))
         })
     }
@@ -169,7 +172,11 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let p = &file.proxy;
     let listen = c.socket_addr("proxy.listen", &p.listen);
     let upstream = upstream(&mut c, &p.upstream);
-    let tls = tls(&mut c, p.tls_cert_file.as_deref(), p.tls_key_file.as_deref());
+    let tls = tls(
+        &mut c,
+        p.tls_cert_file.as_deref(),
+        p.tls_key_file.as_deref(),
+    );
     let trusted_proxies = p
         .trusted_proxies
         .iter()
@@ -179,7 +186,12 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from));
             parsed
-                .map_err(|_| c.fail(format!("proxy.trusted_proxies[{i}]"), format!("not a CIDR or IP address: {s:?}")))
+                .map_err(|_| {
+                    c.fail(
+                        format!("proxy.trusted_proxies[{i}]"),
+                        format!("not a CIDR or IP address: {s:?}"),
+                    )
+                })
                 .ok()
         })
         .collect();
@@ -199,10 +211,22 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         tls,
         trusted_proxies,
         strip_headers,
-        upstream_connect_timeout: c.duration("proxy.upstream_connect_timeout", p.upstream_connect_timeout),
-        upstream_response_timeout: c.duration("proxy.upstream_response_timeout", p.upstream_response_timeout),
-        upstream_pool_idle_timeout: c.duration("proxy.upstream_pool_idle_timeout", p.upstream_pool_idle_timeout),
-        upstream_pool_max_idle: c.bounded("proxy.upstream_pool_max_idle", p.upstream_pool_max_idle, 0, 100_000) as usize,
+        upstream_connect_timeout: c
+            .duration("proxy.upstream_connect_timeout", p.upstream_connect_timeout),
+        upstream_response_timeout: c.duration(
+            "proxy.upstream_response_timeout",
+            p.upstream_response_timeout,
+        ),
+        upstream_pool_idle_timeout: c.duration(
+            "proxy.upstream_pool_idle_timeout",
+            p.upstream_pool_idle_timeout,
+        ),
+        upstream_pool_max_idle: c.bounded(
+            "proxy.upstream_pool_max_idle",
+            p.upstream_pool_max_idle,
+            0,
+            100_000,
+        ) as usize,
         shutdown_grace: c.duration("proxy.shutdown_grace", p.shutdown_grace),
     };
 
@@ -210,18 +234,32 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let limits = Limits {
         header_read_timeout: c.duration("limits.header_read_timeout", l.header_read_timeout),
         idle_timeout: c.duration("limits.idle_timeout", l.idle_timeout),
-        max_header_bytes: c.bounded("limits.max_header_bytes", l.max_header_bytes, 1024, 1 << 20) as usize,
-        max_header_count: c.bounded("limits.max_header_count", l.max_header_count, 8, 1000) as usize,
+        max_header_bytes: c.bounded("limits.max_header_bytes", l.max_header_bytes, 1024, 1 << 20)
+            as usize,
+        max_header_count: c.bounded("limits.max_header_count", l.max_header_count, 8, 1000)
+            as usize,
         max_body_bytes: c.bounded("limits.max_body_bytes", l.max_body_bytes, 0, u64::MAX),
-        max_connections: c.bounded("limits.max_connections", l.max_connections, 1, 1_000_000) as usize,
-        max_concurrent_streams: c.bounded("limits.max_concurrent_streams", l.max_concurrent_streams, 1, 10_000) as u32,
+        max_connections: c.bounded("limits.max_connections", l.max_connections, 1, 1_000_000)
+            as usize,
+        max_concurrent_streams: c.bounded(
+            "limits.max_concurrent_streams",
+            l.max_concurrent_streams,
+            1,
+            10_000,
+        ) as u32,
     };
 
     let admin = AdminConfig {
         listen: c.socket_addr("admin.listen", &file.admin.listen),
     };
     if file.store.backend != "sled" {
-        c.fail("store.backend", format!("unknown backend {:?}; supported: \"sled\"", file.store.backend));
+        c.fail(
+            "store.backend",
+            format!(
+                "unknown backend {:?}; supported: \"sled\"",
+                file.store.backend
+            ),
+        );
     }
     if file.store.path.as_os_str().is_empty() {
         c.fail("store.path", "must not be empty");
@@ -231,11 +269,17 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     };
 
     let format = LogFormat::parse(&file.log.format).unwrap_or_else(|| {
-        c.fail("log.format", format!("expected \"human\" or \"json\", got {:?}", file.log.format));
+        c.fail(
+            "log.format",
+            format!("expected \"human\" or \"json\", got {:?}", file.log.format),
+        );
         LogFormat::Human
     });
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.log.level) {
-        c.fail("log.level", format!("invalid filter {:?}: {e}", file.log.level));
+        c.fail(
+            "log.level",
+            format!("invalid filter {:?}: {e}", file.log.level),
+        );
     }
     let log = LogConfig {
         format,
@@ -271,7 +315,10 @@ fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
         }
     };
     if uri.scheme() != Some(&Scheme::HTTP) {
-        c.fail("proxy.upstream", format!("must start with http:// (the upstream runs in the same pod), got {value:?}"));
+        c.fail(
+            "proxy.upstream",
+            format!("must start with http:// (the upstream runs in the same pod), got {value:?}"),
+        );
         return fallback;
     }
     let Some(authority) = uri.authority().cloned() else {
@@ -283,7 +330,10 @@ fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
         return fallback;
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        c.fail("proxy.upstream", "must be scheme://host:port only; a path prefix is not supported");
+        c.fail(
+            "proxy.upstream",
+            "must be scheme://host:port only; a path prefix is not supported",
+        );
         return fallback;
     }
     UpstreamTarget {
@@ -292,7 +342,11 @@ fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
     }
 }
 
-fn tls(c: &mut Checker, cert: Option<&Path>, key: Option<&Path>) -> Option<Arc<rustls::ServerConfig>> {
+fn tls(
+    c: &mut Checker,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Option<Arc<rustls::ServerConfig>> {
     let (cert_path, key_path) = match (cert, key) {
         (None, None) => return None,
         (Some(_), None) => {
@@ -310,11 +364,17 @@ fn tls(c: &mut Checker, cert: Option<&Path>, key: Option<&Path>) -> Option<Arc<r
     let certs = match certs {
         Ok(certs) if !certs.is_empty() => Some(certs),
         Ok(_) => {
-            c.fail("proxy.tls_cert_file", format!("{}: no PEM certificate found", cert_path.display()));
+            c.fail(
+                "proxy.tls_cert_file",
+                format!("{}: no PEM certificate found", cert_path.display()),
+            );
             None
         }
         Err(e) => {
-            c.fail("proxy.tls_cert_file", format!("{}: {e}", cert_path.display()));
+            c.fail(
+                "proxy.tls_cert_file",
+                format!("{}: {e}", cert_path.display()),
+            );
             None
         }
     };
@@ -338,7 +398,10 @@ fn tls(c: &mut Checker, cert: Option<&Path>, key: Option<&Path>) -> Option<Arc<r
             Some(Arc::new(config))
         }
         Err(e) => {
-            c.fail("proxy.tls_cert_file", format!("certificate and key do not work together: {e}"));
+            c.fail(
+                "proxy.tls_cert_file",
+                format!("certificate and key do not work together: {e}"),
+            );
             None
         }
     }

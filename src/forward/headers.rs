@@ -140,7 +140,13 @@ impl Hygiene {
 
     /// Cleans an inbound request's headers and adds costguard's forwarding
     /// headers. `host` is the Host the client addressed.
-    pub fn request(&self, headers: &mut HeaderMap, origin: Origin<'_>, host: &HeaderValue, request_id: &HeaderValue) {
+    pub fn request(
+        &self,
+        headers: &mut HeaderMap,
+        origin: Origin<'_>,
+        host: &HeaderValue,
+        request_id: &HeaderValue,
+    ) {
         strip_connection_tokens(headers);
         for name in hop_by_hop() {
             headers.remove(name);
@@ -149,7 +155,10 @@ impl Hygiene {
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {
             let s = name.as_str();
-            if is_costops_lookalike(s) || self.strip.iter().any(|p| p.matches(s)) || (!trusted && is_forwarding(s)) {
+            if is_costops_lookalike(s)
+                || self.strip.iter().any(|p| p.matches(s))
+                || (!trusted && is_forwarding(s))
+            {
                 doomed.push(name.clone());
             }
         }
@@ -233,7 +242,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -248,7 +260,13 @@ mod tests {
 
     #[test]
     fn lookalikes_are_recognised() {
-        for n in ["x-costops-tenant-id", "X_CostOps_Tenant_Id", "x.costops.roles", "X-COSTOPS-x", "x-costops"] {
+        for n in [
+            "x-costops-tenant-id",
+            "X_CostOps_Tenant_Id",
+            "x.costops.roles",
+            "X-COSTOPS-x",
+            "x-costops",
+        ] {
             assert!(is_costops_lookalike(n), "{n}");
         }
         for n in ["x-cost-ops", "costops", "x-costop"] {
@@ -284,14 +302,24 @@ mod tests {
             ("x-auth-request-email", "a@b"),
             ("accept", "*/*"),
         ]);
-        default_hygiene(&[]).request(&mut h, origin(&peer, false), &HeaderValue::from_static("api"), &rid);
+        default_hygiene(&[]).request(
+            &mut h,
+            origin(&peer, false),
+            &HeaderValue::from_static("api"),
+            &rid,
+        );
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api");
         assert_eq!(h["x-real-ip"], "10.1.2.3");
         assert_eq!(h["x-request-id"], "rid-1");
         assert_eq!(h["accept"], "*/*");
-        for gone in ["x-forwarded-port", "forwarded", "x-tenant-id", "x-auth-request-email"] {
+        for gone in [
+            "x-forwarded-port",
+            "forwarded",
+            "x-tenant-id",
+            "x-auth-request-email",
+        ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
     }
@@ -307,11 +335,19 @@ mod tests {
             ("forwarded", "for=1.1.1.1"),
             ("x-forwarded-user", "mallory"),
         ]);
-        default_hygiene(&["10.0.0.0/8"]).request(&mut h, origin(&peer, false), &HeaderValue::from_static("api"), &rid);
+        default_hygiene(&["10.0.0.0/8"]).request(
+            &mut h,
+            origin(&peer, false),
+            &HeaderValue::from_static("api"),
+            &rid,
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["forwarded"], "for=1.1.1.1");
-        assert!(!h.contains_key("x-forwarded-user"), "identity headers go even from trusted proxies");
+        assert!(
+            !h.contains_key("x-forwarded-user"),
+            "identity headers go even from trusted proxies"
+        );
     }
 
     #[test]
@@ -319,12 +355,20 @@ mod tests {
         let peer = HeaderValue::from_static("10.1.2.3");
         let rid = HeaderValue::from_static("rid-1");
         let mut h = map(&[
-            ("connection", "close, X-Request-Id, X-Forwarded-For, host, x-custom"),
+            (
+                "connection",
+                "close, X-Request-Id, X-Forwarded-For, host, x-custom",
+            ),
             ("x-custom", "1"),
             ("host", "api"),
             ("te", "trailers"),
         ]);
-        default_hygiene(&[]).request(&mut h, origin(&peer, true), &HeaderValue::from_static("api"), &rid);
+        default_hygiene(&[]).request(
+            &mut h,
+            origin(&peer, true),
+            &HeaderValue::from_static("api"),
+            &rid,
+        );
         assert_eq!(h["x-request-id"], "rid-1");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -45,7 +45,10 @@ impl Upstream {
 
     /// Sends `req` and waits for the response head, at most the response
     /// timeout. The response body is not read here: it streams to the client.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -59,11 +62,15 @@ impl Upstream {
         let mut source = e.source();
         while let Some(s) = source {
             limit_hit |= s.is::<LengthLimitError>();
-            body_broke |= s.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user);
+            body_broke |= s
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user);
             source = s.source();
         }
         if limit_hit {
-            return ForwardError::BodyTooLarge { limit: self.max_body };
+            return ForwardError::BodyTooLarge {
+                limit: self.max_body,
+            };
         }
         // A body error that is not our limit: the client's body broke off.
         if body_broke {

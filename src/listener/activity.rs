@@ -49,7 +49,9 @@ impl Activity {
         loop {
             let last = self.last.load(Ordering::Relaxed);
             tokio::time::sleep_until(self.start + Duration::from_millis(last) + timeout).await;
-            if self.in_flight.load(Ordering::Relaxed) == 0 && self.last.load(Ordering::Relaxed) == last {
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && self.last.load(Ordering::Relaxed) == last
+            {
                 return;
             }
             if self.last.load(Ordering::Relaxed) == last {
@@ -88,7 +90,11 @@ impl<T> TrackedIo<T> {
 }
 
 impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
@@ -100,7 +106,11 @@ impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {

@@ -53,7 +53,9 @@ impl Upstream {
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let record = record.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(req, record.clone()));
@@ -83,9 +85,16 @@ impl Upstream {
     }
 }
 
-async fn handle(req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
-    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     let path = parts.uri.path().to_string();
     if path == "/hang" {
         std::future::pending::<()>().await;
@@ -198,7 +207,10 @@ impl Sidecar {
             Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
-                panic!("costguard did not start; output:\n{}", logs.lock().unwrap().join("\n"));
+                panic!(
+                    "costguard did not start; output:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
             }
         };
         Self {
@@ -240,7 +252,10 @@ impl Sidecar {
             if let Some(status) = child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "costguard did not exit in {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "costguard did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -275,7 +290,8 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -304,9 +320,18 @@ pub fn try_raw_request(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> 
 
 pub fn parse_response(buf: &[u8]) -> RawResponse {
     let text = String::from_utf8_lossy(buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -319,7 +344,10 @@ pub fn parse_response(buf: &[u8]) -> RawResponse {
 }
 
 /// A plain HTTP/1.1 client (pooled, keep-alive).
-pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
@@ -328,14 +356,22 @@ pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
     let resp = client().get(url.parse().unwrap()).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Asserts the contract's error body and returns its code.
 pub fn error_code(body: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
     let e = &v["error"];
     assert!(e["message"].is_string(), "{body}");
-    assert!(e["request_id"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    assert!(
+        e["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     e["code"].as_str().unwrap().to_string()
 }

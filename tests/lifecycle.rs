@@ -1,0 +1,231 @@
+//! The process as an operator sees it: graceful shutdown, readiness,
+//! configuration checking, `--help`, and the demo.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Sidecar, Upstream, binary, get};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let up = Upstream::start().await;
+    let mut cg = Sidecar::start(
+        &format!(
+            "[proxy]\nupstream = \"{}\"\nshutdown_grace = \"20s\"\n",
+            up.url()
+        ),
+        &[],
+    );
+    let (status, _, body) = get(&format!("http://{}/ready", cg.admin)).await;
+    assert_eq!(status, 200, "{body}");
+
+    let slow_url = cg.url("/slow/2000");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    // Wait until the upstream has the request, then ask costguard to stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cg.terminate();
+
+    // Readiness fails at once, on the admin port, while the drain goes on.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, _, body) = get(&format!("http://{}/ready", cg.admin)).await;
+        if status == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No new connections on the proxy port.
+    assert!(
+        TcpStream::connect(cg.proxy).is_err(),
+        "the proxy port still accepts"
+    );
+
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request finished");
+    assert_eq!(body, "upstream saw 0 bytes");
+    let exit = tokio::task::block_in_place(|| cg.wait(Duration::from_secs(15)));
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_ready_answer_on_both_ports() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[]);
+    for base in [cg.proxy, cg.admin] {
+        let (status, _, body) = get(&format!("http://{base}/health")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+            "ok"
+        );
+        let (status, _, body) = get(&format!("http://{base}/ready")).await;
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "ready");
+        assert_eq!(v["checks"]["store"], "ok");
+        assert_eq!(v["checks"]["config"], "ok");
+    }
+    let (status, _, body) = get(&format!("http://{}/admin/v1/nothing", cg.admin)).await;
+    assert_eq!(status, 404);
+    assert_eq!(support::error_code(&body), "not_found");
+    assert_eq!(up.count(), 0);
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[proxy]
+listen = "not-an-address"
+upstream = "https://elsewhere.example/api"
+upstream_response_timeout = "forever"
+colour = "blue"
+[limits]
+max_header_count = 0
+max_body_bytes = -1
+[admin]
+listen = "127.0.0.1:99999"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .env("COSTGUARD_LIMITS_IDLE_TIMEOUT", "0s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Unknown and mistyped keys, and the problems of the rest, all at once.
+    for key in [
+        "proxy.upstream_response_timeout",
+        "proxy.colour",
+        "limits.max_body_bytes",
+        "proxy.listen",
+        "proxy.upstream",
+        "limits.max_header_count",
+        "limits.idle_timeout (from COSTGUARD_LIMITS_IDLE_TIMEOUT)",
+        "admin.listen",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("8 problems"), "{stderr}");
+
+    // A TLS certificate or key that cannot be read is reported with its key.
+    std::fs::write(
+        &path,
+        "[proxy]\ntls_cert_file = \"/nonexistent/cert.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n",
+    )
+    .unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("proxy.tls_cert_file") && stderr.contains("proxy.tls_key_file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/costguard.example.toml");
+    let out = Command::new(binary())
+        .args(["serve", "--check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = Command::new(binary()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "demo", "--log-format"] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    let out = Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["--config", "--check-config", "COSTGUARD_"] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    let out = Command::new(binary())
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("echo upstream"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_the_echo_upstream_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "--log-format",
+        "json",
+        "demo",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("data"))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut cg = Sidecar::spawn(cmd, dir);
+    let client = support::client();
+    let req = http::Request::builder()
+        .uri(cg.url("/v1/tenants/org-1/costs?month=2026-11"))
+        .header("x-costops-tenant-id", "forged")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/v1/tenants/org-1/costs");
+    assert_eq!(echo["query"], "month=2026-11");
+    assert!(echo["headers"].get("x-costops-tenant-id").is_none());
+    assert_eq!(echo["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    let (status, _, _) = get(&format!("http://{}/ready", cg.admin)).await;
+    assert_eq!(status, 200);
+    assert!(
+        cg.logs().contains("costguard demo"),
+        "the banner says what it does"
+    );
+    cg.terminate();
+    let exit = tokio::task::block_in_place(|| cg.wait(Duration::from_secs(15)));
+    assert_eq!(exit.code(), Some(0));
+}
