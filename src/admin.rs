@@ -1,36 +1,220 @@
-//! The admin port: `/health` and `/ready` so far; the admin API and
-//! `/metrics` arrive with their issues. Everything else is a JSON 404.
+//! The admin port: `/health`, `/ready`, and the admin API under
+//! `/admin/v1/` (tenants, keys, projects, users, usage). JSON in and out;
+//! strict bodies; every error in the contract's shape. The admin API is
+//! served on this port only.
+
+pub mod auth;
+pub mod ops;
+pub mod requests;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
 use crate::access_log::{Entry, LoggedBody};
-use crate::error::{self, Error};
+use crate::authn::AuthnError;
+use crate::error::{self, Error, json_response};
 use crate::forward::headers::X_REQUEST_ID;
 use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::request_id;
+use crate::store::StoreError;
+use auth::AdminAuth;
+use ops::{AdminOps, key_view};
+
+/// A failed admin request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not authenticated (401/400/403 as for the proxy).
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
+    /// The request is invalid; nothing was changed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The path names another tenant than the caller's.
+    #[error("the caller belongs to another tenant")]
+    TenantMismatch,
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// No such route.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists, with other methods.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// A tier limit is reached (409).
+    #[error("{0}")]
+    LimitReached(String),
+    /// Conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body is over `admin.max_body_bytes`.
+    #[error("request body too large")]
+    TooLarge,
+    /// The body is not JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// The store failed.
+    #[error("store failure")]
+    Store(#[source] StoreError),
+}
+
+impl ApiError {
+    /// A 400 with this message.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+
+    /// A 403 with this message.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(message.into())
+    }
+}
 
 /// The admin port's handler. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Admin {
+pub struct Admin(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
     readiness: Arc<Readiness>,
+    auth: AdminAuth,
+    ops: AdminOps,
+    max_body: usize,
     access_log: bool,
 }
 
 impl Admin {
     /// Builds the admin router.
-    pub fn new(readiness: Arc<Readiness>, access_log: bool) -> Self {
-        Self {
+    pub fn new(readiness: Arc<Readiness>, auth: AdminAuth, ops: AdminOps, max_body: usize, access_log: bool) -> Self {
+        Self(Arc::new(Inner {
             readiness,
+            auth,
+            ops,
+            max_body,
             access_log,
+        }))
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+        let path = req.uri().path().to_string();
+        let Some(rest) = path.strip_prefix("/admin/v1/") else {
+            return Err(ApiError::NoRoute);
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(ApiError::NoRoute);
+        }
+        // Refuse unknown routes before looking at credentials, but check
+        // credentials before reading any body.
+        let allowed = allowed_methods(&segments).ok_or(ApiError::NoRoute)?;
+        if !allowed.split(", ").any(|m| m == req.method().as_str()) {
+            return Err(ApiError::MethodNotAllowed(allowed));
+        }
+        let caller = self.0.auth.caller(req.headers()).await?;
+        let method = req.method().clone();
+        let body = self.body(req).await?;
+        let ops = &self.0.ops;
+        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+        let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
+        match (method, segments.as_slice()) {
+            (Method::POST, ["tenants"]) => created(json!(ops.create_tenant(&caller, parse(&body)?).await?)),
+            (Method::GET, ["tenants"]) => ok(json!({"tenants": ops.list_tenants(&caller).await?})),
+            (Method::GET, ["tenants", t]) => ok(json!(ops.get_tenant(&caller, t).await?)),
+            (Method::PATCH, ["tenants", t]) => ok(json!(ops.patch_tenant(&caller, t, parse(&body)?).await?)),
+            (Method::DELETE, ["tenants", t]) => {
+                ops.delete_tenant(&caller, t).await?;
+                ok(json!({"tenant_id": t, "deleted": true}))
+            }
+            (Method::POST, ["tenants", t, "keys"]) => {
+                let (key, secret) = ops.create_key(&caller, t, parse(&body)?).await?;
+                created(with_secret(key_view(&key), secret))
+            }
+            (Method::GET, ["tenants", t, "keys"]) => {
+                let keys: Vec<Value> = ops.list_keys(&caller, t).await?.iter().map(key_view).collect();
+                ok(json!({"keys": keys}))
+            }
+            (Method::DELETE, ["tenants", t, "keys", k]) => ok(key_view(&ops.revoke_key(&caller, t, k).await?)),
+            (Method::POST, ["tenants", t, "keys", k, "rotate"]) => {
+                let body = if body.is_empty() { Default::default() } else { parse(&body)? };
+                let (key, secret) = ops.rotate_key(&caller, t, k, body).await?;
+                ok(with_secret(key_view(&key), secret))
+            }
+            (Method::POST, ["tenants", t, "projects"]) => created(json!(ops.create_project(&caller, t, parse(&body)?).await?)),
+            (Method::GET, ["tenants", t, "projects"]) => ok(json!({"projects": ops.list_projects(&caller, t).await?})),
+            (Method::PUT, ["tenants", t, "users", u]) => {
+                let (user, was_created) = ops.put_user(&caller, t, u, parse(&body)?).await?;
+                if was_created { created(json!(user)) } else { ok(json!(user)) }
+            }
+            (Method::GET, ["tenants", t, "users"]) => ok(json!({"users": ops.list_users(&caller, t).await?})),
+            (Method::DELETE, ["tenants", t, "users", u]) => {
+                ops.delete_user(&caller, t, u).await?;
+                ok(json!({"user_id": u, "deleted": true}))
+            }
+            (Method::GET, ["tenants", t, "usage"]) => ok(ops.usage(&caller, t).await?),
+            _ => Err(ApiError::NoRoute),
         }
     }
+
+    /// Reads the body, bounded; JSON only.
+    async fn body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+            if !ct.starts_with("application/json") {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.0.max_body as u64) {
+            return Err(ApiError::TooLarge);
+        }
+        match Limited::new(req.into_body(), self.0.max_body).collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge),
+            Err(_) => Err(ApiError::bad("request body could not be read")),
+        }
+    }
+}
+
+/// The methods each route accepts, or `None` when there is no such route.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["tenants"] => "GET, POST",
+        ["tenants", _] => "GET, PATCH, DELETE",
+        ["tenants", _, "keys"] => "GET, POST",
+        ["tenants", _, "keys", _] => "DELETE",
+        ["tenants", _, "keys", _, "rotate"] => "POST",
+        ["tenants", _, "projects"] => "GET, POST",
+        ["tenants", _, "users"] => "GET",
+        ["tenants", _, "users", _] => "PUT, DELETE",
+        ["tenants", _, "usage"] => "GET",
+        _ => return None,
+    })
+}
+
+fn with_secret(mut view: Value, secret: String) -> Value {
+    view["api_key"] = Value::String(secret);
+    view
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad("a JSON body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
 impl Handler for Admin {
@@ -38,7 +222,7 @@ impl Handler for Admin {
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
         let request_id = request_id::take_or_generate(req.headers());
-        let entry = self.access_log.then(|| Entry {
+        let entry = self.0.access_log.then(|| Entry {
             listener: "admin",
             request_id: request_id.clone(),
             method: req.method().clone(),
@@ -46,9 +230,12 @@ impl Handler for Admin {
             peer: conn.peer.ip(),
             start: Instant::now(),
         });
-        let mut resp = match self.readiness.respond(req.method(), req.uri().path()) {
+        let mut resp = match self.0.readiness.respond(req.method(), req.uri().path()).await {
             Some(resp) => resp,
-            None => error::rescue(&Error::NotFound, &request_id),
+            None => match self.route(req).await {
+                Ok(resp) => resp,
+                Err(e) => error::rescue(&Error::Admin(e), &request_id),
+            },
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status();

@@ -6,72 +6,150 @@
 //! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
 //! Client-facing messages never include internals.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::admin::ApiError;
+use crate::authn::AuthnError;
 use crate::forward::ForwardError;
 use crate::forward::headers::X_REQUEST_ID;
 use crate::limits::TooLarge;
 
-/// Anything a request can fail with before or while it is forwarded.
+/// Anything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Over a size limit.
     #[error(transparent)]
     TooLarge(#[from] TooLarge),
+    /// Not authenticated.
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
     /// Forwarding failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// No such endpoint (admin port).
-    #[error("not found")]
-    NotFound,
+    /// An admin API request failed.
+    #[error(transparent)]
+    Admin(#[from] ApiError),
+}
+
+/// `WWW-Authenticate` for a request without a credential, and for one with
+/// a bad credential (RFC 6750 §3).
+static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"costguard\"");
+static CHALLENGE_INVALID: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"costguard\", error=\"invalid_token\"");
+
+fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
+    use AuthnError as A;
+    match e {
+        A::Missing => (StatusCode::UNAUTHORIZED, "unauthenticated", "credentials are required"),
+        A::Ambiguous => (
+            StatusCode::BAD_REQUEST,
+            "ambiguous_credentials",
+            "send exactly one credential (one Authorization or one X-API-Key header)",
+        ),
+        A::Malformed | A::UnknownKey => (StatusCode::UNAUTHORIZED, "invalid_key", "the API key is not valid"),
+        A::UnsupportedToken => (StatusCode::UNAUTHORIZED, "invalid_token", "the bearer token is not valid"),
+        A::RevokedKey => (StatusCode::UNAUTHORIZED, "revoked_key", "the API key has been revoked"),
+        A::ExpiredKey => (StatusCode::UNAUTHORIZED, "expired_key", "the API key has expired"),
+        A::TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "the tenant is suspended"),
+        A::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "credentials cannot be checked right now",
+        ),
+    }
 }
 
 /// Turns an error into its response, logging the cause.
 pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     use ForwardError as F;
-    let (status, code, message) = match err {
+    let (status, code, message): (StatusCode, &str, Cow<'_, str>) = match err {
         Error::TooLarge(TooLarge::Headers { .. }) => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            "request headers are too large",
+            "request headers are too large".into(),
         ),
-        Error::TooLarge(TooLarge::Body { .. }) | Error::Forward(F::BodyTooLarge { .. }) => (
+        Error::TooLarge(TooLarge::Body { .. }) | Error::Forward(F::BodyTooLarge { .. }) | Error::Admin(ApiError::TooLarge) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            "request body is too large",
+            "request body is too large".into(),
         ),
-        Error::Forward(F::BadRequest(why)) => (StatusCode::BAD_REQUEST, "bad_request", *why),
+        Error::Authn(e) | Error::Admin(ApiError::Authn(e)) => {
+            let (status, code, message) = authn(e);
+            (status, code, message.into())
+        }
+        Error::Forward(F::BadRequest(why)) => (StatusCode::BAD_REQUEST, "bad_request", (*why).into()),
         Error::Forward(F::BodyRead(_)) => (
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "request body could not be read",
+            "request body could not be read".into(),
         ),
         Error::Forward(F::Unavailable(_)) => (
             StatusCode::BAD_GATEWAY,
             "upstream_unavailable",
-            "the upstream service is unavailable",
+            "the upstream service is unavailable".into(),
         ),
         Error::Forward(F::Failed(_)) => (
             StatusCode::BAD_GATEWAY,
             "upstream_error",
-            "the upstream service failed to respond",
+            "the upstream service failed to respond".into(),
         ),
         Error::Forward(F::Timeout) => (
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
-            "the upstream service did not respond in time",
+            "the upstream service did not respond in time".into(),
         ),
-        Error::NotFound => (StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        Error::Admin(e) => match e {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.as_str().into()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str().into()),
+            ApiError::TenantMismatch => (
+                StatusCode::FORBIDDEN,
+                "tenant_mismatch",
+                "the caller belongs to another tenant".into(),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str().into()),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint".into(),
+            ),
+            ApiError::LimitReached(m) => (StatusCode::CONFLICT, "limit_reached", m.as_str().into()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str().into()),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json".into(),
+            ),
+            ApiError::Store(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the store failed; nothing was changed".into(),
+            ),
+            ApiError::Authn(_) | ApiError::TooLarge => unreachable!("matched above"),
+        },
     };
     if status.is_server_error() {
         tracing::warn!(request_id = ?request_id, error = %ErrorChain(err), "Request failed.");
     } else {
         tracing::debug!(request_id = ?request_id, error = %ErrorChain(err), "Request rejected.");
     }
-    json_error(status, code, message, request_id)
+    let mut resp = json_error(status, code, &message, request_id);
+    if status == StatusCode::UNAUTHORIZED {
+        let challenge = match err {
+            Error::Authn(AuthnError::Missing) | Error::Admin(ApiError::Authn(AuthnError::Missing)) => &CHALLENGE,
+            _ => &CHALLENGE_INVALID,
+        };
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+    }
+    if let Error::Admin(ApiError::MethodNotAllowed(allow)) = err {
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    resp
 }
 
 /// The contract's error body.

@@ -12,6 +12,7 @@ use http::{Method, Request, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::authn::{self, IdentityHeaders};
 use crate::config::UpstreamTarget;
 use crate::listener::ConnInfo;
 use headers::{Hygiene, Origin};
@@ -50,13 +51,15 @@ pub enum ForwardError {
 }
 
 /// Rewrites a client request into the upstream request: same method, path
-/// and query byte for byte, headers cleaned by `hygiene`, HTTP/1.1 to the
-/// upstream, body limited to `max_body` bytes.
+/// and query byte for byte, headers cleaned by `hygiene`, the client's
+/// credentials removed and `identity` added, HTTP/1.1 to the upstream, body
+/// limited to `max_body` bytes.
 pub fn prepare(
     req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     hygiene: &Hygiene,
+    identity: &IdentityHeaders,
     target: &UpstreamTarget,
     max_body: u64,
 ) -> Result<Request<UpstreamBody>, ForwardError> {
@@ -89,6 +92,8 @@ pub fn prepare(
         tls: conn.tls,
     };
     hygiene.request(&mut parts.headers, origin, &host, request_id);
+    authn::strip_credentials(&mut parts.headers);
+    identity.apply(&mut parts.headers);
     parts.headers.insert(header::HOST, host);
     parts.uri = Uri::builder()
         .scheme(target.scheme.clone())

@@ -16,12 +16,12 @@ use crate::store::Store;
 #[derive(Debug)]
 pub struct Readiness {
     draining: AtomicBool,
-    store: Store,
+    store: Arc<dyn Store>,
 }
 
 impl Readiness {
     /// Ready as long as `store` answers and no shutdown has begun.
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
             store,
@@ -34,20 +34,20 @@ impl Readiness {
     }
 
     /// Answers `/health` and `/ready` (GET or HEAD); `None` for anything else.
-    pub fn respond(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+    pub async fn respond(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
         match path {
             "/health" => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-            "/ready" => Some(self.ready()),
+            "/ready" => Some(self.ready().await),
             _ => None,
         }
     }
 
-    fn ready(&self) -> Response<Full<Bytes>> {
+    async fn ready(&self) -> Response<Full<Bytes>> {
         let draining = self.draining.load(Ordering::SeqCst);
-        let store = self.store.check();
+        let store = self.store.check().await;
         let ok = !draining && store.is_ok();
         let body = json!({
             "status": if ok { "ready" } else { "not_ready" },

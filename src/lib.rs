@@ -35,6 +35,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authn;
 pub mod config;
 pub mod echo;
 pub mod error;
@@ -42,8 +43,11 @@ pub mod forward;
 pub mod health;
 pub mod limits;
 pub mod listener;
+pub mod model;
 pub mod pipeline;
 pub mod request_id;
+pub mod roles;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod usage;

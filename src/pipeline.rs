@@ -1,13 +1,14 @@
 //! The proxy pipeline: the one place that orders the stages of a request.
 //!
 //! ```text
-//! request id → local endpoints → size limits → forward (header hygiene,
-//! pooled upstream client) → response hygiene
+//! request id → local endpoints → size limits → authn (API key → Principal)
+//! → usage count → forward (header hygiene, credentials out, identity
+//! headers in, pooled upstream client) → response hygiene
 //!              any stage error → error::rescue → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
-//! Authentication, authorization, rate limits and audit slot in between the
-//! size limits and forwarding, in that order, as their issues land.
+//! Authorization, rate limits and audit slot in between authentication and
+//! forwarding, in that order, as their issues land.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{Entry, LoggedBody};
+use crate::authn::Authenticator;
 use crate::config::{Config, Limits, UpstreamTarget};
 use crate::error::{self, Error};
 use crate::forward::headers::{self, Hygiene, X_REQUEST_ID};
@@ -25,6 +27,7 @@ use crate::forward::{self, ResponseBody};
 use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::request_id;
+use crate::usage::Usage;
 
 /// The proxy port's handler. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -37,12 +40,14 @@ struct Inner {
     target: UpstreamTarget,
     upstream: Upstream,
     readiness: Arc<Readiness>,
+    authn: Authenticator,
+    usage: Usage,
     access_log: bool,
 }
 
 impl Proxy {
     /// Builds the pipeline once from the configuration.
-    pub fn new(config: &Config, readiness: Arc<Readiness>) -> Self {
+    pub fn new(config: &Config, readiness: Arc<Readiness>, authn: Authenticator, usage: Usage) -> Self {
         Self(Arc::new(Inner {
             limits: config.limits.clone(),
             hygiene: Hygiene::new(
@@ -52,6 +57,8 @@ impl Proxy {
             target: config.proxy.upstream.clone(),
             upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
             readiness,
+            authn,
+            usage,
             access_log: config.log.access_log,
         }))
     }
@@ -66,16 +73,20 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Error> {
         let this = &*self.0;
         // Probes are answered here and never reach the upstream.
-        if let Some(resp) = this.readiness.respond(req.method(), req.uri().path()) {
+        if let Some(resp) = this.readiness.respond(req.method(), req.uri().path()).await {
             return Ok(resp.map(Either::Right));
         }
         // Bounds first: nothing below reads an oversized request.
         crate::limits::check(req.headers(), &this.limits)?;
+        // Who is calling: exactly one valid credential, or 401.
+        let principal = this.authn.authenticate(req.headers()).await?;
+        this.usage.record(&principal.tenant_id);
         let upstream_req = forward::prepare(
             req,
             conn,
             request_id,
             &this.hygiene,
+            &principal.headers,
             &this.target,
             this.limits.max_body_bytes,
         )?;

@@ -12,11 +12,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::admin::auth::AdminAuth;
+use crate::admin::ops::AdminOps;
+use crate::authn::Authenticator;
+use crate::authn::api_key::ApiKeys;
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::listener::Listener;
 use crate::pipeline::Proxy;
+use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
+use crate::usage::Usage;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +48,21 @@ pub struct Server {
     proxy: Listener<Proxy>,
     admin: Listener<Admin>,
     readiness: Arc<Readiness>,
-    store: Store,
+    store: Arc<dyn Store>,
+    usage: Usage,
+    ops: AdminOps,
     grace: Duration,
 }
 
 impl Server {
     /// Opens the store and binds both ports.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
-        let store = Store::open(&config.store.path)?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
         let readiness = Readiness::new(store.clone());
-        let proxy = Proxy::new(config, readiness.clone());
+        let keys = ApiKeys::new(store.clone(), config.auth.key_cache_capacity, config.auth.key_cache_ttl);
+        let usage = Usage::new(store.clone());
+        let ops = AdminOps::new(store.clone(), keys.clone(), usage.clone(), config.auth.rotation_grace);
+        let proxy = Proxy::new(config, readiness.clone(), Authenticator::new(keys.clone()), usage.clone());
         let proxy = Listener::bind(
             "proxy",
             config.proxy.listen,
@@ -65,7 +76,16 @@ impl Server {
             addr: config.proxy.listen,
             source,
         })?;
-        let admin = Admin::new(readiness.clone(), config.log.access_log);
+        if config.admin.token_hash.is_none() {
+            tracing::warn!("No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants.");
+        }
+        let admin = Admin::new(
+            readiness.clone(),
+            AdminAuth::new(config.admin.token_hash, keys),
+            ops.clone(),
+            config.admin.max_body_bytes,
+            config.log.access_log,
+        );
         let admin = Listener::bind(
             "admin",
             config.admin.listen,
@@ -84,6 +104,8 @@ impl Server {
             admin,
             readiness,
             store,
+            usage,
+            ops,
             grace: config.proxy.shutdown_grace,
         };
         tracing::info!(
@@ -110,9 +132,15 @@ impl Server {
             .expect("bound socket has an address")
     }
 
+    /// The admin operations (the demo seeds data through them).
+    pub fn ops(&self) -> &AdminOps {
+        &self.ops
+    }
+
     /// Serves until `shutdown` resolves, then drains. Returns whether every
     /// in-flight request finished within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+        let flusher = tokio::spawn(self.usage.clone().run_flusher(Duration::from_secs(1)));
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let proxy = tokio::spawn(self.proxy.serve(proxy_rx, self.grace));
@@ -124,7 +152,9 @@ impl Server {
         let drained = proxy.await.unwrap_or(false);
         let _ = stop_admin.send(true);
         let _ = admin.await;
-        if let Err(e) = self.store.flush() {
+        flusher.abort();
+        self.usage.flush().await;
+        if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
         }
         tracing::info!(drained, "Stopped.");

@@ -1,54 +1,97 @@
-//! The embedded store (sled). So far it only has to open and answer, which
-//! is what `/ready` checks; tenants, keys and sessions come with their issues.
-//! No sled type leaks out of this module.
+//! Storage behind one async trait, so backends are interchangeable: sled
+//! ([`sled::SledStore`]) is the embedded default for one pod; a shared
+//! backend for many replicas implements the same trait and must pass the
+//! same [`conformance`] suite.
+//!
+//! Durability contract: every method that changes data returns only after
+//! the change is on disk, so an acknowledged admin write survives `kill -9`.
 
-use std::path::Path;
+pub mod conformance;
+pub mod sled;
 
-/// Opening or using the store failed.
+use async_trait::async_trait;
+
+use crate::model::{ApiKey, Project, Tenant, User};
+
+/// A store operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("store {what}: {source}")]
-pub struct StoreError {
-    what: &'static str,
-    #[source]
-    source: sled::Error,
+pub enum StoreError {
+    /// The thing to change does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A tier limit would be passed.
+    #[error("{what} limit reached ({max})")]
+    LimitReached {
+        /// `project` or `user`.
+        what: &'static str,
+        /// The limit.
+        max: i64,
+    },
+    /// The id is taken.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// The backend failed (I/O, corruption, encoding).
+    #[error("store backend: {0}")]
+    Backend(String),
 }
 
-/// The open store. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Store {
-    db: sled::Db,
+/// What a tenant deletion removed, so caches can forget it.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Key hashes (current and previous) that no longer authenticate.
+    pub key_hashes: Vec<String>,
 }
 
-impl Store {
-    /// Opens (creating if needed) the store in `path`. Fails if another
-    /// process holds it.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| StoreError {
-                what: "open",
-                source,
-            })?;
-        Ok(Self { db })
-    }
+/// Everything costguard persists.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// A real read, for `/ready`.
+    async fn check(&self) -> Result<(), StoreError>;
 
-    /// A real read, so a broken store shows up in `/ready`.
-    pub fn check(&self) -> Result<(), StoreError> {
-        self.db
-            .get(b"__costguard_ready_probe")
-            .map(drop)
-            .map_err(|source| StoreError {
-                what: "read",
-                source,
-            })
-    }
+    /// Adds a tenant; its id must be new.
+    async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    /// One tenant.
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>, StoreError>;
+    /// All tenants, by id.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Replaces an existing tenant.
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    /// Removes a tenant and everything it owns (keys, projects, users, usage).
+    async fn delete_tenant(&self, tenant_id: &str) -> Result<Removed, StoreError>;
 
-    /// Flushes pending writes to disk.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(drop).map_err(|source| StoreError {
-            what: "flush",
-            source,
-        })
-    }
+    /// Adds a key and indexes its hash.
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// One key by id.
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// The key whose current or previous hash is `hash`.
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// A tenant's keys, by id.
+    async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+    /// Replaces an existing key and re-indexes its hashes (rotation,
+    /// revocation): hashes it no longer has stop resolving.
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// Adds a project unless the tenant already has `max` (-1: no limit).
+    async fn insert_project(&self, project: &Project, max: i64) -> Result<(), StoreError>;
+    /// A tenant's projects, by id.
+    async fn list_projects(&self, tenant_id: &str) -> Result<Vec<Project>, StoreError>;
+    /// One project of a tenant.
+    async fn get_project(&self, tenant_id: &str, project_id: &str) -> Result<Option<Project>, StoreError>;
+
+    /// Creates or replaces a user; creating fails when the tenant already
+    /// has `max` users. Returns whether the user was created.
+    async fn put_user(&self, user: &User, max: i64) -> Result<bool, StoreError>;
+    /// A tenant's users, by id.
+    async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError>;
+    /// Removes a user; returns whether it existed.
+    async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Adds `n` to a tenant's request count for UTC day `day` (days since
+    /// 1970-01-01).
+    async fn add_requests(&self, tenant_id: &str, day: u32, n: u64) -> Result<(), StoreError>;
+    /// A tenant's request count for a UTC day.
+    async fn requests_on(&self, tenant_id: &str, day: u32) -> Result<u64, StoreError>;
+
+    /// Forces everything written so far to disk.
+    async fn flush(&self) -> Result<(), StoreError>;
 }

@@ -16,10 +16,12 @@ fn config(upstream: &Upstream, extra: &str) -> String {
 async fn forwards_method_path_query_headers_and_body_exactly() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
+    let who = cg.tenant_and_key();
     let target = "/v1/items/caf%C3%A9/x%20y/%7Euser?q=a%20b&q=2&empty=&plus=a+b";
     let req = Request::builder()
         .method("PATCH")
         .uri(cg.url(target))
+        .header("authorization", format!("Bearer {}", who.key))
         .header("x-custom", "one")
         .header("x-custom", "two")
         .header("content-type", "application/json")
@@ -57,14 +59,22 @@ async fn forwards_method_path_query_headers_and_body_exactly() {
     );
     assert_eq!(seen.headers["x-request-id"], rid.as_str());
     assert_eq!(seen.body.as_deref(), Some(&b"{\"hello\":\"world\"}"[..]));
+    // Identity from the key; the key itself never reaches the upstream.
+    assert_eq!(seen.headers["x-costops-tenant-id"], who.tenant.as_str());
+    assert_eq!(seen.headers["x-costops-user-id"], who.key_id.as_str());
+    assert_eq!(seen.headers["x-costops-key-id"], who.key_id.as_str());
+    assert_eq!(seen.headers["x-costops-roles"], "admin");
+    assert_eq!(seen.headers["x-costops-auth-method"], "api_key");
+    assert!(!seen.headers.contains_key("authorization"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
-    let request = "GET /v1/tenants/org-1/costs HTTP/1.1\r\n\
-        Host: api.example\r\n\
+    let who = cg.tenant_and_key();
+    let request = format!("GET /v1/tenants/{}/costs HTTP/1.1\r\n\
+        Host: api.example\r\n{}", who.tenant, who.auth_line()) + "\
         Connection: close, X-Private-Hop\r\n\
         X-Private-Hop: 1\r\n\
         Keep-Alive: timeout=5\r\n\
@@ -121,13 +131,19 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
             "{gone} reached the upstream: {names:?}"
         );
     }
+    // The only X-CostOps-* headers upstream are costguard's, with its values.
     for name in &names {
         let canon = name.replace(['_', '.'], "-");
-        assert!(
-            !canon.starts_with("x-costops"),
-            "{name} reached the upstream"
-        );
+        if canon.starts_with("x-costops") {
+            assert_eq!(canon, *name, "look-alike {name} reached the upstream");
+            assert_eq!(seen.headers.get_all(*name).iter().count(), 1, "{name} twice");
+        }
     }
+    assert_eq!(seen.headers["x-costops-tenant-id"], who.tenant.as_str());
+    assert_eq!(seen.headers["x-costops-roles"], "admin");
+    assert_eq!(seen.headers["x-costops-auth-method"], "api_key");
+    assert_eq!(seen.headers["x-costops-user-id"], who.key_id.as_str());
+    assert_eq!(seen.headers["x-costops-key-id"], who.key_id.as_str());
     assert_eq!(seen.headers["x-keep-me"], "yes");
     assert_eq!(seen.headers["host"], "api.example");
     assert_eq!(
@@ -143,9 +159,10 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
 async fn connection_header_cannot_strip_costguards_own_headers() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
-    let request = "GET /x HTTP/1.1\r\nHost: a\r\n\
-        Connection: close, X-CostOps-Tenant-Id, X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Host\r\n\
-        X-Request-Id: keep-me-123\r\n\r\n";
+    let who = cg.tenant_and_key();
+    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\n{}\
+        Connection: close, X-CostOps-Tenant-Id, X-CostOps-Roles, X-CostOps-User-Id, X-CostOps-Key-Id, X-CostOps-Auth-Method, X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Host\r\n\
+        X-Request-Id: keep-me-123\r\n\r\n", who.auth_line());
     let resp = raw_request(cg.proxy, request.as_bytes());
     assert_eq!(resp.status, 200);
     assert_eq!(resp.headers["x-request-id"], "keep-me-123");
@@ -156,13 +173,19 @@ async fn connection_header_cannot_strip_costguards_own_headers() {
     assert_eq!(seen.headers["x-forwarded-host"], "a");
     assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
     assert_eq!(seen.headers["host"], "a");
+    assert_eq!(seen.headers["x-costops-tenant-id"], who.tenant.as_str());
+    assert_eq!(seen.headers["x-costops-roles"], "admin");
+    assert_eq!(seen.headers["x-costops-user-id"], who.key_id.as_str());
+    assert_eq!(seen.headers["x-costops-key-id"], who.key_id.as_str());
+    assert_eq!(seen.headers["x-costops-auth-method"], "api_key");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, "trusted_proxies = [\"127.0.0.0/8\"]\n"), &[]);
-    let request = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+    let who = cg.tenant_and_key();
+    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}", who.auth_line()) + "\
         X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: costs.example.com\r\n\
         Forwarded: for=203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-User: mallory\r\n\r\n";
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
@@ -182,7 +205,8 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
 async fn configured_strip_list_replaces_the_default() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, "strip_headers = [\"X-Internal-*\"]\n"), &[]);
-    let request = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+    let who = cg.tenant_and_key();
+    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}", who.auth_line()) + "\
         X-Internal-Role: admin\r\nX-Tenant-Id: org-1\r\nX-CostOps-Tenant-Id: org-evil\r\n\r\n";
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
     let seen = up.last();
@@ -191,9 +215,10 @@ async fn configured_strip_list_replaces_the_default() {
         seen.headers["x-tenant-id"], "org-1",
         "no longer in the list"
     );
-    assert!(
-        !seen.headers.contains_key("x-costops-tenant-id"),
-        "X-CostOps-* always goes"
+    assert_eq!(
+        seen.headers["x-costops-tenant-id"],
+        who.tenant.as_str(),
+        "X-CostOps-* from clients always goes"
     );
 }
 
@@ -201,16 +226,18 @@ async fn configured_strip_list_replaces_the_default() {
 async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
+    let who = cg.tenant_and_key();
+    let auth = who.auth_line();
     let resp = raw_request(
         cg.proxy,
-        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: abc-123\r\n\r\n",
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}X-Request-Id: abc-123\r\n\r\n").as_bytes(),
     );
     assert_eq!(resp.headers["x-request-id"], "abc-123");
     assert_eq!(up.last().headers["x-request-id"], "abc-123");
 
     let resp = raw_request(
         cg.proxy,
-        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: bad id\"<>\r\n\r\n",
+        format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}X-Request-Id: bad id\"<>\r\n\r\n").as_bytes(),
     );
     let rid = resp.headers["x-request-id"].clone();
     let uuid = uuid::Uuid::parse_str(&rid).expect("a generated id is a UUID");
@@ -231,12 +258,21 @@ async fn request_id_is_kept_when_valid_and_generated_otherwise() {
 async fn access_log_has_one_line_per_request_and_no_secrets() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
-    let request = "POST /v1/things?api_key=query-secret-1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
-        Authorization: Bearer costops_0123456789abcdef0123456789abcdef\r\n\
-        X-API-Key: costops_fedcba9876543210fedcba9876543210\r\n\
+    let who = cg.tenant_and_key();
+    let request = format!(
+        "POST /v1/things?api_key=query-secret-1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+        X-API-Key: {}\r\n\
         Cookie: costguard_session=cookie-secret-2\r\n\
-        X-Request-Id: logged-1\r\nContent-Length: 5\r\n\r\nhello";
+        X-Request-Id: logged-1\r\nContent-Length: 5\r\n\r\nhello",
+        who.key
+    );
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
+    // A wrong key and a malformed one are refused, and not logged either.
+    let bad = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+        Authorization: Bearer costops_0123456789abcdef0123456789abcdef\r\n\r\n";
+    assert_eq!(raw_request(cg.proxy, bad.as_bytes()).status, 401);
+    let bad = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-API-Key: costops_fedcba9876543210-not-hex\r\n\r\n";
+    assert_eq!(raw_request(cg.proxy, bad.as_bytes()).status, 401);
     // The line is written when the body ends; give the writer a moment.
     let mut line = None;
     for _ in 0..100 {

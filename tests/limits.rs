@@ -275,3 +275,28 @@ impl http_body::Body for RepeatBody {
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_connections = 1\n"), &[]);
+    let mut first = TcpStream::connect(cg.proxy).unwrap();
+    first.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(first.read(&mut buf).unwrap() > 0, "the first connection is served");
+
+    // The second connection is accepted by the kernel but not served while
+    // the first holds the only slot.
+    let mut second = TcpStream::connect(cg.proxy).unwrap();
+    second.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(second.read(&mut buf).is_err(), "served beyond max_connections");
+    assert_eq!(up.count(), 1);
+
+    drop(first);
+    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = second.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert_eq!(up.last().target, "/second");
+}

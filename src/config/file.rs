@@ -20,6 +20,8 @@ pub struct FileConfig {
     pub limits: LimitsSection,
     /// The admin listener.
     pub admin: AdminSection,
+    /// API key authentication.
+    pub auth: AuthSection,
     /// The embedded store.
     pub store: StoreSection,
     /// Logging.
@@ -146,12 +148,53 @@ impl Default for LimitsSection {
 pub struct AdminSection {
     /// Address of the admin listener; loopback unless you mean otherwise.
     pub listen: String,
+    /// File holding the bootstrap admin token (acts as system_admin). The
+    /// usual way: a Kubernetes secret mounted as a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The bootstrap admin token itself (prefer `token_file`; the
+    /// environment variable `COSTGUARD_ADMIN_TOKEN` also works). At least 16
+    /// characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Most bytes of an admin request body (then 413).
+    pub max_body_bytes: u64,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token_file: None,
+            token: None,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthSection {
+    /// Most cached API key lookups (known and unknown keys) and tenants.
+    pub key_cache_capacity: u64,
+    /// How long a cached lookup is trusted. Revocation and rotation on this
+    /// instance take effect at once regardless; this bounds how long another
+    /// instance sharing the store may lag.
+    #[serde(with = "duration")]
+    pub key_cache_ttl: Duration,
+    /// How long the old secret keeps working after a rotation, unless the
+    /// rotate request says otherwise. "0s": it stops at once.
+    #[serde(with = "duration")]
+    pub rotation_grace: Duration,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            key_cache_capacity: 100_000,
+            key_cache_ttl: Duration::from_secs(30),
+            rotation_grace: Duration::ZERO,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: Limits,
     /// Admin listener.
     pub admin: AdminConfig,
+    /// API key authentication.
+    pub auth: AuthConfig,
     /// Embedded store.
     pub store: StoreConfig,
     /// Logging.
@@ -88,6 +90,21 @@ pub struct Limits {
 pub struct AdminConfig {
     /// Admin listen address.
     pub listen: SocketAddr,
+    /// SHA-256 of the bootstrap admin token; the token itself is not kept.
+    pub token_hash: Option<[u8; 32]>,
+    /// Admin request body bound.
+    pub max_body_bytes: usize,
+}
+
+/// `[auth]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Cache entries.
+    pub key_cache_capacity: u64,
+    /// Cache lifetime.
+    pub key_cache_ttl: Duration,
+    /// Default rotation grace period.
+    pub rotation_grace: Duration,
 }
 
 /// `[store]`, validated.
@@ -251,7 +268,17 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
 
     let admin = AdminConfig {
         listen: c.socket_addr("admin.listen", &file.admin.listen),
+        token_hash: admin_token(&mut c, &file.admin),
+        max_body_bytes: c.bounded("admin.max_body_bytes", file.admin.max_body_bytes, 1024, 16 << 20) as usize,
     };
+    let auth = AuthConfig {
+        key_cache_capacity: c.bounded("auth.key_cache_capacity", file.auth.key_cache_capacity, 1, 100_000_000),
+        key_cache_ttl: c.duration("auth.key_cache_ttl", file.auth.key_cache_ttl),
+        rotation_grace: file.auth.rotation_grace,
+    };
+    if file.auth.rotation_grace > Duration::from_secs(7 * 24 * 3600) {
+        c.fail("auth.rotation_grace", "must be at most 7 days");
+    }
     if file.store.backend != "sled" {
         c.fail(
             "store.backend",
@@ -292,6 +319,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             proxy,
             limits,
             admin,
+            auth,
             store,
             log,
         })
@@ -405,4 +433,33 @@ fn tls(
             None
         }
     }
+}
+
+/// Reads the bootstrap admin token (file or inline) and keeps its hash.
+fn admin_token(c: &mut Checker, admin: &super::file::AdminSection) -> Option<[u8; 32]> {
+    let token = match (&admin.token, &admin.token_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            c.fail("admin.token", "set admin.token or admin.token_file, not both");
+            return None;
+        }
+        (Some(t), None) => ("admin.token", t.trim().to_string()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(t) => ("admin.token_file", t.trim().to_string()),
+            Err(e) => {
+                c.fail("admin.token_file", format!("{}: {e}", path.display()));
+                return None;
+            }
+        },
+    };
+    let (key, token) = token;
+    if token.len() < 16 || token.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.fail(key, "the admin token must be at least 16 characters, without spaces");
+        return None;
+    }
+    if token.starts_with(crate::authn::api_key::PREFIX) {
+        c.fail(key, "the admin token must not look like an API key (costops_…)");
+        return None;
+    }
+    Some(crate::authn::api_key::hash(&token))
 }

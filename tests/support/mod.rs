@@ -138,6 +138,9 @@ async fn handle(
     Ok(resp)
 }
 
+/// The bootstrap admin token every test sidecar gets.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// The real binary, started with a config and JSON logs on stdout.
 pub struct Sidecar {
     child: Option<Child>,
@@ -166,6 +169,7 @@ impl Sidecar {
             .arg("json")
             .env("COSTGUARD_PROXY_LISTEN", "127.0.0.1:0")
             .env("COSTGUARD_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("COSTGUARD_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("COSTGUARD_STORE_PATH", dir.path().join("data"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -220,6 +224,59 @@ impl Sidecar {
             logs,
             _dir: dir,
         }
+    }
+
+    /// Calls the admin API with `credential` (a bearer token or key) and
+    /// returns status and JSON body.
+    pub fn admin_call(&self, method: &str, path: &str, credential: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nAuthorization: Bearer {credential}\r\n"
+        );
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        } else if method != "GET" && method != "DELETE" {
+            req.push_str("Content-Length: 0\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        let resp = raw_request(self.admin, req.as_bytes());
+        let json = serde_json::from_str(&resp.body).unwrap_or(serde_json::Value::Null);
+        (resp.status, json)
+    }
+
+    /// As the bootstrap admin.
+    pub fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        self.admin_call(method, path, ADMIN_TOKEN, body.as_ref())
+    }
+
+    /// Creates a tenant of `tier`; returns its id.
+    pub fn create_tenant(&self, tier: &str) -> String {
+        let (status, body) = self.admin(
+            "POST",
+            "/admin/v1/tenants",
+            Some(serde_json::json!({"organization_name": format!("Test {tier}"), "admin_email": "ops@test.example", "tier": tier})),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["tenant_id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a key with `roles` in `tenant`; returns (key id, secret).
+    pub fn create_key(&self, tenant: &str, roles: &[&str]) -> (String, String) {
+        let (status, body) = self.admin(
+            "POST",
+            &format!("/admin/v1/tenants/{tenant}/keys"),
+            Some(serde_json::json!({"description": "test", "roles": roles})),
+        );
+        assert_eq!(status, 201, "{body}");
+        (body["key_id"].as_str().unwrap().to_string(), body["api_key"].as_str().unwrap().to_string())
+    }
+
+    /// A fresh enterprise tenant and an `admin` key in it.
+    pub fn tenant_and_key(&self) -> Caller {
+        let tenant = self.create_tenant("enterprise");
+        let (key_id, key) = self.create_key(&tenant, &["admin"]);
+        Caller { tenant, key_id, key }
     }
 
     pub fn pid(&self) -> u32 {
@@ -277,6 +334,21 @@ impl Drop for Sidecar {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A tenant and one of its keys.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: String,
+    pub key_id: String,
+    pub key: String,
+}
+
+impl Caller {
+    /// The `Authorization` header line for raw requests.
+    pub fn auth_line(&self) -> String {
+        format!("Authorization: Bearer {}\r\n", self.key)
     }
 }
 
@@ -353,7 +425,20 @@ pub fn client() -> hyper_util::client::legacy::Client<
 
 /// GET `url` and return status, headers and body text.
 pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
-    let resp = client().get(url.parse().unwrap()).await.unwrap();
+    get_with(url, None).await
+}
+
+/// GET `url` with `Authorization: Bearer KEY`.
+pub async fn get_as(url: &str, key: &str) -> (StatusCode, HeaderMap, String) {
+    get_with(url, Some(key)).await
+}
+
+async fn get_with(url: &str, key: Option<&str>) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::get(url);
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let resp = client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (

@@ -1,0 +1,96 @@
+//! Who is calling the admin API, and what they may do.
+//!
+//! The bootstrap admin token (compared in constant time, via its SHA-256)
+//! acts as `system_admin`. An API key acts with its own permissions within
+//! its own tenant; only `system_admin` crosses tenants.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::authn::api_key::ApiKeys;
+use crate::authn::{AuthnError, Credential, Principal, credential};
+use crate::roles::{Permission, Permissions};
+
+/// The admin API's caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The bootstrap admin token.
+    Root,
+    /// An API key.
+    Key(Arc<Principal>),
+}
+
+impl Caller {
+    /// Effective permissions.
+    pub fn permissions(&self) -> Permissions {
+        match self {
+            Caller::Root => Permissions::ALL,
+            Caller::Key(p) => p.permissions,
+        }
+    }
+
+    /// Who did it, for records: `admin-token` or `key:<id>`.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Root => "admin-token".into(),
+            Caller::Key(p) => format!("key:{}", p.user_id),
+        }
+    }
+
+    fn is_system_admin(&self) -> bool {
+        self.permissions().contains(Permission::SystemAdmin)
+    }
+
+    /// Allows the call when the caller is `system_admin`, or belongs to
+    /// `tenant` and holds one of `any_of`.
+    pub fn authorize(&self, tenant: Option<&str>, any_of: &[Permission]) -> Result<(), ApiError> {
+        if self.is_system_admin() {
+            return Ok(());
+        }
+        let Caller::Key(p) = self else { return Ok(()) };
+        match tenant {
+            Some(t) if t == &*p.tenant_id => {}
+            Some(_) => return Err(ApiError::TenantMismatch),
+            None => return Err(ApiError::forbidden("this operation needs system_admin")),
+        }
+        if any_of.iter().any(|perm| p.permissions.contains(*perm)) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = any_of.iter().map(|p| p.as_str()).collect();
+            Err(ApiError::forbidden(format!("this operation needs {}", names.join(" or "))))
+        }
+    }
+}
+
+/// Authenticates admin callers.
+#[derive(Clone, Debug)]
+pub struct AdminAuth {
+    /// SHA-256 of the bootstrap token, if one is configured.
+    token_hash: Option<[u8; 32]>,
+    keys: ApiKeys,
+}
+
+impl AdminAuth {
+    /// `token_hash`: SHA-256 of the configured admin token.
+    pub fn new(token_hash: Option<[u8; 32]>, keys: ApiKeys) -> Self {
+        Self { token_hash, keys }
+    }
+
+    /// The caller of a request, or why there is none.
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, AuthnError> {
+        match credential(headers)? {
+            None => Err(AuthnError::Missing),
+            Some(Credential::ApiKey(key)) => Ok(Caller::Key(self.keys.authenticate(key).await?)),
+            Some(Credential::Bearer(token)) => {
+                let presented = crate::authn::api_key::hash(token);
+                match &self.token_hash {
+                    Some(expected) if bool::from(presented.ct_eq(expected)) => Ok(Caller::Root),
+                    _ => Err(AuthnError::UnknownKey),
+                }
+            }
+        }
+    }
+}

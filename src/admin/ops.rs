@@ -1,0 +1,485 @@
+//! The admin operations, independent of HTTP (the demo calls them too).
+//! Each checks the caller, validates everything before it writes, and
+//! writes once: a rejected request changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::auth::Caller;
+use super::requests::{self as req, CreateKey, CreateProject, CreateTenant, LimitsPatch, PatchTenant, PutUser, RotateKey, SettingsPatch};
+use crate::authn::api_key::{self, ApiKeys};
+use crate::model::{self, ApiKey, KeyStatus, Project, Tenant, TenantLimits, TenantSettings, TenantStatus, User};
+use crate::roles::{self, Permission};
+use crate::store::{Store, StoreError};
+use crate::usage::{self, Usage};
+
+use Permission as P;
+
+/// Longest grace period a rotation may give the old secret.
+const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The admin API's operations.
+#[derive(Clone, Debug)]
+pub struct AdminOps {
+    store: Arc<dyn Store>,
+    keys: ApiKeys,
+    usage: Usage,
+    rotation_grace: Duration,
+}
+
+/// A key as the API shows it: never the secret, never a hash.
+pub fn key_view(k: &ApiKey) -> Value {
+    json!({
+        "key_id": k.key_id,
+        "tenant_id": k.tenant_id,
+        "description": k.description,
+        "roles": k.roles,
+        "scopes": k.scopes,
+        "rate_limit_per_minute": k.rate_limit_per_minute,
+        "expires_at": k.expires_at.map(rfc3339),
+        "status": k.status,
+        "created_at": rfc3339(k.created_at),
+        "rotated_at": k.rotated_at.map(rfc3339),
+        "previous_key_valid_until": k.previous_valid_until.map(rfc3339),
+        "created_by": k.created_by,
+    })
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+        StoreError::LimitReached { what, max } => ApiError::LimitReached(format!(
+            "{what} limit reached: the tenant's tier allows {max} {what}s"
+        )),
+        StoreError::AlreadyExists(what) => ApiError::Conflict(format!("{what} already exists")),
+        other => ApiError::Store(other),
+    }
+}
+
+impl AdminOps {
+    /// `rotation_grace`: how long an old secret works after a rotation
+    /// unless the request says otherwise.
+    pub fn new(store: Arc<dyn Store>, keys: ApiKeys, usage: Usage, rotation_grace: Duration) -> Self {
+        Self {
+            store,
+            keys,
+            usage,
+            rotation_grace,
+        }
+    }
+
+    async fn tenant(&self, tenant_id: &str) -> Result<Tenant, ApiError> {
+        if !req::is_id(tenant_id) {
+            return Err(ApiError::NotFound("tenant not found".into()));
+        }
+        self.store
+            .get_tenant(tenant_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::NotFound("tenant not found".into()))
+    }
+
+    // === tenants ===
+
+    /// Creates a tenant (system_admin).
+    pub async fn create_tenant(&self, caller: &Caller, body: CreateTenant) -> Result<Tenant, ApiError> {
+        caller.authorize(None, &[P::SystemAdmin])?;
+        let mut limits = body.tier.default_limits();
+        apply_limits(&mut limits, body.limits.as_ref())?;
+        let mut settings = TenantSettings {
+            data_region: "us-east-1".into(),
+            encryption_enabled: true,
+            audit_logging: true,
+            sso_enabled: body.tier == model::Tier::Enterprise,
+            custom_domain: None,
+        };
+        apply_settings(&mut settings, body.settings.as_ref(), body.data_region.as_deref())?;
+        let now = model::now();
+        let mut tenant = Tenant {
+            tenant_id: model::new_id("org-"),
+            organization_name: req::text("organization_name", &body.organization_name, 200)?,
+            admin_email: req::email("admin_email", &body.admin_email)?,
+            tier: body.tier,
+            limits,
+            status: TenantStatus::Active,
+            settings,
+            created_at: now,
+            updated_at: now,
+        };
+        // Ids are 32 random bits: retry the rare collision.
+        for _ in 0..3 {
+            match self.store.insert_tenant(&tenant).await {
+                Err(StoreError::AlreadyExists(_)) => tenant.tenant_id = model::new_id("org-"),
+                other => {
+                    other.map_err(store_error)?;
+                    tracing::info!(tenant_id = %tenant.tenant_id, actor = %caller.actor(), "Tenant created.");
+                    return Ok(tenant);
+                }
+            }
+        }
+        Err(ApiError::Conflict("could not allocate a tenant id".into()))
+    }
+
+    /// All tenants (system_admin).
+    pub async fn list_tenants(&self, caller: &Caller) -> Result<Vec<Tenant>, ApiError> {
+        caller.authorize(None, &[P::SystemAdmin])?;
+        self.store.list_tenants().await.map_err(store_error)
+    }
+
+    /// One tenant (system_admin, or the tenant's own administrators).
+    pub async fn get_tenant(&self, caller: &Caller, tenant_id: &str) -> Result<Tenant, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys])?;
+        self.tenant(tenant_id).await
+    }
+
+    /// Changes a tenant (system_admin).
+    pub async fn patch_tenant(&self, caller: &Caller, tenant_id: &str, body: PatchTenant) -> Result<Tenant, ApiError> {
+        caller.authorize(None, &[P::SystemAdmin])?;
+        let mut t = self.tenant(tenant_id).await?;
+        if let Some(name) = &body.organization_name {
+            t.organization_name = req::text("organization_name", name, 200)?;
+        }
+        if let Some(email) = &body.admin_email {
+            t.admin_email = req::email("admin_email", email)?;
+        }
+        if let Some(tier) = body.tier {
+            t.tier = tier;
+            t.limits = tier.default_limits();
+        }
+        apply_limits(&mut t.limits, body.limits.as_ref())?;
+        apply_settings(&mut t.settings, body.settings.as_ref(), body.data_region.as_deref())?;
+        if let Some(status) = body.status {
+            t.status = status;
+        }
+        t.updated_at = model::now();
+        self.store.update_tenant(&t).await.map_err(store_error)?;
+        self.keys.forget_tenant(&t.tenant_id).await;
+        tracing::info!(tenant_id = %t.tenant_id, actor = %caller.actor(), "Tenant updated.");
+        Ok(t)
+    }
+
+    /// Deletes a tenant and everything it owns (system_admin). Its keys
+    /// stop working at once.
+    pub async fn delete_tenant(&self, caller: &Caller, tenant_id: &str) -> Result<(), ApiError> {
+        caller.authorize(None, &[P::SystemAdmin])?;
+        self.tenant(tenant_id).await?;
+        let removed = self.store.delete_tenant(tenant_id).await.map_err(store_error)?;
+        self.keys.forget_tenant(tenant_id).await;
+        self.keys.forget_hashes(&removed.key_hashes).await;
+        tracing::info!(tenant_id = %tenant_id, actor = %caller.actor(), "Tenant deleted.");
+        Ok(())
+    }
+
+    // === roles ===
+
+    /// The one place roles are granted (to keys and users): each must exist
+    /// and be grantable by the caller (its permissions within the caller's).
+    /// The audit stage hooks here.
+    pub fn assign_roles(&self, caller: &Caller, tenant_id: &str, subject: &str, roles: &[String]) -> Result<Vec<String>, ApiError> {
+        if roles.len() > 16 {
+            return Err(ApiError::bad("at most 16 roles"));
+        }
+        let mut granted: Vec<String> = Vec::with_capacity(roles.len());
+        for role in roles {
+            let Some(perms) = roles::built_in(role) else {
+                return Err(ApiError::bad(format!("unknown role {role:?}")));
+            };
+            if !caller.permissions().includes(perms) {
+                return Err(ApiError::forbidden(format!("you cannot grant role {role:?}: it has permissions you do not")));
+            }
+            if !granted.contains(role) {
+                granted.push(role.clone());
+            }
+        }
+        tracing::info!(tenant_id = %tenant_id, subject = %subject, roles = ?granted, actor = %caller.actor(), "Roles assigned.");
+        Ok(granted)
+    }
+
+    // === keys ===
+
+    /// Creates a key; the secret is returned here and never again.
+    pub async fn create_key(&self, caller: &Caller, tenant_id: &str, body: CreateKey) -> Result<(ApiKey, String), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
+        let tenant = self.tenant(tenant_id).await?;
+        let description = if body.description.trim().is_empty() {
+            String::new()
+        } else {
+            req::text("description", &body.description, 500)?
+        };
+        let mut scopes: Vec<String> = Vec::new();
+        for s in &body.scopes {
+            if Permission::parse(s).is_none() {
+                return Err(ApiError::bad(format!("unknown scope {s:?}: scopes are permission names")));
+            }
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        if body.rate_limit_per_minute == Some(0) || body.rate_limit_per_minute.is_some_and(|r| r > 1_000_000) {
+            return Err(ApiError::bad("rate_limit_per_minute must be between 1 and 1000000"));
+        }
+        if body.expires_at.is_some_and(|t| t <= time::OffsetDateTime::now_utc()) {
+            return Err(ApiError::bad("expires_at must be in the future"));
+        }
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let roles = self.assign_roles(caller, tenant_id, &key_id, body.roles.as_deref().unwrap_or(&["viewer".to_string()]))?;
+        let secret = api_key::generate();
+        let key = ApiKey {
+            key_id,
+            tenant_id: tenant.tenant_id,
+            description,
+            roles,
+            scopes,
+            rate_limit_per_minute: body.rate_limit_per_minute,
+            expires_at: body.expires_at,
+            status: KeyStatus::Active,
+            hash: api_key::hash_hex(&secret),
+            previous_hash: None,
+            previous_valid_until: None,
+            created_at: model::now(),
+            rotated_at: None,
+            created_by: caller.actor(),
+        };
+        self.store.insert_key(&key).await.map_err(store_error)?;
+        self.keys.forget_hashes([&key.hash]).await;
+        tracing::info!(tenant_id = %key.tenant_id, key_id = %key.key_id, actor = %caller.actor(), "API key created.");
+        Ok((key, secret))
+    }
+
+    /// A tenant's keys (no secrets, no hashes).
+    pub async fn list_keys(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<ApiKey>, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
+        self.tenant(tenant_id).await?;
+        self.store.list_keys(tenant_id).await.map_err(store_error)
+    }
+
+    async fn key_of(&self, tenant_id: &str, key_id: &str) -> Result<ApiKey, ApiError> {
+        self.tenant(tenant_id).await?;
+        let key = if req::is_id(key_id) {
+            self.store.get_key(key_id).await.map_err(store_error)?
+        } else {
+            None
+        };
+        key.filter(|k| k.tenant_id == tenant_id)
+            .ok_or_else(|| ApiError::NotFound("key not found".into()))
+    }
+
+    /// Revokes a key: refused from this moment on.
+    pub async fn revoke_key(&self, caller: &Caller, tenant_id: &str, key_id: &str) -> Result<ApiKey, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
+        let mut key = self.key_of(tenant_id, key_id).await?;
+        let hashes: Vec<String> = std::iter::once(key.hash.clone()).chain(key.previous_hash.clone()).collect();
+        key.status = KeyStatus::Revoked;
+        key.previous_hash = None;
+        key.previous_valid_until = None;
+        self.store.update_key(&key).await.map_err(store_error)?;
+        self.keys.forget_hashes(&hashes).await;
+        tracing::info!(tenant_id = %tenant_id, key_id = %key.key_id, actor = %caller.actor(), "API key revoked.");
+        Ok(key)
+    }
+
+    /// Issues a new secret under the same key id; the old one keeps working
+    /// for the grace period.
+    pub async fn rotate_key(&self, caller: &Caller, tenant_id: &str, key_id: &str, body: RotateKey) -> Result<(ApiKey, String), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
+        let grace = match body.grace_seconds {
+            Some(s) if Duration::from_secs(s) > MAX_GRACE => {
+                return Err(ApiError::bad(format!("grace_seconds must be at most {}", MAX_GRACE.as_secs())));
+            }
+            Some(s) => Duration::from_secs(s),
+            None => self.rotation_grace,
+        };
+        let mut key = self.key_of(tenant_id, key_id).await?;
+        if key.status == KeyStatus::Revoked {
+            return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
+        }
+        let mut stale: Vec<String> = vec![key.hash.clone()];
+        stale.extend(key.previous_hash.clone());
+        let secret = api_key::generate();
+        let now = model::now();
+        if grace.is_zero() {
+            key.previous_hash = None;
+            key.previous_valid_until = None;
+        } else {
+            key.previous_hash = Some(key.hash.clone());
+            key.previous_valid_until = Some(now + grace);
+        }
+        key.hash = api_key::hash_hex(&secret);
+        key.rotated_at = Some(now);
+        self.store.update_key(&key).await.map_err(store_error)?;
+        stale.push(key.hash.clone());
+        self.keys.forget_hashes(&stale).await;
+        tracing::info!(tenant_id = %tenant_id, key_id = %key.key_id, grace = ?grace, actor = %caller.actor(), "API key rotated.");
+        Ok((key, secret))
+    }
+
+    // === projects ===
+
+    /// Creates a project, within the tier's `max_projects`.
+    pub async fn create_project(&self, caller: &Caller, tenant_id: &str, body: CreateProject) -> Result<Project, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageProjects])?;
+        let tenant = self.tenant(tenant_id).await?;
+        let mut project = Project {
+            project_id: model::new_id("proj-"),
+            tenant_id: tenant.tenant_id.clone(),
+            name: req::text("name", &body.name, 200)?,
+            budget: req::amount("budget", body.budget, false)?,
+            created_at: model::now(),
+        };
+        for _ in 0..3 {
+            match self.store.insert_project(&project, tenant.limits.max_projects).await {
+                Err(StoreError::AlreadyExists(_)) => project.project_id = model::new_id("proj-"),
+                other => {
+                    other.map_err(store_error)?;
+                    tracing::info!(tenant_id = %tenant_id, project_id = %project.project_id, actor = %caller.actor(), "Project created.");
+                    return Ok(project);
+                }
+            }
+        }
+        Err(ApiError::Conflict("could not allocate a project id".into()))
+    }
+
+    /// A tenant's projects.
+    pub async fn list_projects(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<Project>, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageProjects])?;
+        self.tenant(tenant_id).await?;
+        self.store.list_projects(tenant_id).await.map_err(store_error)
+    }
+
+    // === users ===
+
+    /// Creates or replaces a user (within `max_users` when creating).
+    /// Returns the user and whether it was created.
+    pub async fn put_user(&self, caller: &Caller, tenant_id: &str, user_id: &str, body: PutUser) -> Result<(User, bool), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        if !req::is_id(user_id) {
+            return Err(ApiError::bad("user_id must be 1 to 128 of A-Z a-z 0-9 . _ @ -"));
+        }
+        let tenant = self.tenant(tenant_id).await?;
+        let email = req::email("email", &body.email)?;
+        let roles = self.assign_roles(caller, tenant_id, user_id, &body.roles)?;
+        let user = User {
+            user_id: user_id.to_string(),
+            tenant_id: tenant.tenant_id.clone(),
+            email,
+            roles,
+            updated_at: model::now(),
+        };
+        let created = self.store.put_user(&user, tenant.limits.max_users).await.map_err(store_error)?;
+        Ok((user, created))
+    }
+
+    /// A tenant's users.
+    pub async fn list_users(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<User>, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        self.store.list_users(tenant_id).await.map_err(store_error)
+    }
+
+    /// Removes a user.
+    pub async fn delete_user(&self, caller: &Caller, tenant_id: &str, user_id: &str) -> Result<(), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        if !req::is_id(user_id) || !self.store.delete_user(tenant_id, user_id).await.map_err(store_error)? {
+            return Err(ApiError::NotFound("user not found".into()));
+        }
+        tracing::info!(tenant_id = %tenant_id, user_id = %user_id, actor = %caller.actor(), "User deleted.");
+        Ok(())
+    }
+
+    // === usage ===
+
+    /// Real counters and utilisation against the tier's limits.
+    pub async fn usage(&self, caller: &Caller, tenant_id: &str) -> Result<Value, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys])?;
+        let t = self.tenant(tenant_id).await?;
+        let day = usage::today();
+        let requests = self.usage.requests_on(tenant_id, day).await.map_err(store_error)?;
+        let projects = self.store.list_projects(tenant_id).await.map_err(store_error)?.len() as u64;
+        let users = self.store.list_users(tenant_id).await.map_err(store_error)?.len() as u64;
+        let pct = |used: u64, max: i64| -> Value {
+            if max < 0 {
+                Value::Null
+            } else if max == 0 {
+                json!(if used == 0 { 0.0 } else { 100.0 })
+            } else {
+                json!(((used as f64 / max as f64) * 10_000.0).round() / 100.0)
+            }
+        };
+        let date = time::Date::from_julian_day(2_440_588 + day as i32)
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        Ok(json!({
+            "tenant_id": t.tenant_id,
+            "organization": t.organization_name,
+            "tier": t.tier,
+            "date": date,
+            "requests_today": requests,
+            "projects": projects,
+            "users": users,
+            "limits": t.limits,
+            "utilization": {
+                "requests": pct(requests, t.limits.max_requests_per_day),
+                "projects": pct(projects, t.limits.max_projects),
+                "users": pct(users, t.limits.max_users),
+            }
+        }))
+    }
+}
+
+fn apply_limits(limits: &mut TenantLimits, patch: Option<&LimitsPatch>) -> Result<(), ApiError> {
+    let Some(p) = patch else { return Ok(()) };
+    if let Some(v) = p.max_requests_per_day {
+        limits.max_requests_per_day = req::limit("max_requests_per_day", v)?;
+    }
+    if let Some(v) = p.max_projects {
+        limits.max_projects = req::limit("max_projects", v)?;
+    }
+    if let Some(v) = p.max_users {
+        limits.max_users = req::limit("max_users", v)?;
+    }
+    if let Some(v) = p.max_monthly_cost {
+        limits.max_monthly_cost = req::amount("limits.max_monthly_cost", v, true)?;
+    }
+    if let Some(v) = p.retention_days {
+        if !(1..=3650).contains(&v) {
+            return Err(ApiError::bad("limits.retention_days must be between 1 and 3650"));
+        }
+        limits.retention_days = v;
+    }
+    Ok(())
+}
+
+fn apply_settings(s: &mut TenantSettings, patch: Option<&SettingsPatch>, data_region: Option<&str>) -> Result<(), ApiError> {
+    let region = data_region.or(patch.and_then(|p| p.data_region.as_deref()));
+    if let Some(r) = region {
+        if !req::is_id(r) {
+            return Err(ApiError::bad("data_region must be 1 to 128 of A-Z a-z 0-9 . _ -"));
+        }
+        s.data_region = r.to_string();
+    }
+    let Some(p) = patch else { return Ok(()) };
+    if let Some(v) = p.encryption_enabled {
+        s.encryption_enabled = v;
+    }
+    if let Some(v) = p.audit_logging {
+        s.audit_logging = v;
+    }
+    if let Some(v) = p.sso_enabled {
+        s.sso_enabled = v;
+    }
+    if let Some(domain) = &p.custom_domain {
+        s.custom_domain = match domain {
+            Some(d) => Some(req::text("settings.custom_domain", d, 253)?),
+            None => None,
+        };
+    }
+    Ok(())
+}

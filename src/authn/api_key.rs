@@ -1,0 +1,217 @@
+//! API keys: `costops_` + 32 hex characters from the OS CSPRNG, stored only
+//! as SHA-256. Lookups go through bounded caches (moka, with a TTL) so a
+//! known key costs a hash and a cache hit; revocation, rotation and tenant
+//! changes invalidate the cache entries they affect at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::{AuthMethod, AuthnError, IdentityHeaders, Principal};
+use crate::model::{self, ApiKey, KeyStatus, TenantStatus};
+use crate::roles::{self, Permission, Permissions};
+use crate::store::Store;
+
+/// Every API key starts with this.
+pub const PREFIX: &str = "costops_";
+const HEX_LEN: usize = 32;
+
+/// A new API key secret.
+pub fn generate() -> String {
+    let mut bytes = [0u8; HEX_LEN / 2];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!("{PREFIX}{}", model::hex(&bytes))
+}
+
+/// SHA-256 of a key.
+pub fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// SHA-256 of a key, lower-case hex (what the store indexes).
+pub fn hash_hex(key: &str) -> String {
+    model::hex(&hash(key))
+}
+
+/// Whether `key` has the shape of a costguard key (checked before any lookup).
+pub fn is_well_formed(key: &str) -> bool {
+    key.len() == PREFIX.len() + HEX_LEN
+        && key.starts_with(PREFIX)
+        && key[PREFIX.len()..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The effective permissions of a key: its roles' union, narrowed by its
+/// scopes when it has any.
+pub fn effective_permissions(key: &ApiKey) -> Permissions {
+    let granted = roles::permissions_of(&key.roles);
+    if key.scopes.is_empty() {
+        return granted;
+    }
+    let scopes = key.scopes.iter().filter_map(|s| Permission::parse(s)).collect::<Vec<_>>();
+    granted.intersect(Permissions::of(&scopes))
+}
+
+/// What the cache keeps for one hash.
+#[derive(Debug)]
+struct CachedKey {
+    principal: Arc<Principal>,
+    revoked: bool,
+    expires_at: Option<OffsetDateTime>,
+    /// Set when this hash is the key's previous secret: when it stops.
+    previous_until: Option<OffsetDateTime>,
+}
+
+/// Authenticates API keys. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiKeys {
+    store: Arc<dyn Store>,
+    /// SHA-256 → key (or `None`: no such key, so floods of one bad key do
+    /// not reach the store). Bounded, with a TTL.
+    keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
+    /// Tenant id → status (`None`: deleted).
+    tenants: Cache<String, Option<TenantStatus>>,
+}
+
+impl ApiKeys {
+    /// Caches hold at most `capacity` entries each, for at most `ttl`.
+    pub fn new(store: Arc<dyn Store>, capacity: u64, ttl: Duration) -> Self {
+        Self {
+            store,
+            keys: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            tenants: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+        }
+    }
+
+    /// Checks a presented API key.
+    pub async fn authenticate(&self, key: &str) -> Result<Arc<Principal>, AuthnError> {
+        if !is_well_formed(key) {
+            return Err(AuthnError::Malformed);
+        }
+        let digest = hash(key);
+        let cached = self
+            .keys
+            .try_get_with(digest, self.load(digest))
+            .await
+            .map_err(AuthnError::Store)?;
+        let Some(entry) = cached else {
+            return Err(AuthnError::UnknownKey);
+        };
+        if entry.revoked {
+            return Err(AuthnError::RevokedKey);
+        }
+        if entry.expires_at.is_some() || entry.previous_until.is_some() {
+            let now = OffsetDateTime::now_utc();
+            if entry.previous_until.is_some_and(|until| now >= until) {
+                return Err(AuthnError::UnknownKey);
+            }
+            if entry.expires_at.is_some_and(|at| now >= at) {
+                return Err(AuthnError::ExpiredKey);
+            }
+        }
+        let tenant = &*entry.principal.tenant_id;
+        let status = self
+            .tenants
+            .try_get_with_by_ref(tenant, async {
+                Ok::<_, crate::store::StoreError>(self.store.get_tenant(tenant).await?.map(|t| t.status))
+            })
+            .await
+            .map_err(AuthnError::Store)?;
+        match status {
+            None => Err(AuthnError::UnknownKey),
+            Some(TenantStatus::Suspended) => Err(AuthnError::TenantSuspended),
+            Some(TenantStatus::Active) => Ok(entry.principal.clone()),
+        }
+    }
+
+    async fn load(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, crate::store::StoreError> {
+        let hex = model::hex(&digest);
+        let Some(key) = self.store.key_by_hash(&hex).await? else {
+            return Ok(None);
+        };
+        let headers = match IdentityHeaders::new(&key.tenant_id, &key.key_id, Some(&key.key_id), &key.roles, AuthMethod::ApiKey) {
+            Ok(h) => h,
+            Err(_) => {
+                tracing::error!(key_id = %key.key_id, "Stored key has ids that are not valid header values; refusing it.");
+                return Ok(None);
+            }
+        };
+        let key_id: Arc<str> = key.key_id.as_str().into();
+        let principal = Principal {
+            tenant_id: key.tenant_id.as_str().into(),
+            user_id: key_id.clone(),
+            key_id: Some(key_id),
+            roles: key.roles.clone().into(),
+            permissions: effective_permissions(&key),
+            method: AuthMethod::ApiKey,
+            headers,
+        };
+        let previous_until = if key.hash == hex {
+            None
+        } else {
+            // The previous secret during a grace period; without an end it
+            // is already out.
+            Some(key.previous_valid_until.unwrap_or(OffsetDateTime::UNIX_EPOCH))
+        };
+        Ok(Some(Arc::new(CachedKey {
+            principal: Arc::new(principal),
+            revoked: key.status == KeyStatus::Revoked,
+            expires_at: key.expires_at,
+            previous_until,
+        })))
+    }
+
+    /// Forgets cached lookups of these hashes (hex), after a key changed.
+    pub async fn forget_hashes<'a>(&self, hashes: impl IntoIterator<Item = &'a String>) {
+        for hex in hashes {
+            if let Some(digest) = unhex(hex) {
+                self.keys.invalidate(&digest).await;
+            }
+        }
+    }
+
+    /// Forgets a tenant's cached status, after it changed or was deleted.
+    pub async fn forget_tenant(&self, tenant_id: &str) {
+        self.tenants.invalidate(tenant_id).await;
+    }
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_distinct() {
+        let a = generate();
+        let b = generate();
+        assert!(is_well_formed(&a), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(unhex(&hash_hex(&a)), Some(hash(&a)));
+        for bad in [
+            "costops_",
+            "costops_0123456789abcdef0123456789abcde",
+            "costops_0123456789abcdef0123456789abcdeg",
+            "costops_0123456789ABCDEF0123456789abcdef",
+            "COSTOPS_0123456789abcdef0123456789abcdef",
+            "costops_0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(!is_well_formed(bad), "{bad}");
+        }
+    }
+}

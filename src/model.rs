@@ -1,0 +1,222 @@
+//! What the store holds: tenants with their tier limits, API keys (as
+//! hashes), projects and users. Plain data with serde, shared by every store
+//! backend and the admin API.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A tenant's plan, which sets its default limits (design.md table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// 1,000 requests/day, 3 projects, 5 users, $100/month, 30 days retention.
+    Free,
+    /// 100,000 requests/day, 25 projects, 50 users, $10,000/month, 90 days.
+    Standard,
+    /// Unlimited, 365 days retention.
+    Enterprise,
+}
+
+impl Tier {
+    /// The seed's default limits for this tier (-1 = unlimited).
+    pub fn default_limits(self) -> TenantLimits {
+        match self {
+            Tier::Free => TenantLimits {
+                max_requests_per_day: 1_000,
+                max_projects: 3,
+                max_users: 5,
+                max_monthly_cost: 100.0,
+                retention_days: 30,
+            },
+            Tier::Standard => TenantLimits {
+                max_requests_per_day: 100_000,
+                max_projects: 25,
+                max_users: 50,
+                max_monthly_cost: 10_000.0,
+                retention_days: 90,
+            },
+            Tier::Enterprise => TenantLimits {
+                max_requests_per_day: -1,
+                max_projects: -1,
+                max_users: -1,
+                max_monthly_cost: -1.0,
+                retention_days: 365,
+            },
+        }
+    }
+}
+
+/// A tenant's effective limits; -1 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TenantLimits {
+    /// Proxied requests per UTC day.
+    pub max_requests_per_day: i64,
+    /// Projects.
+    pub max_projects: i64,
+    /// Users.
+    pub max_users: i64,
+    /// Spend per month, in USD.
+    pub max_monthly_cost: f64,
+    /// Days audit records are kept.
+    pub retention_days: i64,
+}
+
+impl TenantLimits {
+    /// Whether `count` more would pass `max` (-1: never).
+    pub fn reached(max: i64, count: u64) -> bool {
+        max >= 0 && count >= max as u64
+    }
+}
+
+/// Active tenants work; suspended tenants' keys get 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    /// Serving.
+    Active,
+    /// Every request with its credentials is refused (403 `tenant_suspended`).
+    Suspended,
+}
+
+/// Per-tenant settings (the seed's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    /// Where the tenant's data lives.
+    pub data_region: String,
+    /// Encryption at rest in the cost service.
+    pub encryption_enabled: bool,
+    /// Audit logging for the tenant.
+    pub audit_logging: bool,
+    /// Single sign-on enabled (enterprise by default).
+    pub sso_enabled: bool,
+    /// A custom domain, if any.
+    pub custom_domain: Option<String>,
+}
+
+/// A tenant organisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// `org-` + 8 hex.
+    pub tenant_id: String,
+    /// Display name.
+    pub organization_name: String,
+    /// Who administers it.
+    pub admin_email: String,
+    /// Plan.
+    pub tier: Tier,
+    /// Effective limits (tier defaults plus overrides).
+    pub limits: TenantLimits,
+    /// Active or suspended.
+    pub status: TenantStatus,
+    /// Settings.
+    pub settings: TenantSettings,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Whether a key can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Usable until `expires_at`.
+    Active,
+    /// Revoked: refused at once, forever.
+    Revoked,
+}
+
+/// An API key as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Stable id (UUID), the same across rotations.
+    pub key_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// What it is for.
+    pub description: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Permission names narrowing the roles; empty = no narrowing.
+    pub scopes: Vec<String>,
+    /// Per-key rate limit; `None` = the tier default.
+    pub rate_limit_per_minute: Option<u32>,
+    /// When the key stops working.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Active or revoked.
+    pub status: KeyStatus,
+    /// SHA-256 of the current secret, hex.
+    pub hash: String,
+    /// SHA-256 of the previous secret during a rotation grace period.
+    pub previous_hash: Option<String>,
+    /// When the previous secret stops working.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub previous_valid_until: Option<OffsetDateTime>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last rotation.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub rotated_at: Option<OffsetDateTime>,
+    /// Who created it (`admin-token` or a key id).
+    pub created_by: String,
+}
+
+/// A project within a tenant, with a budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    /// `proj-` + 8 hex.
+    pub project_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: String,
+    /// Monthly budget in USD.
+    pub budget: f64,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A user of a tenant (identities from SSO map onto these).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// Caller-chosen id, unique within the tenant.
+    pub user_id: String,
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Email.
+    pub email: String,
+    /// Role names.
+    pub roles: Vec<String>,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// `prefix` + 8 hex characters from the OS CSPRNG (`org-1a2b3c4d`).
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!("{prefix}{}", hex(&bytes))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Now, in UTC, to the second (what the API shows).
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(0).unwrap_or(t)
+}

@@ -1,0 +1,199 @@
+//! The contract every [`Store`] backend must meet, as one suite a backend's
+//! tests call with a fresh, empty store: `conformance::run(&store).await`.
+//! It panics with the failed expectation.
+
+use time::Duration;
+
+use super::{Store, StoreError};
+use crate::model::{self, ApiKey, KeyStatus, Project, Tenant, TenantStatus, Tier, User};
+
+/// A tenant with fresh ids, for the suite.
+pub fn sample_tenant(tier: Tier) -> Tenant {
+    let now = model::now();
+    Tenant {
+        tenant_id: model::new_id("org-"),
+        organization_name: "Conformance Corp".into(),
+        admin_email: "admin@conformance.example".into(),
+        tier,
+        limits: tier.default_limits(),
+        status: TenantStatus::Active,
+        settings: model::TenantSettings {
+            data_region: "us-east-1".into(),
+            encryption_enabled: true,
+            audit_logging: true,
+            sso_enabled: false,
+            custom_domain: None,
+        },
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A key of `tenant_id` whose secret hashes to `hash`.
+pub fn sample_key(tenant_id: &str, hash: &str) -> ApiKey {
+    ApiKey {
+        key_id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant_id.into(),
+        description: "conformance".into(),
+        roles: vec!["viewer".into()],
+        scopes: vec![],
+        rate_limit_per_minute: None,
+        expires_at: None,
+        status: KeyStatus::Active,
+        hash: hash.into(),
+        previous_hash: None,
+        previous_valid_until: None,
+        created_at: model::now(),
+        rotated_at: None,
+        created_by: "conformance".into(),
+    }
+}
+
+/// Runs every check against an empty store.
+pub async fn run(store: &dyn Store) {
+    store.check().await.expect("check on an empty store");
+    tenants(store).await;
+    keys(store).await;
+    projects_and_limits(store).await;
+    users_and_limits(store).await;
+    usage(store).await;
+    cascade(store).await;
+    store.flush().await.expect("flush");
+}
+
+async fn tenants(store: &dyn Store) {
+    let mut t = sample_tenant(Tier::Standard);
+    store.insert_tenant(&t).await.unwrap();
+    assert!(matches!(store.insert_tenant(&t).await, Err(StoreError::AlreadyExists(_))), "duplicate tenant id");
+    assert_eq!(store.get_tenant(&t.tenant_id).await.unwrap().as_ref(), Some(&t));
+    t.status = TenantStatus::Suspended;
+    t.organization_name = "Renamed".into();
+    store.update_tenant(&t).await.unwrap();
+    assert_eq!(store.get_tenant(&t.tenant_id).await.unwrap().unwrap().organization_name, "Renamed");
+    let ghost = sample_tenant(Tier::Free);
+    assert!(matches!(store.update_tenant(&ghost).await, Err(StoreError::NotFound(_))), "update of a missing tenant");
+    assert!(store.list_tenants().await.unwrap().iter().any(|x| x.tenant_id == t.tenant_id));
+    assert!(store.get_tenant("org-00000000").await.unwrap().is_none());
+}
+
+async fn keys(store: &dyn Store) {
+    let t = sample_tenant(Tier::Free);
+    store.insert_tenant(&t).await.unwrap();
+    let mut k = sample_key(&t.tenant_id, "aa01");
+    store.insert_key(&k).await.unwrap();
+    assert!(matches!(store.insert_key(&k).await, Err(StoreError::AlreadyExists(_))), "duplicate key id");
+    assert_eq!(store.key_by_hash("aa01").await.unwrap().as_ref(), Some(&k));
+    assert_eq!(store.get_key(&k.key_id).await.unwrap().as_ref(), Some(&k));
+    assert!(store.key_by_hash("ffff").await.unwrap().is_none());
+
+    // Rotation with grace: both hashes resolve.
+    k.previous_hash = Some(k.hash.clone());
+    k.previous_valid_until = Some(model::now() + Duration::minutes(5));
+    k.hash = "aa02".into();
+    store.update_key(&k).await.unwrap();
+    assert_eq!(store.key_by_hash("aa02").await.unwrap().unwrap().key_id, k.key_id);
+    assert_eq!(store.key_by_hash("aa01").await.unwrap().unwrap().key_id, k.key_id);
+
+    // Rotation without grace: the old hash stops resolving.
+    k.previous_hash = None;
+    k.previous_valid_until = None;
+    k.hash = "aa03".into();
+    store.update_key(&k).await.unwrap();
+    assert!(store.key_by_hash("aa01").await.unwrap().is_none());
+    assert!(store.key_by_hash("aa02").await.unwrap().is_none());
+    assert!(store.key_by_hash("aa03").await.unwrap().is_some());
+
+    k.status = KeyStatus::Revoked;
+    store.update_key(&k).await.unwrap();
+    assert_eq!(store.key_by_hash("aa03").await.unwrap().unwrap().status, KeyStatus::Revoked);
+    let other = sample_key(&t.tenant_id, "aa04");
+    assert!(matches!(store.update_key(&other).await, Err(StoreError::NotFound(_))));
+    store.insert_key(&other).await.unwrap();
+    let listed = store.list_keys(&t.tenant_id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(store.list_keys("org-00000000").await.unwrap().is_empty());
+}
+
+fn project(tenant_id: &str, name: &str) -> Project {
+    Project {
+        project_id: model::new_id("proj-"),
+        tenant_id: tenant_id.into(),
+        name: name.into(),
+        budget: 100.0,
+        created_at: model::now(),
+    }
+}
+
+async fn projects_and_limits(store: &dyn Store) {
+    let t = sample_tenant(Tier::Free);
+    store.insert_tenant(&t).await.unwrap();
+    for i in 0..3 {
+        store.insert_project(&project(&t.tenant_id, &format!("p{i}")), 3).await.unwrap();
+    }
+    let over = store.insert_project(&project(&t.tenant_id, "p3"), 3).await;
+    assert!(matches!(over, Err(StoreError::LimitReached { max: 3, .. })), "{over:?}");
+    let listed = store.list_projects(&t.tenant_id).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let one = &listed[0];
+    assert_eq!(store.get_project(&t.tenant_id, &one.project_id).await.unwrap().as_ref(), Some(one));
+    assert!(store.get_project("org-00000000", &one.project_id).await.unwrap().is_none(), "projects are per tenant");
+    // -1 is unlimited.
+    let e = sample_tenant(Tier::Enterprise);
+    store.insert_tenant(&e).await.unwrap();
+    for i in 0..5 {
+        store.insert_project(&project(&e.tenant_id, &format!("p{i}")), -1).await.unwrap();
+    }
+}
+
+async fn users_and_limits(store: &dyn Store) {
+    let t = sample_tenant(Tier::Free);
+    store.insert_tenant(&t).await.unwrap();
+    let user = |id: &str| User {
+        user_id: id.into(),
+        tenant_id: t.tenant_id.clone(),
+        email: format!("{id}@example.com"),
+        roles: vec!["viewer".into()],
+        updated_at: model::now(),
+    };
+    assert!(store.put_user(&user("u1"), 2).await.unwrap(), "created");
+    assert!(!store.put_user(&user("u1"), 2).await.unwrap(), "replaced");
+    assert!(store.put_user(&user("u2"), 2).await.unwrap());
+    assert!(matches!(store.put_user(&user("u3"), 2).await, Err(StoreError::LimitReached { .. })));
+    assert!(!store.put_user(&user("u2"), 2).await.unwrap(), "replacing at the limit is fine");
+    assert_eq!(store.list_users(&t.tenant_id).await.unwrap().len(), 2);
+    assert!(store.delete_user(&t.tenant_id, "u1").await.unwrap());
+    assert!(!store.delete_user(&t.tenant_id, "u1").await.unwrap());
+    assert!(store.put_user(&user("u3"), 2).await.unwrap(), "room again after a delete");
+}
+
+async fn usage(store: &dyn Store) {
+    let t = sample_tenant(Tier::Free);
+    store.insert_tenant(&t).await.unwrap();
+    assert_eq!(store.requests_on(&t.tenant_id, 20_000).await.unwrap(), 0);
+    store.add_requests(&t.tenant_id, 20_000, 5).await.unwrap();
+    store.add_requests(&t.tenant_id, 20_000, 7).await.unwrap();
+    store.add_requests(&t.tenant_id, 20_001, 1).await.unwrap();
+    assert_eq!(store.requests_on(&t.tenant_id, 20_000).await.unwrap(), 12);
+    assert_eq!(store.requests_on(&t.tenant_id, 20_001).await.unwrap(), 1);
+}
+
+async fn cascade(store: &dyn Store) {
+    let t = sample_tenant(Tier::Standard);
+    store.insert_tenant(&t).await.unwrap();
+    let mut k = sample_key(&t.tenant_id, "cc01");
+    k.previous_hash = Some("cc00".into());
+    store.insert_key(&k).await.unwrap();
+    store.update_key(&k).await.unwrap();
+    store.insert_project(&project(&t.tenant_id, "p"), -1).await.unwrap();
+    store.add_requests(&t.tenant_id, 1, 1).await.unwrap();
+    let removed = store.delete_tenant(&t.tenant_id).await.unwrap();
+    let mut hashes = removed.key_hashes.clone();
+    hashes.sort();
+    assert_eq!(hashes, ["cc00", "cc01"]);
+    assert!(store.get_tenant(&t.tenant_id).await.unwrap().is_none());
+    assert!(store.key_by_hash("cc01").await.unwrap().is_none());
+    assert!(store.list_keys(&t.tenant_id).await.unwrap().is_empty());
+    assert!(store.list_projects(&t.tenant_id).await.unwrap().is_empty());
+    assert_eq!(store.requests_on(&t.tenant_id, 1).await.unwrap(), 0);
+    assert!(matches!(store.delete_tenant(&t.tenant_id).await, Err(StoreError::NotFound(_))));
+}

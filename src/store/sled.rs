@@ -1,0 +1,330 @@
+//! The embedded store: one sled database, one tree per kind of record,
+//! JSON values. Multi-step writes (limit checks, cascades, hash re-indexing)
+//! run under one write lock, and every write is flushed before it returns.
+//! No sled type leaves this module.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ::sled::transaction::{ConflictableTransactionError, TransactionError};
+use ::sled::{Db, Transactional, Tree};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Removed, Store, StoreError};
+use crate::model::{ApiKey, Project, Tenant, User};
+
+/// sled-backed [`Store`].
+#[derive(Debug)]
+pub struct SledStore {
+    db: Db,
+    tenants: Tree,
+    keys: Tree,
+    /// SHA-256 hex → key id, for the current and (during a rotation grace
+    /// period) the previous secret of each key.
+    key_hashes: Tree,
+    /// `tenant/project` → project.
+    projects: Tree,
+    /// `tenant/user` → user.
+    users: Tree,
+    /// `tenant/day` → request count (u64 big-endian).
+    usage: Tree,
+    /// Serializes read-check-write sequences (limits, cascades). Held only
+    /// around synchronous sled calls, never across an await.
+    write_lock: Mutex<()>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(backend)
+}
+
+fn scoped(tenant_id: &str, id: &str) -> Vec<u8> {
+    format!("{tenant_id}/{id}").into_bytes()
+}
+
+fn prefix(tenant_id: &str) -> Vec<u8> {
+    format!("{tenant_id}/").into_bytes()
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `path`. Fails if another
+    /// process has it open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new().path(path).open().map_err(backend)?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        Ok(Self {
+            tenants: tree("tenants")?,
+            keys: tree("keys")?,
+            key_hashes: tree("key_hashes")?,
+            projects: tree("projects")?,
+            users: tree("users")?,
+            usage: tree("usage")?,
+            db,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(backend)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves sled consistent (each step
+        // is a single sled operation or a transaction), so poisoning is moot.
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn durable(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(drop).map_err(backend)
+    }
+
+    fn scan<T: DeserializeOwned>(tree: &Tree, tenant_id: &str) -> Result<Vec<T>, StoreError> {
+        tree.scan_prefix(prefix(tenant_id))
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
+    }
+
+    fn count(tree: &Tree, tenant_id: &str) -> u64 {
+        tree.scan_prefix(prefix(tenant_id)).keys().count() as u64
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn check(&self) -> Result<(), StoreError> {
+        self.tenants.first().map(drop).map_err(backend)
+    }
+
+    async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let value = encode(tenant)?;
+        self.tenants
+            .compare_and_swap(tenant.tenant_id.as_bytes(), None::<&[u8]>, Some(value))
+            .map_err(backend)?
+            .map_err(|_| StoreError::AlreadyExists("tenant"))?;
+        self.durable().await
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>, StoreError> {
+        self.tenants
+            .get(tenant_id.as_bytes())
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.tenants.iter().values().map(|v| decode(&v.map_err(backend)?)).collect()
+    }
+
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            if !self.tenants.contains_key(tenant.tenant_id.as_bytes()).map_err(backend)? {
+                return Err(StoreError::NotFound("tenant"));
+            }
+            self.tenants
+                .insert(tenant.tenant_id.as_bytes(), encode(tenant)?)
+                .map_err(backend)?;
+        }
+        self.durable().await
+    }
+
+    async fn delete_tenant(&self, tenant_id: &str) -> Result<Removed, StoreError> {
+        let mut removed = Removed::default();
+        {
+            let _guard = self.lock();
+            // The tenant goes first: from then on its keys no longer
+            // authenticate, even if a crash interrupts the cascade.
+            if self.tenants.remove(tenant_id.as_bytes()).map_err(backend)?.is_none() {
+                return Err(StoreError::NotFound("tenant"));
+            }
+            for item in self.keys.iter() {
+                let (id, value) = item.map_err(backend)?;
+                let key: ApiKey = decode(&value)?;
+                if key.tenant_id != tenant_id {
+                    continue;
+                }
+                for hash in std::iter::once(&key.hash).chain(key.previous_hash.as_ref()) {
+                    self.key_hashes.remove(hash.as_bytes()).map_err(backend)?;
+                    removed.key_hashes.push(hash.clone());
+                }
+                self.keys.remove(id).map_err(backend)?;
+            }
+            for tree in [&self.projects, &self.users, &self.usage] {
+                for k in tree.scan_prefix(prefix(tenant_id)).keys() {
+                    tree.remove(k.map_err(backend)?).map_err(backend)?;
+                }
+            }
+        }
+        self.durable().await?;
+        Ok(removed)
+    }
+
+    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let value = encode(key)?;
+        (&self.keys, &self.key_hashes)
+            .transaction(|(keys, hashes)| {
+                if keys.get(key.key_id.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::AlreadyExists("key")));
+                }
+                keys.insert(key.key_id.as_bytes(), value.as_slice())?;
+                hashes.insert(key.hash.as_bytes(), key.key_id.as_bytes())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable().await
+    }
+
+    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.keys
+            .get(key_id.as_bytes())
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        let Some(key_id) = self.key_hashes.get(hash.as_bytes()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let Some(value) = self.keys.get(&key_id).map_err(backend)? else {
+            return Ok(None);
+        };
+        let key: ApiKey = decode(&value)?;
+        let matches = key.hash == hash || key.previous_hash.as_deref() == Some(hash);
+        Ok(matches.then_some(key))
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let mut keys = Vec::new();
+        for value in self.keys.iter().values() {
+            let key: ApiKey = decode(&value.map_err(backend)?)?;
+            if key.tenant_id == tenant_id {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let value = encode(key)?;
+        (&self.keys, &self.key_hashes)
+            .transaction(|(keys, hashes)| {
+                let Some(old) = keys.get(key.key_id.as_bytes())? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound("key")));
+                };
+                let old: ApiKey = serde_json::from_slice(&old)
+                    .map_err(|e| ConflictableTransactionError::Abort(backend(e)))?;
+                let new_hashes = [Some(&key.hash), key.previous_hash.as_ref()];
+                for hash in std::iter::once(&old.hash).chain(old.previous_hash.as_ref()) {
+                    if !new_hashes.contains(&Some(hash)) {
+                        hashes.remove(hash.as_bytes())?;
+                    }
+                }
+                for hash in new_hashes.into_iter().flatten() {
+                    hashes.insert(hash.as_bytes(), key.key_id.as_bytes())?;
+                }
+                keys.insert(key.key_id.as_bytes(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable().await
+    }
+
+    async fn insert_project(&self, project: &Project, max: i64) -> Result<(), StoreError> {
+        {
+            let _guard = self.lock();
+            if max >= 0 && Self::count(&self.projects, &project.tenant_id) >= max as u64 {
+                return Err(StoreError::LimitReached { what: "project", max });
+            }
+            let key = scoped(&project.tenant_id, &project.project_id);
+            self.projects
+                .compare_and_swap(key, None::<&[u8]>, Some(encode(project)?))
+                .map_err(backend)?
+                .map_err(|_| StoreError::AlreadyExists("project"))?;
+        }
+        self.durable().await
+    }
+
+    async fn list_projects(&self, tenant_id: &str) -> Result<Vec<Project>, StoreError> {
+        Self::scan(&self.projects, tenant_id)
+    }
+
+    async fn get_project(&self, tenant_id: &str, project_id: &str) -> Result<Option<Project>, StoreError> {
+        self.projects
+            .get(scoped(tenant_id, project_id))
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    async fn put_user(&self, user: &User, max: i64) -> Result<bool, StoreError> {
+        let created;
+        {
+            let _guard = self.lock();
+            let key = scoped(&user.tenant_id, &user.user_id);
+            created = !self.users.contains_key(&key).map_err(backend)?;
+            if created && max >= 0 && Self::count(&self.users, &user.tenant_id) >= max as u64 {
+                return Err(StoreError::LimitReached { what: "user", max });
+            }
+            self.users.insert(key, encode(user)?).map_err(backend)?;
+        }
+        self.durable().await?;
+        Ok(created)
+    }
+
+    async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError> {
+        Self::scan(&self.users, tenant_id)
+    }
+
+    async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let existed = self.users.remove(scoped(tenant_id, user_id)).map_err(backend)?.is_some();
+        self.durable().await?;
+        Ok(existed)
+    }
+
+    async fn add_requests(&self, tenant_id: &str, day: u32, n: u64) -> Result<(), StoreError> {
+        self.usage
+            .update_and_fetch(scoped(tenant_id, &day.to_string()), |old| {
+                let old = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some((old + n).to_be_bytes().to_vec())
+            })
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn requests_on(&self, tenant_id: &str, day: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .usage
+            .get(scoped(tenant_id, &day.to_string()))
+            .map_err(backend)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.durable().await
+    }
+}
