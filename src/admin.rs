@@ -96,7 +96,13 @@ struct Inner {
 
 impl Admin {
     /// Builds the admin router.
-    pub fn new(readiness: Arc<Readiness>, auth: AdminAuth, ops: AdminOps, max_body: usize, access_log: bool) -> Self {
+    pub fn new(
+        readiness: Arc<Readiness>,
+        auth: AdminAuth,
+        ops: AdminOps,
+        max_body: usize,
+        access_log: bool,
+    ) -> Self {
         Self(Arc::new(Inner {
             readiness,
             auth,
@@ -128,10 +134,14 @@ impl Admin {
         let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
         let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
         match (method, segments.as_slice()) {
-            (Method::POST, ["tenants"]) => created(json!(ops.create_tenant(&caller, parse(&body)?).await?)),
+            (Method::POST, ["tenants"]) => {
+                created(json!(ops.create_tenant(&caller, parse(&body)?).await?))
+            }
             (Method::GET, ["tenants"]) => ok(json!({"tenants": ops.list_tenants(&caller).await?})),
             (Method::GET, ["tenants", t]) => ok(json!(ops.get_tenant(&caller, t).await?)),
-            (Method::PATCH, ["tenants", t]) => ok(json!(ops.patch_tenant(&caller, t, parse(&body)?).await?)),
+            (Method::PATCH, ["tenants", t]) => {
+                ok(json!(ops.patch_tenant(&caller, t, parse(&body)?).await?))
+            }
             (Method::DELETE, ["tenants", t]) => {
                 ops.delete_tenant(&caller, t).await?;
                 ok(json!({"tenant_id": t, "deleted": true}))
@@ -141,22 +151,43 @@ impl Admin {
                 created(with_secret(key_view(&key), secret))
             }
             (Method::GET, ["tenants", t, "keys"]) => {
-                let keys: Vec<Value> = ops.list_keys(&caller, t).await?.iter().map(key_view).collect();
+                let keys: Vec<Value> = ops
+                    .list_keys(&caller, t)
+                    .await?
+                    .iter()
+                    .map(key_view)
+                    .collect();
                 ok(json!({"keys": keys}))
             }
-            (Method::DELETE, ["tenants", t, "keys", k]) => ok(key_view(&ops.revoke_key(&caller, t, k).await?)),
+            (Method::DELETE, ["tenants", t, "keys", k]) => {
+                ok(key_view(&ops.revoke_key(&caller, t, k).await?))
+            }
             (Method::POST, ["tenants", t, "keys", k, "rotate"]) => {
-                let body = if body.is_empty() { Default::default() } else { parse(&body)? };
+                let body = if body.is_empty() {
+                    Default::default()
+                } else {
+                    parse(&body)?
+                };
                 let (key, secret) = ops.rotate_key(&caller, t, k, body).await?;
                 ok(with_secret(key_view(&key), secret))
             }
-            (Method::POST, ["tenants", t, "projects"]) => created(json!(ops.create_project(&caller, t, parse(&body)?).await?)),
-            (Method::GET, ["tenants", t, "projects"]) => ok(json!({"projects": ops.list_projects(&caller, t).await?})),
+            (Method::POST, ["tenants", t, "projects"]) => {
+                created(json!(ops.create_project(&caller, t, parse(&body)?).await?))
+            }
+            (Method::GET, ["tenants", t, "projects"]) => {
+                ok(json!({"projects": ops.list_projects(&caller, t).await?}))
+            }
             (Method::PUT, ["tenants", t, "users", u]) => {
                 let (user, was_created) = ops.put_user(&caller, t, u, parse(&body)?).await?;
-                if was_created { created(json!(user)) } else { ok(json!(user)) }
+                if was_created {
+                    created(json!(user))
+                } else {
+                    ok(json!(user))
+                }
             }
-            (Method::GET, ["tenants", t, "users"]) => ok(json!({"users": ops.list_users(&caller, t).await?})),
+            (Method::GET, ["tenants", t, "users"]) => {
+                ok(json!({"users": ops.list_users(&caller, t).await?}))
+            }
             (Method::DELETE, ["tenants", t, "users", u]) => {
                 ops.delete_user(&caller, t, u).await?;
                 ok(json!({"user_id": u, "deleted": true}))
@@ -181,7 +212,10 @@ impl Admin {
         if declared.is_some_and(|n| n > self.0.max_body as u64) {
             return Err(ApiError::TooLarge);
         }
-        match Limited::new(req.into_body(), self.0.max_body).collect().await {
+        match Limited::new(req.into_body(), self.0.max_body)
+            .collect()
+            .await
+        {
             Ok(body) => Ok(body.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge),
             Err(_) => Err(ApiError::bad("request body could not be read")),
@@ -230,7 +264,12 @@ impl Handler for Admin {
             peer: conn.peer.ip(),
             start: Instant::now(),
         });
-        let mut resp = match self.0.readiness.respond(req.method(), req.uri().path()).await {
+        let mut resp = match self
+            .0
+            .readiness
+            .respond(req.method(), req.uri().path())
+            .await
+        {
             Some(resp) => resp,
             None => match self.route(req).await {
                 Ok(resp) => resp,

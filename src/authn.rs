@@ -198,7 +198,9 @@ pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, AuthnEr
         if found.is_some() {
             return Err(AuthnError::Ambiguous);
         }
-        found = Some(Credential::ApiKey(value.to_str().map_err(|_| AuthnError::Malformed)?.trim()));
+        found = Some(Credential::ApiKey(
+            value.to_str().map_err(|_| AuthnError::Malformed)?.trim(),
+        ));
     }
     Ok(found)
 }
@@ -216,7 +218,10 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
@@ -225,18 +230,39 @@ mod tests {
     fn finds_exactly_one_credential() {
         let key = "costops_0123456789abcdef0123456789abcdef";
         assert_eq!(credential(&h(&[])).unwrap(), None);
-        assert_eq!(credential(&h(&[("authorization", &format!("Bearer {key}"))])).unwrap(), Some(Credential::ApiKey(key)));
-        assert_eq!(credential(&h(&[("authorization", &format!("bearer  {key}"))])).unwrap(), Some(Credential::ApiKey(key)));
-        assert_eq!(credential(&h(&[("x-api-key", key)])).unwrap(), Some(Credential::ApiKey(key)));
-        assert_eq!(credential(&h(&[("authorization", "Bearer eyJ.x.y")])).unwrap(), Some(Credential::Bearer("eyJ.x.y")));
+        assert_eq!(
+            credential(&h(&[("authorization", &format!("Bearer {key}"))])).unwrap(),
+            Some(Credential::ApiKey(key))
+        );
+        assert_eq!(
+            credential(&h(&[("authorization", &format!("bearer  {key}"))])).unwrap(),
+            Some(Credential::ApiKey(key))
+        );
+        assert_eq!(
+            credential(&h(&[("x-api-key", key)])).unwrap(),
+            Some(Credential::ApiKey(key))
+        );
+        assert_eq!(
+            credential(&h(&[("authorization", "Bearer eyJ.x.y")])).unwrap(),
+            Some(Credential::Bearer("eyJ.x.y"))
+        );
         for bad in [
-            h(&[("authorization", &format!("Bearer {key}")), ("x-api-key", key)]),
+            h(&[
+                ("authorization", &format!("Bearer {key}")),
+                ("x-api-key", key),
+            ]),
             h(&[("x-api-key", key), ("x-api-key", key)]),
             h(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
         ] {
             assert!(matches!(credential(&bad), Err(AuthnError::Ambiguous)));
         }
-        assert!(matches!(credential(&h(&[("authorization", "Basic Zm9v")])), Err(AuthnError::Malformed)));
-        assert!(matches!(credential(&h(&[("authorization", "Bearer")])), Err(AuthnError::Malformed)));
+        assert!(matches!(
+            credential(&h(&[("authorization", "Basic Zm9v")])),
+            Err(AuthnError::Malformed)
+        ));
+        assert!(matches!(
+            credential(&h(&[("authorization", "Bearer")])),
+            Err(AuthnError::Malformed)
+        ));
     }
 }

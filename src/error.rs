@@ -45,17 +45,41 @@ static CHALLENGE_INVALID: HeaderValue =
 fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
     use AuthnError as A;
     match e {
-        A::Missing => (StatusCode::UNAUTHORIZED, "unauthenticated", "credentials are required"),
+        A::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "credentials are required",
+        ),
         A::Ambiguous => (
             StatusCode::BAD_REQUEST,
             "ambiguous_credentials",
             "send exactly one credential (one Authorization or one X-API-Key header)",
         ),
-        A::Malformed | A::UnknownKey => (StatusCode::UNAUTHORIZED, "invalid_key", "the API key is not valid"),
-        A::UnsupportedToken => (StatusCode::UNAUTHORIZED, "invalid_token", "the bearer token is not valid"),
-        A::RevokedKey => (StatusCode::UNAUTHORIZED, "revoked_key", "the API key has been revoked"),
-        A::ExpiredKey => (StatusCode::UNAUTHORIZED, "expired_key", "the API key has expired"),
-        A::TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "the tenant is suspended"),
+        A::Malformed | A::UnknownKey => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_key",
+            "the API key is not valid",
+        ),
+        A::UnsupportedToken => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the bearer token is not valid",
+        ),
+        A::RevokedKey => (
+            StatusCode::UNAUTHORIZED,
+            "revoked_key",
+            "the API key has been revoked",
+        ),
+        A::ExpiredKey => (
+            StatusCode::UNAUTHORIZED,
+            "expired_key",
+            "the API key has expired",
+        ),
+        A::TenantSuspended => (
+            StatusCode::FORBIDDEN,
+            "tenant_suspended",
+            "the tenant is suspended",
+        ),
         A::Store(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -73,7 +97,9 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "headers_too_large",
             "request headers are too large".into(),
         ),
-        Error::TooLarge(TooLarge::Body { .. }) | Error::Forward(F::BodyTooLarge { .. }) | Error::Admin(ApiError::TooLarge) => (
+        Error::TooLarge(TooLarge::Body { .. })
+        | Error::Forward(F::BodyTooLarge { .. })
+        | Error::Admin(ApiError::TooLarge) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "request body is too large".into(),
@@ -82,7 +108,9 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             let (status, code, message) = authn(e);
             (status, code, message.into())
         }
-        Error::Forward(F::BadRequest(why)) => (StatusCode::BAD_REQUEST, "bad_request", (*why).into()),
+        Error::Forward(F::BadRequest(why)) => {
+            (StatusCode::BAD_REQUEST, "bad_request", (*why).into())
+        }
         Error::Forward(F::BodyRead(_)) => (
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -104,7 +132,11 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "the upstream service did not respond in time".into(),
         ),
         Error::Admin(e) => match e {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m.as_str().into()),
+            ApiError::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                m.as_str().into(),
+            ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str().into()),
             ApiError::TenantMismatch => (
                 StatusCode::FORBIDDEN,
@@ -112,7 +144,11 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
                 "the caller belongs to another tenant".into(),
             ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str().into()),
-            ApiError::NoRoute => (StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()),
+            ApiError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint".into(),
+            ),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -141,13 +177,16 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     let mut resp = json_error(status, code, &message, request_id);
     if status == StatusCode::UNAUTHORIZED {
         let challenge = match err {
-            Error::Authn(AuthnError::Missing) | Error::Admin(ApiError::Authn(AuthnError::Missing)) => &CHALLENGE,
+            Error::Authn(AuthnError::Missing)
+            | Error::Admin(ApiError::Authn(AuthnError::Missing)) => &CHALLENGE,
             _ => &CHALLENGE_INVALID,
         };
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge.clone());
     }
     if let Error::Admin(ApiError::MethodNotAllowed(allow)) = err {
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
     }
     resp
 }

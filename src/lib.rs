@@ -14,9 +14,12 @@
 //! - [`error`]: the one place errors become JSON responses.
 //! - [`access_log`]: one line per request, written when its body ends.
 //! - [`health`]: `/health` and `/ready`.
-//! - [`admin`]: the admin port.
-//! - [`store`]: the embedded sled store.
-//! - [`echo`]: the demo's echo upstream.
+//! - [`admin`]: the admin port and API (tenants, keys, projects, users, usage).
+//! - [`store`]: the `Store` trait, its sled backend and conformance suite.
+//! - [`model`]: tenants, keys, projects, users; [`roles`]: the seed's RBAC table.
+//! - [`authn`]: credentials → `Principal` ([`authn::api_key`]).
+//! - [`usage`]: per-tenant daily request counters.
+//! - [`echo`]: the demo's echo upstream; [`demo`]: the demo's seed data.
 //! - [`telemetry`]: log setup.
 //!
 //! # Request flow
@@ -25,18 +28,23 @@
 //! 2. `request_id` keeps a valid `X-Request-Id` or makes a UUIDv7.
 //! 3. `/health` and `/ready` are answered locally.
 //! 4. `limits` rejects oversized headers (431) or declared bodies (413).
-//! 5. `forward::headers` strips hop-by-hop, `X-CostOps-*` look-alikes,
+//! 5. `authn` finds exactly one credential (API key) and resolves it to a
+//!    `Principal` through the key cache (401/400/403 otherwise); `usage`
+//!    counts the request for the tenant.
+//! 6. `forward::headers` strips hop-by-hop, `X-CostOps-*` look-alikes,
 //!    foreign identity headers and untrusted forwarding headers, then adds
 //!    `X-Forwarded-*` and `X-Request-Id`.
-//! 6. `forward::upstream` streams the request to the upstream pool and the
+//! 7. `forward` removes the credential, adds the `X-CostOps-*` identity
+//!    headers, and `forward::upstream` streams the request to the upstream pool and the
 //!    response back (502 when unreachable, 504 on timeout, 413 mid-stream).
-//! 7. `error::rescue` turns any stage error into the JSON error body.
-//! 8. `access_log` writes one line when the response body is done.
+//! 8. `error::rescue` turns any stage error into the JSON error body.
+//! 9. `access_log` writes one line when the response body is done.
 
 pub mod access_log;
 pub mod admin;
 pub mod authn;
 pub mod config;
+pub mod demo;
 pub mod echo;
 pub mod error;
 pub mod forward;

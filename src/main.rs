@@ -62,6 +62,12 @@ enum Command {
     },
 }
 
+fn random_bytes() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -145,10 +151,12 @@ async fn demo(
     let echo = costguard::echo::spawn(echo_listen)
         .await
         .with_context(|| format!("cannot start the echo upstream on {echo_listen}"))?;
+    let admin_token = format!("demo-admin-{}", costguard::model::hex(&random_bytes()));
     let mut file = FileConfig::default();
     file.proxy.listen = proxy_listen.to_string();
     file.proxy.upstream = format!("http://{echo}");
     file.admin.listen = admin_listen.to_string();
+    file.admin.token = Some(admin_token.clone());
     file.store.path = data_dir.clone();
     let config = config::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     costguard::telemetry::init(
@@ -159,25 +167,37 @@ async fn demo(
     );
     let server = Server::bind(&config).await.context("demo startup failed")?;
     let (proxy, admin) = (server.proxy_addr(), server.admin_addr());
-    println!(
-        "costguard demo\n\
-         \n\
-         proxy        http://{proxy}   (forwards to the echo upstream)\n\
-         admin        http://{admin}   (/health, /ready)\n\
-         echo         http://{echo}    (answers with the request it received, as JSON)\n\
-         store        {data}\n\
-         \n\
-         Try:\n\
-         \x20 curl -s http://{proxy}/v1/anything?x=1 -H 'X-CostOps-Tenant-Id: forged'\n\
-         \x20   (see what the upstream received: forged X-CostOps-* headers are gone,\n\
-         \x20    X-Forwarded-For and X-Request-Id are set by costguard)\n\
-         \x20 curl -s http://{admin}/ready\n\
-         \n\
-         This build proxies, bounds and logs requests; authentication, policies,\n\
-         rate limits and audit are not part of it yet, so every request is forwarded.\n\
-         Ctrl-C stops.",
+    let keys = costguard::demo::seed(server.ops())
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the demo data failed: {e}"))?;
+    let mut out = format!(
+        "costguard demo\n\n\
+         proxy   http://{proxy}   (checks the API key, forwards to the echo upstream)\n\
+         admin   http://{admin}   (admin API, /health, /ready)\n\
+         echo    http://{echo}    (answers with the request it received, as JSON)\n\
+         store   {data}\n\n\
+         Admin token (system_admin; new each run):\n  {admin_token}\n\n\
+         The seed's tenants, with one new key per role (shown once; older demo keys are revoked):\n",
         data = data_dir.display()
     );
+    for k in &keys {
+        out.push_str(&format!(
+            "\n  {org} ({tenant}), role {role}:\n    curl -s http://{proxy}/v1/tenants/{tenant}/costs -H 'Authorization: Bearer {secret}'\n",
+            org = k.organization,
+            tenant = k.tenant_id,
+            role = k.role,
+            secret = k.secret,
+        ));
+    }
+    let acme = &keys[0].tenant_id;
+    out.push_str(&format!(
+        "\nThe echo shows the X-CostOps-* identity headers the upstream receives.\n\
+         Usage counts real requests:\n\
+         \x20 curl -s http://{admin}/admin/v1/tenants/{acme}/usage -H 'Authorization: Bearer {admin_token}'\n\n\
+         Not in this build yet: route policies and tenant isolation, rate limits, audit.\n\
+         Any valid key is forwarded, whatever the path. Ctrl-C stops.\n"
+    ));
+    println!("{out}");
     server.run(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }

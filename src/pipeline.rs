@@ -47,7 +47,12 @@ struct Inner {
 
 impl Proxy {
     /// Builds the pipeline once from the configuration.
-    pub fn new(config: &Config, readiness: Arc<Readiness>, authn: Authenticator, usage: Usage) -> Self {
+    pub fn new(
+        config: &Config,
+        readiness: Arc<Readiness>,
+        authn: Authenticator,
+        usage: Usage,
+    ) -> Self {
         Self(Arc::new(Inner {
             limits: config.limits.clone(),
             hygiene: Hygiene::new(

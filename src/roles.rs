@@ -131,7 +131,9 @@ impl Permissions {
 
     /// The permissions in the set, in the seed's order.
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.into_iter().filter(move |p| self.contains(*p))
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
     }
 }
 
@@ -147,7 +149,13 @@ pub const BUILT_IN: [(&str, &str, Permissions); 6] = [
     (
         "analyst",
         "Cost Analyst",
-        Permissions::of(&[P::ViewCosts, P::ExportCosts, P::ViewBudgets, P::ViewAnalytics, P::CreateReports]),
+        Permissions::of(&[
+            P::ViewCosts,
+            P::ExportCosts,
+            P::ViewBudgets,
+            P::ViewAnalytics,
+            P::CreateReports,
+        ]),
     ),
     (
         "budget_manager",
@@ -198,7 +206,10 @@ pub const BUILT_IN: [(&str, &str, Permissions); 6] = [
 
 /// The permissions of a built-in role.
 pub fn built_in(name: &str) -> Option<Permissions> {
-    BUILT_IN.iter().find(|(n, _, _)| *n == name).map(|(_, _, p)| *p)
+    BUILT_IN
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, p)| *p)
 }
 
 /// The union of the permissions of `roles` (unknown names grant nothing).
@@ -222,7 +233,11 @@ mod tests {
         assert_eq!(built_in("admin").unwrap().iter().count(), 12);
         assert_eq!(built_in("system_admin").unwrap().iter().count(), 13);
         assert!(!built_in("admin").unwrap().contains(Permission::SystemAdmin));
-        assert!(!built_in("project_admin").unwrap().contains(Permission::DeleteBudgets));
+        assert!(
+            !built_in("project_admin")
+                .unwrap()
+                .contains(Permission::DeleteBudgets)
+        );
         for p in Permission::ALL {
             assert_eq!(Permission::parse(p.as_str()), Some(p));
         }

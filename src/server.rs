@@ -59,10 +59,24 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
         let readiness = Readiness::new(store.clone());
-        let keys = ApiKeys::new(store.clone(), config.auth.key_cache_capacity, config.auth.key_cache_ttl);
+        let keys = ApiKeys::new(
+            store.clone(),
+            config.auth.key_cache_capacity,
+            config.auth.key_cache_ttl,
+        );
         let usage = Usage::new(store.clone());
-        let ops = AdminOps::new(store.clone(), keys.clone(), usage.clone(), config.auth.rotation_grace);
-        let proxy = Proxy::new(config, readiness.clone(), Authenticator::new(keys.clone()), usage.clone());
+        let ops = AdminOps::new(
+            store.clone(),
+            keys.clone(),
+            usage.clone(),
+            config.auth.rotation_grace,
+        );
+        let proxy = Proxy::new(
+            config,
+            readiness.clone(),
+            Authenticator::new(keys.clone()),
+            usage.clone(),
+        );
         let proxy = Listener::bind(
             "proxy",
             config.proxy.listen,
@@ -77,7 +91,9 @@ impl Server {
             source,
         })?;
         if config.admin.token_hash.is_none() {
-            tracing::warn!("No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants.");
+            tracing::warn!(
+                "No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants."
+            );
         }
         let admin = Admin::new(
             readiness.clone(),

@@ -76,7 +76,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A tenant's projects, by id.
     async fn list_projects(&self, tenant_id: &str) -> Result<Vec<Project>, StoreError>;
     /// One project of a tenant.
-    async fn get_project(&self, tenant_id: &str, project_id: &str) -> Result<Option<Project>, StoreError>;
+    async fn get_project(
+        &self,
+        tenant_id: &str,
+        project_id: &str,
+    ) -> Result<Option<Project>, StoreError>;
 
     /// Creates or replaces a user; creating fails when the tenant already
     /// has `max` users. Returns whether the user was created.

@@ -11,7 +11,10 @@ use crate::store::{Store, StoreError};
 
 /// The current UTC day, as days since 1970-01-01.
 pub fn today() -> u32 {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     (secs / 86_400) as u32
 }
 

@@ -73,8 +73,12 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
     let who = cg.tenant_and_key();
-    let request = format!("GET /v1/tenants/{}/costs HTTP/1.1\r\n\
-        Host: api.example\r\n{}", who.tenant, who.auth_line()) + "\
+    let request = format!(
+        "GET /v1/tenants/{}/costs HTTP/1.1\r\n\
+        Host: api.example\r\n{}",
+        who.tenant,
+        who.auth_line()
+    ) + "\
         Connection: close, X-Private-Hop\r\n\
         X-Private-Hop: 1\r\n\
         Keep-Alive: timeout=5\r\n\
@@ -136,7 +140,11 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
         let canon = name.replace(['_', '.'], "-");
         if canon.starts_with("x-costops") {
             assert_eq!(canon, *name, "look-alike {name} reached the upstream");
-            assert_eq!(seen.headers.get_all(*name).iter().count(), 1, "{name} twice");
+            assert_eq!(
+                seen.headers.get_all(*name).iter().count(),
+                1,
+                "{name} twice"
+            );
         }
     }
     assert_eq!(seen.headers["x-costops-tenant-id"], who.tenant.as_str());
@@ -160,9 +168,12 @@ async fn connection_header_cannot_strip_costguards_own_headers() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
     let who = cg.tenant_and_key();
-    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\n{}\
+    let request = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\n{}\
         Connection: close, X-CostOps-Tenant-Id, X-CostOps-Roles, X-CostOps-User-Id, X-CostOps-Key-Id, X-CostOps-Auth-Method, X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, X-Real-IP, Host\r\n\
-        X-Request-Id: keep-me-123\r\n\r\n", who.auth_line());
+        X-Request-Id: keep-me-123\r\n\r\n",
+        who.auth_line()
+    );
     let resp = raw_request(cg.proxy, request.as_bytes());
     assert_eq!(resp.status, 200);
     assert_eq!(resp.headers["x-request-id"], "keep-me-123");
@@ -185,7 +196,10 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, "trusted_proxies = [\"127.0.0.0/8\"]\n"), &[]);
     let who = cg.tenant_and_key();
-    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}", who.auth_line()) + "\
+    let request = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}",
+        who.auth_line()
+    ) + "\
         X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: costs.example.com\r\n\
         Forwarded: for=203.0.113.7\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-User: mallory\r\n\r\n";
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
@@ -206,7 +220,10 @@ async fn configured_strip_list_replaces_the_default() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, "strip_headers = [\"X-Internal-*\"]\n"), &[]);
     let who = cg.tenant_and_key();
-    let request = format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}", who.auth_line()) + "\
+    let request = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}",
+        who.auth_line()
+    ) + "\
         X-Internal-Role: admin\r\nX-Tenant-Id: org-1\r\nX-CostOps-Tenant-Id: org-evil\r\n\r\n";
     assert_eq!(raw_request(cg.proxy, request.as_bytes()).status, 200);
     let seen = up.last();
@@ -230,7 +247,10 @@ async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     let auth = who.auth_line();
     let resp = raw_request(
         cg.proxy,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}X-Request-Id: abc-123\r\n\r\n").as_bytes(),
+        format!(
+            "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}X-Request-Id: abc-123\r\n\r\n"
+        )
+        .as_bytes(),
     );
     assert_eq!(resp.headers["x-request-id"], "abc-123");
     assert_eq!(up.last().headers["x-request-id"], "abc-123");

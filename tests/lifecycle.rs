@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Sidecar, Upstream, binary, get};
+use support::{Sidecar, Upstream, binary, get, get_as};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
@@ -23,7 +23,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert_eq!(status, 200, "{body}");
 
     let slow_url = cg.url("/slow/2000");
-    let slow = tokio::spawn(async move { get(&slow_url).await });
+    let who = cg.tenant_and_key();
+    let slow = tokio::spawn(async move { get_as(&slow_url, &who.key).await });
     // Wait until the upstream has the request, then ask costguard to stop.
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.count() == 0 {
@@ -201,10 +202,40 @@ async fn demo_serves_the_echo_upstream_through_the_proxy() {
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
     let mut cg = Sidecar::spawn(cmd, dir);
+    // The banner prints one curl line per key: the first is Acme's viewer.
+    let mut banner = String::new();
+    for _ in 0..100 {
+        banner = cg.logs();
+        if banner.contains("Ctrl-C stops") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys: Vec<(String, String)> = banner
+        .lines()
+        .filter_map(|l| {
+            let url = l.split_whitespace().find(|w| w.contains("/v1/tenants/"))?;
+            l.contains("Bearer costops_").then_some(())?;
+            let tenant = url.split('/').nth(5)?.to_string();
+            let key = l
+                .split("Bearer ")
+                .nth(1)?
+                .trim_end_matches('\'')
+                .to_string();
+            Some((tenant, key))
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        7,
+        "six Acme keys (one per role) and one Startup key:\n{banner}"
+    );
+    let (acme, viewer_key) = &keys[0];
     let client = support::client();
     let req = http::Request::builder()
-        .uri(cg.url("/v1/tenants/org-1/costs?month=2026-11"))
+        .uri(cg.url(&format!("/v1/tenants/{acme}/costs?month=2026-11")))
         .header("x-costops-tenant-id", "forged")
+        .header("authorization", format!("Bearer {viewer_key}"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let resp = client.request(req).await.unwrap();
@@ -215,10 +246,25 @@ async fn demo_serves_the_echo_upstream_through_the_proxy() {
         .to_bytes();
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echo["method"], "GET");
-    assert_eq!(echo["path"], "/v1/tenants/org-1/costs");
+    assert_eq!(echo["path"], format!("/v1/tenants/{acme}/costs"));
     assert_eq!(echo["query"], "month=2026-11");
-    assert!(echo["headers"].get("x-costops-tenant-id").is_none());
+    assert_eq!(
+        echo["headers"]["x-costops-tenant-id"],
+        serde_json::json!([acme])
+    );
+    assert_eq!(
+        echo["headers"]["x-costops-roles"],
+        serde_json::json!(["viewer"])
+    );
+    assert_eq!(
+        echo["headers"]["x-costops-auth-method"],
+        serde_json::json!(["api_key"])
+    );
+    assert!(echo["headers"].get("authorization").is_none());
     assert_eq!(echo["headers"]["x-forwarded-for"][0], "127.0.0.1");
+    // Without a key: 401.
+    let (status, _, _) = get(&cg.url(&format!("/v1/tenants/{acme}/costs"))).await;
+    assert_eq!(status, 401);
     let (status, _, _) = get(&format!("http://{}/ready", cg.admin)).await;
     assert_eq!(status, 200);
     assert!(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use support::{Sidecar, Upstream, error_code, get, raw_request};
+use support::{Sidecar, Upstream, error_code, get_as, raw_request};
 
 fn config(upstream: &str, extra: &str) -> String {
     format!("[proxy]\nupstream = \"{upstream}\"\n{extra}")
@@ -20,6 +20,8 @@ fn config(upstream: &str, extra: &str) -> String {
 async fn declared_body_over_the_limit_is_413_before_the_upstream() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_body_bytes = 1024\n"), &[]);
+    let who = cg.tenant_and_key();
+    let auth = who.auth_line();
     let req = format!(
         "POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1025\r\n\r\n{}",
         "a".repeat(1025)
@@ -30,7 +32,7 @@ async fn declared_body_over_the_limit_is_413_before_the_upstream() {
     assert_eq!(up.count(), 0);
     // At the limit is fine.
     let req = format!(
-        "POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 1024\r\n\r\n{}",
+        "POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}Content-Length: 1024\r\n\r\n{}",
         "a".repeat(1024)
     );
     assert_eq!(raw_request(cg.proxy, req.as_bytes()).status, 200);
@@ -41,7 +43,12 @@ async fn declared_body_over_the_limit_is_413_before_the_upstream() {
 async fn chunked_body_over_the_limit_is_cut_off_with_413() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_body_bytes = 1024\n"), &[]);
-    let mut req = b"POST /sink HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let who = cg.tenant_and_key();
+    let mut req = format!(
+        "POST /sink HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}Transfer-Encoding: chunked\r\n\r\n",
+        who.auth_line()
+    )
+    .into_bytes();
     for _ in 0..4 {
         req.extend_from_slice(format!("200\r\n{}\r\n", "b".repeat(512)).as_bytes());
     }
@@ -93,7 +100,11 @@ async fn too_many_or_too_large_headers_are_431() {
     }
     assert_eq!(up.count(), 0);
 
-    let req = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Fine: 1\r\n\r\n";
+    let who = cg.tenant_and_key();
+    let req = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}X-Fine: 1\r\n\r\n",
+        who.auth_line()
+    );
     assert_eq!(raw_request(cg.proxy, req.as_bytes()).status, 200);
 }
 
@@ -113,7 +124,8 @@ async fn upstream_down_is_502_without_hanging() {
         &[],
     );
     let started = Instant::now();
-    let (status, headers, body) = get(&cg.url("/v1/x")).await;
+    let who = cg.tenant_and_key();
+    let (status, headers, body) = get_as(&cg.url("/v1/x"), &who.key).await;
     assert_eq!(status, 502);
     assert_eq!(error_code(&body), "upstream_unavailable");
     assert!(headers.contains_key("x-request-id"));
@@ -127,10 +139,11 @@ async fn slow_upstream_is_504_at_the_response_timeout() {
         &config(&up.url(), "upstream_response_timeout = \"500ms\"\n"),
         &[],
     );
-    let (status, _, body) = get(&cg.url("/hang")).await;
+    let who = cg.tenant_and_key();
+    let (status, _, body) = get_as(&cg.url("/hang"), &who.key).await;
     assert_eq!(status, 504);
     assert_eq!(error_code(&body), "upstream_timeout");
-    let (status, _, _) = get(&cg.url("/slow/10")).await;
+    let (status, _, _) = get_as(&cg.url("/slow/10"), &who.key).await;
     assert_eq!(status, 200, "a fast answer is not affected");
 }
 
@@ -141,6 +154,7 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
         &config(&up.url(), "[limits]\nheader_read_timeout = \"1s\"\n"),
         &[],
     );
+    let who = cg.tenant_and_key();
     let addr = cg.proxy;
     let slow = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -169,7 +183,7 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
     });
     // Meanwhile normal requests keep working.
     for _ in 0..5 {
-        let (status, _, _) = get(&cg.url("/v1/ok")).await;
+        let (status, _, _) = get_as(&cg.url("/v1/ok"), &who.key).await;
         assert_eq!(status, 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -200,7 +214,8 @@ async fn silent_and_idle_connections_are_closed_at_the_idle_timeout() {
 
     // Keep-alive connection left idle after one request.
     let mut kept = TcpStream::connect(cg.proxy).unwrap();
-    kept.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    let who = cg.tenant_and_key();
+    kept.write_all(format!("GET /x HTTP/1.1\r\nHost: a\r\n{}\r\n", who.auth_line()).as_bytes())
         .unwrap();
     kept.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -231,6 +246,7 @@ async fn one_gib_upload_streams_with_bounded_memory() {
         ),
         &[],
     );
+    let who = cg.tenant_and_key();
     let body = RepeatBody {
         chunk: Bytes::from(vec![b'z'; CHUNK]),
         left: (TOTAL / CHUNK as u64) as usize,
@@ -238,6 +254,7 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     let req = Request::builder()
         .method("POST")
         .uri(cg.url("/sink"))
+        .header("x-api-key", &who.key)
         .body(body)
         .unwrap();
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -280,22 +297,43 @@ impl http_body::Body for RepeatBody {
 async fn connections_over_the_limit_wait_until_one_closes() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_connections = 1\n"), &[]);
+    let who = cg.tenant_and_key();
+    let auth = who.auth_line();
     let mut first = TcpStream::connect(cg.proxy).unwrap();
-    first.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    first
+        .write_all(format!("GET /first HTTP/1.1\r\nHost: a\r\n{auth}\r\n").as_bytes())
+        .unwrap();
     let mut buf = [0u8; 4096];
-    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert!(first.read(&mut buf).unwrap() > 0, "the first connection is served");
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        first.read(&mut buf).unwrap() > 0,
+        "the first connection is served"
+    );
 
     // The second connection is accepted by the kernel but not served while
     // the first holds the only slot.
     let mut second = TcpStream::connect(cg.proxy).unwrap();
-    second.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
-    second.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    assert!(second.read(&mut buf).is_err(), "served beyond max_connections");
+    second
+        .write_all(
+            format!("GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        second.read(&mut buf).is_err(),
+        "served beyond max_connections"
+    );
     assert_eq!(up.count(), 1);
 
     drop(first);
-    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let n = second.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert_eq!(up.last().target, "/second");

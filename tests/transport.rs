@@ -18,6 +18,7 @@ use tokio_rustls::rustls::{self, pki_types::ServerName};
 async fn h2c_prior_knowledge_is_served_and_forwarded_as_http11() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[]);
+    let who = cg.tenant_and_key();
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -26,10 +27,12 @@ async fn h2c_prior_knowledge_is_served_and_forwarded_as_http11() {
     for i in 0..8 {
         let client = client.clone();
         let url = cg.url(&format!("/v1/items/{i}?h2=1"));
+        let key = who.key.clone();
         tasks.push(tokio::spawn(async move {
             let req = Request::builder()
                 .method("POST")
                 .uri(url)
+                .header("authorization", format!("Bearer {key}"))
                 .header("cookie", "a=1")
                 .header("cookie", "b=2")
                 .body(Full::new(Bytes::from(vec![b'x'; 1000 + i])))
@@ -118,6 +121,7 @@ async fn tls_termination_serves_h2_by_alpn_and_http11() {
         pki.dir.path().join("key.pem").display()
     );
     let cg = Sidecar::start(&cfg, &[]);
+    let who = cg.tenant_and_key();
     let name = ServerName::try_from("localhost").unwrap();
 
     // HTTP/2 by ALPN.
@@ -133,6 +137,7 @@ async fn tls_termination_serves_h2_by_alpn_and_http11() {
             .unwrap();
     tokio::spawn(conn);
     let req = Request::builder()
+        .header("x-api-key", &who.key)
         .uri(format!(
             "https://localhost:{}/v1/secure?x=1",
             cg.proxy.port()
@@ -158,6 +163,7 @@ async fn tls_termination_serves_h2_by_alpn_and_http11() {
     tokio::spawn(conn);
     let req = Request::builder()
         .uri("/v1/secure11")
+        .header("x-api-key", &who.key)
         .header("host", "localhost")
         .body(Full::new(Bytes::new()))
         .unwrap();

@@ -60,7 +60,10 @@ impl Caller {
             Ok(())
         } else {
             let names: Vec<&str> = any_of.iter().map(|p| p.as_str()).collect();
-            Err(ApiError::forbidden(format!("this operation needs {}", names.join(" or "))))
+            Err(ApiError::forbidden(format!(
+                "this operation needs {}",
+                names.join(" or ")
+            )))
         }
     }
 }

@@ -9,9 +9,14 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
-use super::requests::{self as req, CreateKey, CreateProject, CreateTenant, LimitsPatch, PatchTenant, PutUser, RotateKey, SettingsPatch};
+use super::requests::{
+    self as req, CreateKey, CreateProject, CreateTenant, LimitsPatch, PatchTenant, PutUser,
+    RotateKey, SettingsPatch,
+};
 use crate::authn::api_key::{self, ApiKeys};
-use crate::model::{self, ApiKey, KeyStatus, Project, Tenant, TenantLimits, TenantSettings, TenantStatus, User};
+use crate::model::{
+    self, ApiKey, KeyStatus, Project, Tenant, TenantLimits, TenantSettings, TenantStatus, User,
+};
 use crate::roles::{self, Permission};
 use crate::store::{Store, StoreError};
 use crate::usage::{self, Usage};
@@ -49,7 +54,8 @@ pub fn key_view(k: &ApiKey) -> Value {
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -66,7 +72,12 @@ fn store_error(e: StoreError) -> ApiError {
 impl AdminOps {
     /// `rotation_grace`: how long an old secret works after a rotation
     /// unless the request says otherwise.
-    pub fn new(store: Arc<dyn Store>, keys: ApiKeys, usage: Usage, rotation_grace: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: ApiKeys,
+        usage: Usage,
+        rotation_grace: Duration,
+    ) -> Self {
         Self {
             store,
             keys,
@@ -89,7 +100,11 @@ impl AdminOps {
     // === tenants ===
 
     /// Creates a tenant (system_admin).
-    pub async fn create_tenant(&self, caller: &Caller, body: CreateTenant) -> Result<Tenant, ApiError> {
+    pub async fn create_tenant(
+        &self,
+        caller: &Caller,
+        body: CreateTenant,
+    ) -> Result<Tenant, ApiError> {
         caller.authorize(None, &[P::SystemAdmin])?;
         let mut limits = body.tier.default_limits();
         apply_limits(&mut limits, body.limits.as_ref())?;
@@ -100,7 +115,11 @@ impl AdminOps {
             sso_enabled: body.tier == model::Tier::Enterprise,
             custom_domain: None,
         };
-        apply_settings(&mut settings, body.settings.as_ref(), body.data_region.as_deref())?;
+        apply_settings(
+            &mut settings,
+            body.settings.as_ref(),
+            body.data_region.as_deref(),
+        )?;
         let now = model::now();
         let mut tenant = Tenant {
             tenant_id: model::new_id("org-"),
@@ -135,12 +154,20 @@ impl AdminOps {
 
     /// One tenant (system_admin, or the tenant's own administrators).
     pub async fn get_tenant(&self, caller: &Caller, tenant_id: &str) -> Result<Tenant, ApiError> {
-        caller.authorize(Some(tenant_id), &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys])?;
+        caller.authorize(
+            Some(tenant_id),
+            &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys],
+        )?;
         self.tenant(tenant_id).await
     }
 
     /// Changes a tenant (system_admin).
-    pub async fn patch_tenant(&self, caller: &Caller, tenant_id: &str, body: PatchTenant) -> Result<Tenant, ApiError> {
+    pub async fn patch_tenant(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        body: PatchTenant,
+    ) -> Result<Tenant, ApiError> {
         caller.authorize(None, &[P::SystemAdmin])?;
         let mut t = self.tenant(tenant_id).await?;
         if let Some(name) = &body.organization_name {
@@ -154,7 +181,11 @@ impl AdminOps {
             t.limits = tier.default_limits();
         }
         apply_limits(&mut t.limits, body.limits.as_ref())?;
-        apply_settings(&mut t.settings, body.settings.as_ref(), body.data_region.as_deref())?;
+        apply_settings(
+            &mut t.settings,
+            body.settings.as_ref(),
+            body.data_region.as_deref(),
+        )?;
         if let Some(status) = body.status {
             t.status = status;
         }
@@ -170,7 +201,11 @@ impl AdminOps {
     pub async fn delete_tenant(&self, caller: &Caller, tenant_id: &str) -> Result<(), ApiError> {
         caller.authorize(None, &[P::SystemAdmin])?;
         self.tenant(tenant_id).await?;
-        let removed = self.store.delete_tenant(tenant_id).await.map_err(store_error)?;
+        let removed = self
+            .store
+            .delete_tenant(tenant_id)
+            .await
+            .map_err(store_error)?;
         self.keys.forget_tenant(tenant_id).await;
         self.keys.forget_hashes(&removed.key_hashes).await;
         tracing::info!(tenant_id = %tenant_id, actor = %caller.actor(), "Tenant deleted.");
@@ -182,7 +217,13 @@ impl AdminOps {
     /// The one place roles are granted (to keys and users): each must exist
     /// and be grantable by the caller (its permissions within the caller's).
     /// The audit stage hooks here.
-    pub fn assign_roles(&self, caller: &Caller, tenant_id: &str, subject: &str, roles: &[String]) -> Result<Vec<String>, ApiError> {
+    pub fn assign_roles(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        subject: &str,
+        roles: &[String],
+    ) -> Result<Vec<String>, ApiError> {
         if roles.len() > 16 {
             return Err(ApiError::bad("at most 16 roles"));
         }
@@ -192,7 +233,9 @@ impl AdminOps {
                 return Err(ApiError::bad(format!("unknown role {role:?}")));
             };
             if !caller.permissions().includes(perms) {
-                return Err(ApiError::forbidden(format!("you cannot grant role {role:?}: it has permissions you do not")));
+                return Err(ApiError::forbidden(format!(
+                    "you cannot grant role {role:?}: it has permissions you do not"
+                )));
             }
             if !granted.contains(role) {
                 granted.push(role.clone());
@@ -205,7 +248,12 @@ impl AdminOps {
     // === keys ===
 
     /// Creates a key; the secret is returned here and never again.
-    pub async fn create_key(&self, caller: &Caller, tenant_id: &str, body: CreateKey) -> Result<(ApiKey, String), ApiError> {
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        body: CreateKey,
+    ) -> Result<(ApiKey, String), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
         let tenant = self.tenant(tenant_id).await?;
         let description = if body.description.trim().is_empty() {
@@ -216,20 +264,34 @@ impl AdminOps {
         let mut scopes: Vec<String> = Vec::new();
         for s in &body.scopes {
             if Permission::parse(s).is_none() {
-                return Err(ApiError::bad(format!("unknown scope {s:?}: scopes are permission names")));
+                return Err(ApiError::bad(format!(
+                    "unknown scope {s:?}: scopes are permission names"
+                )));
             }
             if !scopes.contains(s) {
                 scopes.push(s.clone());
             }
         }
-        if body.rate_limit_per_minute == Some(0) || body.rate_limit_per_minute.is_some_and(|r| r > 1_000_000) {
-            return Err(ApiError::bad("rate_limit_per_minute must be between 1 and 1000000"));
+        if body.rate_limit_per_minute == Some(0)
+            || body.rate_limit_per_minute.is_some_and(|r| r > 1_000_000)
+        {
+            return Err(ApiError::bad(
+                "rate_limit_per_minute must be between 1 and 1000000",
+            ));
         }
-        if body.expires_at.is_some_and(|t| t <= time::OffsetDateTime::now_utc()) {
+        if body
+            .expires_at
+            .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
+        {
             return Err(ApiError::bad("expires_at must be in the future"));
         }
         let key_id = uuid::Uuid::new_v4().to_string();
-        let roles = self.assign_roles(caller, tenant_id, &key_id, body.roles.as_deref().unwrap_or(&["viewer".to_string()]))?;
+        let roles = self.assign_roles(
+            caller,
+            tenant_id,
+            &key_id,
+            body.roles.as_deref().unwrap_or(&["viewer".to_string()]),
+        )?;
         let secret = api_key::generate();
         let key = ApiKey {
             key_id,
@@ -254,7 +316,11 @@ impl AdminOps {
     }
 
     /// A tenant's keys (no secrets, no hashes).
-    pub async fn list_keys(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<ApiKey>, ApiError> {
+    pub async fn list_keys(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<ApiKey>, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
         self.tenant(tenant_id).await?;
         self.store.list_keys(tenant_id).await.map_err(store_error)
@@ -272,10 +338,17 @@ impl AdminOps {
     }
 
     /// Revokes a key: refused from this moment on.
-    pub async fn revoke_key(&self, caller: &Caller, tenant_id: &str, key_id: &str) -> Result<ApiKey, ApiError> {
+    pub async fn revoke_key(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        key_id: &str,
+    ) -> Result<ApiKey, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
         let mut key = self.key_of(tenant_id, key_id).await?;
-        let hashes: Vec<String> = std::iter::once(key.hash.clone()).chain(key.previous_hash.clone()).collect();
+        let hashes: Vec<String> = std::iter::once(key.hash.clone())
+            .chain(key.previous_hash.clone())
+            .collect();
         key.status = KeyStatus::Revoked;
         key.previous_hash = None;
         key.previous_valid_until = None;
@@ -287,11 +360,20 @@ impl AdminOps {
 
     /// Issues a new secret under the same key id; the old one keeps working
     /// for the grace period.
-    pub async fn rotate_key(&self, caller: &Caller, tenant_id: &str, key_id: &str, body: RotateKey) -> Result<(ApiKey, String), ApiError> {
+    pub async fn rotate_key(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        key_id: &str,
+        body: RotateKey,
+    ) -> Result<(ApiKey, String), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
         let grace = match body.grace_seconds {
             Some(s) if Duration::from_secs(s) > MAX_GRACE => {
-                return Err(ApiError::bad(format!("grace_seconds must be at most {}", MAX_GRACE.as_secs())));
+                return Err(ApiError::bad(format!(
+                    "grace_seconds must be at most {}",
+                    MAX_GRACE.as_secs()
+                )));
             }
             Some(s) => Duration::from_secs(s),
             None => self.rotation_grace,
@@ -323,7 +405,12 @@ impl AdminOps {
     // === projects ===
 
     /// Creates a project, within the tier's `max_projects`.
-    pub async fn create_project(&self, caller: &Caller, tenant_id: &str, body: CreateProject) -> Result<Project, ApiError> {
+    pub async fn create_project(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        body: CreateProject,
+    ) -> Result<Project, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageProjects])?;
         let tenant = self.tenant(tenant_id).await?;
         let mut project = Project {
@@ -334,7 +421,11 @@ impl AdminOps {
             created_at: model::now(),
         };
         for _ in 0..3 {
-            match self.store.insert_project(&project, tenant.limits.max_projects).await {
+            match self
+                .store
+                .insert_project(&project, tenant.limits.max_projects)
+                .await
+            {
                 Err(StoreError::AlreadyExists(_)) => project.project_id = model::new_id("proj-"),
                 other => {
                     other.map_err(store_error)?;
@@ -347,20 +438,35 @@ impl AdminOps {
     }
 
     /// A tenant's projects.
-    pub async fn list_projects(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<Project>, ApiError> {
+    pub async fn list_projects(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<Project>, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageProjects])?;
         self.tenant(tenant_id).await?;
-        self.store.list_projects(tenant_id).await.map_err(store_error)
+        self.store
+            .list_projects(tenant_id)
+            .await
+            .map_err(store_error)
     }
 
     // === users ===
 
     /// Creates or replaces a user (within `max_users` when creating).
     /// Returns the user and whether it was created.
-    pub async fn put_user(&self, caller: &Caller, tenant_id: &str, user_id: &str, body: PutUser) -> Result<(User, bool), ApiError> {
+    pub async fn put_user(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        user_id: &str,
+        body: PutUser,
+    ) -> Result<(User, bool), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         if !req::is_id(user_id) {
-            return Err(ApiError::bad("user_id must be 1 to 128 of A-Z a-z 0-9 . _ @ -"));
+            return Err(ApiError::bad(
+                "user_id must be 1 to 128 of A-Z a-z 0-9 . _ @ -",
+            ));
         }
         let tenant = self.tenant(tenant_id).await?;
         let email = req::email("email", &body.email)?;
@@ -372,22 +478,41 @@ impl AdminOps {
             roles,
             updated_at: model::now(),
         };
-        let created = self.store.put_user(&user, tenant.limits.max_users).await.map_err(store_error)?;
+        let created = self
+            .store
+            .put_user(&user, tenant.limits.max_users)
+            .await
+            .map_err(store_error)?;
         Ok((user, created))
     }
 
     /// A tenant's users.
-    pub async fn list_users(&self, caller: &Caller, tenant_id: &str) -> Result<Vec<User>, ApiError> {
+    pub async fn list_users(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<User>, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
         self.store.list_users(tenant_id).await.map_err(store_error)
     }
 
     /// Removes a user.
-    pub async fn delete_user(&self, caller: &Caller, tenant_id: &str, user_id: &str) -> Result<(), ApiError> {
+    pub async fn delete_user(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<(), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
-        if !req::is_id(user_id) || !self.store.delete_user(tenant_id, user_id).await.map_err(store_error)? {
+        if !req::is_id(user_id)
+            || !self
+                .store
+                .delete_user(tenant_id, user_id)
+                .await
+                .map_err(store_error)?
+        {
             return Err(ApiError::NotFound("user not found".into()));
         }
         tracing::info!(tenant_id = %tenant_id, user_id = %user_id, actor = %caller.actor(), "User deleted.");
@@ -398,12 +523,29 @@ impl AdminOps {
 
     /// Real counters and utilisation against the tier's limits.
     pub async fn usage(&self, caller: &Caller, tenant_id: &str) -> Result<Value, ApiError> {
-        caller.authorize(Some(tenant_id), &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys])?;
+        caller.authorize(
+            Some(tenant_id),
+            &[P::ManageUsers, P::ManageProjects, P::ManageApiKeys],
+        )?;
         let t = self.tenant(tenant_id).await?;
         let day = usage::today();
-        let requests = self.usage.requests_on(tenant_id, day).await.map_err(store_error)?;
-        let projects = self.store.list_projects(tenant_id).await.map_err(store_error)?.len() as u64;
-        let users = self.store.list_users(tenant_id).await.map_err(store_error)?.len() as u64;
+        let requests = self
+            .usage
+            .requests_on(tenant_id, day)
+            .await
+            .map_err(store_error)?;
+        let projects = self
+            .store
+            .list_projects(tenant_id)
+            .await
+            .map_err(store_error)?
+            .len() as u64;
+        let users = self
+            .store
+            .list_users(tenant_id)
+            .await
+            .map_err(store_error)?
+            .len() as u64;
         let pct = |used: u64, max: i64| -> Value {
             if max < 0 {
                 Value::Null
@@ -450,18 +592,26 @@ fn apply_limits(limits: &mut TenantLimits, patch: Option<&LimitsPatch>) -> Resul
     }
     if let Some(v) = p.retention_days {
         if !(1..=3650).contains(&v) {
-            return Err(ApiError::bad("limits.retention_days must be between 1 and 3650"));
+            return Err(ApiError::bad(
+                "limits.retention_days must be between 1 and 3650",
+            ));
         }
         limits.retention_days = v;
     }
     Ok(())
 }
 
-fn apply_settings(s: &mut TenantSettings, patch: Option<&SettingsPatch>, data_region: Option<&str>) -> Result<(), ApiError> {
+fn apply_settings(
+    s: &mut TenantSettings,
+    patch: Option<&SettingsPatch>,
+    data_region: Option<&str>,
+) -> Result<(), ApiError> {
     let region = data_region.or(patch.and_then(|p| p.data_region.as_deref()));
     if let Some(r) = region {
         if !req::is_id(r) {
-            return Err(ApiError::bad("data_region must be 1 to 128 of A-Z a-z 0-9 . _ -"));
+            return Err(ApiError::bad(
+                "data_region must be 1 to 128 of A-Z a-z 0-9 . _ -",
+            ));
         }
         s.data_region = r.to_string();
     }

@@ -88,7 +88,9 @@ pub struct SettingsPatch {
     pub custom_domain: Option<Option<String>>,
 }
 
-fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -149,10 +151,14 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
         return Err(ApiError::bad(format!("{field} must not be empty")));
     }
     if trimmed.chars().count() > max {
-        return Err(ApiError::bad(format!("{field} is longer than {max} characters")));
+        return Err(ApiError::bad(format!(
+            "{field} is longer than {max} characters"
+        )));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(ApiError::bad(format!("{field} must not contain control characters")));
+        return Err(ApiError::bad(format!(
+            "{field} must not contain control characters"
+        )));
     }
     Ok(trimmed.to_string())
 }
@@ -161,7 +167,12 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
 pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
     let v = text(field, value, 254)?;
     match v.split_once('@') {
-        Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@') && !v.contains(' ') => {
+        Some((local, domain))
+            if !local.is_empty()
+                && domain.contains('.')
+                && !domain.contains('@')
+                && !v.contains(' ') =>
+        {
             Ok(v)
         }
         _ => Err(ApiError::bad(format!("{field} is not an email address"))),
@@ -173,13 +184,16 @@ pub fn email(field: &str, value: &str) -> Result<String, ApiError> {
 pub fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
 /// A limit: -1 (unlimited) or more.
 pub fn limit(field: &str, v: i64) -> Result<i64, ApiError> {
     if v < -1 {
-        return Err(ApiError::bad(format!("limits.{field} must be -1 (unlimited) or at least 0")));
+        return Err(ApiError::bad(format!(
+            "limits.{field} must be -1 (unlimited) or at least 0"
+        )));
     }
     Ok(v)
 }
@@ -187,7 +201,9 @@ pub fn limit(field: &str, v: i64) -> Result<i64, ApiError> {
 /// A money amount: finite, at least 0 (or exactly -1 where unlimited is allowed).
 pub fn amount(field: &str, v: f64, allow_unlimited: bool) -> Result<f64, ApiError> {
     if !v.is_finite() || v > 1e15 || (v < 0.0 && !(allow_unlimited && v == -1.0)) {
-        return Err(ApiError::bad(format!("{field} must be a non-negative amount")));
+        return Err(ApiError::bad(format!(
+            "{field} must be a non-negative amount"
+        )));
     }
     Ok(v)
 }

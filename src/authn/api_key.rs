@@ -40,7 +40,9 @@ pub fn hash_hex(key: &str) -> String {
 pub fn is_well_formed(key: &str) -> bool {
     key.len() == PREFIX.len() + HEX_LEN
         && key.starts_with(PREFIX)
-        && key[PREFIX.len()..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && key[PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The effective permissions of a key: its roles' union, narrowed by its
@@ -50,7 +52,11 @@ pub fn effective_permissions(key: &ApiKey) -> Permissions {
     if key.scopes.is_empty() {
         return granted;
     }
-    let scopes = key.scopes.iter().filter_map(|s| Permission::parse(s)).collect::<Vec<_>>();
+    let scopes = key
+        .scopes
+        .iter()
+        .filter_map(|s| Permission::parse(s))
+        .collect::<Vec<_>>();
     granted.intersect(Permissions::of(&scopes))
 }
 
@@ -80,8 +86,14 @@ impl ApiKeys {
     pub fn new(store: Arc<dyn Store>, capacity: u64, ttl: Duration) -> Self {
         Self {
             store,
-            keys: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
-            tenants: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            keys: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            tenants: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 
@@ -115,7 +127,9 @@ impl ApiKeys {
         let status = self
             .tenants
             .try_get_with_by_ref(tenant, async {
-                Ok::<_, crate::store::StoreError>(self.store.get_tenant(tenant).await?.map(|t| t.status))
+                Ok::<_, crate::store::StoreError>(
+                    self.store.get_tenant(tenant).await?.map(|t| t.status),
+                )
             })
             .await
             .map_err(AuthnError::Store)?;
@@ -126,12 +140,21 @@ impl ApiKeys {
         }
     }
 
-    async fn load(&self, digest: [u8; 32]) -> Result<Option<Arc<CachedKey>>, crate::store::StoreError> {
+    async fn load(
+        &self,
+        digest: [u8; 32],
+    ) -> Result<Option<Arc<CachedKey>>, crate::store::StoreError> {
         let hex = model::hex(&digest);
         let Some(key) = self.store.key_by_hash(&hex).await? else {
             return Ok(None);
         };
-        let headers = match IdentityHeaders::new(&key.tenant_id, &key.key_id, Some(&key.key_id), &key.roles, AuthMethod::ApiKey) {
+        let headers = match IdentityHeaders::new(
+            &key.tenant_id,
+            &key.key_id,
+            Some(&key.key_id),
+            &key.roles,
+            AuthMethod::ApiKey,
+        ) {
             Ok(h) => h,
             Err(_) => {
                 tracing::error!(key_id = %key.key_id, "Stored key has ids that are not valid header values; refusing it.");
@@ -153,7 +176,10 @@ impl ApiKeys {
         } else {
             // The previous secret during a grace period; without an end it
             // is already out.
-            Some(key.previous_valid_until.unwrap_or(OffsetDateTime::UNIX_EPOCH))
+            Some(
+                key.previous_valid_until
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            )
         };
         Ok(Some(Arc::new(CachedKey {
             principal: Arc::new(principal),

@@ -269,10 +269,20 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let admin = AdminConfig {
         listen: c.socket_addr("admin.listen", &file.admin.listen),
         token_hash: admin_token(&mut c, &file.admin),
-        max_body_bytes: c.bounded("admin.max_body_bytes", file.admin.max_body_bytes, 1024, 16 << 20) as usize,
+        max_body_bytes: c.bounded(
+            "admin.max_body_bytes",
+            file.admin.max_body_bytes,
+            1024,
+            16 << 20,
+        ) as usize,
     };
     let auth = AuthConfig {
-        key_cache_capacity: c.bounded("auth.key_cache_capacity", file.auth.key_cache_capacity, 1, 100_000_000),
+        key_cache_capacity: c.bounded(
+            "auth.key_cache_capacity",
+            file.auth.key_cache_capacity,
+            1,
+            100_000_000,
+        ),
         key_cache_ttl: c.duration("auth.key_cache_ttl", file.auth.key_cache_ttl),
         rotation_grace: file.auth.rotation_grace,
     };
@@ -440,7 +450,10 @@ fn admin_token(c: &mut Checker, admin: &super::file::AdminSection) -> Option<[u8
     let token = match (&admin.token, &admin.token_file) {
         (None, None) => return None,
         (Some(_), Some(_)) => {
-            c.fail("admin.token", "set admin.token or admin.token_file, not both");
+            c.fail(
+                "admin.token",
+                "set admin.token or admin.token_file, not both",
+            );
             return None;
         }
         (Some(t), None) => ("admin.token", t.trim().to_string()),
@@ -453,12 +466,22 @@ fn admin_token(c: &mut Checker, admin: &super::file::AdminSection) -> Option<[u8
         },
     };
     let (key, token) = token;
-    if token.len() < 16 || token.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-        c.fail(key, "the admin token must be at least 16 characters, without spaces");
+    if token.len() < 16
+        || token
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        c.fail(
+            key,
+            "the admin token must be at least 16 characters, without spaces",
+        );
         return None;
     }
     if token.starts_with(crate::authn::api_key::PREFIX) {
-        c.fail(key, "the admin token must not look like an API key (costops_…)");
+        c.fail(
+            key,
+            "the admin token must not look like an API key (costops_…)",
+        );
         return None;
     }
     Some(crate::authn::api_key::hash(&token))

@@ -64,15 +64,45 @@ pub async fn run(store: &dyn Store) {
 async fn tenants(store: &dyn Store) {
     let mut t = sample_tenant(Tier::Standard);
     store.insert_tenant(&t).await.unwrap();
-    assert!(matches!(store.insert_tenant(&t).await, Err(StoreError::AlreadyExists(_))), "duplicate tenant id");
-    assert_eq!(store.get_tenant(&t.tenant_id).await.unwrap().as_ref(), Some(&t));
+    assert!(
+        matches!(
+            store.insert_tenant(&t).await,
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "duplicate tenant id"
+    );
+    assert_eq!(
+        store.get_tenant(&t.tenant_id).await.unwrap().as_ref(),
+        Some(&t)
+    );
     t.status = TenantStatus::Suspended;
     t.organization_name = "Renamed".into();
     store.update_tenant(&t).await.unwrap();
-    assert_eq!(store.get_tenant(&t.tenant_id).await.unwrap().unwrap().organization_name, "Renamed");
+    assert_eq!(
+        store
+            .get_tenant(&t.tenant_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .organization_name,
+        "Renamed"
+    );
     let ghost = sample_tenant(Tier::Free);
-    assert!(matches!(store.update_tenant(&ghost).await, Err(StoreError::NotFound(_))), "update of a missing tenant");
-    assert!(store.list_tenants().await.unwrap().iter().any(|x| x.tenant_id == t.tenant_id));
+    assert!(
+        matches!(
+            store.update_tenant(&ghost).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "update of a missing tenant"
+    );
+    assert!(
+        store
+            .list_tenants()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.tenant_id == t.tenant_id)
+    );
     assert!(store.get_tenant("org-00000000").await.unwrap().is_none());
 }
 
@@ -81,7 +111,13 @@ async fn keys(store: &dyn Store) {
     store.insert_tenant(&t).await.unwrap();
     let mut k = sample_key(&t.tenant_id, "aa01");
     store.insert_key(&k).await.unwrap();
-    assert!(matches!(store.insert_key(&k).await, Err(StoreError::AlreadyExists(_))), "duplicate key id");
+    assert!(
+        matches!(
+            store.insert_key(&k).await,
+            Err(StoreError::AlreadyExists(_))
+        ),
+        "duplicate key id"
+    );
     assert_eq!(store.key_by_hash("aa01").await.unwrap().as_ref(), Some(&k));
     assert_eq!(store.get_key(&k.key_id).await.unwrap().as_ref(), Some(&k));
     assert!(store.key_by_hash("ffff").await.unwrap().is_none());
@@ -91,8 +127,14 @@ async fn keys(store: &dyn Store) {
     k.previous_valid_until = Some(model::now() + Duration::minutes(5));
     k.hash = "aa02".into();
     store.update_key(&k).await.unwrap();
-    assert_eq!(store.key_by_hash("aa02").await.unwrap().unwrap().key_id, k.key_id);
-    assert_eq!(store.key_by_hash("aa01").await.unwrap().unwrap().key_id, k.key_id);
+    assert_eq!(
+        store.key_by_hash("aa02").await.unwrap().unwrap().key_id,
+        k.key_id
+    );
+    assert_eq!(
+        store.key_by_hash("aa01").await.unwrap().unwrap().key_id,
+        k.key_id
+    );
 
     // Rotation without grace: the old hash stops resolving.
     k.previous_hash = None;
@@ -105,9 +147,15 @@ async fn keys(store: &dyn Store) {
 
     k.status = KeyStatus::Revoked;
     store.update_key(&k).await.unwrap();
-    assert_eq!(store.key_by_hash("aa03").await.unwrap().unwrap().status, KeyStatus::Revoked);
+    assert_eq!(
+        store.key_by_hash("aa03").await.unwrap().unwrap().status,
+        KeyStatus::Revoked
+    );
     let other = sample_key(&t.tenant_id, "aa04");
-    assert!(matches!(store.update_key(&other).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.update_key(&other).await,
+        Err(StoreError::NotFound(_))
+    ));
     store.insert_key(&other).await.unwrap();
     let listed = store.list_keys(&t.tenant_id).await.unwrap();
     assert_eq!(listed.len(), 2);
@@ -128,20 +176,43 @@ async fn projects_and_limits(store: &dyn Store) {
     let t = sample_tenant(Tier::Free);
     store.insert_tenant(&t).await.unwrap();
     for i in 0..3 {
-        store.insert_project(&project(&t.tenant_id, &format!("p{i}")), 3).await.unwrap();
+        store
+            .insert_project(&project(&t.tenant_id, &format!("p{i}")), 3)
+            .await
+            .unwrap();
     }
     let over = store.insert_project(&project(&t.tenant_id, "p3"), 3).await;
-    assert!(matches!(over, Err(StoreError::LimitReached { max: 3, .. })), "{over:?}");
+    assert!(
+        matches!(over, Err(StoreError::LimitReached { max: 3, .. })),
+        "{over:?}"
+    );
     let listed = store.list_projects(&t.tenant_id).await.unwrap();
     assert_eq!(listed.len(), 3);
     let one = &listed[0];
-    assert_eq!(store.get_project(&t.tenant_id, &one.project_id).await.unwrap().as_ref(), Some(one));
-    assert!(store.get_project("org-00000000", &one.project_id).await.unwrap().is_none(), "projects are per tenant");
+    assert_eq!(
+        store
+            .get_project(&t.tenant_id, &one.project_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(one)
+    );
+    assert!(
+        store
+            .get_project("org-00000000", &one.project_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "projects are per tenant"
+    );
     // -1 is unlimited.
     let e = sample_tenant(Tier::Enterprise);
     store.insert_tenant(&e).await.unwrap();
     for i in 0..5 {
-        store.insert_project(&project(&e.tenant_id, &format!("p{i}")), -1).await.unwrap();
+        store
+            .insert_project(&project(&e.tenant_id, &format!("p{i}")), -1)
+            .await
+            .unwrap();
     }
 }
 
@@ -158,12 +229,21 @@ async fn users_and_limits(store: &dyn Store) {
     assert!(store.put_user(&user("u1"), 2).await.unwrap(), "created");
     assert!(!store.put_user(&user("u1"), 2).await.unwrap(), "replaced");
     assert!(store.put_user(&user("u2"), 2).await.unwrap());
-    assert!(matches!(store.put_user(&user("u3"), 2).await, Err(StoreError::LimitReached { .. })));
-    assert!(!store.put_user(&user("u2"), 2).await.unwrap(), "replacing at the limit is fine");
+    assert!(matches!(
+        store.put_user(&user("u3"), 2).await,
+        Err(StoreError::LimitReached { .. })
+    ));
+    assert!(
+        !store.put_user(&user("u2"), 2).await.unwrap(),
+        "replacing at the limit is fine"
+    );
     assert_eq!(store.list_users(&t.tenant_id).await.unwrap().len(), 2);
     assert!(store.delete_user(&t.tenant_id, "u1").await.unwrap());
     assert!(!store.delete_user(&t.tenant_id, "u1").await.unwrap());
-    assert!(store.put_user(&user("u3"), 2).await.unwrap(), "room again after a delete");
+    assert!(
+        store.put_user(&user("u3"), 2).await.unwrap(),
+        "room again after a delete"
+    );
 }
 
 async fn usage(store: &dyn Store) {
@@ -184,7 +264,10 @@ async fn cascade(store: &dyn Store) {
     k.previous_hash = Some("cc00".into());
     store.insert_key(&k).await.unwrap();
     store.update_key(&k).await.unwrap();
-    store.insert_project(&project(&t.tenant_id, "p"), -1).await.unwrap();
+    store
+        .insert_project(&project(&t.tenant_id, "p"), -1)
+        .await
+        .unwrap();
     store.add_requests(&t.tenant_id, 1, 1).await.unwrap();
     let removed = store.delete_tenant(&t.tenant_id).await.unwrap();
     let mut hashes = removed.key_hashes.clone();
@@ -195,5 +278,8 @@ async fn cascade(store: &dyn Store) {
     assert!(store.list_keys(&t.tenant_id).await.unwrap().is_empty());
     assert!(store.list_projects(&t.tenant_id).await.unwrap().is_empty());
     assert_eq!(store.requests_on(&t.tenant_id, 1).await.unwrap(), 0);
-    assert!(matches!(store.delete_tenant(&t.tenant_id).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.delete_tenant(&t.tenant_id).await,
+        Err(StoreError::NotFound(_))
+    ));
 }

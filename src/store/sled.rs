@@ -131,13 +131,21 @@ impl Store for SledStore {
     }
 
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        self.tenants.iter().values().map(|v| decode(&v.map_err(backend)?)).collect()
+        self.tenants
+            .iter()
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
     }
 
     async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         {
             let _guard = self.lock();
-            if !self.tenants.contains_key(tenant.tenant_id.as_bytes()).map_err(backend)? {
+            if !self
+                .tenants
+                .contains_key(tenant.tenant_id.as_bytes())
+                .map_err(backend)?
+            {
                 return Err(StoreError::NotFound("tenant"));
             }
             self.tenants
@@ -153,7 +161,12 @@ impl Store for SledStore {
             let _guard = self.lock();
             // The tenant goes first: from then on its keys no longer
             // authenticate, even if a crash interrupts the cascade.
-            if self.tenants.remove(tenant_id.as_bytes()).map_err(backend)?.is_none() {
+            if self
+                .tenants
+                .remove(tenant_id.as_bytes())
+                .map_err(backend)?
+                .is_none()
+            {
                 return Err(StoreError::NotFound("tenant"));
             }
             for item in self.keys.iter() {
@@ -183,7 +196,9 @@ impl Store for SledStore {
         (&self.keys, &self.key_hashes)
             .transaction(|(keys, hashes)| {
                 if keys.get(key.key_id.as_bytes())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::AlreadyExists("key")));
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::AlreadyExists("key"),
+                    ));
                 }
                 keys.insert(key.key_id.as_bytes(), value.as_slice())?;
                 hashes.insert(key.hash.as_bytes(), key.key_id.as_bytes())?;
@@ -229,7 +244,9 @@ impl Store for SledStore {
         (&self.keys, &self.key_hashes)
             .transaction(|(keys, hashes)| {
                 let Some(old) = keys.get(key.key_id.as_bytes())? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound("key")));
+                    return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+                        "key",
+                    )));
                 };
                 let old: ApiKey = serde_json::from_slice(&old)
                     .map_err(|e| ConflictableTransactionError::Abort(backend(e)))?;
@@ -253,7 +270,10 @@ impl Store for SledStore {
         {
             let _guard = self.lock();
             if max >= 0 && Self::count(&self.projects, &project.tenant_id) >= max as u64 {
-                return Err(StoreError::LimitReached { what: "project", max });
+                return Err(StoreError::LimitReached {
+                    what: "project",
+                    max,
+                });
             }
             let key = scoped(&project.tenant_id, &project.project_id);
             self.projects
@@ -268,7 +288,11 @@ impl Store for SledStore {
         Self::scan(&self.projects, tenant_id)
     }
 
-    async fn get_project(&self, tenant_id: &str, project_id: &str) -> Result<Option<Project>, StoreError> {
+    async fn get_project(
+        &self,
+        tenant_id: &str,
+        project_id: &str,
+    ) -> Result<Option<Project>, StoreError> {
         self.projects
             .get(scoped(tenant_id, project_id))
             .map_err(backend)?
@@ -296,7 +320,11 @@ impl Store for SledStore {
     }
 
     async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        let existed = self.users.remove(scoped(tenant_id, user_id)).map_err(backend)?.is_some();
+        let existed = self
+            .users
+            .remove(scoped(tenant_id, user_id))
+            .map_err(backend)?
+            .is_some();
         self.durable().await?;
         Ok(existed)
     }

@@ -228,13 +228,22 @@ impl Sidecar {
 
     /// Calls the admin API with `credential` (a bearer token or key) and
     /// returns status and JSON body.
-    pub fn admin_call(&self, method: &str, path: &str, credential: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    pub fn admin_call(
+        &self,
+        method: &str,
+        path: &str,
+        credential: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nAuthorization: Bearer {credential}\r\n"
         );
         if !body.is_empty() {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         } else if method != "GET" && method != "DELETE" {
             req.push_str("Content-Length: 0\r\n");
         }
@@ -246,7 +255,12 @@ impl Sidecar {
     }
 
     /// As the bootstrap admin.
-    pub fn admin(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
         self.admin_call(method, path, ADMIN_TOKEN, body.as_ref())
     }
 
@@ -269,14 +283,21 @@ impl Sidecar {
             Some(serde_json::json!({"description": "test", "roles": roles})),
         );
         assert_eq!(status, 201, "{body}");
-        (body["key_id"].as_str().unwrap().to_string(), body["api_key"].as_str().unwrap().to_string())
+        (
+            body["key_id"].as_str().unwrap().to_string(),
+            body["api_key"].as_str().unwrap().to_string(),
+        )
     }
 
     /// A fresh enterprise tenant and an `admin` key in it.
     pub fn tenant_and_key(&self) -> Caller {
         let tenant = self.create_tenant("enterprise");
         let (key_id, key) = self.create_key(&tenant, &["admin"]);
-        Caller { tenant, key_id, key }
+        Caller {
+            tenant,
+            key_id,
+            key,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -438,7 +459,10 @@ async fn get_with(url: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Strin
     if let Some(key) = key {
         req = req.header("authorization", format!("Bearer {key}"));
     }
-    let resp = client().request(req.body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = client()
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (
