@@ -175,34 +175,34 @@ pub enum Credential<'a> {
     Bearer(&'a str),
 }
 
-/// Finds the request's credential, refusing more than one.
+/// Finds the request's credential, refusing more than one (whatever their
+/// schemes: an `Authorization: Basic` beside an `X-API-Key` is two).
 pub fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, AuthnError> {
-    let mut found = None;
-    for value in headers.get_all(header::AUTHORIZATION) {
-        if found.is_some() {
-            return Err(AuthnError::Ambiguous);
-        }
-        let value = value.to_str().map_err(|_| AuthnError::Malformed)?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or(AuthnError::Malformed)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthnError::Malformed);
-        }
-        let token = token.trim();
-        found = Some(if token.starts_with(api_key::PREFIX) {
-            Credential::ApiKey(token)
-        } else {
-            Credential::Bearer(token)
-        });
+    let authorization = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|v| (true, v));
+    let mut all = authorization.chain(headers.get_all(&X_API_KEY).iter().map(|v| (false, v)));
+    let Some((is_authorization, value)) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(AuthnError::Ambiguous);
     }
-    for value in headers.get_all(&X_API_KEY) {
-        if found.is_some() {
-            return Err(AuthnError::Ambiguous);
-        }
-        found = Some(Credential::ApiKey(
-            value.to_str().map_err(|_| AuthnError::Malformed)?.trim(),
-        ));
+    let value = value.to_str().map_err(|_| AuthnError::Malformed)?.trim();
+    if !is_authorization {
+        return Ok(Some(Credential::ApiKey(value)));
     }
-    Ok(found)
+    let (scheme, token) = value.split_once(' ').ok_or(AuthnError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::Malformed);
+    }
+    let token = token.trim();
+    Ok(Some(if token.starts_with(api_key::PREFIX) {
+        Credential::ApiKey(token)
+    } else {
+        Credential::Bearer(token)
+    }))
 }
 
 /// Removes every inbound credential header, so none reaches the upstream.

@@ -18,13 +18,16 @@ pub fn today() -> u32 {
     (secs / 86_400) as u32
 }
 
+/// Requests not yet in the store, per (tenant, day).
+type Pending = HashMap<(Arc<str>, u32), u64>;
+
 /// Counts requests per (tenant, day). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Usage {
     store: Arc<dyn Store>,
     /// Counts not yet in the store. A std mutex: held for one map update,
     /// never across an await.
-    pending: Arc<Mutex<HashMap<(Arc<str>, u32), u64>>>,
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl Usage {
@@ -36,7 +39,7 @@ impl Usage {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, u32), u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

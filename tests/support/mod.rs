@@ -158,7 +158,20 @@ impl Sidecar {
     /// Starts `costguard serve` with `config` (TOML) plus `env`; listeners
     /// on 127.0.0.1:0 and a fresh store unless the config/env says otherwise.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with_store(config, env, None)
+    }
+
+    /// Like [`Sidecar::start`], with the store in `store` (to restart on
+    /// the same data).
+    pub fn start_with_store(
+        config: &str,
+        env: &[(&str, &str)],
+        store: Option<&std::path::Path>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let store = store
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| dir.path().join("data"));
         let path = dir.path().join("costguard.toml");
         std::fs::write(&path, config).unwrap();
         let mut cmd = Command::new(binary());
@@ -170,7 +183,7 @@ impl Sidecar {
             .env("COSTGUARD_PROXY_LISTEN", "127.0.0.1:0")
             .env("COSTGUARD_ADMIN_LISTEN", "127.0.0.1:0")
             .env("COSTGUARD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("COSTGUARD_STORE_PATH", dir.path().join("data"))
+            .env("COSTGUARD_STORE_PATH", &store)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -310,6 +323,17 @@ impl Sidecar {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGKILL to the process this harness started and reaps it.
+    pub fn kill9(&mut self) {
+        let ok = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -KILL failed");
+        let _ = self.child.as_mut().unwrap().wait();
     }
 
     /// Sends SIGTERM to the process this harness started.

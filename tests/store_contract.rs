@@ -1,0 +1,41 @@
+//! The store contract suite, run on the sled backend; and durability across
+//! a reopen.
+
+use costguard::store::Store;
+use costguard::store::conformance;
+use costguard::store::sled::SledStore;
+
+#[tokio::test]
+async fn sled_passes_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("db")).unwrap();
+    conformance::run(&store).await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let tenant = conformance::sample_tenant(costguard::model::Tier::Free);
+    let key = conformance::sample_key(&tenant.tenant_id, "ab12");
+    {
+        let store = SledStore::open(&path).unwrap();
+        store.insert_tenant(&tenant).await.unwrap();
+        store.insert_key(&key).await.unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(
+        store.get_tenant(&tenant.tenant_id).await.unwrap(),
+        Some(tenant)
+    );
+    assert_eq!(store.key_by_hash("ab12").await.unwrap(), Some(key));
+}
+
+#[tokio::test]
+async fn a_store_in_use_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let _first = SledStore::open(&path).unwrap();
+    let second = SledStore::open(&path);
+    assert!(second.is_err(), "two writers on one sled database");
+}
