@@ -114,3 +114,29 @@ format = "xml"
         assert!(keys.contains(&want), "{want} missing from {keys:?}");
     }
 }
+
+#[test]
+fn admin_token_is_hashed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "a-long-enough-admin-token\n").unwrap();
+    let text = format!("[admin]\ntoken_file = \"{}\"\n", file.display());
+    let config = validate::validate(parse(&text, "t.toml", &Env::default()).unwrap()).unwrap();
+    assert_eq!(
+        config.admin.token_hash,
+        Some(crate::authn::api_key::hash("a-long-enough-admin-token")),
+        "trailing newline is trimmed"
+    );
+    for (text, key) in [
+        ("[admin]\ntoken = \"short\"\n".to_string(), "admin.token"),
+        ("[admin]\ntoken = \"costops_0123456789abcdef0123456789abcdef\"\n".to_string(), "admin.token"),
+        (format!("[admin]\ntoken = \"a-long-enough-admin-token\"\ntoken_file = \"{}\"\n", file.display()), "admin.token"),
+        ("[admin]\ntoken_file = \"/nonexistent/token\"\n".to_string(), "admin.token_file"),
+    ] {
+        let err = validate::validate(parse(&text, "t.toml", &Env::default()).unwrap()).unwrap_err();
+        assert_eq!(err.problems[0].key, key, "{text}");
+    }
+    let env = env(&[("COSTGUARD_ADMIN_TOKEN", "from-the-environment-123")]);
+    let config = validate::validate(parse("", "t.toml", &env).unwrap()).unwrap();
+    assert!(config.admin.token_hash.is_some());
+}
