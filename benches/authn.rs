@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use costguard::authn::api_key::{self, ApiKeys};
 use costguard::model::Tier;
+use costguard::store::Store;
 use costguard::store::conformance::{sample_key, sample_tenant};
 use costguard::store::sled::SledStore;
-use costguard::store::Store;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 const KEYS: u64 = 1_000_000;
@@ -51,7 +51,10 @@ async fn store_with_keys(path: &Path) -> (Arc<SledStore>, String) {
 }
 
 fn authn(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-authn-1m");
     let (store, _tenant) = rt.block_on(store_with_keys(&dir));
     let dyn_store: Arc<dyn Store> = store.clone();
@@ -60,14 +63,19 @@ fn authn(c: &mut Criterion) {
     let warm = ApiKeys::new(dyn_store.clone(), 100_000, Duration::from_secs(3600));
     let known = secret(42);
     rt.block_on(warm.authenticate(&known)).unwrap();
-    g.bench_function("cached_key", |b| b.iter(|| rt.block_on(warm.authenticate(&known)).unwrap()));
+    g.bench_function("cached_key", |b| {
+        b.iter(|| rt.block_on(warm.authenticate(&known)).unwrap())
+    });
 
     let mut i = 0u64;
     g.bench_function("uncached_key_1m", |b| {
         b.iter_batched(
             || {
                 i = (i + 7919) % KEYS;
-                (ApiKeys::new(dyn_store.clone(), 16, Duration::from_secs(60)), secret(i))
+                (
+                    ApiKeys::new(dyn_store.clone(), 16, Duration::from_secs(60)),
+                    secret(i),
+                )
             },
             |(keys, s)| rt.block_on(keys.authenticate(&s)).unwrap(),
             BatchSize::SmallInput,

@@ -1,18 +1,183 @@
 //! One access-log line per request, written when the response body is done
 //! (or abandoned), so it carries the real byte count and total latency.
 //! The query string is never logged: it may carry credentials.
+//!
+//! Lines are formatted on the request path (one small allocation) and
+//! handed to a writer thread over a bounded channel; the thread writes them
+//! to stdout in batches and flushes whenever it has caught up. So no request
+//! waits on stdout. If the writer falls a whole channel behind (stdout
+//! blocked), further lines are dropped and counted rather than stalling the
+//! proxy; the writer reports the count when it catches up. (This is the
+//! access log; the audit log, which never drops, is separate.)
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
+
+use crate::config::LogFormat;
+
+/// Lines buffered between the request path and the writer thread.
+const CHANNEL_LINES: usize = 16 * 1024;
+
+/// The access-log sink. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    format: LogFormat,
+    /// Lines dropped because the writer was a full channel behind.
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread.
+    pub fn start(format: LogFormat) -> Self {
+        let (tx, rx) = sync_channel(CHANNEL_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = dropped.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, counter))
+            .expect("the access-log thread starts");
+        Self {
+            tx,
+            format,
+            dropped,
+        }
+    }
+
+    /// Captures what the line will say, at the start of a request.
+    pub fn entry<B>(
+        &self,
+        listener: &'static str,
+        req: &Request<B>,
+        request_id: &HeaderValue,
+        peer: std::net::IpAddr,
+    ) -> Entry {
+        Entry {
+            sink: self.clone(),
+            listener,
+            request_id: request_id.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            peer,
+            start: Instant::now(),
+        }
+    }
+
+    fn emit(&self, e: &Entry, status: StatusCode, bytes: u64) {
+        let line = match self.format {
+            LogFormat::Json => json_line(e, status, bytes),
+            LogFormat::Human => human_line(e, status, bytes),
+        };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<String>, dropped: Arc<AtomicU64>) {
+    let stdout = std::io::stdout();
+    while let Ok(first) = rx.recv() {
+        let mut out = stdout.lock();
+        let _ = out.write_all(first.as_bytes());
+        // Take whatever else is queued, then flush once.
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let _ = writeln!(
+                out,
+                "access log: {lost} lines dropped because stdout could not keep up"
+            );
+        }
+        let _ = out.flush();
+    }
+}
+
+fn timestamp() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+fn json_line(e: &Entry, status: StatusCode, bytes: u64) -> String {
+    let mut s = String::with_capacity(320);
+    let _ = write!(
+        s,
+        r#"{{"timestamp":"{}","level":"INFO","message":"Request served.","listener":"{}","request_id":"#,
+        timestamp(),
+        e.listener
+    );
+    // Ids, methods and paths are escaped: a path may hold quotes.
+    let _ = serde_json::to_writer(
+        unsafe_free::StringWriter(&mut s),
+        e.request_id.to_str().unwrap_or_default(),
+    );
+    s.push_str(r#","method":"#);
+    let _ = serde_json::to_writer(unsafe_free::StringWriter(&mut s), e.method.as_str());
+    s.push_str(r#","path":"#);
+    let _ = serde_json::to_writer(unsafe_free::StringWriter(&mut s), e.uri.path());
+    let _ = writeln!(
+        s,
+        r#","status":{},"latency_us":{},"bytes":{},"peer":"{}","target":"costguard::access"}}"#,
+        status.as_u16(),
+        e.start.elapsed().as_micros(),
+        bytes,
+        e.peer
+    );
+    s
+}
+
+fn human_line(e: &Entry, status: StatusCode, bytes: u64) -> String {
+    let mut s = String::with_capacity(256);
+    let _ = writeln!(
+        s,
+        "{}  INFO costguard::access: Request served. listener={:?} request_id={:?} method={} path={:?} status={} latency_us={} bytes={} peer={}",
+        timestamp(),
+        e.listener,
+        e.request_id.to_str().unwrap_or_default(),
+        e.method,
+        e.uri.path(),
+        status.as_u16(),
+        e.start.elapsed().as_micros(),
+        bytes,
+        e.peer
+    );
+    s
+}
+
+mod unsafe_free {
+    //! `serde_json::to_writer` into a `String` without unsafe code.
+
+    /// An `io::Write` that appends UTF-8 (serde_json only writes UTF-8).
+    pub(super) struct StringWriter<'a>(pub(super) &'a mut String);
+
+    impl std::io::Write for StringWriter<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let text = std::str::from_utf8(buf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            self.0.push_str(text);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
 
 /// What the line says, captured at the start of the request.
 #[derive(Debug)]
 pub struct Entry {
+    sink: AccessLog,
     /// Which listener (`proxy`, `admin`).
     pub listener: &'static str,
     /// The request id.
@@ -41,18 +206,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(e) = this.entry.take() {
-                tracing::info!(
-                    target: "costguard::access",
-                    listener = e.listener,
-                    request_id = e.request_id.to_str().unwrap_or_default(),
-                    method = %e.method,
-                    path = e.uri.path(),
-                    status = this.status.as_u16(),
-                    latency_us = e.start.elapsed().as_micros() as u64,
-                    bytes = *this.bytes,
-                    peer = %e.peer,
-                    "Request served."
-                );
+                e.sink.emit(&e, *this.status, *this.bytes);
             }
         }
     }
@@ -94,5 +248,40 @@ impl<B: Body<Data = Bytes>> Body for LoggedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_stay_one_valid_object_whatever_the_path() {
+        let (tx, _rx) = sync_channel(1);
+        let sink = AccessLog {
+            tx,
+            format: LogFormat::Json,
+            dropped: Arc::default(),
+        };
+        let req = Request::get("/a\"b\\c/%22?secret=1").body(()).unwrap();
+        let e = sink.entry(
+            "proxy",
+            &req,
+            &HeaderValue::from_static("rid-1"),
+            "10.0.0.1".parse().unwrap(),
+        );
+        let line = json_line(&e, StatusCode::OK, 12);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c/%22");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["bytes"], 12);
+        assert_eq!(v["request_id"], "rid-1");
+        assert!(!line.contains("secret"));
+        let human = human_line(&e, StatusCode::OK, 12);
+        assert!(
+            human.contains("path=\"/a\\\"b\\\\c/%22\"") && !human.contains("secret"),
+            "{human}"
+        );
     }
 }

@@ -8,7 +8,6 @@ pub mod ops;
 pub mod requests;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -17,7 +16,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::access_log::{Entry, LoggedBody};
+use crate::access_log::{AccessLog, LoggedBody};
 use crate::authn::AuthnError;
 use crate::error::{self, Error, json_response};
 use crate::forward::headers::X_REQUEST_ID;
@@ -91,7 +90,7 @@ struct Inner {
     auth: AdminAuth,
     ops: AdminOps,
     max_body: usize,
-    access_log: bool,
+    access_log: Option<AccessLog>,
 }
 
 impl Admin {
@@ -101,7 +100,7 @@ impl Admin {
         auth: AdminAuth,
         ops: AdminOps,
         max_body: usize,
-        access_log: bool,
+        access_log: Option<AccessLog>,
     ) -> Self {
         Self(Arc::new(Inner {
             readiness,
@@ -256,14 +255,11 @@ impl Handler for Admin {
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
         let request_id = request_id::take_or_generate(req.headers());
-        let entry = self.0.access_log.then(|| Entry {
-            listener: "admin",
-            request_id: request_id.clone(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            peer: conn.peer.ip(),
-            start: Instant::now(),
-        });
+        let entry = self
+            .0
+            .access_log
+            .as_ref()
+            .map(|log| log.entry("admin", &req, &request_id, conn.peer.ip()));
         let mut resp = match self
             .0
             .readiness

@@ -117,7 +117,7 @@ async fn serve(
     check_only: bool,
     log_format: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let config = match config::load(Some(path), &Env::from_process()) {
+    let mut config = match config::load(Some(path), &Env::from_process()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -128,10 +128,11 @@ async fn serve(
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let format = log_format
+    // --log-format wins over the file, for every log line (access log too).
+    config.log.format = log_format
         .and_then(LogFormat::parse)
         .unwrap_or(config.log.format);
-    costguard::telemetry::init(format, &config.log.level);
+    costguard::telemetry::init(config.log.format, &config.log.level);
     run(config).await
 }
 
@@ -158,13 +159,9 @@ async fn demo(
     file.admin.listen = admin_listen.to_string();
     file.admin.token = Some(admin_token.clone());
     file.store.path = data_dir.clone();
+    file.log.format = log_format.unwrap_or("human").to_string();
     let config = config::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
-    costguard::telemetry::init(
-        log_format
-            .and_then(LogFormat::parse)
-            .unwrap_or(LogFormat::Human),
-        "info",
-    );
+    costguard::telemetry::init(config.log.format, "info");
     let server = Server::bind(&config).await.context("demo startup failed")?;
     let (proxy, admin) = (server.proxy_addr(), server.admin_addr());
     let keys = costguard::demo::seed(server.ops())

@@ -11,13 +11,12 @@
 //! forwarding, in that order, as their issues land.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::access_log::{Entry, LoggedBody};
+use crate::access_log::{AccessLog, LoggedBody};
 use crate::authn::Authenticator;
 use crate::config::{Config, Limits, UpstreamTarget};
 use crate::error::{self, Error};
@@ -42,7 +41,7 @@ struct Inner {
     readiness: Arc<Readiness>,
     authn: Authenticator,
     usage: Usage,
-    access_log: bool,
+    access_log: Option<AccessLog>,
 }
 
 impl Proxy {
@@ -52,6 +51,7 @@ impl Proxy {
         readiness: Arc<Readiness>,
         authn: Authenticator,
         usage: Usage,
+        access_log: Option<AccessLog>,
     ) -> Self {
         Self(Arc::new(Inner {
             limits: config.limits.clone(),
@@ -64,7 +64,7 @@ impl Proxy {
             readiness,
             authn,
             usage,
-            access_log: config.log.access_log,
+            access_log,
         }))
     }
 
@@ -105,16 +105,12 @@ impl Handler for Proxy {
     type Body = LoggedBody<ResponseBody>;
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
-        let start = Instant::now();
         let request_id = request_id::take_or_generate(req.headers());
-        let entry = self.0.access_log.then(|| Entry {
-            listener: "proxy",
-            request_id: request_id.clone(),
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            peer: conn.peer.ip(),
-            start,
-        });
+        let entry = self
+            .0
+            .access_log
+            .as_ref()
+            .map(|log| log.entry("proxy", &req, &request_id, conn.peer.ip()));
         let mut resp = match self.stages(req, conn, &request_id).await {
             Ok(resp) => resp,
             Err(e) => error::rescue(&e, &request_id).map(Either::Right),

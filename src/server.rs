@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
@@ -71,11 +72,16 @@ impl Server {
             usage.clone(),
             config.auth.rotation_grace,
         );
+        let access_log = config
+            .log
+            .access_log
+            .then(|| AccessLog::start(config.log.format));
         let proxy = Proxy::new(
             config,
             readiness.clone(),
             Authenticator::new(keys.clone()),
             usage.clone(),
+            access_log.clone(),
         );
         let proxy = Listener::bind(
             "proxy",
@@ -100,7 +106,7 @@ impl Server {
             AdminAuth::new(config.admin.token_hash, keys),
             ops.clone(),
             config.admin.max_body_bytes,
-            config.log.access_log,
+            access_log,
         );
         let admin = Listener::bind(
             "admin",

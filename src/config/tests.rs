@@ -129,9 +129,21 @@ fn admin_token_is_hashed_and_checked() {
     );
     for (text, key) in [
         ("[admin]\ntoken = \"short\"\n".to_string(), "admin.token"),
-        ("[admin]\ntoken = \"costops_0123456789abcdef0123456789abcdef\"\n".to_string(), "admin.token"),
-        (format!("[admin]\ntoken = \"a-long-enough-admin-token\"\ntoken_file = \"{}\"\n", file.display()), "admin.token"),
-        ("[admin]\ntoken_file = \"/nonexistent/token\"\n".to_string(), "admin.token_file"),
+        (
+            "[admin]\ntoken = \"costops_0123456789abcdef0123456789abcdef\"\n".to_string(),
+            "admin.token",
+        ),
+        (
+            format!(
+                "[admin]\ntoken = \"a-long-enough-admin-token\"\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+            "admin.token",
+        ),
+        (
+            "[admin]\ntoken_file = \"/nonexistent/token\"\n".to_string(),
+            "admin.token_file",
+        ),
     ] {
         let err = validate::validate(parse(&text, "t.toml", &Env::default()).unwrap()).unwrap_err();
         assert_eq!(err.problems[0].key, key, "{text}");
