@@ -6,7 +6,7 @@
 //! - then, printed: p50/p99 of 20,000 distinct cache misses, and the store's
 //!   size on disk.
 //!
-//! The 1M-key store is built once under `target/bench-authn-1m` (about a
+//! The 1M-key store is built once under `target/bench-authn-1m-v2` (about a
 //! minute) and reused. `cargo bench --bench authn`
 #![allow(missing_docs)]
 
@@ -55,7 +55,7 @@ fn authn(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-authn-1m");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-authn-1m-v2");
     let (store, _tenant) = rt.block_on(store_with_keys(&dir));
     let dyn_store: Arc<dyn Store> = store.clone();
 
@@ -69,7 +69,7 @@ fn authn(c: &mut Criterion) {
 
     let mut i = 0u64;
     g.bench_function("uncached_key_1m", |b| {
-        b.iter_batched(
+        b.to_async(&rt).iter_batched(
             || {
                 i = (i + 7919) % KEYS;
                 (
@@ -77,7 +77,7 @@ fn authn(c: &mut Criterion) {
                     secret(i),
                 )
             },
-            |(keys, s)| rt.block_on(keys.authenticate(&s)).unwrap(),
+            |(keys, s)| async move { keys.authenticate(&s).await.unwrap() },
             BatchSize::SmallInput,
         )
     });

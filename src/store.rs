@@ -61,8 +61,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Adds a key and indexes its hash.
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
-    /// One key by id.
-    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// One key of a tenant by id.
+    async fn get_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
     /// The key whose current or previous hash is `hash`.
     async fn key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
     /// A tenant's keys, by id.

@@ -329,7 +329,10 @@ impl AdminOps {
     async fn key_of(&self, tenant_id: &str, key_id: &str) -> Result<ApiKey, ApiError> {
         self.tenant(tenant_id).await?;
         let key = if req::is_id(key_id) {
-            self.store.get_key(key_id).await.map_err(store_error)?
+            self.store
+                .get_key(tenant_id, key_id)
+                .await
+                .map_err(store_error)?
         } else {
             None
         };

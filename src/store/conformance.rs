@@ -119,7 +119,22 @@ async fn keys(store: &dyn Store) {
         "duplicate key id"
     );
     assert_eq!(store.key_by_hash("aa01").await.unwrap().as_ref(), Some(&k));
-    assert_eq!(store.get_key(&k.key_id).await.unwrap().as_ref(), Some(&k));
+    assert_eq!(
+        store
+            .get_key(&t.tenant_id, &k.key_id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&k)
+    );
+    assert!(
+        store
+            .get_key("org-00000000", &k.key_id)
+            .await
+            .unwrap()
+            .is_none(),
+        "keys are per tenant"
+    );
     assert!(store.key_by_hash("ffff").await.unwrap().is_none());
 
     // Rotation with grace: both hashes resolve.

@@ -20,9 +20,10 @@ use crate::model::{ApiKey, Project, Tenant, User};
 pub struct SledStore {
     db: Db,
     tenants: Tree,
+    /// `tenant/key_id` → key.
     keys: Tree,
-    /// SHA-256 hex → key id, for the current and (during a rotation grace
-    /// period) the previous secret of each key.
+    /// SHA-256 hex → `tenant/key_id`, for the current and (during a
+    /// rotation grace period) the previous secret of each key.
     key_hashes: Tree,
     /// `tenant/project` → project.
     projects: Tree,
@@ -91,9 +92,10 @@ impl SledStore {
         let mut records = ::sled::Batch::default();
         let mut hashes = ::sled::Batch::default();
         for key in keys {
-            records.insert(key.key_id.as_bytes(), encode(key)?);
+            let id = scoped(&key.tenant_id, &key.key_id);
+            records.insert(id.as_slice(), encode(key)?);
             for hash in std::iter::once(&key.hash).chain(key.previous_hash.as_ref()) {
-                hashes.insert(hash.as_bytes(), key.key_id.as_bytes());
+                hashes.insert(hash.as_bytes(), id.as_slice());
             }
         }
         {
@@ -188,12 +190,9 @@ impl Store for SledStore {
             {
                 return Err(StoreError::NotFound("tenant"));
             }
-            for item in self.keys.iter() {
+            for item in self.keys.scan_prefix(prefix(tenant_id)) {
                 let (id, value) = item.map_err(backend)?;
                 let key: ApiKey = decode(&value)?;
-                if key.tenant_id != tenant_id {
-                    continue;
-                }
                 for hash in std::iter::once(&key.hash).chain(key.previous_hash.as_ref()) {
                     self.key_hashes.remove(hash.as_bytes()).map_err(backend)?;
                     removed.key_hashes.push(hash.clone());
@@ -212,24 +211,25 @@ impl Store for SledStore {
 
     async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let value = encode(key)?;
+        let id = scoped(&key.tenant_id, &key.key_id);
         (&self.keys, &self.key_hashes)
             .transaction(|(keys, hashes)| {
-                if keys.get(key.key_id.as_bytes())?.is_some() {
+                if keys.get(id.as_slice())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(
                         StoreError::AlreadyExists("key"),
                     ));
                 }
-                keys.insert(key.key_id.as_bytes(), value.as_slice())?;
-                hashes.insert(key.hash.as_bytes(), key.key_id.as_bytes())?;
+                keys.insert(id.as_slice(), value.as_slice())?;
+                hashes.insert(key.hash.as_bytes(), id.as_slice())?;
                 Ok(())
             })
             .map_err(tx_error)?;
         self.durable().await
     }
 
-    async fn get_key(&self, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
+    async fn get_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError> {
         self.keys
-            .get(key_id.as_bytes())
+            .get(scoped(tenant_id, key_id))
             .map_err(backend)?
             .map(|v| decode(&v))
             .transpose()
@@ -248,21 +248,15 @@ impl Store for SledStore {
     }
 
     async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let mut keys = Vec::new();
-        for value in self.keys.iter().values() {
-            let key: ApiKey = decode(&value.map_err(backend)?)?;
-            if key.tenant_id == tenant_id {
-                keys.push(key);
-            }
-        }
-        Ok(keys)
+        Self::scan(&self.keys, tenant_id)
     }
 
     async fn update_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let value = encode(key)?;
+        let id = scoped(&key.tenant_id, &key.key_id);
         (&self.keys, &self.key_hashes)
             .transaction(|(keys, hashes)| {
-                let Some(old) = keys.get(key.key_id.as_bytes())? else {
+                let Some(old) = keys.get(id.as_slice())? else {
                     return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
                         "key",
                     )));
@@ -276,9 +270,9 @@ impl Store for SledStore {
                     }
                 }
                 for hash in new_hashes.into_iter().flatten() {
-                    hashes.insert(hash.as_bytes(), key.key_id.as_bytes())?;
+                    hashes.insert(hash.as_bytes(), id.as_slice())?;
                 }
-                keys.insert(key.key_id.as_bytes(), value.as_slice())?;
+                keys.insert(id.as_slice(), value.as_slice())?;
                 Ok(())
             })
             .map_err(tx_error)?;

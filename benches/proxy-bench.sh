@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Whole-proxy throughput and latency through the shared load harness
+# (../shared/bench/run.sh): costguard with API key authentication beside
+# nginx, haproxy and a bare hyper forwarder, in one interleaved run.
+#
+# It builds the release binaries, makes a store with one tenant and one key
+# (through the real admin API), then runs the harness with that key as the
+# bearer token every config receives. Loopback only; the costguard processes
+# it starts for setup are stopped by their own pid.
+#
+#   benches/proxy-bench.sh [run.sh options, e.g. -r 3 -d 10]
+#   PLAIN_BIN=/path/to/costguard-without-auth benches/proxy-bench.sh   # adds that build as "costguard-plain"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HARNESS=${HARNESS:-../shared/bench/run.sh}
+WORK=$(mktemp -d /tmp/costguard-bench.XXXXXX)
+
+cargo build --release --bin costguard --example bare_forwarder
+BIN=$PWD/target/release/costguard
+# Candidates run on defaults plus environment overrides (an empty file is a
+# valid configuration), so older builds (PLAIN_BIN) accept it too.
+CONFIG=$WORK/empty.toml
+: >"$CONFIG"
+
+# One tenant and key in a fresh store, created through the admin API.
+TOKEN=bench-admin-token-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+COSTGUARD_ADMIN_TOKEN=$TOKEN COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_PROXY_LISTEN=127.0.0.1:0 \
+  COSTGUARD_ADMIN_LISTEN=127.0.0.1:18189 COSTGUARD_LOG_FORMAT=json \
+  "$BIN" serve --config "$CONFIG" >"$WORK/setup.log" 2>&1 &
+SETUP_PID=$!
+for _ in $(seq 50); do curl -sf http://127.0.0.1:18189/ready >/dev/null && break; sleep 0.1; done
+TENANT=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"organization_name":"Bench","admin_email":"bench@example.com","tier":"enterprise"}' \
+  http://127.0.0.1:18189/admin/v1/tenants | python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant_id"])')
+KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"description":"bench","roles":["viewer"]}' \
+  http://127.0.0.1:18189/admin/v1/tenants/$TENANT/keys | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
+
+common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0"
+args=(--configs "direct nginx nginx-authreq haproxy" --auth-key "$KEY"
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
+  --port 18090 --name costguard
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_LOG_FORMAT=json $BIN serve --config $CONFIG > /dev/null"
+  --port 18092 --name costguard-accesslog
+  --candidate "target/release/examples/bare_forwarder --listen 127.0.0.1:{PORT} --upstream http://{UPSTREAM}"
+  --port 18091 --name bare-hyper)
+# The access-log candidate needs its own store (sled allows one process per
+# store): copy the one with the key.
+cp -r "$WORK/store" "$WORK/store2"
+if [[ -n ${PLAIN_BIN:-} ]]; then
+  args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
+    --port 18093 --name costguard-plain)
+fi
+"$HARNESS" "${args[@]}" "$@"
