@@ -103,11 +103,15 @@ impl ApiKeys {
             return Err(AuthnError::Malformed);
         }
         let digest = hash(key);
-        let cached = self
-            .keys
-            .try_get_with(digest, self.load(digest))
-            .await
-            .map_err(AuthnError::Store)?;
+        // A plain read first: the hit path skips the initializer machinery.
+        let cached = match self.keys.get(&digest).await {
+            Some(hit) => hit,
+            None => self
+                .keys
+                .try_get_with(digest, self.load(digest))
+                .await
+                .map_err(AuthnError::Store)?,
+        };
         let Some(entry) = cached else {
             return Err(AuthnError::UnknownKey);
         };
@@ -124,15 +128,18 @@ impl ApiKeys {
             }
         }
         let tenant = &*entry.principal.tenant_id;
-        let status = self
-            .tenants
-            .try_get_with_by_ref(tenant, async {
-                Ok::<_, crate::store::StoreError>(
-                    self.store.get_tenant(tenant).await?.map(|t| t.status),
-                )
-            })
-            .await
-            .map_err(AuthnError::Store)?;
+        let status = match self.tenants.get(tenant).await {
+            Some(hit) => hit,
+            None => self
+                .tenants
+                .try_get_with_by_ref(tenant, async {
+                    Ok::<_, crate::store::StoreError>(
+                        self.store.get_tenant(tenant).await?.map(|t| t.status),
+                    )
+                })
+                .await
+                .map_err(AuthnError::Store)?,
+        };
         match status {
             None => Err(AuthnError::UnknownKey),
             Some(TenantStatus::Suspended) => Err(AuthnError::TenantSuspended),
