@@ -16,7 +16,8 @@ HARNESS=${HARNESS:-../shared/bench/run.sh}
 WORK=$(mktemp -d /tmp/costguard-bench.XXXXXX)
 
 cargo build --release --bin costguard --example bare_forwarder
-BIN=$PWD/target/release/costguard
+TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+BIN=$TARGET/release/costguard
 # Candidates run on defaults plus environment overrides (an empty file is a
 # valid configuration), so older builds (PLAIN_BIN) accept it too.
 CONFIG=$WORK/empty.toml
@@ -38,12 +39,12 @@ KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/j
 kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
 
 common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0"
-args=(--configs "direct nginx nginx-authreq haproxy" --auth-key "$KEY"
+args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-key "$KEY"
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
   --port 18090 --name costguard
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_LOG_FORMAT=json $BIN serve --config $CONFIG > /dev/null"
   --port 18092 --name costguard-accesslog
-  --candidate "target/release/examples/bare_forwarder --listen 127.0.0.1:{PORT} --upstream http://{UPSTREAM}"
+  --candidate "$TARGET/release/examples/bare_forwarder --listen 127.0.0.1:{PORT} --upstream http://{UPSTREAM}"
   --port 18091 --name bare-hyper)
 # The access-log candidate needs its own store (sled allows one process per
 # store): copy the one with the key.

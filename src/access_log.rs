@@ -2,21 +2,22 @@
 //! (or abandoned), so it carries the real byte count and total latency.
 //! The query string is never logged: it may carry credentials.
 //!
-//! Lines are formatted on the request path (one small allocation) and
-//! handed to a writer thread over a bounded channel; the thread writes them
-//! to stdout in batches and flushes whenever it has caught up. So no request
-//! waits on stdout. If the writer falls a whole channel behind (stdout
-//! blocked), further lines are dropped and counted rather than stalling the
-//! proxy; the writer reports the count when it catches up. (This is the
-//! access log; the audit log, which never drops, is separate.)
+//! Lines are formatted on the request path into a shared buffer (a short
+//! lock, no system call); a writer thread writes the buffer to stdout every
+//! [`FLUSH_INTERVAL`] (as nginx's buffered access log does). A request never
+//! waits on stdout or wakes another thread. If stdout blocks long enough
+//! that the buffer reaches [`MAX_BUFFER`], further lines are dropped and
+//! counted, and the writer reports the count; the proxy never stalls on its
+//! access log. (The audit log, which never drops, is separate.)
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -25,33 +26,46 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::config::LogFormat;
 
-/// Lines buffered between the request path and the writer thread.
-const CHANNEL_LINES: usize = 16 * 1024;
+/// How often the writer thread writes the buffered lines.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Most buffered bytes before lines are dropped (stdout blocked).
+pub const MAX_BUFFER: usize = 8 << 20;
+
+#[derive(Debug, Default)]
+struct Buffer {
+    /// Formatted lines not yet written.
+    bytes: Mutex<Vec<u8>>,
+    /// Lines dropped because the buffer was full.
+    dropped: AtomicU64,
+}
 
 /// The access-log sink. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    buffer: Arc<Buffer>,
     format: LogFormat,
-    /// Lines dropped because the writer was a full channel behind.
-    dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     /// Starts the writer thread.
     pub fn start(format: LogFormat) -> Self {
-        let (tx, rx) = sync_channel(CHANNEL_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let counter = dropped.clone();
+        let buffer = Arc::new(Buffer::default());
+        let shared = buffer.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, counter))
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    write_out(&shared);
+                }
+            })
             .expect("the access-log thread starts");
-        Self {
-            tx,
-            format,
-            dropped,
-        }
+        Self { buffer, format }
+    }
+
+    /// Writes what is buffered now (at shutdown).
+    pub fn flush(&self) {
+        write_out(&self.buffer);
     }
 
     /// Captures what the line will say, at the start of a request.
@@ -78,30 +92,30 @@ impl AccessLog {
             LogFormat::Json => json_line(e, status, bytes),
             LogFormat::Human => human_line(e, status, bytes),
         };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut buf = self.buffer.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if buf.len() + line.len() > MAX_BUFFER {
+            self.buffer.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            buf.extend_from_slice(line.as_bytes());
         }
     }
 }
 
-fn write_lines(rx: Receiver<String>, dropped: Arc<AtomicU64>) {
-    let stdout = std::io::stdout();
-    while let Ok(first) = rx.recv() {
-        let mut out = stdout.lock();
-        let _ = out.write_all(first.as_bytes());
-        // Take whatever else is queued, then flush once.
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
-        }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            let _ = writeln!(
-                out,
-                "access log: {lost} lines dropped because stdout could not keep up"
-            );
-        }
-        let _ = out.flush();
+fn write_out(buffer: &Buffer) {
+    let pending = std::mem::take(&mut *buffer.bytes.lock().unwrap_or_else(|p| p.into_inner()));
+    let lost = buffer.dropped.swap(0, Ordering::Relaxed);
+    if pending.is_empty() && lost == 0 {
+        return;
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&pending);
+    if lost > 0 {
+        let _ = writeln!(
+            out,
+            "access log: {lost} lines dropped because stdout could not keep up"
+        );
+    }
+    let _ = out.flush();
 }
 
 fn timestamp() -> String {
@@ -257,11 +271,9 @@ mod tests {
 
     #[test]
     fn json_lines_stay_one_valid_object_whatever_the_path() {
-        let (tx, _rx) = sync_channel(1);
         let sink = AccessLog {
-            tx,
+            buffer: Arc::default(),
             format: LogFormat::Json,
-            dropped: Arc::default(),
         };
         let req = Request::get("/a\"b\\c/%22?secret=1").body(()).unwrap();
         let e = sink.entry(

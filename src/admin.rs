@@ -192,6 +192,24 @@ impl Admin {
                 ok(json!({"user_id": u, "deleted": true}))
             }
             (Method::GET, ["tenants", t, "usage"]) => ok(ops.usage(&caller, t).await?),
+            (Method::GET, ["tenants", t, "roles"]) => {
+                ok(json!({"roles": ops.list_roles(&caller, t).await?}))
+            }
+            (Method::GET, ["tenants", t, "roles", r]) => {
+                ok(json!(ops.get_role(&caller, t, r).await?))
+            }
+            (Method::PUT, ["tenants", t, "roles", r]) => {
+                let (role, was_created) = ops.put_role(&caller, t, r, parse(&body)?).await?;
+                if was_created {
+                    created(json!(role))
+                } else {
+                    ok(json!(role))
+                }
+            }
+            (Method::DELETE, ["tenants", t, "roles", r]) => {
+                ops.delete_role(&caller, t, r).await?;
+                ok(json!({"name": r, "deleted": true}))
+            }
             _ => Err(ApiError::NoRoute),
         }
     }
@@ -234,6 +252,8 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["tenants", _, "users"] => "GET",
         ["tenants", _, "users", _] => "PUT, DELETE",
         ["tenants", _, "usage"] => "GET",
+        ["tenants", _, "roles"] => "GET",
+        ["tenants", _, "roles", _] => "GET, PUT, DELETE",
         _ => return None,
     })
 }

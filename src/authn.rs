@@ -44,11 +44,11 @@ pub struct Principal {
     pub user_id: Arc<str>,
     /// The key id, for API keys.
     pub key_id: Option<Arc<str>>,
-    /// Role names.
+    /// Role names (policy roles or the tenant's custom roles). Their
+    /// permissions are looked up per request, so policy reloads apply at once.
     pub roles: Arc<[String]>,
-    /// Effective permissions: the union of the roles, narrowed by the key's
-    /// scopes when it has any.
-    pub permissions: Permissions,
+    /// The key's scopes, narrowing whatever the roles grant; `None`: none.
+    pub scopes: Option<Permissions>,
     /// How they authenticated.
     pub method: AuthMethod,
     /// The identity headers, rendered once when the principal is built.

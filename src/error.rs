@@ -15,6 +15,7 @@ use http_body_util::Full;
 
 use crate::admin::ApiError;
 use crate::authn::AuthnError;
+use crate::authz::{AuthzOutcome, BadTarget, Denied};
 use crate::forward::ForwardError;
 use crate::forward::headers::X_REQUEST_ID;
 use crate::limits::TooLarge;
@@ -28,6 +29,12 @@ pub enum Error {
     /// Not authenticated.
     #[error(transparent)]
     Authn(#[from] AuthnError),
+    /// The request target could be read two ways.
+    #[error(transparent)]
+    BadTarget(#[from] BadTarget),
+    /// Authorization refused (or could not decide).
+    #[error(transparent)]
+    Authz(#[from] AuthzOutcome),
     /// Forwarding failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -108,6 +115,22 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             let (status, code, message) = authn(e);
             (status, code, message.into())
         }
+        Error::BadTarget(e) => (StatusCode::BAD_REQUEST, "bad_request", e.to_string().into()),
+        Error::Authz(AuthzOutcome::Denied(d)) => match d {
+            Denied::TenantMismatch | Denied::ForeignProject => (
+                StatusCode::FORBIDDEN,
+                "tenant_mismatch",
+                d.to_string().into(),
+            ),
+            Denied::NoRoute | Denied::Missing(_) => {
+                (StatusCode::FORBIDDEN, "forbidden", d.to_string().into())
+            }
+        },
+        Error::Authz(AuthzOutcome::Store(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "authorization data cannot be read right now".into(),
+        ),
         Error::Forward(F::BadRequest(why)) => {
             (StatusCode::BAD_REQUEST, "bad_request", (*why).into())
         }

@@ -12,7 +12,8 @@ use http::{Method, Request, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::authn::{self, IdentityHeaders};
+use crate::authn;
+use crate::authz::Permit;
 use crate::config::UpstreamTarget;
 use crate::listener::ConnInfo;
 use headers::{Hygiene, Origin};
@@ -50,16 +51,17 @@ pub enum ForwardError {
     Timeout,
 }
 
-/// Rewrites a client request into the upstream request: same method, path
-/// and query byte for byte, headers cleaned by `hygiene`, the client's
-/// credentials removed and `identity` added, HTTP/1.1 to the upstream, body
-/// limited to `max_body` bytes.
+/// Rewrites a permitted client request into the upstream request: same
+/// method, path and query byte for byte, headers cleaned by `hygiene`, the
+/// client's credentials removed and the permit's identity added, HTTP/1.1 to
+/// the upstream, body limited to `max_body` bytes. Without a [`Permit`]
+/// nothing is forwarded.
 pub fn prepare(
     req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     hygiene: &Hygiene,
-    identity: &IdentityHeaders,
+    permit: &Permit,
     target: &UpstreamTarget,
     max_body: u64,
 ) -> Result<Request<UpstreamBody>, ForwardError> {
@@ -93,7 +95,9 @@ pub fn prepare(
     };
     hygiene.request(&mut parts.headers, origin, &host, request_id);
     authn::strip_credentials(&mut parts.headers);
-    identity.apply(&mut parts.headers);
+    if let Some(principal) = &permit.principal {
+        principal.headers.apply(&mut parts.headers);
+    }
     parts.headers.insert(header::HOST, host);
     parts.uri = Uri::builder()
         .scheme(target.scheme.clone())

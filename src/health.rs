@@ -9,6 +9,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
+use crate::authz::reload::PolicyHandle;
 use crate::error::json_response;
 use crate::store::Store;
 
@@ -17,14 +18,16 @@ use crate::store::Store;
 pub struct Readiness {
     draining: AtomicBool,
     store: Arc<dyn Store>,
+    policy: Arc<PolicyHandle>,
 }
 
 impl Readiness {
     /// Ready as long as `store` answers and no shutdown has begun.
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, policy: Arc<PolicyHandle>) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
             store,
+            policy,
         })
     }
 
@@ -55,6 +58,7 @@ impl Readiness {
                 "config": "ok",
                 "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
                 "shutdown": if draining { "draining" } else { "no" },
+                "policy": self.policy.status(),
             }
         });
         let status = if ok {

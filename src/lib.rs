@@ -18,6 +18,8 @@
 //! - [`store`]: the `Store` trait, its sled backend and conformance suite.
 //! - [`model`]: tenants, keys, projects, users; [`roles`]: the seed's RBAC table.
 //! - [`authn`]: credentials → `Principal` ([`authn::api_key`]).
+//! - [`authz`]: path safety, policy (files → compiled snapshot, live reload),
+//!   route match, tenant isolation, permissions → `Permit`.
 //! - [`usage`]: per-tenant daily request counters.
 //! - [`echo`]: the demo's echo upstream; [`demo`]: the demo's seed data.
 //! - [`telemetry`]: log setup.
@@ -43,6 +45,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod authn;
+pub mod authz;
 pub mod config;
 pub mod demo;
 pub mod echo;

@@ -60,6 +60,116 @@ enum Command {
         #[arg(long, default_value = "./costguard-data")]
         data_dir: PathBuf,
     },
+    /// Operator tools for policy files: check, explain.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate a policy directory offline. Prints `file:line: message` for
+    /// every problem and exits 1, or a summary and exits 0.
+    Check {
+        /// The directory of *.toml policy files.
+        dir: PathBuf,
+    },
+    /// Show how a policy decides one request: the matched route (file:line),
+    /// the permission it needs, the caller's permissions, and the decision
+    /// with its reason. Exits 0 when allowed, 1 when denied.
+    Explain {
+        /// The policy directory.
+        #[arg(long, value_name = "DIR", default_value = "policies")]
+        policy: PathBuf,
+        /// A role of the caller (repeat for several).
+        #[arg(long = "role", value_name = "ROLE", required = true)]
+        roles: Vec<String>,
+        /// Scopes (permission names) narrowing the roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// The caller's tenant id, to check a {tenant} segment.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The HTTP method.
+        method: String,
+        /// The request path (a query string is ignored).
+        path: String,
+    },
+}
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    use costguard::authz::{explain, policy};
+    match command {
+        PolicyCommand::Check { dir } => match policy::load_dir(&dir) {
+            Ok(p) => {
+                println!(
+                    "{}: OK ({} roles, {} routes, {} shadow routes; files: {})",
+                    dir.display(),
+                    p.role_names().len(),
+                    p.enforce.routes().len(),
+                    p.shadow.routes().len(),
+                    p.files.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                for problem in &e.0 {
+                    eprintln!("{problem}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        PolicyCommand::Explain {
+            policy: dir,
+            roles,
+            scopes,
+            tenant,
+            method,
+            path,
+        } => {
+            let p = match policy::load_dir(&dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{}: invalid policy:\n{e}", dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let caller = explain::Caller {
+                roles: &roles,
+                scopes: &scopes,
+                tenant: tenant.as_deref(),
+            };
+            let e = explain::explain(&p, &caller, &method, &path);
+            for line in &e.lines {
+                println!("{line}");
+            }
+            if e.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// `./policies` when run from a checkout; otherwise the built-in default
+/// policy, written under the data directory (and editable there).
+fn demo_policy_dir(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let local = PathBuf::from("policies");
+    if local.is_dir() {
+        return Ok(local);
+    }
+    let dir = data_dir.join("policies");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in costguard::authz::policy::DEFAULT_FILES {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(dir)
 }
 
 fn random_bytes() -> [u8; 16] {
@@ -70,6 +180,10 @@ fn random_bytes() -> [u8; 16] {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Policy { command } => return policy_command(command),
+        command => Cli { command, ..cli },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -86,6 +200,7 @@ fn main() -> ExitCode {
                 config,
                 check_config,
             } => serve(&config, check_config, cli.log_format.as_deref()).await,
+            Command::Policy { .. } => unreachable!("handled before the runtime starts"),
             Command::Demo {
                 proxy_listen,
                 admin_listen,
@@ -125,6 +240,10 @@ async fn serve(
         }
     };
     if check_only {
+        if let Err(e) = costguard::authz::policy::load_dir(&config.policy.dir) {
+            eprintln!("{}: invalid policy:\n{e}", config.policy.dir.display());
+            return Ok(ExitCode::from(2));
+        }
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -159,6 +278,7 @@ async fn demo(
     file.admin.listen = admin_listen.to_string();
     file.admin.token = Some(admin_token.clone());
     file.store.path = data_dir.clone();
+    file.policy.dir = demo_policy_dir(&data_dir)?;
     file.log.format = log_format.unwrap_or("human").to_string();
     let config = config::from_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     costguard::telemetry::init(config.log.format, "info");
@@ -191,8 +311,10 @@ async fn demo(
         "\nThe echo shows the X-CostOps-* identity headers the upstream receives.\n\
          Usage counts real requests:\n\
          \x20 curl -s http://{admin}/admin/v1/tenants/{acme}/usage -H 'Authorization: Bearer {admin_token}'\n\n\
-         Not in this build yet: route policies and tenant isolation, rate limits, audit.\n\
-         Any valid key is forwarded, whatever the path. Ctrl-C stops.\n"
+         Roles and routes come from {policy} (edits apply within a second).\n\
+         Try the viewer key on /costs/export (403), or on another tenant's path (403).\n\
+         Not in this build yet: rate limits and quotas, audit. Ctrl-C stops.\n",
+        policy = config.policy.dir.display()
     ));
     println!("{out}");
     server.run(shutdown_signal()).await;

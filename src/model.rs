@@ -197,6 +197,22 @@ pub struct User {
     pub updated_at: OffsetDateTime,
 }
 
+/// A tenant's own role, built from existing permissions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomRole {
+    /// Owning tenant.
+    pub tenant_id: String,
+    /// Name, unique within the tenant, never a policy role's name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Permission names.
+    pub permissions: Vec<String>,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
 /// `prefix` + 8 hex characters from the OS CSPRNG (`org-1a2b3c4d`).
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 4];

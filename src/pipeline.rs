@@ -1,14 +1,17 @@
 //! The proxy pipeline: the one place that orders the stages of a request.
 //!
 //! ```text
-//! request id → local endpoints → size limits → authn (API key → Principal)
-//! → usage count → forward (header hygiene, credentials out, identity
-//! headers in, pooled upstream client) → response hygiene
+//! request id → local endpoints → size limits → target check (path safety,
+//! authority) → route match → [public route: no authn] authn (API key →
+//! Principal) → authz (route, tenant, project, permission → Permit) →
+//! shadow policy (logged) → usage count → forward (header hygiene,
+//! credentials out, identity headers in, pooled upstream client) →
+//! response hygiene
 //!              any stage error → error::rescue → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
-//! Authorization, rate limits and audit slot in between authentication and
-//! forwarding, in that order, as their issues land.
+//! Rate limits and audit slot in between authorization and forwarding as
+//! their issues land.
 
 use std::sync::Arc;
 
@@ -17,7 +20,10 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::authn::Authenticator;
+use crate::authn::{Authenticator, Principal};
+use crate::authz::matcher::{Access, Match};
+use crate::authz::policy::Policy;
+use crate::authz::{self, Authz, AuthzOutcome, Denied, Permit};
 use crate::config::{Config, Limits, UpstreamTarget};
 use crate::error::{self, Error};
 use crate::forward::headers::{self, Hygiene, X_REQUEST_ID};
@@ -40,6 +46,7 @@ struct Inner {
     upstream: Upstream,
     readiness: Arc<Readiness>,
     authn: Authenticator,
+    authz: Authz,
     usage: Usage,
     access_log: Option<AccessLog>,
 }
@@ -50,6 +57,7 @@ impl Proxy {
         config: &Config,
         readiness: Arc<Readiness>,
         authn: Authenticator,
+        authz: Authz,
         usage: Usage,
         access_log: Option<AccessLog>,
     ) -> Self {
@@ -63,6 +71,7 @@ impl Proxy {
             upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
             readiness,
             authn,
+            authz,
             usage,
             access_log,
         }))
@@ -83,21 +92,84 @@ impl Proxy {
         }
         // Bounds first: nothing below reads an oversized request.
         crate::limits::check(req.headers(), &this.limits)?;
-        // Who is calling: exactly one valid credential, or 401.
-        let principal = this.authn.authenticate(req.headers()).await?;
-        this.usage.record(&principal.tenant_id);
+        // One reading of the target, or 400: what is checked is forwarded.
+        authz::check_target(&req)?;
+        let permit = self.decide(&req).await?;
+        if let Some(p) = &permit.principal {
+            this.usage.record(&p.tenant_id);
+        }
         let upstream_req = forward::prepare(
             req,
             conn,
             request_id,
             &this.hygiene,
-            &principal.headers,
+            &permit,
             &this.target,
             this.limits.max_body_bytes,
         )?;
         let mut resp = this.upstream.send(upstream_req).await?;
         headers::response(resp.headers_mut());
         Ok(resp.map(Either::Left))
+    }
+}
+
+impl Proxy {
+    /// Route, authentication, authorization: a [`Permit`] or the reason not.
+    async fn decide(&self, req: &Request<Incoming>) -> Result<Permit, Error> {
+        let this = &*self.0;
+        let policy = this.authz.policy();
+        let (method, path) = (req.method(), req.uri().path());
+        let matched = policy.enforce.find(method, path);
+        if let Some(m) = &matched
+            && m.route.access == Access::Public
+        {
+            return Ok(Permit {
+                principal: None,
+                cost: m.route.cost,
+                route: m.route.origin.clone(),
+            });
+        }
+        // Who is calling: exactly one valid credential, or 401.
+        let principal = this.authn.authenticate(req.headers()).await?;
+        let decision = match &matched {
+            None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
+            Some(m) => this.authz.authorize(&policy, m, &principal).await,
+        };
+        self.shadow(&policy, req, &principal, &decision).await;
+        decision?;
+        let m = matched.expect("authorized requests matched a route");
+        Ok(Permit {
+            principal: Some(principal),
+            cost: m.route.cost,
+            route: m.route.origin.clone(),
+        })
+    }
+
+    /// Evaluates the shadow routes, if one matches, and logs what they would
+    /// have decided beside what was decided.
+    async fn shadow(
+        &self,
+        policy: &Policy,
+        req: &Request<Incoming>,
+        principal: &Principal,
+        enforced: &Result<(), AuthzOutcome>,
+    ) {
+        let Some(m): Option<Match<'_, '_>> = policy.shadow.find(req.method(), req.uri().path())
+        else {
+            return;
+        };
+        let would = self.0.authz.authorize(policy, &m, principal).await;
+        tracing::info!(
+            route = %m.route.origin,
+            tenant_id = %principal.tenant_id,
+            user_id = %principal.user_id,
+            method = %req.method(),
+            path = req.uri().path(),
+            shadow_decision = if would.is_ok() { "allow" } else { "deny" },
+            shadow_reason = %would.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            enforced_decision = if enforced.is_ok() { "allow" } else { "deny" },
+            "Shadow policy decision."
+        );
     }
 }
 

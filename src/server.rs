@@ -17,6 +17,9 @@ use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
+use crate::authz::Authz;
+use crate::authz::policy::PolicyError;
+use crate::authz::reload::{PolicyHandle, Source};
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::listener::Listener;
@@ -31,6 +34,9 @@ pub enum StartError {
     /// The store did not open.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The policy does not compile: costguard refuses to start.
+    #[error("invalid policy:\n{0}")]
+    Policy(#[from] PolicyError),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({listener}): {source}")]
     Bind {
@@ -52,15 +58,25 @@ pub struct Server {
     store: Arc<dyn Store>,
     usage: Usage,
     ops: AdminOps,
+    policy: Arc<PolicyHandle>,
+    reload_interval: Duration,
+    access_log: Option<AccessLog>,
     grace: Duration,
 }
 
 impl Server {
     /// Opens the store and binds both ports.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let policy = PolicyHandle::load(Source::Dir(config.policy.dir.clone()))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
-        let readiness = Readiness::new(store.clone());
+        let readiness = Readiness::new(store.clone(), policy.clone());
         let keys = ApiKeys::new(
+            store.clone(),
+            config.auth.key_cache_capacity,
+            config.auth.key_cache_ttl,
+        );
+        let authz = Authz::new(
+            policy.clone(),
             store.clone(),
             config.auth.key_cache_capacity,
             config.auth.key_cache_ttl,
@@ -69,6 +85,7 @@ impl Server {
         let ops = AdminOps::new(
             store.clone(),
             keys.clone(),
+            authz.clone(),
             usage.clone(),
             config.auth.rotation_grace,
         );
@@ -80,6 +97,7 @@ impl Server {
             config,
             readiness.clone(),
             Authenticator::new(keys.clone()),
+            authz.clone(),
             usage.clone(),
             access_log.clone(),
         );
@@ -103,10 +121,10 @@ impl Server {
         }
         let admin = Admin::new(
             readiness.clone(),
-            AdminAuth::new(config.admin.token_hash, keys),
+            AdminAuth::new(config.admin.token_hash, keys, authz),
             ops.clone(),
             config.admin.max_body_bytes,
-            access_log,
+            access_log.clone(),
         );
         let admin = Listener::bind(
             "admin",
@@ -128,6 +146,9 @@ impl Server {
             store,
             usage,
             ops,
+            policy,
+            reload_interval: config.policy.reload_interval,
+            access_log,
             grace: config.proxy.shutdown_grace,
         };
         tracing::info!(
@@ -163,6 +184,7 @@ impl Server {
     /// in-flight request finished within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let flusher = tokio::spawn(self.usage.clone().run_flusher(Duration::from_secs(1)));
+        let watcher = tokio::spawn(self.policy.clone().watch(self.reload_interval));
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let proxy = tokio::spawn(self.proxy.serve(proxy_rx, self.grace));
@@ -175,9 +197,13 @@ impl Server {
         let _ = stop_admin.send(true);
         let _ = admin.await;
         flusher.abort();
+        watcher.abort();
         self.usage.flush().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
+        }
+        if let Some(log) = &self.access_log {
+            log.flush();
         }
         tracing::info!(drained, "Stopped.");
         drained

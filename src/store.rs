@@ -11,7 +11,7 @@ pub mod sled;
 
 use async_trait::async_trait;
 
-use crate::model::{ApiKey, Project, Tenant, User};
+use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
     /// Replaces an existing tenant.
     async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
-    /// Removes a tenant and everything it owns (keys, projects, users, usage).
+    /// Removes a tenant and everything it owns (keys, projects, users, roles, usage).
     async fn delete_tenant(&self, tenant_id: &str) -> Result<Removed, StoreError>;
 
     /// Adds a key and indexes its hash.
@@ -89,6 +89,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError>;
     /// Removes a user; returns whether it existed.
     async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError>;
+
+    /// Creates or replaces a tenant's custom role; returns whether it was created.
+    async fn put_role(&self, role: &CustomRole) -> Result<bool, StoreError>;
+    /// A tenant's custom roles, by name.
+    async fn list_roles(&self, tenant_id: &str) -> Result<Vec<CustomRole>, StoreError>;
+    /// Removes a custom role; returns whether it existed.
+    async fn delete_role(&self, tenant_id: &str, name: &str) -> Result<bool, StoreError>;
 
     /// Adds `n` to a tenant's request count for UTC day `day` (days since
     /// 1970-01-01).

@@ -17,7 +17,7 @@ async fn forwards_method_path_query_headers_and_body_exactly() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(&config(&up, ""), &[]);
     let who = cg.tenant_and_key();
-    let target = "/v1/items/caf%C3%A9/x%20y/%7Euser?q=a%20b&q=2&empty=&plus=a+b";
+    let target = "/v1/items/caf%C3%A9/x%20y/%5Buser%5D/a.b?q=a%20b&q=2&empty=&plus=a+b&%7E=~";
     let req = Request::builder()
         .method("PATCH")
         .uri(cg.url(target))

@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::authn::api_key::ApiKeys;
 use crate::authn::{AuthnError, Credential, Principal, credential};
+use crate::authz::Authz;
 use crate::roles::{Permission, Permissions};
 
 /// The admin API's caller.
@@ -19,8 +20,8 @@ use crate::roles::{Permission, Permissions};
 pub enum Caller {
     /// The bootstrap admin token.
     Root,
-    /// An API key.
-    Key(Arc<Principal>),
+    /// An API key, with its effective permissions under the current policy.
+    Key(Arc<Principal>, Permissions),
 }
 
 impl Caller {
@@ -28,7 +29,7 @@ impl Caller {
     pub fn permissions(&self) -> Permissions {
         match self {
             Caller::Root => Permissions::ALL,
-            Caller::Key(p) => p.permissions,
+            Caller::Key(_, perms) => *perms,
         }
     }
 
@@ -36,7 +37,7 @@ impl Caller {
     pub fn actor(&self) -> String {
         match self {
             Caller::Root => "admin-token".into(),
-            Caller::Key(p) => format!("key:{}", p.user_id),
+            Caller::Key(p, _) => format!("key:{}", p.user_id),
         }
     }
 
@@ -50,13 +51,15 @@ impl Caller {
         if self.is_system_admin() {
             return Ok(());
         }
-        let Caller::Key(p) = self else { return Ok(()) };
+        let Caller::Key(p, perms) = self else {
+            return Ok(());
+        };
         match tenant {
             Some(t) if t == &*p.tenant_id => {}
             Some(_) => return Err(ApiError::TenantMismatch),
             None => return Err(ApiError::forbidden("this operation needs system_admin")),
         }
-        if any_of.iter().any(|perm| p.permissions.contains(*perm)) {
+        if any_of.iter().any(|perm| perms.contains(*perm)) {
             Ok(())
         } else {
             let names: Vec<&str> = any_of.iter().map(|p| p.as_str()).collect();
@@ -74,19 +77,32 @@ pub struct AdminAuth {
     /// SHA-256 of the bootstrap token, if one is configured.
     token_hash: Option<[u8; 32]>,
     keys: ApiKeys,
+    authz: Authz,
 }
 
 impl AdminAuth {
     /// `token_hash`: SHA-256 of the configured admin token.
-    pub fn new(token_hash: Option<[u8; 32]>, keys: ApiKeys) -> Self {
-        Self { token_hash, keys }
+    pub fn new(token_hash: Option<[u8; 32]>, keys: ApiKeys, authz: Authz) -> Self {
+        Self {
+            token_hash,
+            keys,
+            authz,
+        }
     }
 
     /// The caller of a request, or why there is none.
     pub async fn caller(&self, headers: &HeaderMap) -> Result<Caller, AuthnError> {
         match credential(headers)? {
             None => Err(AuthnError::Missing),
-            Some(Credential::ApiKey(key)) => Ok(Caller::Key(self.keys.authenticate(key).await?)),
+            Some(Credential::ApiKey(key)) => {
+                let principal = self.keys.authenticate(key).await?;
+                let perms = self
+                    .authz
+                    .permissions(&self.authz.policy(), &principal)
+                    .await
+                    .map_err(AuthnError::Store)?;
+                Ok(Caller::Key(principal, perms))
+            }
             Some(Credential::Bearer(token)) => {
                 let presented = crate::authn::api_key::hash(token);
                 match &self.token_hash {

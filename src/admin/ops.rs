@@ -10,14 +10,17 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use super::requests::{
-    self as req, CreateKey, CreateProject, CreateTenant, LimitsPatch, PatchTenant, PutUser,
-    RotateKey, SettingsPatch,
+    self as req, CreateKey, CreateProject, CreateTenant, LimitsPatch, PatchTenant, PutRole,
+    PutUser, RotateKey, SettingsPatch,
 };
+use crate::authn::AuthnError;
 use crate::authn::api_key::{self, ApiKeys};
+use crate::authz::Authz;
 use crate::model::{
-    self, ApiKey, KeyStatus, Project, Tenant, TenantLimits, TenantSettings, TenantStatus, User,
+    self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantLimits, TenantSettings,
+    TenantStatus, User,
 };
-use crate::roles::{self, Permission};
+use crate::roles::{Permission, Permissions};
 use crate::store::{Store, StoreError};
 use crate::usage::{self, Usage};
 
@@ -31,6 +34,7 @@ const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct AdminOps {
     store: Arc<dyn Store>,
     keys: ApiKeys,
+    authz: Authz,
     usage: Usage,
     rotation_grace: Duration,
 }
@@ -75,12 +79,14 @@ impl AdminOps {
     pub fn new(
         store: Arc<dyn Store>,
         keys: ApiKeys,
+        authz: Authz,
         usage: Usage,
         rotation_grace: Duration,
     ) -> Self {
         Self {
             store,
             keys,
+            authz,
             usage,
             rotation_grace,
         }
@@ -208,6 +214,7 @@ impl AdminOps {
             .map_err(store_error)?;
         self.keys.forget_tenant(tenant_id).await;
         self.keys.forget_hashes(&removed.key_hashes).await;
+        self.authz.forget_tenant(tenant_id).await;
         tracing::info!(tenant_id = %tenant_id, actor = %caller.actor(), "Tenant deleted.");
         Ok(())
     }
@@ -217,7 +224,7 @@ impl AdminOps {
     /// The one place roles are granted (to keys and users): each must exist
     /// and be grantable by the caller (its permissions within the caller's).
     /// The audit stage hooks here.
-    pub fn assign_roles(
+    pub async fn assign_roles(
         &self,
         caller: &Caller,
         tenant_id: &str,
@@ -227,10 +234,18 @@ impl AdminOps {
         if roles.len() > 16 {
             return Err(ApiError::bad("at most 16 roles"));
         }
+        let policy = self.authz.policy();
         let mut granted: Vec<String> = Vec::with_capacity(roles.len());
         for role in roles {
-            let Some(perms) = roles::built_in(role) else {
-                return Err(ApiError::bad(format!("unknown role {role:?}")));
+            let perms = self
+                .authz
+                .role(&policy, tenant_id, role)
+                .await
+                .map_err(|e| ApiError::Authn(AuthnError::Store(e)))?;
+            let Some(perms) = perms else {
+                return Err(ApiError::bad(format!(
+                    "unknown role {role:?}: not a policy role nor one of the tenant's roles"
+                )));
             };
             if !caller.permissions().includes(perms) {
                 return Err(ApiError::forbidden(format!(
@@ -243,6 +258,124 @@ impl AdminOps {
         }
         tracing::info!(tenant_id = %tenant_id, subject = %subject, roles = ?granted, actor = %caller.actor(), "Roles assigned.");
         Ok(granted)
+    }
+
+    // === custom roles ===
+
+    /// Creates or replaces a tenant's custom role (manage_users). It may use
+    /// only existing permissions the caller holds, never `system_admin`, and
+    /// never a policy role's name. Returns it and whether it was created.
+    pub async fn put_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+        body: PutRole,
+    ) -> Result<(CustomRole, bool), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        let tenant = self.tenant(tenant_id).await?;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ApiError::bad("role names are 1 to 64 of a-z 0-9 _"));
+        }
+        if self.authz.policy().role(name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "{name:?} is a built-in role and cannot be redefined by a tenant"
+            )));
+        }
+        if body.permissions.is_empty() || body.permissions.len() > 13 {
+            return Err(ApiError::bad(
+                "permissions must list 1 to 13 permission names",
+            ));
+        }
+        let mut perms = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for p in &body.permissions {
+            let Some(perm) = Permission::parse(p) else {
+                return Err(ApiError::bad(format!("unknown permission {p:?}")));
+            };
+            if perm == Permission::SystemAdmin {
+                return Err(ApiError::forbidden(
+                    "a tenant role cannot hold system_admin",
+                ));
+            }
+            perms.push(perm);
+            if !names.contains(p) {
+                names.push(p.clone());
+            }
+        }
+        if !caller.permissions().includes(Permissions::of(&perms)) {
+            return Err(ApiError::forbidden(
+                "a role cannot hold permissions you do not have",
+            ));
+        }
+        let role = CustomRole {
+            tenant_id: tenant.tenant_id.clone(),
+            name: name.to_string(),
+            description: if body.description.trim().is_empty() {
+                String::new()
+            } else {
+                req::text("description", &body.description, 500)?
+            },
+            permissions: names,
+            updated_at: model::now(),
+        };
+        let created = self.store.put_role(&role).await.map_err(store_error)?;
+        self.authz.forget_tenant(tenant_id).await;
+        tracing::info!(tenant_id = %tenant_id, role = %name, permissions = ?role.permissions, actor = %caller.actor(), "Custom role saved.");
+        Ok((role, created))
+    }
+
+    /// A tenant's custom roles.
+    pub async fn list_roles(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<CustomRole>, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        self.store.list_roles(tenant_id).await.map_err(store_error)
+    }
+
+    /// One custom role.
+    pub async fn get_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<CustomRole, ApiError> {
+        self.list_roles(caller, tenant_id)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ApiError::NotFound("role not found".into()))
+    }
+
+    /// Deletes a custom role; keys and users holding it lose its permissions.
+    pub async fn delete_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        if !req::is_id(name)
+            || !self
+                .store
+                .delete_role(tenant_id, name)
+                .await
+                .map_err(store_error)?
+        {
+            return Err(ApiError::NotFound("role not found".into()));
+        }
+        self.authz.forget_tenant(tenant_id).await;
+        tracing::info!(tenant_id = %tenant_id, role = %name, actor = %caller.actor(), "Custom role deleted.");
+        Ok(())
     }
 
     // === keys ===
@@ -286,12 +419,14 @@ impl AdminOps {
             return Err(ApiError::bad("expires_at must be in the future"));
         }
         let key_id = uuid::Uuid::new_v4().to_string();
-        let roles = self.assign_roles(
-            caller,
-            tenant_id,
-            &key_id,
-            body.roles.as_deref().unwrap_or(&["viewer".to_string()]),
-        )?;
+        let roles = self
+            .assign_roles(
+                caller,
+                tenant_id,
+                &key_id,
+                body.roles.as_deref().unwrap_or(&["viewer".to_string()]),
+            )
+            .await?;
         let secret = api_key::generate();
         let key = ApiKey {
             key_id,
@@ -473,7 +608,9 @@ impl AdminOps {
         }
         let tenant = self.tenant(tenant_id).await?;
         let email = req::email("email", &body.email)?;
-        let roles = self.assign_roles(caller, tenant_id, user_id, &body.roles)?;
+        let roles = self
+            .assign_roles(caller, tenant_id, user_id, &body.roles)
+            .await?;
         let user = User {
             user_id: user_id.to_string(),
             tenant_id: tenant.tenant_id.clone(),

@@ -144,6 +144,17 @@ pub struct PutUser {
     pub roles: Vec<String>,
 }
 
+/// `PUT /admin/v1/tenants/{id}/roles/{name}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRole {
+    /// What the role is for.
+    #[serde(default)]
+    pub description: String,
+    /// Permission names.
+    pub permissions: Vec<String>,
+}
+
 /// A non-empty single-line text of at most `max` characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let trimmed = value.trim();

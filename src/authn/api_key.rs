@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::{AuthMethod, AuthnError, IdentityHeaders, Principal};
 use crate::model::{self, ApiKey, KeyStatus, TenantStatus};
-use crate::roles::{self, Permission, Permissions};
+use crate::roles::{Permission, Permissions};
 use crate::store::Store;
 
 /// Every API key starts with this.
@@ -45,19 +45,17 @@ pub fn is_well_formed(key: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The effective permissions of a key: its roles' union, narrowed by its
-/// scopes when it has any.
-pub fn effective_permissions(key: &ApiKey) -> Permissions {
-    let granted = roles::permissions_of(&key.roles);
+/// A key's scopes as a permission set (`None` when it has none).
+pub fn scopes(key: &ApiKey) -> Option<Permissions> {
     if key.scopes.is_empty() {
-        return granted;
+        return None;
     }
     let scopes = key
         .scopes
         .iter()
         .filter_map(|s| Permission::parse(s))
         .collect::<Vec<_>>();
-    granted.intersect(Permissions::of(&scopes))
+    Some(Permissions::of(&scopes))
 }
 
 /// What the cache keeps for one hash.
@@ -174,7 +172,7 @@ impl ApiKeys {
             user_id: key_id.clone(),
             key_id: Some(key_id),
             roles: key.roles.clone().into(),
-            permissions: effective_permissions(&key),
+            scopes: scopes(&key),
             method: AuthMethod::ApiKey,
             headers,
         };

@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub auth: AuthSection,
     /// The embedded store.
     pub store: StoreSection,
+    /// Route and role policy.
+    pub policy: PolicySection,
     /// Logging.
     pub log: LogSection,
 }
@@ -214,6 +216,27 @@ impl Default for StoreSection {
         Self {
             backend: "sled".into(),
             path: PathBuf::from("./costguard-data"),
+        }
+    }
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicySection {
+    /// Directory of `*.toml` policy files (roles, routes, public routes).
+    /// Reloaded live; an invalid change keeps the previous policy.
+    pub dir: PathBuf,
+    /// How often the files are checked for changes (SIGHUP forces a check).
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("policies"),
+            reload_interval: Duration::from_secs(1),
         }
     }
 }

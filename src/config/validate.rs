@@ -27,6 +27,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Embedded store.
     pub store: StoreConfig,
+    /// Policy.
+    pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -112,6 +114,15 @@ pub struct AuthConfig {
 pub struct StoreConfig {
     /// Directory of the sled database.
     pub path: PathBuf,
+}
+
+/// `[policy]`, validated.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Directory of policy files.
+    pub dir: PathBuf,
+    /// Check interval.
+    pub reload_interval: Duration,
 }
 
 /// `[log]`, validated.
@@ -305,6 +316,16 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         path: file.store.path.clone(),
     };
 
+    if !file.policy.dir.is_dir() {
+        c.fail(
+            "policy.dir",
+            format!("{}: not a directory", file.policy.dir.display()),
+        );
+    }
+    let policy = PolicyConfig {
+        dir: file.policy.dir.clone(),
+        reload_interval: c.duration("policy.reload_interval", file.policy.reload_interval),
+    };
     let format = LogFormat::parse(&file.log.format).unwrap_or_else(|| {
         c.fail(
             "log.format",
@@ -331,6 +352,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             admin,
             auth,
             store,
+            policy,
             log,
         })
     } else {

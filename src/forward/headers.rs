@@ -99,6 +99,15 @@ pub fn is_costops_lookalike(name: &str) -> bool {
     canon_starts_with(name.as_bytes(), b"x-costops")
 }
 
+/// Method overrides: the method that is checked is the method that is
+/// forwarded, so these never reach the upstream.
+fn is_method_override(name: &str) -> bool {
+    let n = name.as_bytes();
+    canon_eq(n, b"x-http-method-override")
+        || canon_eq(n, b"x-http-method")
+        || canon_eq(n, b"x-method-override")
+}
+
 /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP`: believed only from trusted proxies.
 fn is_forwarding(name: &str) -> bool {
     let n = name.as_bytes();
@@ -156,6 +165,7 @@ impl Hygiene {
         for name in headers.keys() {
             let s = name.as_str();
             if is_costops_lookalike(s)
+                || is_method_override(s)
                 || self.strip.iter().any(|p| p.matches(s))
                 || (!trusted && is_forwarding(s))
             {

@@ -5,7 +5,9 @@
 use time::Duration;
 
 use super::{Store, StoreError};
-use crate::model::{self, ApiKey, KeyStatus, Project, Tenant, TenantStatus, Tier, User};
+use crate::model::{
+    self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantStatus, Tier, User,
+};
 
 /// A tenant with fresh ids, for the suite.
 pub fn sample_tenant(tier: Tier) -> Tenant {
@@ -57,6 +59,7 @@ pub async fn run(store: &dyn Store) {
     projects_and_limits(store).await;
     users_and_limits(store).await;
     usage(store).await;
+    roles(store).await;
     cascade(store).await;
     store.flush().await.expect("flush");
 }
@@ -272,6 +275,53 @@ async fn usage(store: &dyn Store) {
     assert_eq!(store.requests_on(&t.tenant_id, 20_001).await.unwrap(), 1);
 }
 
+fn role(tenant_id: &str, name: &str, perms: &[&str]) -> CustomRole {
+    CustomRole {
+        tenant_id: tenant_id.into(),
+        name: name.into(),
+        description: "conformance".into(),
+        permissions: perms.iter().map(|p| p.to_string()).collect(),
+        updated_at: model::now(),
+    }
+}
+
+async fn roles(store: &dyn Store) {
+    let t = sample_tenant(Tier::Standard);
+    store.insert_tenant(&t).await.unwrap();
+    assert!(
+        store
+            .put_role(&role(&t.tenant_id, "auditor", &["view_audit_logs"]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_role(&role(
+                &t.tenant_id,
+                "auditor",
+                &["view_audit_logs", "view_costs"]
+            ))
+            .await
+            .unwrap()
+    );
+    store
+        .put_role(&role(&t.tenant_id, "billing", &["export_costs"]))
+        .await
+        .unwrap();
+    let listed = store.list_roles(&t.tenant_id).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["auditor", "billing"]
+    );
+    assert_eq!(listed[0].permissions, ["view_audit_logs", "view_costs"]);
+    assert!(
+        store.list_roles("org-00000000").await.unwrap().is_empty(),
+        "roles are per tenant"
+    );
+    assert!(store.delete_role(&t.tenant_id, "billing").await.unwrap());
+    assert!(!store.delete_role(&t.tenant_id, "billing").await.unwrap());
+}
+
 async fn cascade(store: &dyn Store) {
     let t = sample_tenant(Tier::Standard);
     store.insert_tenant(&t).await.unwrap();
@@ -292,6 +342,7 @@ async fn cascade(store: &dyn Store) {
     assert!(store.key_by_hash("cc01").await.unwrap().is_none());
     assert!(store.list_keys(&t.tenant_id).await.unwrap().is_empty());
     assert!(store.list_projects(&t.tenant_id).await.unwrap().is_empty());
+    assert!(store.list_roles(&t.tenant_id).await.unwrap().is_empty());
     assert_eq!(store.requests_on(&t.tenant_id, 1).await.unwrap(), 0);
     assert!(matches!(
         store.delete_tenant(&t.tenant_id).await,

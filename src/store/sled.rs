@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Removed, Store, StoreError};
-use crate::model::{ApiKey, Project, Tenant, User};
+use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// sled-backed [`Store`].
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct SledStore {
     projects: Tree,
     /// `tenant/user` → user.
     users: Tree,
+    /// `tenant/name` → custom role.
+    roles: Tree,
     /// `tenant/day` → request count (u64 big-endian).
     usage: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
@@ -75,6 +77,7 @@ impl SledStore {
             key_hashes: tree("key_hashes")?,
             projects: tree("projects")?,
             users: tree("users")?,
+            roles: tree("roles")?,
             usage: tree("usage")?,
             db,
             write_lock: Mutex::new(()),
@@ -199,7 +202,7 @@ impl Store for SledStore {
                 }
                 self.keys.remove(id).map_err(backend)?;
             }
-            for tree in [&self.projects, &self.users, &self.usage] {
+            for tree in [&self.projects, &self.users, &self.roles, &self.usage] {
                 for k in tree.scan_prefix(prefix(tenant_id)).keys() {
                     tree.remove(k.map_err(backend)?).map_err(backend)?;
                 }
@@ -336,6 +339,30 @@ impl Store for SledStore {
         let existed = self
             .users
             .remove(scoped(tenant_id, user_id))
+            .map_err(backend)?
+            .is_some();
+        self.durable().await?;
+        Ok(existed)
+    }
+
+    async fn put_role(&self, role: &CustomRole) -> Result<bool, StoreError> {
+        let created = self
+            .roles
+            .insert(scoped(&role.tenant_id, &role.name), encode(role)?)
+            .map_err(backend)?
+            .is_none();
+        self.durable().await?;
+        Ok(created)
+    }
+
+    async fn list_roles(&self, tenant_id: &str) -> Result<Vec<CustomRole>, StoreError> {
+        Self::scan(&self.roles, tenant_id)
+    }
+
+    async fn delete_role(&self, tenant_id: &str, name: &str) -> Result<bool, StoreError> {
+        let existed = self
+            .roles
+            .remove(scoped(tenant_id, name))
             .map_err(backend)?
             .is_some();
         self.durable().await?;

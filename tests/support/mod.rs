@@ -138,6 +138,28 @@ async fn handle(
     Ok(resp)
 }
 
+/// The shipped policy directory.
+pub fn shipped_policy() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+}
+
+/// The shipped policy plus a catch-all route (any method, any path, needs
+/// `view_costs`), for the tests that are about the proxy, not the policy.
+pub fn test_policy(under: &std::path::Path) -> PathBuf {
+    let dir = under.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(shipped_policy()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.join("zz-test-catch-all.toml"),
+        "[[routes]]\nmethod = \"*\"\npath = \"/**\"\npermission = \"view_costs\"\n",
+    )
+    .unwrap();
+    dir
+}
+
 /// The bootstrap admin token every test sidecar gets.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
@@ -186,6 +208,9 @@ impl Sidecar {
             .env("COSTGUARD_STORE_PATH", &store)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if !config.contains("[policy]") && !env.iter().any(|(k, _)| *k == "COSTGUARD_POLICY_DIR") {
+            cmd.env("COSTGUARD_POLICY_DIR", test_policy(dir.path()));
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

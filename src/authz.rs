@@ -1,0 +1,257 @@
+//! Authorization: route match, tenant isolation, permission check.
+//!
+//! The policy snapshot ([`reload::PolicyHandle`]) decides which route a
+//! request is and what it needs. A `{tenant}` segment must be the caller's
+//! tenant and a `{project}` segment one of that tenant's projects (checked in
+//! the store, cached); only `system_admin` crosses tenants. The caller's
+//! permissions are the union of its roles (policy roles, then the tenant's
+//! custom roles), narrowed by the key's scopes. No route: denied.
+//! A successful decision is a [`Permit`], which forwarding requires.
+
+pub mod explain;
+pub mod matcher;
+pub mod path;
+pub mod policy;
+pub mod reload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, header};
+use moka::future::Cache;
+
+use crate::authn::Principal;
+use crate::roles::{Permission, Permissions};
+use crate::store::{Store, StoreError};
+use matcher::{Access, Match};
+use policy::Policy;
+use reload::PolicyHandle;
+
+/// Why a request was refused after authentication.
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    /// No policy route covers this method and path.
+    #[error("no route allows this request")]
+    NoRoute,
+    /// The path names another tenant.
+    #[error("the path names another tenant than the caller's")]
+    TenantMismatch,
+    /// The `{project}` is not a project of the tenant.
+    #[error("the project is not one of the tenant's projects")]
+    ForeignProject,
+    /// The caller lacks the route's permission.
+    #[error("missing permission {0}")]
+    Missing(Permission),
+}
+
+/// A request target that could be read two ways (400).
+#[derive(Debug, thiserror::Error)]
+pub enum BadTarget {
+    /// See [`path::UnsafePath`].
+    #[error(transparent)]
+    Path(#[from] path::UnsafePath),
+    /// An absolute-form target whose authority is not the Host header.
+    #[error("the request target's authority differs from the Host header")]
+    Authority,
+}
+
+/// Proof that a request may be forwarded; `forward` requires one.
+#[derive(Debug)]
+pub struct Permit {
+    /// Who is calling; `None` on a public route.
+    pub principal: Option<Arc<Principal>>,
+    /// Whether the route incurs cost.
+    pub cost: bool,
+    /// The route that allowed it, `file:line`.
+    pub route: String,
+}
+
+/// Checks the request target: authority (absolute form vs Host) and path.
+pub fn check_target<B>(req: &Request<B>) -> Result<(), BadTarget> {
+    if let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(header::HOST))
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(BadTarget::Authority);
+    }
+    path::check(req.uri().path())?;
+    Ok(())
+}
+
+/// The authorization stage. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Authz {
+    policy: Arc<PolicyHandle>,
+    store: Arc<dyn Store>,
+    /// Tenant → its custom roles. Bounded, TTL; invalidated on change here.
+    custom_roles: Cache<String, Arc<HashMap<String, Permissions>>>,
+    /// (tenant, project) → exists. Bounded, TTL.
+    projects: Cache<(String, String), bool>,
+}
+
+impl Authz {
+    /// `capacity`/`ttl` bound the caches of custom roles and projects.
+    pub fn new(
+        policy: Arc<PolicyHandle>,
+        store: Arc<dyn Store>,
+        capacity: u64,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            policy,
+            store,
+            custom_roles: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            projects: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    /// The policy in force (an `Arc`, so it can be held across awaits).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.current_full()
+    }
+
+    /// The live policy handle.
+    pub fn handle(&self) -> &Arc<PolicyHandle> {
+        &self.policy
+    }
+
+    /// A tenant's custom roles.
+    pub async fn tenant_roles(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Arc<HashMap<String, Permissions>>, Arc<StoreError>> {
+        if let Some(hit) = self.custom_roles.get(tenant_id).await {
+            return Ok(hit);
+        }
+        self.custom_roles
+            .try_get_with_by_ref(tenant_id, async {
+                let roles = self.store.list_roles(tenant_id).await?;
+                Ok(Arc::new(
+                    roles
+                        .into_iter()
+                        .map(|r| {
+                            let perms: Vec<Permission> = r
+                                .permissions
+                                .iter()
+                                .filter_map(|p| Permission::parse(p))
+                                .collect();
+                            (r.name, Permissions::of(&perms))
+                        })
+                        .collect(),
+                ))
+            })
+            .await
+    }
+
+    /// Forgets a tenant's cached custom roles and projects.
+    pub async fn forget_tenant(&self, tenant_id: &str) {
+        self.custom_roles.invalidate(tenant_id).await;
+        // Projects are rarely removed (only with their tenant): dropping the
+        // whole cache is simpler than tracking keys per tenant.
+        self.projects.invalidate_all();
+    }
+
+    /// The permissions of a role: the policy's, else the tenant's own.
+    pub async fn role(
+        &self,
+        policy: &Policy,
+        tenant_id: &str,
+        role: &str,
+    ) -> Result<Option<Permissions>, Arc<StoreError>> {
+        if let Some(p) = policy.role(role) {
+            return Ok(Some(p));
+        }
+        Ok(self.tenant_roles(tenant_id).await?.get(role).copied())
+    }
+
+    /// The caller's effective permissions under `policy`.
+    pub async fn permissions(
+        &self,
+        policy: &Policy,
+        principal: &Principal,
+    ) -> Result<Permissions, Arc<StoreError>> {
+        let mut perms = Permissions::NONE;
+        let mut custom: Option<Arc<HashMap<String, Permissions>>> = None;
+        for role in principal.roles.iter() {
+            match policy.role(role) {
+                Some(p) => perms = perms.union(p),
+                None => {
+                    if custom.is_none() {
+                        custom = Some(self.tenant_roles(&principal.tenant_id).await?);
+                    }
+                    if let Some(p) = custom.as_ref().and_then(|c| c.get(role.as_str())) {
+                        perms = perms.union(*p);
+                    }
+                }
+            }
+        }
+        Ok(match principal.scopes {
+            Some(scopes) => perms.intersect(scopes),
+            None => perms,
+        })
+    }
+
+    /// Decides an authenticated request on a matched route.
+    pub async fn authorize(
+        &self,
+        policy: &Policy,
+        m: &Match<'_, '_>,
+        principal: &Principal,
+    ) -> Result<(), AuthzOutcome> {
+        let perms = self
+            .permissions(policy, principal)
+            .await
+            .map_err(AuthzOutcome::Store)?;
+        let crosses = perms.contains(Permission::SystemAdmin);
+        let tenant = match m.param("tenant") {
+            Some(t) if t != &*principal.tenant_id && !crosses => {
+                return Err(AuthzOutcome::Denied(Denied::TenantMismatch));
+            }
+            Some(t) => t,
+            None => &principal.tenant_id,
+        };
+        if let Some(project) = m.param("project") {
+            let key = (tenant.to_string(), project.to_string());
+            let exists = match self.projects.get(&key).await {
+                Some(hit) => hit,
+                None => {
+                    let store = self.store.clone();
+                    let (t, p) = key.clone();
+                    self.projects
+                        .try_get_with(key, async move {
+                            store.get_project(&t, &p).await.map(|p| p.is_some())
+                        })
+                        .await
+                        .map_err(AuthzOutcome::Store)?
+                }
+            };
+            if !exists {
+                return Err(AuthzOutcome::Denied(Denied::ForeignProject));
+            }
+        }
+        match m.route.access {
+            Access::Public => Ok(()),
+            Access::Permission(p) if perms.contains(p) => Ok(()),
+            Access::Permission(p) => Err(AuthzOutcome::Denied(Denied::Missing(p))),
+        }
+    }
+}
+
+/// A failed authorization.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzOutcome {
+    /// Refused (403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The store could not answer (503).
+    #[error("authorization data unavailable")]
+    Store(#[source] Arc<StoreError>),
+}
