@@ -64,7 +64,7 @@ pub struct Permit {
     /// Whether the route incurs cost.
     pub cost: bool,
     /// The route that allowed it, `file:line`.
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 /// Checks the request target: authority (absolute form vs Host) and path.

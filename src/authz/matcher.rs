@@ -4,6 +4,7 @@
 //! path is split into a stack array and parameters are captured as slices.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::Method;
 
@@ -35,8 +36,8 @@ pub struct Route {
     pub cost: bool,
     /// Names of its `{param}` segments, in order.
     pub params: Vec<Box<str>>,
-    /// Where it was defined, `file:line`.
-    pub origin: String,
+    /// Where it was defined, `file:line` (shared: permits carry it).
+    pub origin: Arc<str>,
 }
 
 /// A request matched to a route, with the captured parameters.
@@ -183,7 +184,9 @@ impl Matcher {
             .get_or_insert_with(Endpoint::default)
             .add(&route.methods, id)
         {
-            return Err(PatternError::Conflict(self.routes[existing].origin.clone()));
+            return Err(PatternError::Conflict(
+                self.routes[existing].origin.to_string(),
+            ));
         }
         let mut route = route;
         route.params = params;
@@ -261,7 +264,7 @@ mod tests {
             access: Access::Permission(p),
             cost: false,
             params: vec![],
-            origin: format!("test:{pattern}"),
+            origin: format!("test:{pattern}").into(),
         }
     }
 

@@ -393,7 +393,7 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                 access,
                 cost,
                 params: vec![],
-                origin: format!("{name}:{line}"),
+                origin: format!("{name}:{line}").into(),
             };
             match matcher.add(route) {
                 Ok(()) => {}

@@ -1,8 +1,12 @@
-//! Per-connection activity: when bytes last moved and how many requests are
-//! waiting for a response head. A connection with neither for the idle
-//! timeout is closed. hyper has no idle timeout of its own, and its header
+//! Per-connection activity: whether bytes moved and how many requests are
+//! waiting for a response head. A connection with neither for a whole idle
+//! period is closed. hyper has no idle timeout of its own, and its header
 //! timer does not run while hyper-util sniffs the protocol, so a client
 //! that connects and sends nothing would otherwise be held forever.
+//!
+//! The IO path only bumps a counter (no clock read per read or write); the
+//! connection task compares the counter across idle periods, so a silent
+//! connection closes between one and two idle timeouts after its last byte.
 
 use std::io;
 use std::pin::Pin;
@@ -12,30 +16,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-/// Shared by the IO wrapper (writes `last`) and the connection task.
-#[derive(Debug)]
+/// Shared by the IO wrapper (bumps `ops`) and the connection task.
+#[derive(Debug, Default)]
 pub(super) struct Activity {
-    start: Instant,
-    /// Milliseconds since `start` when bytes last moved.
-    last: AtomicU64,
+    /// Reads and writes that moved bytes, ever.
+    ops: AtomicU64,
     /// Requests whose response head is not yet produced.
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     pub(super) fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
+        Self::default()
     }
 
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
+        self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request until the guard drops.
@@ -44,21 +41,17 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Resolves once the connection has been idle for `timeout`.
+    /// Resolves once a whole `timeout` passed with no bytes moving and no
+    /// request waiting for its response.
     pub(super) async fn idle(&self, timeout: Duration) {
+        let mut seen = self.ops.load(Ordering::Relaxed);
         loop {
-            let last = self.last.load(Ordering::Relaxed);
-            tokio::time::sleep_until(self.start + Duration::from_millis(last) + timeout).await;
-            if self.in_flight.load(Ordering::Relaxed) == 0
-                && self.last.load(Ordering::Relaxed) == last
-            {
+            tokio::time::sleep(timeout).await;
+            let now = self.ops.load(Ordering::Relaxed);
+            if now == seen && self.in_flight.load(Ordering::Relaxed) == 0 {
                 return;
             }
-            if self.last.load(Ordering::Relaxed) == last {
-                // Busy with a request but silent: look again after a full
-                // timeout rather than spinning.
-                tokio::time::sleep(timeout).await;
-            }
+            seen = now;
         }
     }
 }
