@@ -3,7 +3,8 @@
 # (../shared/bench/run.sh): costguard with API key authentication beside
 # nginx, haproxy and a bare hyper forwarder, in one interleaved run.
 #
-# It builds the release binaries, makes a store with one tenant and one key
+# It builds the release binaries, makes a store with one tenant and one
+# viewer key
 # (through the real admin API), then runs the harness with that key as the
 # bearer token every config receives. Loopback only; the costguard processes
 # it starts for setup are stopped by their own pid.
@@ -39,7 +40,9 @@ KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/j
 kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
 
 common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0"
+# The request is a real route of the shipped policy, for the key's tenant.
 args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-key "$KEY"
+  --path "/v1/tenants/$TENANT/costs?month=2026-11"
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
   --port 18090 --name costguard
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_LOG_FORMAT=json $BIN serve --config $CONFIG > /dev/null"

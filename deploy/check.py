@@ -28,6 +28,20 @@ def check_manifests() -> int:
     return count
 
 
+def check_policy_configmap() -> None:
+    """The manifest's policy ConfigMap must be the shipped policies/ files."""
+    path = HERE / "kubernetes" / "costguard-sidecar.yaml"
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "costguard-policies":
+            for name, text in doc["data"].items():
+                shipped = (HERE.parent / "policies" / name).read_text()
+                if text != shipped:
+                    sys.exit(f"{path.name}: ConfigMap costguard-policies/{name} differs from policies/{name}")
+            print("ok  costguard-policies ConfigMap matches policies/")
+            return
+    sys.exit("no costguard-policies ConfigMap in the manifest")
+
+
 def check_dockerfile() -> None:
     hadolint = pathlib.Path(sys.executable).parent / "hadolint"
     result = subprocess.run([str(hadolint), str(HERE / "Dockerfile")], capture_output=True, text=True)
@@ -41,4 +55,5 @@ if __name__ == "__main__":
         check_manifests()
     except kubernetes_validate.ValidationError as e:
         sys.exit(f"invalid manifest: {e}")
+    check_policy_configmap()
     check_dockerfile()
