@@ -2,7 +2,8 @@
 //!
 //! - `stages/*`: the work costguard adds before forwarding (request id,
 //!   size limits, header hygiene) on a typical API request, no I/O.
-//! - `roundtrip/*`: one keep-alive HTTP/1.1 request over loopback, either
+//! - `roundtrip/*`: one keep-alive HTTP/1.1 request (a real route, a real
+//!   viewer key) over loopback, either
 //!   straight to an upstream (`direct`) or through a real costguard server
 //!   in the same process (`costguard`). The difference is the proxy hop.
 //!
@@ -113,13 +114,14 @@ async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Em
     send
 }
 
-async fn roundtrip(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) {
-    let req = Request::get("/v1/tenants/org-1/costs?month=2026-11")
+async fn roundtrip(
+    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+    auth: &str,
+) {
+    let req = Request::get(path)
         .header("host", "costs.example.com")
-        .header(
-            "authorization",
-            "Bearer costops_0123456789abcdef0123456789abcdef",
-        )
+        .header("authorization", auth)
         .body(Empty::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -133,7 +135,7 @@ fn roundtrips(c: &mut Criterion) {
         .build()
         .unwrap();
     let data = tempfile::tempdir().unwrap();
-    let (up, proxy) = rt.block_on(async {
+    let (up, proxy, path, auth) = rt.block_on(async {
         let up = upstream().await;
         let mut file = FileConfig::default();
         file.proxy.listen = "127.0.0.1:0".into();
@@ -144,14 +146,29 @@ fn roundtrips(c: &mut Criterion) {
         let config = config::from_file(file).unwrap();
         let server = Server::bind(&config).await.unwrap();
         let proxy = server.proxy_addr();
+        // A real tenant and viewer key, made through the admin operations.
+        let root = costguard::admin::auth::Caller::Root;
+        let tenant = server
+            .ops()
+            .create_tenant(&root, serde_json::from_value(serde_json::json!({"organization_name": "Bench", "admin_email": "b@bench.example", "tier": "enterprise"})).unwrap())
+            .await
+            .unwrap();
+        let (_, key) = server
+            .ops()
+            .create_key(&root, &tenant.tenant_id, serde_json::from_value(serde_json::json!({"roles": ["viewer"]})).unwrap())
+            .await
+            .unwrap();
         tokio::spawn(server.run(std::future::pending()));
-        (up, proxy)
+        let path = format!("/v1/tenants/{}/costs?month=2026-11", tenant.tenant_id);
+        (up, proxy, path, format!("Bearer {key}"))
     });
     let mut g = c.benchmark_group("roundtrip");
     g.measurement_time(Duration::from_secs(5));
     for (name, addr) in [("direct", up), ("costguard", proxy)] {
         let mut send = rt.block_on(connect(addr));
-        g.bench_function(name, |b| b.iter(|| rt.block_on(roundtrip(&mut send))));
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(roundtrip(&mut send, &path, &auth)))
+        });
     }
     g.finish();
 }

@@ -54,6 +54,19 @@ pub trait Handler: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
+/// A listener could not bind its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({listener}): {source}")]
+pub struct BindError {
+    /// `proxy` or `admin`.
+    pub listener: &'static str,
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// A bound listener and what it needs to serve.
 pub struct Listener<H> {
     tcp: TcpListener,
@@ -73,8 +86,12 @@ impl<H: Handler> Listener<H> {
         tls: Option<Arc<rustls::ServerConfig>>,
         handler: H,
         limits: Limits,
-    ) -> std::io::Result<Self> {
-        let tcp = TcpListener::bind(addr).await?;
+    ) -> Result<Self, BindError> {
+        let tcp = TcpListener::bind(addr).await.map_err(|source| BindError {
+            listener: name,
+            addr,
+            source,
+        })?;
         Ok(Self {
             tcp,
             tls: tls.map(TlsAcceptor::from),

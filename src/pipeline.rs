@@ -133,15 +133,19 @@ impl Proxy {
         let principal = this.authn.authenticate(req.headers()).await?;
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
-            Some(m) => this.authz.authorize(&policy, m, &principal).await,
+            Some(m) => this
+                .authz
+                .authorize(&policy, m, &principal)
+                .await
+                .map(|()| m),
         };
-        self.shadow(&policy, req, &principal, &decision).await;
-        decision?;
-        let m = matched.expect("authorized requests matched a route");
+        self.shadow(&policy, req, &principal, decision.is_ok())
+            .await;
+        let m = decision?;
         Ok(Permit {
-            principal: Some(principal),
             cost: m.route.cost,
             route: m.route.origin.clone(),
+            principal: Some(principal),
         })
     }
 
@@ -152,7 +156,7 @@ impl Proxy {
         policy: &Policy,
         req: &Request<Incoming>,
         principal: &Principal,
-        enforced: &Result<(), AuthzOutcome>,
+        enforced_allow: bool,
     ) {
         let Some(m): Option<Match<'_, '_>> = policy.shadow.find(req.method(), req.uri().path())
         else {
@@ -167,7 +171,7 @@ impl Proxy {
             path = req.uri().path(),
             shadow_decision = if would.is_ok() { "allow" } else { "deny" },
             shadow_reason = %would.as_ref().err().map(ToString::to_string).unwrap_or_default(),
-            enforced_decision = if enforced.is_ok() { "allow" } else { "deny" },
+            enforced_decision = if enforced_allow { "allow" } else { "deny" },
             "Shadow policy decision."
         );
     }

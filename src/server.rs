@@ -22,7 +22,7 @@ use crate::authz::policy::PolicyError;
 use crate::authz::reload::{PolicyHandle, Source};
 use crate::config::Config;
 use crate::health::Readiness;
-use crate::listener::Listener;
+use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
@@ -38,16 +38,8 @@ pub enum StartError {
     #[error("invalid policy:\n{0}")]
     Policy(#[from] PolicyError),
     /// A listener could not bind.
-    #[error("cannot listen on {addr} ({listener}): {source}")]
-    Bind {
-        /// `proxy` or `admin`.
-        listener: &'static str,
-        /// The configured address.
-        addr: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A started server: store open, both ports bound, not yet serving.
@@ -108,12 +100,7 @@ impl Server {
             proxy,
             config.limits.clone(),
         )
-        .await
-        .map_err(|source| StartError::Bind {
-            listener: "proxy",
-            addr: config.proxy.listen,
-            source,
-        })?;
+        .await?;
         if config.admin.token_hash.is_none() {
             tracing::warn!(
                 "No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants."
@@ -133,12 +120,7 @@ impl Server {
             admin,
             config.limits.clone(),
         )
-        .await
-        .map_err(|source| StartError::Bind {
-            listener: "admin",
-            addr: config.admin.listen,
-            source,
-        })?;
+        .await?;
         let server = Self {
             proxy,
             admin,

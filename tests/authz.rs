@@ -19,6 +19,22 @@ fn sidecar(up: &Upstream) -> Sidecar {
     )
 }
 
+/// A sidecar on the shipped policy plus one more policy file.
+fn sidecar_with(up: &Upstream, dir: &tempfile::TempDir, file: &str, text: &str) -> Sidecar {
+    for f in ["roles.toml", "routes.toml"] {
+        std::fs::copy(shipped_policy().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join(file), text).unwrap();
+    Sidecar::start(
+        &format!(
+            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
+            up.url(),
+            dir.path().display()
+        ),
+        &[],
+    )
+}
+
 fn call(cg: &Sidecar, method: &str, path: &str, key: &str) -> (u16, String) {
     let body = if matches!(method, "POST" | "PUT" | "PATCH") {
         "{}"
@@ -249,21 +265,11 @@ async fn tenants_and_projects_are_isolated() {
 async fn unknown_routes_are_denied_and_public_routes_need_no_key() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    for f in ["roles.toml", "routes.toml"] {
-        std::fs::copy(shipped_policy().join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("public.toml"),
+    let cg = sidecar_with(
+        &up,
+        &dir,
+        "public.toml",
         "[[public]]\nmethod = \"GET\"\npath = \"/v1/status\"\n",
-    )
-    .unwrap();
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-            up.url(),
-            dir.path().display()
-        ),
-        &[],
     );
     let t = cg.create_tenant("standard");
     let (_, key) = cg.create_key(&t, &["admin"]);
@@ -539,21 +545,11 @@ async fn custom_roles_live_within_their_tenant() {
 async fn shadow_routes_are_logged_not_enforced() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    for f in ["roles.toml", "routes.toml"] {
-        std::fs::copy(shipped_policy().join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("stricter.toml"),
+    let cg = sidecar_with(
+        &up,
+        &dir,
+        "stricter.toml",
         "mode = \"shadow\"\n[[routes]]\nmethod = \"GET\"\npath = \"/v1/tenants/{tenant}/costs\"\npermission = \"export_costs\"\n",
-    )
-    .unwrap();
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-            up.url(),
-            dir.path().display()
-        ),
-        &[],
     );
     let t = cg.create_tenant("standard");
     let (_, viewer) = cg.create_key(&t, &["viewer"]);
