@@ -265,6 +265,7 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     assert_eq!(body, format!("upstream saw {TOTAL} bytes"));
     assert_eq!(up.last().body_len, TOTAL);
     let peak = cg.peak_rss_kib();
+    println!("peak RSS after a 1 GiB upload: {peak} KiB");
     assert!(
         peak < 128 * 1024,
         "peak RSS {peak} KiB for a 1 GiB body: it was buffered"
