@@ -118,11 +118,6 @@ impl Authz {
         self.policy.current_full()
     }
 
-    /// The live policy handle.
-    pub fn handle(&self) -> &Arc<PolicyHandle> {
-        &self.policy
-    }
-
     /// A tenant's custom roles.
     pub async fn tenant_roles(
         &self,

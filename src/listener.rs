@@ -205,96 +205,99 @@ struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     async fn run(self) {
-        let _ = self.stream.set_nodelay(true);
+        let Connection {
+            stream,
+            peer,
+            tls,
+            handler,
+            builder,
+            header_read_timeout,
+            idle_timeout,
+            shutdown,
+        } = self;
+        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
-        let io = TrackedIo::new(self.stream, activity.clone());
+        let io = TrackedIo::new(stream, activity.clone());
         let info = ConnInfo {
-            peer: self.peer,
-            peer_value: HeaderValue::from_str(&self.peer.ip().to_canonical().to_string())
+            peer,
+            peer_value: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
                 .expect("an IP address is a valid header value"),
-            tls: self.tls.is_some(),
+            tls: tls.is_some(),
         };
-        match &self.tls {
-            None => {
-                serve_http(
-                    io,
-                    info,
-                    self.handler,
-                    &self.builder,
-                    activity,
-                    self.idle_timeout,
-                    self.shutdown,
-                )
+        let serve = Serve {
+            info,
+            handler,
+            activity,
+            idle_timeout,
+            shutdown,
+        };
+        match tls {
+            None => serve.http(io, &builder).await,
+            Some(acceptor) => match tokio::time::timeout(header_read_timeout, acceptor.accept(io))
                 .await
-            }
-            Some(acceptor) => {
-                match tokio::time::timeout(self.header_read_timeout, acceptor.accept(io)).await {
-                    Ok(Ok(tls)) => {
-                        serve_http(
-                            tls,
-                            info,
-                            self.handler,
-                            &self.builder,
-                            activity,
-                            self.idle_timeout,
-                            self.shutdown,
-                        )
-                        .await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed.")
-                    }
-                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out."),
-                }
-            }
+            {
+                Ok(Ok(tls)) => serve.http(tls, &builder).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed."),
+                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out."),
+            },
         }
     }
 }
 
-async fn serve_http<IO, H>(
-    io: IO,
+/// What serving HTTP on one connection needs, whatever its IO type.
+struct Serve<H> {
     info: ConnInfo,
     handler: H,
-    builder: &auto::Builder<TokioExecutor>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Handler,
-{
-    let peer = info.peer;
-    let in_flight = activity.clone();
-    let service = service_fn(move |req| {
-        let handler = handler.clone();
-        let info = info.clone();
-        let guard = in_flight.request_started();
-        async move {
-            let resp = handler.handle(req, &info).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp)
-        }
-    });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let graceful = tokio::select! {
-        // Fixed order: the connection first (it is what usually woke us),
-        // and no random branch choice per poll.
-        biased;
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<H: Handler> Serve<H> {
+    async fn http<IO>(self, io: IO, builder: &auto::Builder<TokioExecutor>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Serve {
+            info,
+            handler,
+            activity,
+            idle_timeout,
+            mut shutdown,
+        } = self;
+        let peer = info.peer;
+        let in_flight = activity.clone();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            let info = info.clone();
+            let guard = in_flight.request_started();
+            async move {
+                let resp = handler.handle(req, &info).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
             }
-            return;
-        }
-        _ = activity.idle(idle_timeout) => Duration::from_secs(1),
-        _ = stopped(&mut shutdown) => Duration::MAX,
-    };
-    // Idle or draining: finish the request in progress (if any), then close.
-    // HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY. A drain is bounded by
-    // the listener's grace period; an idle close by one second.
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(graceful, conn).await;
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let graceful = tokio::select! {
+            // Fixed order: the connection first (it is what usually woke us),
+            // and no random branch choice per poll.
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                }
+                return;
+            }
+            _ = activity.idle(idle_timeout) => Duration::from_secs(1),
+            _ = stopped(&mut shutdown) => Duration::MAX,
+        };
+        // Idle or draining: finish the request in progress (if any), then close.
+        // HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY. A drain is bounded by
+        // the listener's grace period; an idle close by one second.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(graceful, conn).await;
+    }
 }
 
 /// Resolves once the shutdown flag is true (the guard is dropped inside,

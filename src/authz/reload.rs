@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
 use super::policy::{self, Policy, PolicyError};
@@ -67,24 +67,6 @@ impl PolicyHandle {
             last_error: Mutex::new(None),
             last_seen: AtomicU64::new(fingerprint),
         }))
-    }
-
-    /// A handle on a fixed policy (tests, benches).
-    pub fn fixed(policy: Policy) -> Arc<Self> {
-        let fingerprint = policy.fingerprint;
-        Arc::new(Self {
-            current: ArcSwap::from_pointee(policy),
-            source: Source::BuiltIn,
-            reloads: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            last_seen: AtomicU64::new(fingerprint),
-        })
-    }
-
-    /// The policy in force. Lock-free; hold it only for one decision.
-    pub fn current(&self) -> Guard<Arc<Policy>> {
-        self.current.load()
     }
 
     /// The policy in force, as an `Arc` that may be held across awaits.
