@@ -124,6 +124,7 @@ async fn roundtrip(
         .header("authorization", auth)
         .body(Empty::new())
         .unwrap();
+    send.ready().await.unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
