@@ -244,6 +244,9 @@ async fn serve(
             eprintln!("{}: invalid policy:\n{e}", config.policy.dir.display());
             return Ok(ExitCode::from(2));
         }
+        for w in &config.warnings {
+            eprintln!("{}: warning: {w}", path.display());
+        }
         println!("{}: configuration is valid", path.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -256,6 +259,9 @@ async fn serve(
 }
 
 async fn run(config: config::Config) -> anyhow::Result<ExitCode> {
+    for w in &config.warnings {
+        tracing::warn!("Configuration: {w}.");
+    }
     let server = Server::bind(&config).await.context("startup failed")?;
     server.run(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)

@@ -152,3 +152,17 @@ fn admin_token_is_hashed_and_checked() {
     let config = validate::validate(parse("", "t.toml", &env).unwrap()).unwrap();
     assert!(config.admin.token_hash.is_some());
 }
+
+#[test]
+fn design_sections_not_built_yet_are_accepted_with_a_warning() {
+    let text = "[audit]\ndir = \"./costguard-data/audit\"\n\n[[sso.oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\n";
+    let config = validate::validate(parse(text, "t.toml", &Env::default()).unwrap()).unwrap();
+    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("[audit]"));
+    assert!(
+        validate::validate(FileConfig::default())
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+}

@@ -31,6 +31,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Sections accepted but not acted on by this build, to warn about.
+    pub warnings: Vec<String>,
 }
 
 /// `[proxy]`, validated.
@@ -345,6 +347,16 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         access_log: file.log.access_log,
     };
 
+    let mut warnings = Vec::new();
+    if file.audit.is_some() {
+        warnings
+            .push("[audit] is not implemented in this build: no audit log is written".to_string());
+    }
+    if file.sso.is_some() {
+        warnings.push(
+            "[sso] is not implemented in this build: single sign-on is not available".to_string(),
+        );
+    }
     if c.problems.is_empty() {
         Ok(Config {
             proxy,
@@ -354,6 +366,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             store,
             policy,
             log,
+            warnings,
         })
     } else {
         Err(ConfigError {
