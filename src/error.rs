@@ -179,11 +179,6 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             ),
             ApiError::LimitReached(m) => (StatusCode::CONFLICT, "limit_reached", m.as_str().into()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str().into()),
-            ApiError::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be application/json".into(),
-            ),
             ApiError::Store(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
