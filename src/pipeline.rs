@@ -111,9 +111,7 @@ impl Proxy {
         headers::response(resp.headers_mut());
         Ok(resp.map(Either::Left))
     }
-}
 
-impl Proxy {
     /// Route, authentication, authorization: a [`Permit`] or the reason not.
     async fn decide(&self, req: &Request<Incoming>) -> Result<Permit, Error> {
         let this = &*self.0;
