@@ -61,13 +61,6 @@ pub struct TenantLimits {
     pub retention_days: i64,
 }
 
-impl TenantLimits {
-    /// Whether `count` more would pass `max` (-1: never).
-    pub fn reached(max: i64, count: u64) -> bool {
-        max >= 0 && count >= max as u64
-    }
-}
-
 /// Active tenants work; suspended tenants' keys get 403.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

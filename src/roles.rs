@@ -1,6 +1,7 @@
-//! The seed's permissions and built-in roles (`rbac_system.py`): what each
-//! role may do, and who may grant it. Tenant custom roles and policy files
-//! build on these names.
+//! The seed's permissions (`rbac_system.py`) as a bitset, and its six roles
+//! as a reference table. Which roles exist at run time, and what they grant,
+//! comes only from the policy files (`authz::policy`); [`BUILT_IN`] is the
+//! seed's table that the shipped `policies/roles.toml` is tested against.
 
 use std::fmt;
 
@@ -139,7 +140,8 @@ impl Permissions {
 
 use Permission as P;
 
-/// The seed's six roles: (name, display name, permissions).
+/// The seed's six roles: (name, display name, permissions). A reference:
+/// the running policy comes from `policies/`.
 pub const BUILT_IN: [(&str, &str, Permissions); 6] = [
     (
         "viewer",
@@ -204,25 +206,23 @@ pub const BUILT_IN: [(&str, &str, Permissions); 6] = [
     ("system_admin", "System Administrator", Permissions::ALL),
 ];
 
-/// The permissions of a built-in role.
-pub fn built_in(name: &str) -> Option<Permissions> {
-    BUILT_IN
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, p)| *p)
-}
-
-/// The union of the permissions of `roles` (unknown names grant nothing).
-pub fn permissions_of<S: AsRef<str>>(roles: &[S]) -> Permissions {
-    roles
-        .iter()
-        .filter_map(|r| built_in(r.as_ref()))
-        .fold(Permissions::NONE, Permissions::union)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn built_in(name: &str) -> Option<Permissions> {
+        BUILT_IN
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, p)| *p)
+    }
+
+    fn permissions_of(roles: &[&str]) -> Permissions {
+        roles
+            .iter()
+            .filter_map(|r| built_in(r))
+            .fold(Permissions::NONE, Permissions::union)
+    }
 
     #[test]
     fn roles_match_the_seed() {
