@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::model::Tenant;
 use crate::roles::Permissions;
 use crate::store::StoreError;
 
@@ -49,10 +50,22 @@ pub struct Principal {
     pub roles: Arc<[String]>,
     /// The key's scopes, narrowing whatever the roles grant; `None`: none.
     pub scopes: Option<Permissions>,
+    /// The key's own rate limit (`None`: its tier's default).
+    pub rate_per_minute: Option<u32>,
     /// How they authenticated.
     pub method: AuthMethod,
     /// The identity headers, rendered once when the principal is built.
     pub headers: IdentityHeaders,
+}
+
+/// A successful authentication: who, and their tenant as it is now (tier,
+/// limits) for the limits stage.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Who is calling.
+    pub principal: Arc<Principal>,
+    /// Their tenant.
+    pub tenant: Arc<Tenant>,
 }
 
 /// `X-CostOps-*` values for one principal.
@@ -144,6 +157,22 @@ pub enum AuthnError {
     Store(#[source] Arc<StoreError>),
 }
 
+impl AuthnError {
+    /// Whether the caller presented a credential that did not verify (what
+    /// the failed-authentication limit counts). Missing credentials, store
+    /// outages and suspended tenants are not guesses.
+    pub fn is_bad_credential(&self) -> bool {
+        matches!(
+            self,
+            AuthnError::Malformed
+                | AuthnError::UnsupportedToken
+                | AuthnError::UnknownKey
+                | AuthnError::RevokedKey
+                | AuthnError::ExpiredKey
+        )
+    }
+}
+
 /// The authentication chain of the proxy port. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
@@ -156,8 +185,13 @@ impl Authenticator {
         Self { keys }
     }
 
+    /// A tenant, through the key cache (for limits of another tenant's route).
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<Tenant>>, AuthnError> {
+        self.keys.tenant(tenant_id).await
+    }
+
     /// The request's principal, or why there is none.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthnError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthnError> {
         match credential(headers)? {
             None => Err(AuthnError::Missing),
             Some(Credential::ApiKey(key)) => self.keys.authenticate(key).await,

@@ -63,6 +63,11 @@ pub struct Permit {
     pub principal: Option<Arc<Principal>>,
     /// Whether the route incurs cost.
     pub cost: bool,
+    /// The tenant whose route it is: the `{tenant}` segment, else the
+    /// caller's. `None` on a public route.
+    pub tenant: Option<Arc<str>>,
+    /// The route's `{project}` and its monthly budget in USD, if it names one.
+    pub project: Option<(Arc<str>, f64)>,
     /// The route that allowed it, `file:line`.
     pub route: Arc<str>,
 }
@@ -87,8 +92,9 @@ pub struct Authz {
     store: Arc<dyn Store>,
     /// Tenant → its custom roles. Bounded, TTL; invalidated on change here.
     custom_roles: Cache<String, Arc<HashMap<String, Permissions>>>,
-    /// (tenant, project) → exists. Bounded, TTL.
-    projects: Cache<(String, String), bool>,
+    /// (tenant, project) → its monthly budget in USD (`None`: no such
+    /// project). Bounded, TTL.
+    projects: Cache<(String, String), Option<f64>>,
 }
 
 impl Authz {
@@ -194,13 +200,14 @@ impl Authz {
         })
     }
 
-    /// Decides an authenticated request on a matched route.
+    /// Decides an authenticated request on a matched route. Returns the
+    /// budget of the route's `{project}`, if it has one.
     pub async fn authorize(
         &self,
         policy: &Policy,
         m: &Match<'_, '_>,
         principal: &Principal,
-    ) -> Result<(), AuthzOutcome> {
+    ) -> Result<Option<f64>, AuthzOutcome> {
         let perms = self
             .permissions(policy, principal)
             .await
@@ -213,28 +220,30 @@ impl Authz {
             Some(t) => t,
             None => &principal.tenant_id,
         };
+        let mut budget = None;
         if let Some(project) = m.param("project") {
             let key = (tenant.to_string(), project.to_string());
-            let exists = match self.projects.get(&key).await {
+            let found = match self.projects.get(&key).await {
                 Some(hit) => hit,
                 None => {
                     let store = self.store.clone();
                     let (t, p) = key.clone();
                     self.projects
                         .try_get_with(key, async move {
-                            store.get_project(&t, &p).await.map(|p| p.is_some())
+                            store.get_project(&t, &p).await.map(|p| p.map(|p| p.budget))
                         })
                         .await
                         .map_err(AuthzOutcome::Store)?
                 }
             };
-            if !exists {
-                return Err(AuthzOutcome::Denied(Denied::ForeignProject));
+            match found {
+                Some(b) => budget = Some(b),
+                None => return Err(AuthzOutcome::Denied(Denied::ForeignProject)),
             }
         }
         match m.route.access {
-            Access::Public => Ok(()),
-            Access::Permission(p) if perms.contains(p) => Ok(()),
+            Access::Public => Ok(budget),
+            Access::Permission(p) if perms.contains(p) => Ok(budget),
             Access::Permission(p) => Err(AuthzOutcome::Denied(Denied::Missing(p))),
         }
     }

@@ -19,6 +19,7 @@ use crate::authz::{AuthzOutcome, BadTarget, Denied};
 use crate::forward::ForwardError;
 use crate::forward::headers::X_REQUEST_ID;
 use crate::limits::TooLarge;
+use crate::throttle::Limited;
 
 /// Anything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum Error {
     /// Authorization refused (or could not decide).
     #[error(transparent)]
     Authz(#[from] AuthzOutcome),
+    /// Held back by a rate, quota or budget.
+    #[error(transparent)]
+    Limited(#[from] Limited),
     /// Forwarding failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -131,6 +135,33 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "unavailable",
             "authorization data cannot be read right now".into(),
         ),
+        Error::Limited(l) => match l {
+            Limited::Rate(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "the API key's rate limit is reached; retry after the time in Retry-After".into(),
+            ),
+            Limited::AuthFailures(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed authentication attempts from this address; retry after the time in Retry-After".into(),
+            ),
+            Limited::Quota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                "the tenant's daily request quota is used up; it starts again at 00:00 UTC".into(),
+            ),
+            Limited::Budget(scope) => (
+                StatusCode::PAYMENT_REQUIRED,
+                "budget_exceeded",
+                format!("the {scope}'s budget for this month is spent").into(),
+            ),
+            Limited::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "limits cannot be checked right now".into(),
+            ),
+        },
         Error::Forward(F::BadRequest(why)) => {
             (StatusCode::BAD_REQUEST, "bad_request", (*why).into())
         }
@@ -201,6 +232,16 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         };
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, challenge.clone());
+    }
+    match err {
+        Error::Limited(Limited::Rate(status) | Limited::Quota(status)) => {
+            status.apply(resp.headers_mut());
+        }
+        Error::Limited(Limited::AuthFailures(blocked)) => {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(blocked.retry_after));
+        }
+        _ => {}
     }
     if let Error::Admin(ApiError::MethodNotAllowed(allow)) = err {
         resp.headers_mut()

@@ -20,7 +20,9 @@
 //! - [`authn`]: credentials → `Principal` ([`authn::api_key`]).
 //! - [`authz`]: path safety, policy (files → compiled snapshot, live reload),
 //!   route match, tenant isolation, permissions → `Permit`.
-//! - [`usage`]: per-tenant daily request counters.
+//! - [`throttle`]: the limits stage (key rate, budget, daily quota, failed-auth block).
+//! - [`rate_limit`]: GCRA buckets behind the `RateLimiter` trait; failed authentications per source.
+//! - [`usage`]: persisted counters: requests per tenant per day, spend per tenant and project per month.
 //! - [`echo`]: the demo's echo upstream; [`demo`]: the demo's seed data.
 //! - [`telemetry`]: log setup.
 //!
@@ -31,14 +33,19 @@
 //! 3. `/health` and `/ready` are answered locally.
 //! 4. `limits` rejects oversized headers (431) or declared bodies (413).
 //! 5. `authn` finds exactly one credential (API key) and resolves it to a
-//!    `Principal` through the key cache (401/400/403 otherwise); `usage`
-//!    counts the request for the tenant.
+//!    `Principal` through the key cache (401/400/403 otherwise); a source
+//!    with too many bad credentials is refused first (429).
+//!    `authz` matches the route and checks tenant, project and permission;
+//!    `throttle` applies the key's rate (429), the budget of cost routes
+//!    (402) and the tenant's daily quota (429), counting the request.
 //! 6. `forward::headers` strips hop-by-hop, `X-CostOps-*` look-alikes,
 //!    foreign identity headers and untrusted forwarding headers, then adds
 //!    `X-Forwarded-*` and `X-Request-Id`.
 //! 7. `forward` removes the credential, adds the `X-CostOps-*` identity
 //!    headers, and `forward::upstream` streams the request to the upstream pool and the
 //!    response back (502 when unreachable, 504 on timeout, 413 mid-stream).
+//!    The upstream's cost header is added to the spend; the response gets
+//!    `RateLimit-*` headers.
 //! 8. `error::rescue` turns any stage error into the JSON error body.
 //! 9. `access_log` writes one line when the response body is done.
 
@@ -56,9 +63,11 @@ pub mod limits;
 pub mod listener;
 pub mod model;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod request_id;
 pub mod roles;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod usage;

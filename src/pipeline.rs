@@ -2,16 +2,16 @@
 //!
 //! ```text
 //! request id → local endpoints → size limits → target check (path safety,
-//! authority) → route match → [public route: no authn] authn (API key →
-//! Principal) → authz (route, tenant, project, permission → Permit) →
-//! shadow policy (logged) → usage count → forward (header hygiene,
-//! credentials out, identity headers in, pooled upstream client) →
-//! response hygiene
+//! authority) → route match → [public route: no authn] failed-auth block
+//! (per client address) → authn (API key → Principal) → authz (route,
+//! tenant, project, permission → Permit) → shadow policy (logged) → limits
+//! (key rate, budget, daily quota) → forward (header hygiene, credentials
+//! out, identity headers in, pooled upstream client) → response hygiene,
+//! cost recorded, RateLimit-* headers
 //!              any stage error → error::rescue → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
-//! Rate limits and audit slot in between authorization and forwarding as
-//! their issues land.
+//! Audit slots in beside the decision as its issue lands.
 
 use std::sync::Arc;
 
@@ -31,8 +31,9 @@ use crate::forward::upstream::Upstream;
 use crate::forward::{self, ResponseBody};
 use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
+use crate::rate_limit::RateStatus;
 use crate::request_id;
-use crate::usage::Usage;
+use crate::throttle::Throttle;
 
 /// The proxy port's handler. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -47,7 +48,7 @@ struct Inner {
     readiness: Arc<Readiness>,
     authn: Authenticator,
     authz: Authz,
-    usage: Usage,
+    throttle: Throttle,
     access_log: Option<AccessLog>,
 }
 
@@ -58,7 +59,7 @@ impl Proxy {
         readiness: Arc<Readiness>,
         authn: Authenticator,
         authz: Authz,
-        usage: Usage,
+        throttle: Throttle,
         access_log: Option<AccessLog>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -72,7 +73,7 @@ impl Proxy {
             readiness,
             authn,
             authz,
-            usage,
+            throttle,
             access_log,
         }))
     }
@@ -94,10 +95,7 @@ impl Proxy {
         crate::limits::check(req.headers(), &this.limits)?;
         // One reading of the target, or 400: what is checked is forwarded.
         authz::check_target(&req)?;
-        let permit = self.decide(&req).await?;
-        if let Some(p) = &permit.principal {
-            this.usage.record(&p.tenant_id);
-        }
+        let (permit, rate) = self.decide(&req, conn).await?;
         let upstream_req = forward::prepare(
             req,
             conn,
@@ -109,11 +107,22 @@ impl Proxy {
         )?;
         let mut resp = this.upstream.send(upstream_req).await?;
         headers::response(resp.headers_mut());
+        if permit.principal.is_some() {
+            this.throttle.record_cost(resp.headers(), &permit).await;
+        }
+        if let Some(rate) = rate {
+            rate.apply(resp.headers_mut());
+        }
         Ok(resp.map(Either::Left))
     }
 
-    /// Route, authentication, authorization: a [`Permit`] or the reason not.
-    async fn decide(&self, req: &Request<Incoming>) -> Result<Permit, Error> {
+    /// Route, authentication, authorization, limits: a [`Permit`] (and the
+    /// rate status for the response headers) or the reason not.
+    async fn decide(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<(Permit, Option<RateStatus>), Error> {
         let this = &*self.0;
         let policy = this.authz.policy();
         let (method, path) = (req.method(), req.uri().path());
@@ -121,30 +130,63 @@ impl Proxy {
         if let Some(m) = &matched
             && m.route.access == Access::Public
         {
-            return Ok(Permit {
+            let permit = Permit {
                 principal: None,
                 cost: m.route.cost,
                 route: m.route.origin.clone(),
-            });
+                tenant: None,
+                project: None,
+            };
+            return Ok((permit, None));
         }
+        // A source out of attempts is refused before any key lookup.
+        let client = this.hygiene.client_ip(conn.peer.ip(), req.headers());
+        this.throttle.before_authentication(client)?;
         // Who is calling: exactly one valid credential, or 401.
-        let principal = this.authn.authenticate(req.headers()).await?;
+        let auth = match this.authn.authenticate(req.headers()).await {
+            Ok(auth) => auth,
+            Err(e) => {
+                this.throttle.authentication_failed(client, &e);
+                return Err(e.into());
+            }
+        };
+        let principal = &auth.principal;
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
             Some(m) => this
                 .authz
-                .authorize(&policy, m, &principal)
+                .authorize(&policy, m, principal)
                 .await
-                .map(|()| m),
+                .map(|budget| (m, budget)),
         };
-        self.shadow(&policy, req, &principal, decision.is_ok())
-            .await;
-        let m = decision?;
-        Ok(Permit {
+        self.shadow(&policy, req, principal, decision.is_ok()).await;
+        let (m, budget) = decision?;
+        // Whose route it is: the caller's own tenant, unless a system admin
+        // addressed another one (whose budget then applies).
+        let foreign = m
+            .param("tenant")
+            .filter(|t| *t != &*principal.tenant_id)
+            .map(Arc::<str>::from);
+        let permit = Permit {
             cost: m.route.cost,
             route: m.route.origin.clone(),
-            principal: Some(principal),
-        })
+            tenant: Some(
+                foreign
+                    .clone()
+                    .unwrap_or_else(|| principal.tenant_id.clone()),
+            ),
+            project: m.param("project").zip(budget).map(|(p, b)| (p.into(), b)),
+            principal: Some(principal.clone()),
+        };
+        let target = match &foreign {
+            Some(t) if permit.cost => this.authn.tenant(t).await?,
+            _ => None,
+        };
+        let rate = this
+            .throttle
+            .admit(&auth, &permit, target.as_deref())
+            .await?;
+        Ok((permit, rate))
     }
 
     /// Evaluates the shadow routes, if one matches, and logs what they would

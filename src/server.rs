@@ -24,8 +24,10 @@ use crate::config::Config;
 use crate::health::Readiness;
 use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
+use crate::rate_limit::LocalRateLimiter;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
+use crate::throttle::Throttle;
 use crate::usage::Usage;
 
 /// Why the server could not start.
@@ -49,6 +51,7 @@ pub struct Server {
     readiness: Arc<Readiness>,
     store: Arc<dyn Store>,
     usage: Usage,
+    throttle: Throttle,
     ops: AdminOps,
     policy: Arc<PolicyHandle>,
     reload_interval: Duration,
@@ -74,6 +77,12 @@ impl Server {
             config.auth.key_cache_ttl,
         );
         let usage = Usage::new(store.clone());
+        let throttle = Throttle::new(
+            Arc::new(LocalRateLimiter::default()),
+            &config.rate_limit,
+            &config.budget,
+            usage.clone(),
+        );
         let ops = AdminOps::new(
             store.clone(),
             keys.clone(),
@@ -90,7 +99,7 @@ impl Server {
             readiness.clone(),
             Authenticator::new(keys.clone()),
             authz.clone(),
-            usage.clone(),
+            throttle.clone(),
             access_log.clone(),
         );
         let proxy = Listener::bind(
@@ -127,6 +136,7 @@ impl Server {
             readiness,
             store,
             usage,
+            throttle,
             ops,
             policy,
             reload_interval: config.policy.reload_interval,
@@ -167,6 +177,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let flusher = tokio::spawn(self.usage.clone().run_flusher(Duration::from_secs(1)));
         let watcher = tokio::spawn(self.policy.clone().watch(self.reload_interval));
+        let janitor = tokio::spawn(cleanup(self.throttle.clone()));
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let proxy = tokio::spawn(self.proxy.serve(proxy_rx, self.grace));
@@ -180,6 +191,7 @@ impl Server {
         let _ = admin.await;
         flusher.abort();
         watcher.abort();
+        janitor.abort();
         self.usage.flush().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
@@ -189,6 +201,17 @@ impl Server {
         }
         tracing::info!(drained, "Stopped.");
         drained
+    }
+}
+
+/// Drops idle rate-limit state every ten seconds, so memory follows the
+/// keys and client addresses in use.
+async fn cleanup(throttle: Throttle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        throttle.cleanup();
     }
 }
 

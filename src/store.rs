@@ -11,7 +11,56 @@ pub mod sled;
 
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
+
+/// A persisted usage counter: what is counted, for which tenant, in which
+/// period. Deleting a tenant deletes its counters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UsageKey {
+    /// The tenant.
+    pub tenant_id: Arc<str>,
+    /// What is counted.
+    pub counter: Counter,
+}
+
+/// The counters costguard keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Counter {
+    /// Proxied requests on a UTC day (days since 1970-01-01).
+    Requests {
+        /// The day.
+        day: u32,
+    },
+    /// Spend in micro-USD in a UTC month (`year * 12 + month - 1`), of the
+    /// whole tenant (`project: None`) or one project.
+    Spend {
+        /// The month.
+        month: u32,
+        /// The project, or the tenant as a whole.
+        project: Option<Arc<str>>,
+    },
+}
+
+impl UsageKey {
+    /// The counter's name within its tenant (`20419`, `spend/24322`,
+    /// `spend/24322/proj-1a2b3c4d`), stable across versions: stores use it
+    /// as their key.
+    pub fn name(&self) -> String {
+        match &self.counter {
+            Counter::Requests { day } => day.to_string(),
+            Counter::Spend {
+                month,
+                project: None,
+            } => format!("spend/{month}"),
+            Counter::Spend {
+                month,
+                project: Some(p),
+            } => format!("spend/{month}/{p}"),
+        }
+    }
+}
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +146,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a custom role; returns whether it existed.
     async fn delete_role(&self, tenant_id: &str, name: &str) -> Result<bool, StoreError>;
 
-    /// Adds `n` to a tenant's request count for UTC day `day` (days since
-    /// 1970-01-01).
-    async fn add_requests(&self, tenant_id: &str, day: u32, n: u64) -> Result<(), StoreError>;
-    /// A tenant's request count for a UTC day.
-    async fn requests_on(&self, tenant_id: &str, day: u32) -> Result<u64, StoreError>;
+    /// Adds each amount to its counter (created at 0), all durable on return.
+    async fn add_usage(&self, batch: &[(UsageKey, u64)]) -> Result<(), StoreError>;
+    /// A counter's value (0 if never counted).
+    async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError>;
 
     /// Forces everything written so far to disk.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -95,7 +95,7 @@ impl AdminAuth {
         match credential(headers)? {
             None => Err(AuthnError::Missing),
             Some(Credential::ApiKey(key)) => {
-                let principal = self.keys.authenticate(key).await?;
+                let principal = self.keys.authenticate(key).await?.principal;
                 let perms = self
                     .authz
                     .permissions(&self.authz.policy(), &principal)

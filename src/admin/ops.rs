@@ -215,6 +215,7 @@ impl AdminOps {
         self.keys.forget_tenant(tenant_id).await;
         self.keys.forget_hashes(&removed.key_hashes).await;
         self.authz.forget_tenant(tenant_id).await;
+        self.usage.forget_tenant(tenant_id);
         tracing::info!(tenant_id = %tenant_id, actor = %caller.actor(), "Tenant deleted.");
         Ok(())
     }
@@ -678,26 +679,39 @@ impl AdminOps {
             .store
             .list_projects(tenant_id)
             .await
-            .map_err(store_error)?
-            .len() as u64;
+            .map_err(store_error)?;
+        let month = usage::this_month();
+        let spend = self
+            .usage
+            .spend_in(tenant_id, None, month)
+            .await
+            .map_err(store_error)?;
+        let mut project_spend = serde_json::Map::new();
+        for p in &projects {
+            let spent = self
+                .usage
+                .spend_in(tenant_id, Some(&p.project_id), month)
+                .await
+                .map_err(store_error)?;
+            project_spend.insert(
+                p.project_id.clone(),
+                json!({
+                    "name": p.name,
+                    "spend_usd": usage::usd(spent),
+                    "budget_usd": p.budget,
+                    "utilization": pct_of(spent, usage::limit_micros(p.budget)),
+                }),
+            );
+        }
+        let projects = projects.len() as u64;
         let users = self
             .store
             .list_users(tenant_id)
             .await
             .map_err(store_error)?
             .len() as u64;
-        let pct = |used: u64, max: i64| -> Value {
-            if max < 0 {
-                Value::Null
-            } else if max == 0 {
-                json!(if used == 0 { 0.0 } else { 100.0 })
-            } else {
-                json!(((used as f64 / max as f64) * 10_000.0).round() / 100.0)
-            }
-        };
-        let date = time::Date::from_julian_day(2_440_588 + day as i32)
-            .map(|d| d.to_string())
-            .unwrap_or_default();
+        let pct = |used: u64, max: i64| pct_of(used, u64::try_from(max).ok());
+        let date = usage::day_name(day);
         Ok(json!({
             "tenant_id": t.tenant_id,
             "organization": t.organization_name,
@@ -706,11 +720,15 @@ impl AdminOps {
             "requests_today": requests,
             "projects": projects,
             "users": users,
+            "month": usage::month_name(month),
+            "spend_usd": usage::usd(spend),
+            "project_spend": project_spend,
             "limits": t.limits,
             "utilization": {
                 "requests": pct(requests, t.limits.max_requests_per_day),
                 "projects": pct(projects, t.limits.max_projects),
                 "users": pct(users, t.limits.max_users),
+                "cost": pct_of(spend, usage::limit_micros(t.limits.max_monthly_cost)),
             }
         }))
     }
@@ -772,4 +790,13 @@ fn apply_settings(
         };
     }
     Ok(())
+}
+
+/// `used` as a percentage of `limit` (two decimals); `null` when unlimited.
+fn pct_of(used: u64, limit: Option<u64>) -> Value {
+    match limit {
+        None => Value::Null,
+        Some(0) => json!(if used == 0 { 0.0 } else { 100.0 }),
+        Some(max) => json!(((used as f64 / max as f64) * 10_000.0).round() / 100.0),
+    }
 }

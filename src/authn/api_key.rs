@@ -10,8 +10,8 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{AuthMethod, AuthnError, IdentityHeaders, Principal};
-use crate::model::{self, ApiKey, KeyStatus, TenantStatus};
+use super::{AuthMethod, Authenticated, AuthnError, IdentityHeaders, Principal};
+use crate::model::{self, ApiKey, KeyStatus, Tenant, TenantStatus};
 use crate::roles::{Permission, Permissions};
 use crate::store::Store;
 
@@ -75,8 +75,8 @@ pub struct ApiKeys {
     /// SHA-256 → key (or `None`: no such key, so floods of one bad key do
     /// not reach the store). Bounded, with a TTL.
     keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
-    /// Tenant id → status (`None`: deleted).
-    tenants: Cache<String, Option<TenantStatus>>,
+    /// Tenant id → tenant (`None`: deleted): status, tier and limits.
+    tenants: Cache<String, Option<Arc<Tenant>>>,
 }
 
 impl ApiKeys {
@@ -96,7 +96,7 @@ impl ApiKeys {
     }
 
     /// Checks a presented API key.
-    pub async fn authenticate(&self, key: &str) -> Result<Arc<Principal>, AuthnError> {
+    pub async fn authenticate(&self, key: &str) -> Result<Authenticated, AuthnError> {
         if !is_well_formed(key) {
             return Err(AuthnError::Malformed);
         }
@@ -125,24 +125,29 @@ impl ApiKeys {
                 return Err(AuthnError::ExpiredKey);
             }
         }
-        let tenant = &*entry.principal.tenant_id;
-        let status = match self.tenants.get(tenant).await {
-            Some(hit) => hit,
-            None => self
-                .tenants
-                .try_get_with_by_ref(tenant, async {
-                    Ok::<_, crate::store::StoreError>(
-                        self.store.get_tenant(tenant).await?.map(|t| t.status),
-                    )
-                })
-                .await
-                .map_err(AuthnError::Store)?,
-        };
-        match status {
+        match self.tenant(&entry.principal.tenant_id).await? {
             None => Err(AuthnError::UnknownKey),
-            Some(TenantStatus::Suspended) => Err(AuthnError::TenantSuspended),
-            Some(TenantStatus::Active) => Ok(entry.principal.clone()),
+            Some(t) if t.status == TenantStatus::Suspended => Err(AuthnError::TenantSuspended),
+            Some(tenant) => Ok(Authenticated {
+                principal: entry.principal.clone(),
+                tenant,
+            }),
         }
+    }
+
+    /// A tenant (status, tier, limits), through the cache; `None`: deleted.
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<Tenant>>, AuthnError> {
+        if let Some(hit) = self.tenants.get(tenant_id).await {
+            return Ok(hit);
+        }
+        self.tenants
+            .try_get_with_by_ref(tenant_id, async {
+                Ok::<_, crate::store::StoreError>(
+                    self.store.get_tenant(tenant_id).await?.map(Arc::new),
+                )
+            })
+            .await
+            .map_err(AuthnError::Store)
     }
 
     async fn load(
@@ -173,6 +178,7 @@ impl ApiKeys {
             key_id: Some(key_id),
             roles: key.roles.clone().into(),
             scopes: scopes(&key),
+            rate_per_minute: key.rate_limit_per_minute,
             method: AuthMethod::ApiKey,
             headers,
         };

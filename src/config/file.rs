@@ -22,6 +22,10 @@ pub struct FileConfig {
     pub admin: AdminSection,
     /// API key authentication.
     pub auth: AuthSection,
+    /// Per-key request rates and failed-authentication limits.
+    pub rate_limit: RateLimitSection,
+    /// Spend reported by the upstream (budgets).
+    pub budget: BudgetSection,
     /// The embedded store.
     pub store: StoreSection,
     /// Route and role policy.
@@ -204,6 +208,66 @@ impl Default for AuthSection {
             key_cache_capacity: 100_000,
             key_cache_ttl: Duration::from_secs(30),
             rotation_grace: Duration::ZERO,
+        }
+    }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSection {
+    /// Per-key rate limits (GCRA) and the failed-authentication limit. The
+    /// daily request quota of a tenant's tier applies regardless.
+    pub enabled: bool,
+    /// Default rate of a key without its own `rate_limit_per_minute`, by
+    /// the key's tenant tier: "N/second", "N/minute", "N/hour", "N/day" or
+    /// "unlimited". The seed's default is 1000 per hour.
+    pub free: String,
+    /// As `free`, for standard tenants.
+    pub standard: String,
+    /// As `free`, for enterprise tenants.
+    pub enterprise: String,
+    /// How much of a key's rate may be used back to back, in percent of it
+    /// (100: a key may spend a whole period's requests at once; 10: a tenth
+    /// at once, the rest paced evenly).
+    pub burst_percent: u64,
+    /// Failed authentications (bad keys or tokens) one client address may
+    /// make per minute; further attempts get 429 without a key lookup until
+    /// one is allowed again. IPv6 addresses count per /64.
+    pub failed_auth_per_minute: u64,
+    /// Client addresses tracked for failed authentications; beyond it, new
+    /// addresses share one counter.
+    pub failed_auth_max_sources: u64,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            free: "1000/hour".into(),
+            standard: "1000/hour".into(),
+            enterprise: "1000/hour".into(),
+            burst_percent: 100,
+            failed_auth_per_minute: 20,
+            failed_auth_max_sources: 100_000,
+        }
+    }
+}
+
+/// `[budget]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetSection {
+    /// The upstream response header that carries a request's cost in USD
+    /// (for example "X-CostOps-Cost-USD", or LiteLLM's
+    /// "x-litellm-response-cost"). Empty: spend is not counted.
+    pub cost_header: String,
+}
+
+impl Default for BudgetSection {
+    fn default() -> Self {
+        Self {
+            cost_header: "X-CostOps-Cost-USD".into(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! certificates included), every problem collected with its key path.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use super::file::FileConfig;
 use super::{ConfigError, Problem};
 use crate::forward::headers::HeaderPattern;
+use crate::model::Tier;
+use crate::rate_limit::Rate;
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone)]
@@ -25,6 +28,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// API key authentication.
     pub auth: AuthConfig,
+    /// Per-key rates, failed-authentication limit.
+    pub rate_limit: RateLimitConfig,
+    /// Spend counting.
+    pub budget: BudgetConfig,
     /// Embedded store.
     pub store: StoreConfig,
     /// Policy.
@@ -109,6 +116,43 @@ pub struct AuthConfig {
     pub key_cache_ttl: Duration,
     /// Default rotation grace period.
     pub rotation_grace: Duration,
+}
+
+/// `[rate_limit]`, validated.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Per-key rates on.
+    pub enabled: bool,
+    /// Default rates per tier (`None`: unlimited): free, standard, enterprise.
+    pub tier_defaults: [Option<Rate>; 3],
+    /// Burst, in percent of the rate.
+    pub burst_percent: u8,
+    /// Failed authentications per client address per minute.
+    pub failed_auth_per_minute: NonZeroU32,
+    /// Client addresses tracked.
+    pub failed_auth_max_sources: usize,
+}
+
+impl RateLimitConfig {
+    /// The rate of a key: its own per-minute rate, else its tier's default;
+    /// `None`: not limited.
+    pub fn rate_for(&self, own_per_minute: Option<u32>, tier: Tier) -> Option<Rate> {
+        if !self.enabled {
+            return None;
+        }
+        let rate = match own_per_minute.and_then(NonZeroU32::new) {
+            Some(n) => Rate::per_minute(n),
+            None => self.tier_defaults[tier as usize]?,
+        };
+        Some(rate.with_burst_percent(self.burst_percent))
+    }
+}
+
+/// `[budget]`, validated.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    /// The upstream's cost header; `None`: spend is not counted.
+    pub cost_header: Option<http::HeaderName>,
 }
 
 /// `[store]`, validated.
@@ -302,6 +346,51 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     if file.auth.rotation_grace > Duration::from_secs(7 * 24 * 3600) {
         c.fail("auth.rotation_grace", "must be at most 7 days");
     }
+    let r = &file.rate_limit;
+    let mut tier_rate = |key: &str, value: &str| {
+        Rate::parse(value)
+            .map_err(|e| c.fail(format!("rate_limit.{key}"), e))
+            .ok()
+            .flatten()
+    };
+    let tier_defaults = [
+        tier_rate("free", &r.free),
+        tier_rate("standard", &r.standard),
+        tier_rate("enterprise", &r.enterprise),
+    ];
+    let rate_limit = RateLimitConfig {
+        enabled: r.enabled,
+        tier_defaults,
+        burst_percent: c.bounded("rate_limit.burst_percent", r.burst_percent, 1, 100) as u8,
+        failed_auth_per_minute: NonZeroU32::new(c.bounded(
+            "rate_limit.failed_auth_per_minute",
+            r.failed_auth_per_minute,
+            1,
+            1_000_000,
+        ) as u32)
+        .unwrap_or(NonZeroU32::MIN),
+        failed_auth_max_sources: c.bounded(
+            "rate_limit.failed_auth_max_sources",
+            r.failed_auth_max_sources,
+            1,
+            100_000_000,
+        ) as usize,
+    };
+    let cost_header = file.budget.cost_header.trim();
+    let budget = BudgetConfig {
+        cost_header: if cost_header.is_empty() {
+            None
+        } else {
+            http::HeaderName::try_from(cost_header)
+                .map_err(|_| {
+                    c.fail(
+                        "budget.cost_header",
+                        format!("not a header name: {cost_header:?}"),
+                    )
+                })
+                .ok()
+        },
+    };
     if file.store.backend != "sled" {
         c.fail(
             "store.backend",
@@ -363,6 +452,8 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             limits,
             admin,
             auth,
+            rate_limit,
+            budget,
             store,
             policy,
             log,

@@ -147,6 +147,34 @@ impl Hygiene {
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
 
+    /// The client's address, for per-source limits: the socket peer, unless
+    /// the peer is a trusted proxy; then the rightmost `X-Forwarded-For`
+    /// entry that is not itself a trusted proxy (entries to its left could
+    /// have been written by the client). An unreadable entry stops the
+    /// walk at the last address known good.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+        for value in values.into_iter().rev() {
+            let Ok(list) = value.to_str() else {
+                return client;
+            };
+            for entry in list.rsplit(',') {
+                let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                    return client;
+                };
+                client = ip;
+                if !self.is_trusted(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+
     /// Cleans an inbound request's headers and adds costguard's forwarding
     /// headers. `host` is the Host the client addressed.
     pub fn request(
@@ -358,6 +386,29 @@ mod tests {
             !h.contains_key("x-forwarded-user"),
             "identity headers go even from trusted proxies"
         );
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_proxies() {
+        let h = default_hygiene(&["10.0.0.0/8"]);
+        let xff = map(&[
+            ("x-forwarded-for", "6.6.6.6, 1.2.3.4"),
+            ("x-forwarded-for", "10.0.0.7"),
+        ]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            h.client_ip(ip("192.0.2.1"), &xff),
+            ip("192.0.2.1"),
+            "untrusted peer"
+        );
+        assert_eq!(
+            h.client_ip(ip("10.1.1.1"), &xff),
+            ip("1.2.3.4"),
+            "rightmost untrusted"
+        );
+        assert_eq!(h.client_ip(ip("10.1.1.1"), &map(&[])), ip("10.1.1.1"));
+        let junk = map(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.9")]);
+        assert_eq!(h.client_ip(ip("10.1.1.1"), &junk), ip("10.0.0.9"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use time::Duration;
 
-use super::{Store, StoreError};
+use super::{Counter, Store, StoreError, UsageKey};
 use crate::model::{
     self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantStatus, Tier, User,
 };
@@ -264,15 +264,65 @@ async fn users_and_limits(store: &dyn Store) {
     );
 }
 
+fn requests(tenant_id: &str, day: u32) -> UsageKey {
+    UsageKey {
+        tenant_id: tenant_id.into(),
+        counter: Counter::Requests { day },
+    }
+}
+
+fn spend(tenant_id: &str, month: u32, project: Option<&str>) -> UsageKey {
+    UsageKey {
+        tenant_id: tenant_id.into(),
+        counter: Counter::Spend {
+            month,
+            project: project.map(Into::into),
+        },
+    }
+}
+
 async fn usage(store: &dyn Store) {
     let t = sample_tenant(Tier::Free);
+    let id = t.tenant_id.as_str();
     store.insert_tenant(&t).await.unwrap();
-    assert_eq!(store.requests_on(&t.tenant_id, 20_000).await.unwrap(), 0);
-    store.add_requests(&t.tenant_id, 20_000, 5).await.unwrap();
-    store.add_requests(&t.tenant_id, 20_000, 7).await.unwrap();
-    store.add_requests(&t.tenant_id, 20_001, 1).await.unwrap();
-    assert_eq!(store.requests_on(&t.tenant_id, 20_000).await.unwrap(), 12);
-    assert_eq!(store.requests_on(&t.tenant_id, 20_001).await.unwrap(), 1);
+    assert_eq!(store.usage(&requests(id, 20_000)).await.unwrap(), 0);
+    store
+        .add_usage(&[
+            (requests(id, 20_000), 5),
+            (spend(id, 24_322, None), 250_000),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_usage(&[
+            (requests(id, 20_000), 7),
+            (requests(id, 20_001), 1),
+            (spend(id, 24_322, Some("proj-1")), 1),
+            (spend(id, 24_322, None), 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.usage(&requests(id, 20_000)).await.unwrap(), 12);
+    assert_eq!(store.usage(&requests(id, 20_001)).await.unwrap(), 1);
+    assert_eq!(
+        store.usage(&spend(id, 24_322, None)).await.unwrap(),
+        250_001
+    );
+    assert_eq!(
+        store
+            .usage(&spend(id, 24_322, Some("proj-1")))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.usage(&spend(id, 24_323, None)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .usage(&spend(id, 24_322, Some("proj-2")))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 fn role(tenant_id: &str, name: &str, perms: &[&str]) -> CustomRole {
@@ -333,7 +383,13 @@ async fn cascade(store: &dyn Store) {
         .insert_project(&project(&t.tenant_id, "p"), -1)
         .await
         .unwrap();
-    store.add_requests(&t.tenant_id, 1, 1).await.unwrap();
+    store
+        .add_usage(&[
+            (requests(&t.tenant_id, 1), 1),
+            (spend(&t.tenant_id, 1, Some("p")), 1),
+        ])
+        .await
+        .unwrap();
     let removed = store.delete_tenant(&t.tenant_id).await.unwrap();
     let mut hashes = removed.key_hashes.clone();
     hashes.sort();
@@ -343,7 +399,14 @@ async fn cascade(store: &dyn Store) {
     assert!(store.list_keys(&t.tenant_id).await.unwrap().is_empty());
     assert!(store.list_projects(&t.tenant_id).await.unwrap().is_empty());
     assert!(store.list_roles(&t.tenant_id).await.unwrap().is_empty());
-    assert_eq!(store.requests_on(&t.tenant_id, 1).await.unwrap(), 0);
+    assert_eq!(store.usage(&requests(&t.tenant_id, 1)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .usage(&spend(&t.tenant_id, 1, Some("p")))
+            .await
+            .unwrap(),
+        0
+    );
     assert!(matches!(
         store.delete_tenant(&t.tenant_id).await,
         Err(StoreError::NotFound(_))

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Removed, Store, StoreError};
+use super::{Removed, Store, StoreError, UsageKey};
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// sled-backed [`Store`].
@@ -369,23 +369,36 @@ impl Store for SledStore {
         Ok(existed)
     }
 
-    async fn add_requests(&self, tenant_id: &str, day: u32, n: u64) -> Result<(), StoreError> {
+    async fn add_usage(&self, batch: &[(UsageKey, u64)]) -> Result<(), StoreError> {
+        // One transaction: a failed batch adds nothing, so the caller can
+        // retry all of it without counting anything twice.
+        let keys: Vec<(Vec<u8>, u64)> = batch
+            .iter()
+            .map(|(key, n)| (scoped(&key.tenant_id, &key.name()), *n))
+            .collect();
         self.usage
-            .update_and_fetch(scoped(tenant_id, &day.to_string()), |old| {
-                let old = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some((old + n).to_be_bytes().to_vec())
+            .transaction(|tx| {
+                for (key, n) in &keys {
+                    let old = tx
+                        .get(key.as_slice())?
+                        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    tx.insert(key.as_slice(), &old.saturating_add(*n).to_be_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(backend)?;
+            .map_err(|e: TransactionError<StoreError>| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => backend(e),
+            })?;
         self.durable().await
     }
 
-    async fn requests_on(&self, tenant_id: &str, day: u32) -> Result<u64, StoreError> {
+    async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError> {
         Ok(self
             .usage
-            .get(scoped(tenant_id, &day.to_string()))
+            .get(scoped(&key.tenant_id, &key.name()))
             .map_err(backend)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)

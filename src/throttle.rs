@@ -1,0 +1,211 @@
+//! The limits stage, between authorization and forwarding: per-key rate
+//! (429 `rate_limited`), budget on cost-incurring routes (402
+//! `budget_exceeded`), per-tenant daily quota (429 `quota_exceeded`), in
+//! that order, so a refused request consumes neither quota nor spend. A
+//! refused request never reaches the upstream.
+//!
+//! Before authentication it also refuses sources that sent too many bad
+//! credentials (429, no key lookup), and after the response it adds the
+//! cost the upstream reported to the tenant's and project's spend.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::authn::{Authenticated, AuthnError};
+use crate::authz::Permit;
+use crate::config::{BudgetConfig, RateLimitConfig};
+use crate::model::Tenant;
+use crate::rate_limit::failed_auth::{Blocked, FailedAuth};
+use crate::rate_limit::{LimiterError, RateLimiter, RateStatus};
+use crate::usage::{self, AdmitError, Usage};
+
+/// Why a request was held back.
+#[derive(Debug, thiserror::Error)]
+pub enum Limited {
+    /// The key's rate is used up (429).
+    #[error("rate limit reached")]
+    Rate(RateStatus),
+    /// Too many failed authentications from this source (429).
+    #[error("too many failed authentication attempts")]
+    AuthFailures(Blocked),
+    /// The tenant's daily request quota is used up (429).
+    #[error("daily request quota reached")]
+    Quota(RateStatus),
+    /// The tenant's or the project's monthly budget is spent (402).
+    #[error("the {0} budget for this month is spent")]
+    Budget(&'static str),
+    /// A limiter or counter could not answer (503: fail closed).
+    #[error("limits cannot be checked right now: {0}")]
+    Unavailable(String),
+}
+
+impl From<LimiterError> for Limited {
+    fn from(e: LimiterError) -> Self {
+        Limited::Unavailable(e.to_string())
+    }
+}
+
+/// The limits stage. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    limiter: Arc<dyn RateLimiter>,
+    rates: Arc<RateLimitConfig>,
+    failed_auth: FailedAuth,
+    usage: Usage,
+    cost_header: Option<http::HeaderName>,
+}
+
+impl Throttle {
+    /// The stage over a limiter (local or shared) and the usage counters.
+    pub fn new(
+        limiter: Arc<dyn RateLimiter>,
+        rates: &RateLimitConfig,
+        budget: &BudgetConfig,
+        usage: Usage,
+    ) -> Self {
+        Self {
+            limiter,
+            failed_auth: FailedAuth::new(
+                rates.failed_auth_per_minute,
+                rates.failed_auth_max_sources,
+            ),
+            rates: Arc::new(rates.clone()),
+            usage,
+            cost_header: budget.cost_header.clone(),
+        }
+    }
+
+    /// Refuses a source that is out of authentication attempts.
+    pub fn before_authentication(&self, client: IpAddr) -> Result<(), Limited> {
+        if !self.rates.enabled {
+            return Ok(());
+        }
+        self.failed_auth
+            .check(client)
+            .map_err(Limited::AuthFailures)
+    }
+
+    /// Counts a failed authentication against its source.
+    pub fn authentication_failed(&self, client: IpAddr, error: &AuthnError) {
+        if self.rates.enabled
+            && error.is_bad_credential()
+            && let Some(blocked) = self.failed_auth.failed(client)
+        {
+            tracing::warn!(
+                client = %client,
+                retry_after = blocked.retry_after,
+                "Too many failed authentications; refusing this source's attempts for a while."
+            );
+        }
+    }
+
+    /// Rate, budget and quota for an authorized request. `target` is the
+    /// tenant whose route it is when that is not the caller's own (a
+    /// system admin's cross-tenant call); its budget applies. Returns the
+    /// rate status for the response's headers.
+    pub async fn admit(
+        &self,
+        auth: &Authenticated,
+        permit: &Permit,
+        target: Option<&Tenant>,
+    ) -> Result<Option<RateStatus>, Limited> {
+        let principal = &auth.principal;
+        let rate = self
+            .rates
+            .rate_for(principal.rate_per_minute, auth.tenant.tier);
+        let status = match rate {
+            Some(rate) => {
+                let status = self.limiter.check(&principal.user_id, rate).await?;
+                if !status.allowed() {
+                    return Err(Limited::Rate(status));
+                }
+                Some(status)
+            }
+            None => None,
+        };
+        if permit.cost {
+            self.check_budget(target.unwrap_or(&auth.tenant), permit)
+                .await?;
+        }
+        let max = auth.tenant.limits.max_requests_per_day;
+        match self.usage.admit_request(&principal.tenant_id, max).await {
+            Ok(_) => Ok(status),
+            Err(AdmitError::Exceeded(q)) => {
+                let reset = usage::secs_until_tomorrow();
+                Err(Limited::Quota(RateStatus {
+                    limit: u32::try_from(q.limit).unwrap_or(u32::MAX),
+                    remaining: 0,
+                    reset,
+                    window: 86_400,
+                    retry_after: Some(reset.max(1)),
+                }))
+            }
+            Err(AdmitError::Store(e)) => Err(Limited::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn check_budget(&self, tenant: &Tenant, permit: &Permit) -> Result<(), Limited> {
+        let month = usage::this_month();
+        let unavailable = |e: crate::store::StoreError| Limited::Unavailable(e.to_string());
+        if let Some(limit) = usage::limit_micros(tenant.limits.max_monthly_cost) {
+            let spent = self
+                .usage
+                .spend_in(&tenant.tenant_id, None, month)
+                .await
+                .map_err(unavailable)?;
+            if spent >= limit {
+                return Err(Limited::Budget("tenant"));
+            }
+        }
+        if let Some((project, budget)) = &permit.project
+            && let Some(limit) = usage::limit_micros(*budget)
+        {
+            let spent = self
+                .usage
+                .spend_in(&tenant.tenant_id, Some(project), month)
+                .await
+                .map_err(unavailable)?;
+            if spent >= limit {
+                return Err(Limited::Budget("project"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the cost the upstream reported (if any) to the spend of the
+    /// request's tenant and project. A value that is not a non-negative
+    /// decimal is ignored and logged; the response goes out regardless.
+    pub async fn record_cost(&self, response: &HeaderMap, permit: &Permit) {
+        let (Some(name), Some(tenant)) = (&self.cost_header, &permit.tenant) else {
+            return;
+        };
+        let Some(value) = response.get(name) else {
+            return;
+        };
+        let Some(micros) = value.to_str().ok().and_then(usage::parse_usd) else {
+            tracing::warn!(header = %name, route = %permit.route, "The upstream's cost header is not a non-negative USD amount; not counted.");
+            return;
+        };
+        if micros == 0 {
+            return;
+        }
+        let project = permit.project.as_ref().map(|(p, _)| p);
+        if let Err(e) = self.usage.add_spend(tenant, project, micros).await {
+            tracing::error!(tenant = %tenant, error = %e, "Could not count the request's cost.");
+        }
+    }
+
+    /// Drops idle rate-limit state (buckets that are full again, expired
+    /// blocks), so memory follows the keys and sources in use.
+    pub fn cleanup(&self) {
+        self.limiter.cleanup();
+        self.failed_auth.cleanup();
+    }
+
+    /// Rate buckets and failed-authentication sources held.
+    pub fn state_size(&self) -> (usize, usize) {
+        (self.limiter.buckets(), self.failed_auth.sources())
+    }
+}
