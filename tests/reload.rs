@@ -59,7 +59,11 @@ async fn valid_changes_apply_under_load_and_invalid_ones_are_kept_out() {
         &[],
     );
     let t = cg.create_tenant("enterprise");
-    let (_, key) = cg.create_key(&t, &["viewer"]);
+    // Steady load needs more than the default 1000 requests per hour.
+    let (_, key) = cg.create_key_with(
+        &t,
+        serde_json::json!({"roles": ["viewer"], "rate_limit_per_minute": 1_000_000}),
+    );
 
     // Steady load on an existing route for the whole test.
     let stop = Arc::new(AtomicBool::new(false));

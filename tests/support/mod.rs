@@ -37,6 +37,8 @@ pub struct Seen {
 /// A recording upstream. Paths choose behaviour:
 /// `/slow/<ms>` answers after a delay, `/hang` never answers,
 /// `/sink` counts the body without keeping it, anything else answers 200.
+/// A request header `x-test-cost: V` makes the answer carry
+/// `X-CostOps-Cost-USD: V`, as a metered upstream would.
 /// Every answer carries `x-upstream: yes`, a hop-by-hop `Connection` token
 /// and a `keep-alive` header the proxy must strip.
 #[derive(Clone)]
@@ -90,6 +92,8 @@ async fn handle(
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
+    // `x-test-cost: V` asks for the cost header a metered upstream sends.
+    let cost = parts.headers.get("x-test-cost").cloned();
     let target = parts
         .uri
         .path_and_query()
@@ -127,7 +131,11 @@ async fn handle(
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
     }
-    let resp = Response::builder()
+    let mut resp = Response::builder();
+    if let Some(cost) = cost {
+        resp = resp.header("x-costops-cost-usd", cost);
+    }
+    let resp = resp
         .status(StatusCode::OK)
         .header("x-upstream", "yes")
         .header("connection", "x-upstream-private")
@@ -315,10 +323,18 @@ impl Sidecar {
 
     /// Creates a key with `roles` in `tenant`; returns (key id, secret).
     pub fn create_key(&self, tenant: &str, roles: &[&str]) -> (String, String) {
+        self.create_key_with(
+            tenant,
+            serde_json::json!({"description": "test", "roles": roles}),
+        )
+    }
+
+    /// Creates a key from a request body; returns (key id, secret).
+    pub fn create_key_with(&self, tenant: &str, request: serde_json::Value) -> (String, String) {
         let (status, body) = self.admin(
             "POST",
             &format!("/admin/v1/tenants/{tenant}/keys"),
-            Some(serde_json::json!({"description": "test", "roles": roles})),
+            Some(request),
         );
         assert_eq!(status, 201, "{body}");
         (
