@@ -24,6 +24,7 @@ use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::request_id;
 use crate::store::StoreError;
+use crate::throttle::Throttle;
 use auth::AdminAuth;
 use ops::{AdminOps, key_view};
 
@@ -88,6 +89,7 @@ struct Inner {
     ops: AdminOps,
     max_body: usize,
     access_log: Option<AccessLog>,
+    throttle: Throttle,
 }
 
 impl Admin {
@@ -98,6 +100,7 @@ impl Admin {
         ops: AdminOps,
         max_body: usize,
         access_log: Option<AccessLog>,
+        throttle: Throttle,
     ) -> Self {
         Self(Arc::new(Inner {
             readiness,
@@ -105,7 +108,22 @@ impl Admin {
             ops,
             max_body,
             access_log,
+            throttle,
         }))
+    }
+
+    /// `GET /metrics`: Prometheus text. Counts and sizes only, never an id
+    /// or a secret, so it needs no credential (the admin port is loopback
+    /// unless configured otherwise).
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let mut text = String::new();
+        self.0.throttle.metrics(&mut text);
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -278,6 +296,7 @@ impl Handler for Admin {
             .await
         {
             Some(resp) => resp,
+            None if req.method() == Method::GET && req.uri().path() == "/metrics" => self.metrics(),
             None => match self.route(req).await {
                 Ok(resp) => resp,
                 Err(e) => error::rescue(&Error::Admin(e), &request_id),

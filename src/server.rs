@@ -63,7 +63,10 @@ impl Server {
     /// Opens the store and binds both ports.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let policy = PolicyHandle::load(Source::Dir(config.policy.dir.clone()))?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
+            &config.store.path,
+            config.store.cache_bytes,
+        )?);
         let readiness = Readiness::new(store.clone(), policy.clone());
         let keys = ApiKeys::new(
             store.clone(),
@@ -121,6 +124,7 @@ impl Server {
             ops.clone(),
             config.admin.max_body_bytes,
             access_log.clone(),
+            throttle.clone(),
         );
         let admin = Listener::bind(
             "admin",

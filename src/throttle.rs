@@ -8,8 +8,10 @@
 //! credentials (429, no key lookup), and after the response it adds the
 //! cost the upstream reported to the tenant's and project's spend.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
@@ -55,6 +57,29 @@ pub struct Throttle {
     failed_auth: FailedAuth,
     usage: Usage,
     cost_header: Option<http::HeaderName>,
+    refused: Arc<Refused>,
+}
+
+/// Requests held back, by reason, since start (for `/metrics`).
+#[derive(Debug, Default)]
+struct Refused {
+    rate: AtomicU64,
+    quota: AtomicU64,
+    budget: AtomicU64,
+    auth_failures: AtomicU64,
+}
+
+impl Refused {
+    fn count(&self, limited: &Limited) {
+        let counter = match limited {
+            Limited::Rate(_) => &self.rate,
+            Limited::Quota(_) => &self.quota,
+            Limited::Budget(_) => &self.budget,
+            Limited::AuthFailures(_) => &self.auth_failures,
+            Limited::Unavailable(_) => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Throttle {
@@ -74,6 +99,7 @@ impl Throttle {
             rates: Arc::new(rates.clone()),
             usage,
             cost_header: budget.cost_header.clone(),
+            refused: Arc::default(),
         }
     }
 
@@ -106,6 +132,19 @@ impl Throttle {
     /// system admin's cross-tenant call); its budget applies. Returns the
     /// rate status for the response's headers.
     pub async fn admit(
+        &self,
+        auth: &Authenticated,
+        permit: &Permit,
+        target: Option<&Tenant>,
+    ) -> Result<Option<RateStatus>, Limited> {
+        let decision = self.decide(auth, permit, target).await;
+        if let Err(limited) = &decision {
+            self.refused.count(limited);
+        }
+        decision
+    }
+
+    async fn decide(
         &self,
         auth: &Authenticated,
         permit: &Permit,
@@ -204,8 +243,36 @@ impl Throttle {
         self.failed_auth.cleanup();
     }
 
-    /// Rate buckets and failed-authentication sources held.
-    pub fn state_size(&self) -> (usize, usize) {
-        (self.limiter.buckets(), self.failed_auth.sources())
+    /// The stage's Prometheus metrics (text exposition format).
+    pub fn metrics(&self, out: &mut String) {
+        let r = &*self.refused;
+        let _ = writeln!(
+            out,
+            "# HELP costguard_limited_requests_total Requests held back by the limits stage, by reason.\n\
+             # TYPE costguard_limited_requests_total counter"
+        );
+        for (reason, n) in [
+            ("rate_limited", &r.rate),
+            ("quota_exceeded", &r.quota),
+            ("budget_exceeded", &r.budget),
+            ("failed_auth_blocked", &r.auth_failures),
+        ] {
+            let _ = writeln!(
+                out,
+                "costguard_limited_requests_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP costguard_rate_limit_buckets Per-key rate-limit buckets held in memory.\n\
+             # TYPE costguard_rate_limit_buckets gauge\n\
+             costguard_rate_limit_buckets {}\n\
+             # HELP costguard_failed_auth_sources Client addresses tracked for failed authentications.\n\
+             # TYPE costguard_failed_auth_sources gauge\n\
+             costguard_failed_auth_sources {}",
+            self.limiter.buckets(),
+            self.failed_auth.sources()
+        );
     }
 }

@@ -280,6 +280,8 @@ pub struct StoreSection {
     pub backend: String,
     /// Directory of the embedded store.
     pub path: PathBuf,
+    /// Bytes of the embedded store's page cache (memory it may keep).
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreSection {
@@ -287,6 +289,7 @@ impl Default for StoreSection {
         Self {
             backend: "sled".into(),
             path: PathBuf::from("./costguard-data"),
+            cache_bytes: 64 << 20,
         }
     }
 }

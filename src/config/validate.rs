@@ -160,6 +160,8 @@ pub struct BudgetConfig {
 pub struct StoreConfig {
     /// Directory of the sled database.
     pub path: PathBuf,
+    /// Page cache bound.
+    pub cache_bytes: u64,
 }
 
 /// `[policy]`, validated.
@@ -405,6 +407,12 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     let store = StoreConfig {
         path: file.store.path.clone(),
+        cache_bytes: c.bounded(
+            "store.cache_bytes",
+            file.store.cache_bytes,
+            1 << 20,
+            1 << 40,
+        ),
     };
 
     if !file.policy.dir.is_dir() {

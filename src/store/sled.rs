@@ -65,11 +65,24 @@ fn tx_error(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
+/// The page cache unless configured: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 impl SledStore {
-    /// Opens (creating if needed) the store in `path`. Fails if another
-    /// process has it open.
+    /// Opens (creating if needed) the store in `path` with the default
+    /// page cache ([`DEFAULT_CACHE_BYTES`]). Fails if another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = ::sled::Config::new().path(path).open().map_err(backend)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes` (sled's
+    /// own default is 1 GiB, too much for a sidecar).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = ::sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(backend)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         Ok(Self {
             tenants: tree("tenants")?,
@@ -388,10 +401,7 @@ impl Store for SledStore {
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .map_err(|e: TransactionError<StoreError>| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => backend(e),
-            })?;
+            .map_err(tx_error)?;
         self.durable().await
     }
 
