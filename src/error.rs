@@ -238,8 +238,7 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             status.apply(resp.headers_mut());
         }
         Error::Limited(Limited::AuthFailures(blocked)) => {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(blocked.retry_after));
+            blocked.status().apply(resp.headers_mut());
         }
         _ => {}
     }

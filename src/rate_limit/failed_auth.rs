@@ -57,6 +57,7 @@ struct Inner {
     /// (N - 1) intervals: how far ahead of now a source may be.
     tolerance: Duration,
     max_sources: usize,
+    per_minute: u32,
 }
 
 /// A source that must wait.
@@ -64,6 +65,21 @@ struct Inner {
 pub struct Blocked {
     /// Seconds until it may try again (`Retry-After`).
     pub retry_after: u64,
+    /// Failures allowed per minute.
+    pub limit: u32,
+}
+
+impl Blocked {
+    /// The `RateLimit-*` view of the block (window: one minute).
+    pub fn status(&self) -> super::RateStatus {
+        super::RateStatus {
+            limit: self.limit,
+            remaining: 0,
+            reset: self.retry_after,
+            window: 60,
+            retry_after: Some(self.retry_after),
+        }
+    }
 }
 
 impl FailedAuth {
@@ -75,6 +91,7 @@ impl FailedAuth {
             interval,
             tolerance: interval * (per_minute.get() - 1),
             max_sources: max_sources.max(1),
+            per_minute: per_minute.get(),
         }))
     }
 
@@ -93,6 +110,7 @@ impl FailedAuth {
         let until = tat.checked_sub(self.0.tolerance)?;
         (until > now).then(|| Blocked {
             retry_after: ceil_secs(until - now).max(1),
+            limit: self.0.per_minute,
         })
     }
 
@@ -159,8 +177,8 @@ mod tests {
         assert_eq!(l.failed_at(a, t0), None);
         assert_eq!(l.failed_at(a, t0), None);
         assert!(l.check_at(a, t0).is_ok());
-        assert_eq!(l.failed_at(a, t0), Some(Blocked { retry_after: 20 }));
-        assert_eq!(l.check_at(a, t0), Err(Blocked { retry_after: 20 }));
+        assert_eq!(l.failed_at(a, t0), Some(Blocked { retry_after: 20, limit: 3 }));
+        assert_eq!(l.check_at(a, t0), Err(Blocked { retry_after: 20, limit: 3 }));
         assert!(
             l.check_at(ip("10.0.0.2"), t0).is_ok(),
             "other sources unaffected"
