@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Whole-proxy throughput and latency through the shared load harness
-# (../shared/bench/run.sh): costguard with API key authentication beside
-# nginx, haproxy and a bare hyper forwarder, in one interleaved run.
+# (../shared/bench/run.sh): costguard with API key authentication, policy
+# and limits beside nginx, haproxy and a bare hyper forwarder, in one
+# interleaved run; plus costguard with per-key rate limiting off
+# (`costguard-nolimits`; the daily quota is still counted, it is how usage
+# is counted) and with the JSON access log on (`costguard-accesslog`).
 #
 # It builds the release binaries, makes a store with one tenant and one
 # viewer key
@@ -35,7 +38,7 @@ TENANT=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: applicatio
   -d '{"organization_name":"Bench","admin_email":"bench@example.com","tier":"enterprise"}' \
   http://127.0.0.1:18189/admin/v1/tenants | python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant_id"])')
 KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-  -d '{"description":"bench","roles":["viewer"]}' \
+  -d '{"description":"bench","roles":["viewer"],"rate_limit_per_minute":1000000}' \
   http://127.0.0.1:18189/admin/v1/tenants/$TENANT/keys | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
 kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
 
@@ -48,10 +51,13 @@ args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-ke
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_LOG_FORMAT=json $BIN serve --config $CONFIG > /dev/null"
   --port 18092 --name costguard-accesslog
   --candidate "$TARGET/release/examples/bare_forwarder --listen 127.0.0.1:{PORT} --upstream http://{UPSTREAM}"
-  --port 18091 --name bare-hyper)
-# The access-log candidate needs its own store (sled allows one process per
+  --port 18091 --name bare-hyper
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store4 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_RATE_LIMIT_ENABLED=false $BIN serve --config $CONFIG"
+  --port 18094 --name costguard-nolimits)
+# The access-log and no-limits candidates need their own store (sled allows one process per
 # store): copy the one with the key.
 cp -r "$WORK/store" "$WORK/store2"
+cp -r "$WORK/store" "$WORK/store4"
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
     --port 18093 --name costguard-plain)

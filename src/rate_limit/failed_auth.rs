@@ -16,6 +16,7 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -52,6 +53,9 @@ pub struct FailedAuth(Arc<Inner>);
 struct Inner {
     /// Source → its theoretical arrival time.
     sources: DashMap<Source, Instant>,
+    /// `sources.len()`, kept beside it: DashMap's own `len` locks every
+    /// shard, and the pre-check runs on every authenticated request.
+    tracked: AtomicUsize,
     /// 60 s / N.
     interval: Duration,
     /// (N - 1) intervals: how far ahead of now a source may be.
@@ -88,6 +92,7 @@ impl FailedAuth {
         let interval = Duration::from_secs(60) / per_minute.get();
         Self(Arc::new(Inner {
             sources: DashMap::new(),
+            tracked: AtomicUsize::new(0),
             interval,
             tolerance: interval * (per_minute.get() - 1),
             max_sources: max_sources.max(1),
@@ -99,7 +104,9 @@ impl FailedAuth {
     fn source(&self, ip: IpAddr) -> Source {
         let this = &*self.0;
         let source = Source::of(ip);
-        if this.sources.len() >= this.max_sources && !this.sources.contains_key(&source) {
+        if this.tracked.load(Ordering::Relaxed) >= this.max_sources
+            && !this.sources.contains_key(&source)
+        {
             Source::Overflow
         } else {
             source
@@ -116,11 +123,15 @@ impl FailedAuth {
 
     /// Whether `ip` may attempt authentication now; called before any lookup.
     pub fn check(&self, ip: IpAddr) -> Result<(), Blocked> {
+        // Nothing tracked (the usual case): no clock read, no map read.
+        if self.0.tracked.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
         self.check_at(ip, Instant::now())
     }
 
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Blocked> {
-        if self.0.sources.is_empty() {
+        if self.0.tracked.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         let tat = self.0.sources.get(&self.source(ip)).map(|t| *t);
@@ -138,7 +149,10 @@ impl FailedAuth {
 
     fn failed_at(&self, ip: IpAddr, now: Instant) -> Option<Blocked> {
         let source = self.source(ip);
-        let mut tat = self.0.sources.entry(source).or_insert(now);
+        let mut tat = self.0.sources.entry(source).or_insert_with(|| {
+            self.0.tracked.fetch_add(1, Ordering::Relaxed);
+            now
+        });
         *tat = (*tat).max(now) + self.0.interval;
         let tat = *tat;
         self.blocked(tat, now)
@@ -149,11 +163,14 @@ impl FailedAuth {
         let now = Instant::now();
         self.0.sources.retain(|_, tat| *tat > now);
         self.0.sources.shrink_to_fit();
+        self.0
+            .tracked
+            .store(self.0.sources.len(), Ordering::Relaxed);
     }
 
     /// Sources currently tracked.
     pub fn sources(&self) -> usize {
-        self.0.sources.len()
+        self.0.tracked.load(Ordering::Relaxed)
     }
 }
 
