@@ -48,7 +48,10 @@ fn bench(c: &mut Criterion) {
     });
     let dyn_limiter: Arc<dyn RateLimiter> = Arc::new(LocalRateLimiter::default());
     g.bench_function("gcra_via_trait", |b| {
-        b.iter(|| rt.block_on(dyn_limiter.check(black_box(&one), rate)).unwrap())
+        b.iter(|| {
+            rt.block_on(dyn_limiter.check(black_box(&one), rate))
+                .unwrap()
+        })
     });
 
     let failed = FailedAuth::new(NonZeroU32::new(20).unwrap(), 100_000);
@@ -72,7 +75,10 @@ fn bench(c: &mut Criterion) {
     let tenant: Arc<str> = "org-1a2b3c4d".into();
     rt.block_on(usage.admit_request(&tenant, -1)).unwrap();
     g.bench_function("daily_quota_admit", |b| {
-        b.iter(|| rt.block_on(usage.admit_request(black_box(&tenant), -1)).unwrap())
+        b.iter(|| {
+            rt.block_on(usage.admit_request(black_box(&tenant), -1))
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod ops;
 pub mod requests;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::request_id;
 use crate::store::StoreError;
-use crate::throttle::Throttle;
+use crate::throttle::{self, Throttle};
 use auth::AdminAuth;
 use ops::{AdminOps, key_view};
 
@@ -64,6 +65,9 @@ pub enum ApiError {
     /// The store failed.
     #[error("store failure")]
     Store(#[source] StoreError),
+    /// Too many failed authentications from this address (429).
+    #[error(transparent)]
+    Limited(#[from] throttle::Limited),
 }
 
 impl ApiError {
@@ -126,7 +130,11 @@ impl Admin {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
         let path = req.uri().path().to_string();
         let Some(rest) = path.strip_prefix("/admin/v1/") else {
             return Err(ApiError::NoRoute);
@@ -141,7 +149,17 @@ impl Admin {
         if !allowed.split(", ").any(|m| m == req.method().as_str()) {
             return Err(ApiError::MethodNotAllowed(allowed));
         }
-        let caller = self.0.auth.caller(req.headers()).await?;
+        // Guessing admin tokens or keys here counts against the same
+        // failed-authentication limit as on the proxy port.
+        let throttle = &self.0.throttle;
+        throttle.before_authentication(client)?;
+        let caller = match self.0.auth.caller(req.headers()).await {
+            Ok(caller) => caller,
+            Err(e) => {
+                throttle.authentication_failed(client, &e);
+                return Err(e.into());
+            }
+        };
         let method = req.method().clone();
         let body = self.body(req).await?;
         let ops = &self.0.ops;
@@ -297,7 +315,7 @@ impl Handler for Admin {
         {
             Some(resp) => resp,
             None if req.method() == Method::GET && req.uri().path() == "/metrics" => self.metrics(),
-            None => match self.route(req).await {
+            None => match self.route(req, conn.peer.ip()).await {
                 Ok(resp) => resp,
                 Err(e) => error::rescue(&Error::Admin(e), &request_id),
             },

@@ -135,7 +135,7 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "unavailable",
             "authorization data cannot be read right now".into(),
         ),
-        Error::Limited(l) => match l {
+        Error::Limited(l) | Error::Admin(ApiError::Limited(l)) => match l {
             Limited::Rate(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -215,7 +215,9 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
                 "internal_error",
                 "the store failed; nothing was changed".into(),
             ),
-            ApiError::Authn(_) | ApiError::TooLarge => unreachable!("matched above"),
+            ApiError::Authn(_) | ApiError::TooLarge | ApiError::Limited(_) => {
+                unreachable!("matched above")
+            }
         },
     };
     if status.is_server_error() {
@@ -237,7 +239,8 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
         Error::Limited(Limited::Rate(status) | Limited::Quota(status)) => {
             status.apply(resp.headers_mut());
         }
-        Error::Limited(Limited::AuthFailures(blocked)) => {
+        Error::Limited(Limited::AuthFailures(blocked))
+        | Error::Admin(ApiError::Limited(Limited::AuthFailures(blocked))) => {
             blocked.status().apply(resp.headers_mut());
         }
         _ => {}

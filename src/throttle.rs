@@ -108,9 +108,11 @@ impl Throttle {
         if !self.rates.enabled {
             return Ok(());
         }
-        self.failed_auth
-            .check(client)
-            .map_err(Limited::AuthFailures)
+        self.failed_auth.check(client).map_err(|blocked| {
+            let limited = Limited::AuthFailures(blocked);
+            self.refused.count(&limited);
+            limited
+        })
     }
 
     /// Counts a failed authentication against its source.

@@ -125,6 +125,14 @@ async fn key_rate_is_exact_over_many_http1_connections() {
         "{h:?}"
     );
     assert_eq!(h["ratelimit-policy"], "50;w=60");
+    assert_eq!(
+        metric(
+            &cg,
+            "costguard_limited_requests_total{reason=\"rate_limited\"}"
+        )
+        .await,
+        30
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -591,4 +599,26 @@ async fn a_hundred_thousand_keys_keep_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("idle buckets dropped after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_credential_guessing_is_limited_too() {
+    let up = Upstream::start().await;
+    let cg = sidecar(&up, "[rate_limit]\nfailed_auth_per_minute = 3\n");
+    for _ in 0..3 {
+        let (status, body) =
+            cg.admin_call("GET", "/admin/v1/tenants", "not-the-admin-token-0123", None);
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, body) = cg.admin("GET", "/admin/v1/tenants", None);
+    assert_eq!(status, 429, "even the right token waits: {body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // The proxy port shares the address's count.
+    let resp = attempt(&cg, BAD_KEY, None);
+    assert_eq!(resp.status, 429);
+    let (_, _, metrics) = support::get(&format!("http://{}/metrics", cg.admin)).await;
+    assert!(
+        metrics.contains("costguard_limited_requests_total{reason=\"failed_auth_blocked\"} 2"),
+        "{metrics}"
+    );
 }

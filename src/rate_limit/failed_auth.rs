@@ -194,8 +194,20 @@ mod tests {
         assert_eq!(l.failed_at(a, t0), None);
         assert_eq!(l.failed_at(a, t0), None);
         assert!(l.check_at(a, t0).is_ok());
-        assert_eq!(l.failed_at(a, t0), Some(Blocked { retry_after: 20, limit: 3 }));
-        assert_eq!(l.check_at(a, t0), Err(Blocked { retry_after: 20, limit: 3 }));
+        assert_eq!(
+            l.failed_at(a, t0),
+            Some(Blocked {
+                retry_after: 20,
+                limit: 3
+            })
+        );
+        assert_eq!(
+            l.check_at(a, t0),
+            Err(Blocked {
+                retry_after: 20,
+                limit: 3
+            })
+        );
         assert!(
             l.check_at(ip("10.0.0.2"), t0).is_ok(),
             "other sources unaffected"
