@@ -166,3 +166,61 @@ fn design_sections_not_built_yet_are_accepted_with_a_warning() {
             .is_empty()
     );
 }
+
+#[test]
+fn rate_limits_and_budget_are_validated() {
+    let c = validate::validate(
+        parse(
+            "[rate_limit]\nfree = \"60/minute\"\nenterprise = \"unlimited\"\n[budget]\ncost_header = \"x-litellm-response-cost\"\n",
+        "t.toml",
+            &env(&[("COSTGUARD_RATE_LIMIT_STANDARD", "5/s")]),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let free = c
+        .rate_limit
+        .rate_for(None, crate::model::Tier::Free)
+        .unwrap();
+    assert_eq!((free.limit.get(), free.period.as_secs()), (60, 60));
+    let standard = c
+        .rate_limit
+        .rate_for(None, crate::model::Tier::Standard)
+        .unwrap();
+    assert_eq!((standard.limit.get(), standard.period.as_secs()), (5, 1));
+    assert!(
+        c.rate_limit
+            .rate_for(None, crate::model::Tier::Enterprise)
+            .is_none()
+    );
+    let own = c
+        .rate_limit
+        .rate_for(Some(7), crate::model::Tier::Enterprise)
+        .unwrap();
+    assert_eq!(
+        (own.limit.get(), own.period.as_secs()),
+        (7, 60),
+        "a key's own rate wins"
+    );
+    assert_eq!(c.budget.cost_header.unwrap(), "x-litellm-response-cost");
+
+    let err = validate::validate(
+        parse(
+            "[rate_limit]\nfree = \"lots\"\nstandard = \"0/minute\"\nburst_percent = 0\nfailed_auth_per_minute = 0\n[budget]\ncost_header = \"bad header\"\n",
+            "t.toml",
+            &Env::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "rate_limit.free",
+        "rate_limit.standard",
+        "rate_limit.burst_percent",
+        "rate_limit.failed_auth_per_minute",
+        "budget.cost_header",
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+}
