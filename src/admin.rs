@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::access_log::{AccessLog, LoggedBody};
+use crate::audit::{Audit, Durability, Event};
 use crate::authn::AuthnError;
 use crate::error::{self, Error, json_response};
 use crate::forward::headers::X_REQUEST_ID;
@@ -68,6 +69,9 @@ pub enum ApiError {
     /// Too many failed authentications from this address (429).
     #[error(transparent)]
     Limited(#[from] throttle::Limited),
+    /// The action could not be recorded in the audit log (503).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl ApiError {
@@ -94,6 +98,7 @@ struct Inner {
     max_body: usize,
     access_log: Option<AccessLog>,
     throttle: Throttle,
+    audit: Option<Audit>,
 }
 
 impl Admin {
@@ -105,6 +110,7 @@ impl Admin {
         max_body: usize,
         access_log: Option<AccessLog>,
         throttle: Throttle,
+        audit: Option<Audit>,
     ) -> Self {
         Self(Arc::new(Inner {
             readiness,
@@ -113,6 +119,7 @@ impl Admin {
             max_body,
             access_log,
             throttle,
+            audit,
         }))
     }
 
@@ -122,6 +129,9 @@ impl Admin {
     fn metrics(&self) -> Response<Full<Bytes>> {
         let mut text = String::new();
         self.0.throttle.metrics(&mut text);
+        if let Some(audit) = &self.0.audit {
+            audit.metrics(&mut text);
+        }
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -134,6 +144,7 @@ impl Admin {
         &self,
         req: Request<Incoming>,
         client: IpAddr,
+        request_id: &http::HeaderValue,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let path = req.uri().path().to_string();
         let Some(rest) = path.strip_prefix("/admin/v1/") else {
@@ -153,38 +164,153 @@ impl Admin {
         // failed-authentication limit as on the proxy port.
         let throttle = &self.0.throttle;
         throttle.before_authentication(client)?;
+        let audited = AdminFacts {
+            client,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            method: req.method().clone(),
+            path: path.clone(),
+        };
         let caller = match self.0.auth.caller(req.headers()).await {
             Ok(caller) => caller,
             Err(e) => {
                 throttle.authentication_failed(client, &e);
+                if e.is_bad_credential() {
+                    self.audit_denied(&audited, &e).await;
+                }
                 return Err(e.into());
             }
         };
         let method = req.method().clone();
         let body = self.body(req).await?;
-        let ops = &self.0.ops;
-        let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
-        let created = |v: Value| Ok(json_response(StatusCode::CREATED, &v));
-        match (method, segments.as_slice()) {
-            (Method::POST, ["tenants"]) => {
-                created(json!(ops.create_tenant(&caller, parse(&body)?).await?))
+        let result = self.dispatch(&caller, &method, &segments, &body).await;
+        if method != Method::GET {
+            self.audit_action(&audited, &caller, &segments, &body, &result)
+                .await?;
+        }
+        let (status, value) = result?;
+        Ok(json_response(status, &value))
+    }
+
+    /// Records a refused admin credential.
+    async fn audit_denied(&self, facts: &AdminFacts, e: &AuthnError) {
+        let Some(audit) = &self.0.audit else { return };
+        let (_, code, _) = error::authn(e);
+        let event = Event {
+            event_type: "security.access_denied",
+            details: json!({
+                "action": format!("{} {}", facts.method, facts.path),
+                "decision": "deny",
+                "reason": code,
+                "port": "admin",
+            }),
+            ..facts.event()
+        };
+        if let Err(e) = audit.record(event, Durability::Written).await {
+            tracing::error!(error = %e, "Refused admin credential not recorded in the audit log.");
+        }
+    }
+
+    /// Records an admin mutation, successful or not: actor, target, what
+    /// changed. A successful one is on disk before its 2xx goes out; if it
+    /// cannot be recorded the caller gets 503 (the change itself stands).
+    async fn audit_action(
+        &self,
+        facts: &AdminFacts,
+        caller: &auth::Caller,
+        segments: &[&str],
+        body: &Bytes,
+        result: &Result<(StatusCode, Value), ApiError>,
+    ) -> Result<(), ApiError> {
+        let Some(audit) = &self.0.audit else {
+            return Ok(());
+        };
+        let (status, outcome) = match result {
+            Ok((status, _)) => (*status, "success"),
+            Err(e) => (error::classify_admin(e).0, "failure"),
+        };
+        let created = result.as_ref().ok().map(|(_, v)| v);
+        let tenant = segments
+            .get(1)
+            .map(|t| t.to_string())
+            .or_else(|| created.and_then(|v| v["tenant_id"].as_str().map(str::to_string)))
+            .unwrap_or_default();
+        // What changed: the request body (admin bodies never carry a
+        // secret) and the ids the response names (never the key it returns).
+        let changes: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let mut target = serde_json::Map::new();
+        if let Some(v) = created {
+            for id in ["tenant_id", "key_id", "project_id", "user_id", "name"] {
+                if let Some(x) = v.get(id).filter(|x| x.is_string()) {
+                    target.insert(id.to_string(), x.clone());
+                }
             }
-            (Method::GET, ["tenants"]) => ok(json!({"tenants": ops.list_tenants(&caller).await?})),
-            (Method::GET, ["tenants", t]) => ok(json!(ops.get_tenant(&caller, t).await?)),
+        }
+        let kinds = admin_event_types(&facts.method, segments, status, &changes);
+        let mut events = Vec::new();
+        for event_type in kinds {
+            events.push(Event {
+                event_type,
+                tenant_id: tenant.clone(),
+                details: json!({
+                    "action": format!("{} {}", facts.method, facts.path),
+                    "actor": caller.actor(),
+                    "target": target,
+                    "changes": changes,
+                    "outcome": outcome,
+                    "status": status.as_u16(),
+                    "error": result.as_ref().err().map(|e| error::classify_admin(e).1),
+                }),
+                ..facts.event_as(caller)
+            });
+        }
+        let durability = if outcome == "success" {
+            Durability::Synced
+        } else {
+            Durability::Written
+        };
+        for event in events {
+            audit.record(event, durability).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one admin operation.
+    async fn dispatch(
+        &self,
+        caller: &auth::Caller,
+        method: &Method,
+        segments: &[&str],
+        body: &Bytes,
+    ) -> Result<(StatusCode, Value), ApiError> {
+        let ops = &self.0.ops;
+        let caller = caller;
+        let ok = |v: Value| Ok((StatusCode::OK, v));
+        let created = |v: Value| Ok((StatusCode::CREATED, v));
+        match (method.clone(), segments) {
+            (Method::POST, ["tenants"]) => {
+                created(json!(ops.create_tenant(caller, parse(body)?).await?))
+            }
+            (Method::GET, ["tenants"]) => ok(json!({"tenants": ops.list_tenants(caller).await?})),
+            (Method::GET, ["tenants", t]) => ok(json!(ops.get_tenant(caller, t).await?)),
             (Method::PATCH, ["tenants", t]) => {
-                ok(json!(ops.patch_tenant(&caller, t, parse(&body)?).await?))
+                ok(json!(ops.patch_tenant(caller, t, parse(body)?).await?))
             }
             (Method::DELETE, ["tenants", t]) => {
-                ops.delete_tenant(&caller, t).await?;
+                ops.delete_tenant(caller, t).await?;
                 ok(json!({"tenant_id": t, "deleted": true}))
             }
             (Method::POST, ["tenants", t, "keys"]) => {
-                let (key, secret) = ops.create_key(&caller, t, parse(&body)?).await?;
+                let (key, secret) = ops.create_key(caller, t, parse(body)?).await?;
                 created(with_secret(key_view(&key), secret))
             }
             (Method::GET, ["tenants", t, "keys"]) => {
                 let keys: Vec<Value> = ops
-                    .list_keys(&caller, t)
+                    .list_keys(caller, t)
                     .await?
                     .iter()
                     .map(key_view)
@@ -192,21 +318,21 @@ impl Admin {
                 ok(json!({"keys": keys}))
             }
             (Method::DELETE, ["tenants", t, "keys", k]) => {
-                ok(key_view(&ops.revoke_key(&caller, t, k).await?))
+                ok(key_view(&ops.revoke_key(caller, t, k).await?))
             }
             (Method::POST, ["tenants", t, "keys", k, "rotate"]) => {
-                let body = parse(&body)?;
-                let (key, secret) = ops.rotate_key(&caller, t, k, body).await?;
+                let body = parse(body)?;
+                let (key, secret) = ops.rotate_key(caller, t, k, body).await?;
                 ok(with_secret(key_view(&key), secret))
             }
             (Method::POST, ["tenants", t, "projects"]) => {
-                created(json!(ops.create_project(&caller, t, parse(&body)?).await?))
+                created(json!(ops.create_project(caller, t, parse(body)?).await?))
             }
             (Method::GET, ["tenants", t, "projects"]) => {
-                ok(json!({"projects": ops.list_projects(&caller, t).await?}))
+                ok(json!({"projects": ops.list_projects(caller, t).await?}))
             }
             (Method::PUT, ["tenants", t, "users", u]) => {
-                let (user, was_created) = ops.put_user(&caller, t, u, parse(&body)?).await?;
+                let (user, was_created) = ops.put_user(caller, t, u, parse(body)?).await?;
                 if was_created {
                     created(json!(user))
                 } else {
@@ -214,21 +340,21 @@ impl Admin {
                 }
             }
             (Method::GET, ["tenants", t, "users"]) => {
-                ok(json!({"users": ops.list_users(&caller, t).await?}))
+                ok(json!({"users": ops.list_users(caller, t).await?}))
             }
             (Method::DELETE, ["tenants", t, "users", u]) => {
-                ops.delete_user(&caller, t, u).await?;
+                ops.delete_user(caller, t, u).await?;
                 ok(json!({"user_id": u, "deleted": true}))
             }
-            (Method::GET, ["tenants", t, "usage"]) => ok(ops.usage(&caller, t).await?),
+            (Method::GET, ["tenants", t, "usage"]) => ok(ops.usage(caller, t).await?),
             (Method::GET, ["tenants", t, "roles"]) => {
-                ok(json!({"roles": ops.list_roles(&caller, t).await?}))
+                ok(json!({"roles": ops.list_roles(caller, t).await?}))
             }
             (Method::GET, ["tenants", t, "roles", r]) => {
-                ok(json!(ops.get_role(&caller, t, r).await?))
+                ok(json!(ops.get_role(caller, t, r).await?))
             }
             (Method::PUT, ["tenants", t, "roles", r]) => {
-                let (role, was_created) = ops.put_role(&caller, t, r, parse(&body)?).await?;
+                let (role, was_created) = ops.put_role(caller, t, r, parse(body)?).await?;
                 if was_created {
                     created(json!(role))
                 } else {
@@ -236,7 +362,7 @@ impl Admin {
                 }
             }
             (Method::DELETE, ["tenants", t, "roles", r]) => {
-                ops.delete_role(&caller, t, r).await?;
+                ops.delete_role(caller, t, r).await?;
                 ok(json!({"name": r, "deleted": true}))
             }
             _ => Err(ApiError::NoRoute),
@@ -315,7 +441,7 @@ impl Handler for Admin {
         {
             Some(resp) => resp,
             None if req.method() == Method::GET && req.uri().path() == "/metrics" => self.metrics(),
-            None => match self.route(req, conn.peer.ip()).await {
+            None => match self.route(req, conn.peer.ip(), &request_id).await {
                 Ok(resp) => resp,
                 Err(e) => error::rescue(&Error::Admin(e), &request_id),
             },
@@ -323,5 +449,74 @@ impl Handler for Admin {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status();
         resp.map(|body| LoggedBody::new(body, entry, status))
+    }
+}
+
+/// The request facts an admin audit record carries.
+struct AdminFacts {
+    client: IpAddr,
+    user_agent: String,
+    request_id: String,
+    method: Method,
+    path: String,
+}
+
+impl AdminFacts {
+    fn event(&self) -> Event {
+        Event {
+            ip_address: self.client.to_string(),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+            ..Event::default()
+        }
+    }
+
+    fn event_as(&self, caller: &auth::Caller) -> Event {
+        Event {
+            user_id: caller.actor(),
+            ..self.event()
+        }
+    }
+}
+
+/// The audit event types of an admin mutation (design.md's names). A user
+/// PUT with roles is also a `role.assigned`.
+fn admin_event_types(
+    method: &Method,
+    segments: &[&str],
+    status: StatusCode,
+    changes: &Value,
+) -> Vec<&'static str> {
+    let one = |t: &'static str| vec![t];
+    match (method.as_str(), segments) {
+        ("POST", ["tenants"]) => one("tenant.created"),
+        ("PATCH", ["tenants", _]) => {
+            if changes["status"] == "suspended" {
+                one("tenant.suspended")
+            } else {
+                one("tenant.updated")
+            }
+        }
+        ("DELETE", ["tenants", _]) => one("tenant.deleted"),
+        ("POST", ["tenants", _, "keys"]) => one("apikey.created"),
+        ("DELETE", ["tenants", _, "keys", _]) => one("apikey.revoked"),
+        ("POST", ["tenants", _, "keys", _, "rotate"]) => one("apikey.rotated"),
+        ("POST", ["tenants", _, "projects"]) => one("project.created"),
+        ("PUT", ["tenants", _, "users", _]) => {
+            let user = if status == StatusCode::CREATED {
+                "user.created"
+            } else {
+                "user.updated"
+            };
+            if changes.get("roles").is_some_and(|r| r.is_array()) {
+                vec![user, "role.assigned"]
+            } else {
+                vec![user]
+            }
+        }
+        ("DELETE", ["tenants", _, "users", _]) => one("user.deleted"),
+        ("PUT", ["tenants", _, "roles", _]) => one("role.defined"),
+        ("DELETE", ["tenants", _, "roles", _]) => one("role.deleted"),
+        _ => one("admin.action"),
     }
 }

@@ -20,8 +20,8 @@ use toml::{Table, Value};
 
 pub use file::FileConfig;
 pub use validate::{
-    AdminConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat, PolicyConfig,
-    ProxyConfig, RateLimitConfig, StoreConfig, UpstreamTarget,
+    AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
+    PolicyConfig, ProxyConfig, RateLimitConfig, StoreConfig, UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

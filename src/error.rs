@@ -45,6 +45,9 @@ pub enum Error {
     /// An admin API request failed.
     #[error(transparent)]
     Admin(#[from] ApiError),
+    /// The audit log could not record the request (fail closed).
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// `WWW-Authenticate` for a request without a credential, and for one with
@@ -53,7 +56,8 @@ static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"costgua
 static CHALLENGE_INVALID: HeaderValue =
     HeaderValue::from_static("Bearer realm=\"costguard\", error=\"invalid_token\"");
 
-fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
+/// The status, code and message of an authentication failure.
+pub fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
     use AuthnError as A;
     match e {
         A::Missing => (
@@ -99,23 +103,19 @@ fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
     }
 }
 
-/// Turns an error into its response, logging the cause.
-pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+/// The status, stable code and client-facing message of an error.
+pub fn classify(err: &Error) -> (StatusCode, &'static str, Cow<'_, str>) {
     use ForwardError as F;
-    let (status, code, message): (StatusCode, &str, Cow<'_, str>) = match err {
+    match err {
         Error::TooLarge(TooLarge::Headers { .. }) => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             "request headers are too large".into(),
         ),
-        Error::TooLarge(TooLarge::Body { .. })
-        | Error::Forward(F::BodyTooLarge { .. })
-        | Error::Admin(ApiError::TooLarge) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body is too large".into(),
-        ),
-        Error::Authn(e) | Error::Admin(ApiError::Authn(e)) => {
+        Error::TooLarge(TooLarge::Body { .. }) | Error::Forward(F::BodyTooLarge { .. }) => {
+            BODY_TOO_LARGE
+        }
+        Error::Authn(e) => {
             let (status, code, message) = authn(e);
             (status, code, message.into())
         }
@@ -135,33 +135,7 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "unavailable",
             "authorization data cannot be read right now".into(),
         ),
-        Error::Limited(l) | Error::Admin(ApiError::Limited(l)) => match l {
-            Limited::Rate(_) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "the API key's rate limit is reached; retry after the time in Retry-After".into(),
-            ),
-            Limited::AuthFailures(_) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many failed authentication attempts from this address; retry after the time in Retry-After".into(),
-            ),
-            Limited::Quota(_) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                "the tenant's daily request quota is used up; it starts again at 00:00 UTC".into(),
-            ),
-            Limited::Budget(scope) => (
-                StatusCode::PAYMENT_REQUIRED,
-                "budget_exceeded",
-                format!("the {scope}'s budget for this month is spent").into(),
-            ),
-            Limited::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "limits cannot be checked right now".into(),
-            ),
-        },
+        Error::Limited(l) => limited(l),
         Error::Forward(F::BadRequest(why)) => {
             (StatusCode::BAD_REQUEST, "bad_request", (*why).into())
         }
@@ -185,41 +159,111 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             "upstream_timeout",
             "the upstream service did not respond in time".into(),
         ),
-        Error::Admin(e) => match e {
-            ApiError::BadRequest(m) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                m.as_str().into(),
-            ),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str().into()),
-            ApiError::TenantMismatch => (
-                StatusCode::FORBIDDEN,
-                "tenant_mismatch",
-                "the caller belongs to another tenant".into(),
-            ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str().into()),
-            ApiError::NoRoute => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint".into(),
-            ),
-            ApiError::MethodNotAllowed(_) => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this endpoint".into(),
-            ),
-            ApiError::LimitReached(m) => (StatusCode::CONFLICT, "limit_reached", m.as_str().into()),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str().into()),
-            ApiError::Store(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the store failed; nothing was changed".into(),
-            ),
-            ApiError::Authn(_) | ApiError::TooLarge | ApiError::Limited(_) => {
-                unreachable!("matched above")
-            }
-        },
-    };
+        Error::Admin(e) => classify_admin(e),
+        Error::Audit(_) => AUDIT_UNAVAILABLE,
+    }
+}
+
+fn limited(l: &Limited) -> (StatusCode, &'static str, Cow<'_, str>) {
+    match l {
+        Limited::Rate(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "the API key's rate limit is reached; retry after the time in Retry-After".into(),
+        ),
+        Limited::AuthFailures(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed authentication attempts from this address; retry after the time in Retry-After".into(),
+        ),
+        Limited::Quota(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            "the tenant's daily request quota is used up; it starts again at 00:00 UTC".into(),
+        ),
+        Limited::Budget(scope) => (
+            StatusCode::PAYMENT_REQUIRED,
+            "budget_exceeded",
+            format!("the {scope}'s budget for this month is spent").into(),
+        ),
+        Limited::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "limits cannot be checked right now".into(),
+        ),
+    }
+}
+
+/// The status, code and message of an admin API error.
+pub fn classify_admin(e: &ApiError) -> (StatusCode, &'static str, Cow<'_, str>) {
+    match e {
+        ApiError::BadRequest(m) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            m.as_str().into(),
+        ),
+        ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.as_str().into()),
+        ApiError::TenantMismatch => (
+            StatusCode::FORBIDDEN,
+            "tenant_mismatch",
+            "the caller belongs to another tenant".into(),
+        ),
+        ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.as_str().into()),
+        ApiError::NoRoute => (
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint".into(),
+        ),
+        ApiError::MethodNotAllowed(_) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this endpoint".into(),
+        ),
+        ApiError::LimitReached(m) => (StatusCode::CONFLICT, "limit_reached", m.as_str().into()),
+        ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str().into()),
+        ApiError::Store(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the store failed; nothing was changed".into(),
+        ),
+        ApiError::Audit(_) => AUDIT_UNAVAILABLE,
+        ApiError::TooLarge => BODY_TOO_LARGE,
+        ApiError::Limited(l) => limited(l),
+        ApiError::Authn(e) => {
+            let (status, code, message) = authn(e);
+            (status, code, message.into())
+        }
+    }
+}
+
+const BODY_TOO_LARGE: (StatusCode, &str, Cow<'_, str>) = (
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "body_too_large",
+    Cow::Borrowed("request body is too large"),
+);
+
+const AUDIT_UNAVAILABLE: (StatusCode, &str, Cow<'_, str>) = (
+    StatusCode::SERVICE_UNAVAILABLE,
+    "audit_unavailable",
+    Cow::Borrowed("the audit log cannot be written right now"),
+);
+
+/// Whether the error is an access decision (a denial the audit log
+/// records), rather than a failure after the request was allowed.
+pub fn is_denial(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::TooLarge(_)
+            | Error::Authn(_)
+            | Error::BadTarget(_)
+            | Error::Authz(AuthzOutcome::Denied(_))
+            | Error::Limited(_)
+    )
+}
+
+/// Turns an error into its response, logging the cause.
+pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    let (status, code, message) = classify(err);
     if status.is_server_error() {
         tracing::warn!(request_id = ?request_id, error = %ErrorChain(err), "Request failed.");
     } else {

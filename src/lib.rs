@@ -51,6 +51,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod config;

@@ -11,7 +11,9 @@
 //!              any stage error → error::rescue → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
-//! Audit slots in beside the decision as its issue lands.
+//! Every decision is recorded in the audit log: an allowed request's record
+//! is written before it is forwarded (no request reaches the upstream
+//! unrecorded; an unwritable log is 503), a denial's before it is answered.
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
+use crate::audit::{Audit, Event};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -49,7 +52,70 @@ struct Inner {
     authn: Authenticator,
     authz: Authz,
     throttle: Throttle,
+    audit: Option<Audit>,
     access_log: Option<AccessLog>,
+}
+
+/// What the pipeline learned about a request, for its audit record.
+#[derive(Debug, Default)]
+struct Trail {
+    client: Option<std::net::IpAddr>,
+    principal: Option<Arc<Principal>>,
+    route: Option<Arc<str>>,
+    permission: Option<&'static str>,
+}
+
+/// The request as the audit record shows it (captured before the body is
+/// handed on): never the query string, never a credential.
+#[derive(Debug)]
+struct Facts {
+    method: String,
+    path: String,
+    user_agent: String,
+}
+
+impl Facts {
+    fn of(req: &Request<Incoming>) -> Self {
+        Self {
+            method: req.method().as_str().to_string(),
+            path: req.uri().path().to_string(),
+            user_agent: req
+                .headers()
+                .get(http::header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn event(
+        &self,
+        event_type: &'static str,
+        trail: &Trail,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        outcome: serde_json::Value,
+    ) -> Event {
+        let p = trail.principal.as_deref();
+        let mut details = serde_json::json!({
+            "method": self.method,
+            "path": self.path,
+            "route": trail.route.as_deref(),
+            "permission": trail.permission,
+            "auth_method": p.map(|p| p.method.as_str()),
+        });
+        if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), outcome) {
+            d.extend(extra);
+        }
+        Event {
+            event_type,
+            user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
+            tenant_id: p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),
+            details,
+            ip_address: trail.client.unwrap_or(conn.peer.ip()).to_string(),
+            user_agent: self.user_agent.clone(),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        }
+    }
 }
 
 impl Proxy {
@@ -60,6 +126,7 @@ impl Proxy {
         authn: Authenticator,
         authz: Authz,
         throttle: Throttle,
+        audit: Option<Audit>,
         access_log: Option<AccessLog>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -74,6 +141,7 @@ impl Proxy {
             authn,
             authz,
             throttle,
+            audit,
             access_log,
         }))
     }
@@ -85,6 +153,8 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
+        facts: Option<&Facts>,
+        trail: &mut Trail,
     ) -> Result<Response<ResponseBody>, Error> {
         let this = &*self.0;
         // Probes are answered here and never reach the upstream.
@@ -95,7 +165,17 @@ impl Proxy {
         crate::limits::check(req.headers(), &this.limits)?;
         // One reading of the target, or 400: what is checked is forwarded.
         authz::check_target(&req)?;
-        let (permit, rate) = self.decide(&req, conn).await?;
+        let (permit, rate) = self.decide(&req, conn, trail).await?;
+        if let (Some(audit), Some(facts)) = (&this.audit, facts) {
+            let event = facts.event(
+                "request.allowed",
+                trail,
+                conn,
+                request_id,
+                serde_json::json!({"decision": "allow"}),
+            );
+            audit.record_request(event).await?;
+        }
         let upstream_req = forward::prepare(
             req,
             conn,
@@ -122,11 +202,18 @@ impl Proxy {
         &self,
         req: &Request<Incoming>,
         conn: &ConnInfo,
+        trail: &mut Trail,
     ) -> Result<(Permit, Option<RateStatus>), Error> {
         let this = &*self.0;
         let policy = this.authz.policy();
         let (method, path) = (req.method(), req.uri().path());
         let matched = policy.enforce.find(method, path);
+        if let Some(m) = &matched {
+            trail.route = Some(m.route.origin.clone());
+            if let Access::Permission(p) = m.route.access {
+                trail.permission = Some(p.as_str());
+            }
+        }
         if let Some(m) = &matched
             && m.route.access == Access::Public
         {
@@ -141,6 +228,7 @@ impl Proxy {
         }
         // A source out of attempts is refused before any key lookup.
         let client = this.hygiene.client_ip(conn.peer.ip(), req.headers());
+        trail.client = Some(client);
         this.throttle.before_authentication(client)?;
         // Who is calling: exactly one valid credential, or 401.
         let auth = match this.authn.authenticate(req.headers()).await {
@@ -151,6 +239,7 @@ impl Proxy {
             }
         };
         let principal = &auth.principal;
+        trail.principal = Some(principal.clone());
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
             Some(m) => this
@@ -227,9 +316,36 @@ impl Handler for Proxy {
             .access_log
             .as_ref()
             .map(|log| log.entry("proxy", &req, &request_id, conn.peer.ip()));
-        let mut resp = match self.stages(req, conn, &request_id).await {
+        let facts = self.0.audit.as_ref().map(|_| Facts::of(&req));
+        let mut trail = Trail::default();
+        let mut resp = match self
+            .stages(req, conn, &request_id, facts.as_ref(), &mut trail)
+            .await
+        {
             Ok(resp) => resp,
-            Err(e) => error::rescue(&e, &request_id).map(Either::Right),
+            Err(e) => {
+                if let (Some(audit), Some(facts)) = (&self.0.audit, &facts)
+                    && error::is_denial(&e)
+                {
+                    let (status, code, _) = error::classify(&e);
+                    let event = facts.event(
+                        "security.access_denied",
+                        &trail,
+                        conn,
+                        &request_id,
+                        serde_json::json!({
+                            "decision": "deny",
+                            "reason": code,
+                            "status": status.as_u16(),
+                        }),
+                    );
+                    // The denial stands whether or not it could be recorded.
+                    if let Err(audit_error) = audit.record_request(event).await {
+                        tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
+                    }
+                }
+                error::rescue(&e, &request_id).map(Either::Right)
+            }
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status();

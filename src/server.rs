@@ -15,6 +15,8 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
+use crate::audit::Audit;
+use crate::audit::writer::{self, WriterConfig};
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
 use crate::authz::Authz;
@@ -42,6 +44,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[source] std::io::Error),
 }
 
 /// A started server: store open, both ports bound, not yet serving.
@@ -52,6 +57,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     usage: Usage,
     throttle: Throttle,
+    audit: Option<Audit>,
     ops: AdminOps,
     policy: Arc<PolicyHandle>,
     reload_interval: Duration,
@@ -79,6 +85,23 @@ impl Server {
             config.auth.key_cache_capacity,
             config.auth.key_cache_ttl,
         );
+        let audit = if config.audit.enabled {
+            let key = writer::load_or_create_key(&config.audit.hmac_key_file)
+                .map_err(StartError::Audit)?;
+            let (audit, _writer) = writer::start(WriterConfig {
+                dir: config.audit.dir.clone(),
+                key,
+                max_file_bytes: config.audit.max_file_bytes,
+                rotate_interval: config.audit.rotate_interval,
+                capacity: config.audit.channel_capacity,
+                stdout: config.audit.stdout,
+                fail_open: config.audit.fail_open,
+            })
+            .map_err(StartError::Audit)?;
+            Some(audit)
+        } else {
+            None
+        };
         let usage = Usage::new(store.clone());
         let throttle = Throttle::new(
             Arc::new(LocalRateLimiter::default()),
@@ -103,6 +126,7 @@ impl Server {
             Authenticator::new(keys.clone()),
             authz.clone(),
             throttle.clone(),
+            audit.clone(),
             access_log.clone(),
         );
         let proxy = Listener::bind(
@@ -125,6 +149,7 @@ impl Server {
             config.admin.max_body_bytes,
             access_log.clone(),
             throttle.clone(),
+            audit.clone(),
         );
         let admin = Listener::bind(
             "admin",
@@ -141,6 +166,7 @@ impl Server {
             store,
             usage,
             throttle,
+            audit,
             ops,
             policy,
             reload_interval: config.policy.reload_interval,
@@ -180,7 +206,11 @@ impl Server {
     /// in-flight request finished within the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let flusher = tokio::spawn(self.usage.clone().run_flusher(Duration::from_secs(1)));
-        let watcher = tokio::spawn(self.policy.clone().watch(self.reload_interval));
+        let watcher = tokio::spawn(
+            self.policy
+                .clone()
+                .watch(self.reload_interval, self.audit.clone()),
+        );
         let janitor = tokio::spawn(cleanup(self.throttle.clone()));
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);

@@ -137,7 +137,8 @@ impl PolicyHandle {
     }
 
     /// Checks the files every `interval` and on SIGHUP, until dropped.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    /// Applied and rejected changes are recorded in the audit log.
+    pub async fn watch(self: Arc<Self>, interval: Duration, audit: Option<crate::audit::Audit>) {
         if matches!(self.source, Source::BuiltIn) {
             return;
         }
@@ -158,7 +159,28 @@ impl PolicyHandle {
             };
             // Reading a few small files: cheap, but off the async workers.
             let this = self.clone();
-            let _ = tokio::task::spawn_blocking(move || this.reload(forced)).await;
+            let rejected_before = self.rejected.load(Ordering::Relaxed);
+            let outcome = tokio::task::spawn_blocking(move || this.reload(forced)).await;
+            let Some(audit) = &audit else { continue };
+            let event = match outcome {
+                Ok(Reloaded::Applied) => crate::audit::Event::new(
+                    "policy.reloaded",
+                    json!({"files": self.current.load().files, "forced": forced}),
+                ),
+                Ok(Reloaded::Rejected(e))
+                    if self.rejected.load(Ordering::Relaxed) != rejected_before =>
+                {
+                    let problems: Vec<String> = e.0.iter().map(|p| p.to_string()).collect();
+                    crate::audit::Event::new(
+                        "policy.rejected",
+                        json!({"problems": problems, "kept": "the previous policy stays in force"}),
+                    )
+                }
+                _ => continue,
+            };
+            if let Err(e) = audit.record(event, crate::audit::Durability::Synced).await {
+                tracing::error!(error = %e, "Policy change not recorded in the audit log.");
+            }
         }
     }
 }

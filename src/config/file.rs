@@ -32,10 +32,8 @@ pub struct FileConfig {
     pub policy: PolicySection,
     /// Logging.
     pub log: LogSection,
-    /// `[audit]` (design.md): accepted so a configuration written for the
-    /// full contract starts, but not implemented in this build (warned).
-    #[serde(skip_serializing)]
-    pub audit: Option<toml::Value>,
+    /// The audit log.
+    pub audit: AuditSection,
     /// `[[sso.oidc]]` / `[[sso.saml]]` (design.md): likewise, warned.
     #[serde(skip_serializing)]
     pub sso: Option<toml::Value>,
@@ -268,6 +266,47 @@ impl Default for BudgetSection {
     fn default() -> Self {
         Self {
             cost_header: "X-CostOps-Cost-USD".into(),
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditSection {
+    /// Write the audit log. Off: no record is written (and none is asked for).
+    pub enabled: bool,
+    /// Directory of the JSON-lines files. Empty: `audit` under `store.path`.
+    pub dir: PathBuf,
+    /// The HMAC key that signs the log's head (a Kubernetes secret in
+    /// production; at least 16 characters). Empty: `audit-hmac.key` under
+    /// `store.path`, created on first start.
+    pub hmac_key_file: PathBuf,
+    /// A new file starts before one would pass this size, in bytes.
+    pub max_file_bytes: u64,
+    /// A new file starts after this long.
+    #[serde(with = "duration")]
+    pub rotate_interval: Duration,
+    /// Records queued for the writer before requests wait for it.
+    pub channel_capacity: u64,
+    /// When the log cannot be written: false (default) refuses proxied
+    /// requests with 503; true lets them through unrecorded and counts them.
+    pub fail_open: bool,
+    /// Also print every record on stdout, for the cluster's log collector.
+    pub stdout: bool,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: PathBuf::new(),
+            hmac_key_file: PathBuf::new(),
+            max_file_bytes: 64 << 20,
+            rotate_interval: Duration::from_secs(24 * 3600),
+            channel_capacity: 65_536,
+            fail_open: false,
+            stdout: false,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Spend counting.
     pub budget: BudgetConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Embedded store.
     pub store: StoreConfig,
     /// Policy.
@@ -153,6 +155,27 @@ impl RateLimitConfig {
 pub struct BudgetConfig {
     /// The upstream's cost header; `None`: spend is not counted.
     pub cost_header: Option<http::HeaderName>,
+}
+
+/// `[audit]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Write it.
+    pub enabled: bool,
+    /// Files.
+    pub dir: PathBuf,
+    /// The head's HMAC key (created if missing).
+    pub hmac_key_file: PathBuf,
+    /// Rotation size.
+    pub max_file_bytes: u64,
+    /// Rotation age.
+    pub rotate_interval: Duration,
+    /// Queue before backpressure.
+    pub channel_capacity: usize,
+    /// Let requests through when unwritable.
+    pub fail_open: bool,
+    /// Also to stdout.
+    pub stdout: bool,
 }
 
 /// `[store]`, validated.
@@ -444,11 +467,26 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         access_log: file.log.access_log,
     };
 
+    let a = &file.audit;
+    let under_store = |p: &Path, default: &str| {
+        if p.as_os_str().is_empty() {
+            file.store.path.join(default)
+        } else {
+            p.to_path_buf()
+        }
+    };
+    let audit = AuditConfig {
+        enabled: a.enabled,
+        dir: under_store(&a.dir, "audit"),
+        hmac_key_file: under_store(&a.hmac_key_file, "audit-hmac.key"),
+        max_file_bytes: c.bounded("audit.max_file_bytes", a.max_file_bytes, 4096, 1 << 40),
+        rotate_interval: c.duration("audit.rotate_interval", a.rotate_interval),
+        channel_capacity: c.bounded("audit.channel_capacity", a.channel_capacity, 1, 10_000_000)
+            as usize,
+        fail_open: a.fail_open,
+        stdout: a.stdout,
+    };
     let mut warnings = Vec::new();
-    if file.audit.is_some() {
-        warnings
-            .push("[audit] is not implemented in this build: no audit log is written".to_string());
-    }
     if file.sso.is_some() {
         warnings.push(
             "[sso] is not implemented in this build: single sign-on is not available".to_string(),
@@ -462,6 +500,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             auth,
             rate_limit,
             budget,
+            audit,
             store,
             policy,
             log,

@@ -1,0 +1,257 @@
+//! The audit log: one record per decision (allowed or denied) and per admin
+//! action, tamper-evident and never dropped.
+//!
+//! Callers hand records to [`Audit`], which queues them for one writer
+//! thread ([`writer`]) over a bounded channel: a full channel makes callers
+//! wait (backpressure), never drops. The writer appends batches to
+//! JSON-lines files, chains every record to the previous one with SHA-256
+//! (`prev_hash`, `hash`), and after each batch replaces a signed head
+//! (`audit.head`, HMAC-SHA256) naming the last record, so a flipped byte, a
+//! removed record, a truncated tail and a deleted file are all detected by
+//! [`verify`].
+//!
+//! What a caller waits for:
+//! - a proxied request's record is *written* (in the kernel, so it survives
+//!   `kill -9` of costguard) before the request is forwarded or refused: no
+//!   request reaches the upstream without its record;
+//! - an admin action's record is *synced* (fdatasync) before its 2xx.
+//!
+//! If the files cannot be written, proxied requests get 503 (fail closed)
+//! unless `audit.fail_open` is set, which lets them through and counts them.
+
+pub mod verify;
+pub mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// How serious an event is (the seed's rules, extended to our events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    /// Failed logins, denials, suspicious activity, deletions, revocations.
+    High,
+    /// Budget deletions, user creation, role assignment, rejected policies.
+    Medium,
+    /// Everything else.
+    Low,
+}
+
+impl Severity {
+    /// The seed's `_determine_severity`, plus: every `security.*` event,
+    /// rejected policies (MEDIUM) and tenant deletion/suspension (HIGH).
+    pub fn of(event_type: &str) -> Self {
+        match event_type {
+            "auth.login_failed"
+            | "security.access_denied"
+            | "security.suspicious"
+            | "user.deleted"
+            | "apikey.revoked"
+            | "tenant.deleted"
+            | "tenant.suspended" => Severity::High,
+            "budget.deleted" | "user.created" | "role.assigned" | "policy.rejected" => {
+                Severity::Medium
+            }
+            _ => Severity::Low,
+        }
+    }
+}
+
+/// One audit record as written (design.md's fields, plus `seq`, the
+/// record's position in the chain).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the chain, from 1, never reused.
+    pub seq: u64,
+    /// UUIDv7.
+    pub event_id: String,
+    /// RFC 3339 UTC with microseconds.
+    pub timestamp: String,
+    /// `request.allowed`, `security.access_denied`, `apikey.created`, …
+    pub event_type: String,
+    /// The user, or the key id for keys; `admin-token` for the bootstrap
+    /// token; empty when unknown.
+    pub user_id: String,
+    /// The tenant concerned; empty when none.
+    pub tenant_id: String,
+    /// Event specifics: route, permission, decision, reason, target, changes.
+    pub details: Value,
+    /// The client address.
+    pub ip_address: String,
+    /// The client's `User-Agent`, as sent (JSON-escaped, so it cannot break
+    /// the line).
+    pub user_agent: String,
+    /// HIGH, MEDIUM or LOW.
+    pub severity: Severity,
+    /// The request's id.
+    pub request_id: String,
+    /// `hash` of the previous record (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 of this record's canonical form with `hash` empty, hex.
+    pub hash: String,
+}
+
+/// The chain's start.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl Record {
+    /// The bytes the hash covers: the record serialized with `hash` empty.
+    /// Serialization is canonical: fields in declaration order, `details`
+    /// maps with sorted keys (serde_json without `preserve_order`).
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut unhashed = self.clone();
+        unhashed.hash.clear();
+        serde_json::to_vec(&unhashed).expect("a record serializes")
+    }
+
+    /// SHA-256 of [`Record::canonical`], hex.
+    pub fn compute_hash(&self) -> String {
+        use sha2::Digest;
+        crate::model::hex(&sha2::Sha256::digest(self.canonical()))
+    }
+}
+
+/// A record before the writer gives it its place in the chain.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    /// Event type.
+    pub event_type: &'static str,
+    /// User or key id.
+    pub user_id: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Specifics.
+    pub details: Value,
+    /// Client address.
+    pub ip_address: String,
+    /// Client user agent.
+    pub user_agent: String,
+    /// Request id.
+    pub request_id: String,
+}
+
+impl Event {
+    /// An event of `event_type` with `details`; the rest filled by setters.
+    pub fn new(event_type: &'static str, details: Value) -> Self {
+        Self {
+            event_type,
+            details,
+            ..Self::default()
+        }
+    }
+}
+
+/// What the caller waits for before going on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Handed to the kernel (survives the process being killed).
+    Written,
+    /// On disk (survives the machine losing power).
+    Synced,
+}
+
+/// The audit log could not take the record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// The files cannot be written.
+    #[error("audit log unwritable: {0}")]
+    Unwritable(String),
+    /// The writer has stopped (shutdown).
+    #[error("audit log closed")]
+    Closed,
+}
+
+pub(crate) struct Message {
+    pub(crate) event: Event,
+    pub(crate) durability: Durability,
+    pub(crate) ack: oneshot::Sender<Result<u64, AuditError>>,
+}
+
+/// Sends records to the writer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Message>,
+    fail_open: bool,
+    stats: Arc<Stats>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records written.
+    pub written: AtomicU64,
+    /// Write failures (batches).
+    pub failures: AtomicU64,
+    /// Requests let through unrecorded because of `fail_open`.
+    pub failed_open: AtomicU64,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("event_type", &self.event.event_type)
+            .finish()
+    }
+}
+
+impl Audit {
+    /// Records `event` and waits until it is `durability`; returns its seq.
+    /// Waits while the channel is full.
+    pub async fn record(&self, event: Event, durability: Durability) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Message {
+                event,
+                durability,
+                ack,
+            })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// For a proxied request: records it, then decides whether the request
+    /// may go on. An unwritable log stops it (fail closed) unless
+    /// `fail_open`, which lets it through and counts it.
+    pub async fn record_request(&self, event: Event) -> Result<(), AuditError> {
+        match self.record(event, Durability::Written).await {
+            Ok(_) => Ok(()),
+            Err(e) if self.fail_open => {
+                self.stats.failed_open.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Audit record not written; letting the request through (audit.fail_open).");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Prometheus text for the audit log.
+    pub fn metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let s = &*self.stats;
+        let _ = writeln!(
+            out,
+            "# HELP costguard_audit_records_total Audit records written.\n\
+             # TYPE costguard_audit_records_total counter\n\
+             costguard_audit_records_total {}\n\
+             # HELP costguard_audit_write_failures_total Audit batches that could not be written.\n\
+             # TYPE costguard_audit_write_failures_total counter\n\
+             costguard_audit_write_failures_total {}\n\
+             # HELP costguard_audit_failed_open_total Requests let through unrecorded (audit.fail_open).\n\
+             # TYPE costguard_audit_failed_open_total counter\n\
+             costguard_audit_failed_open_total {}",
+            s.written.load(Ordering::Relaxed),
+            s.failures.load(Ordering::Relaxed),
+            s.failed_open.load(Ordering::Relaxed),
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! `costguard audit verify DIR`: walks every file in order and checks each
+//! record's hash, its link to the previous record, the sequence, the file
+//! numbering, and finally the signed head, so an altered byte, a removed
+//! record, a removed file and a cut tail each name the first broken place.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::writer::{self, HEAD, Head};
+use super::{GENESIS, Record};
+
+/// An intact log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Files checked.
+    pub files: usize,
+    /// Records checked.
+    pub records: u64,
+    /// Whether the head's signature was checked (a key was given).
+    pub signature_checked: bool,
+}
+
+/// The first broken place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The file (or the directory, or the head).
+    pub file: PathBuf,
+    /// 1-based line, when it is a record.
+    pub line: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.reason),
+            None => write!(f, "{}: {}", self.file.display(), self.reason),
+        }
+    }
+}
+
+fn broken(file: &Path, line: Option<u64>, reason: impl Into<String>) -> Broken {
+    Broken {
+        file: file.to_path_buf(),
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// Verifies the log in `dir`; with `key`, also the head's signature.
+pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
+    let files = writer::files(dir).map_err(|e| broken(dir, None, format!("cannot list: {e}")))?;
+    let mut prev_hash = GENESIS.to_string();
+    let mut expected_seq = 1u64;
+    let mut hash_at: Option<(u64, String)> = None;
+    let head_path = dir.join(HEAD);
+    let head: Option<Head> = match fs::read(&head_path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| broken(&head_path, None, format!("unreadable head: {e}")))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(broken(&head_path, None, format!("cannot read: {e}"))),
+    };
+    if let (Some(head), Some(key)) = (&head, key)
+        && !head.is_signed_by(key)
+    {
+        return Err(broken(
+            &head_path,
+            None,
+            "the head's signature does not verify (altered, or another key)",
+        ));
+    }
+    let mut expected_file = 1u64;
+    for (no, path) in &files {
+        if *no != expected_file {
+            return Err(broken(
+                &dir.join(format!("audit-{expected_file:06}.jsonl")),
+                None,
+                "file missing (the numbering skips it)",
+            ));
+        }
+        expected_file += 1;
+        let bytes = fs::read(path).map_err(|e| broken(path, None, format!("cannot read: {e}")))?;
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            let line = bytes.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+            return Err(broken(
+                path,
+                Some(line),
+                "incomplete record (file cut mid-line)",
+            ));
+        }
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let at = Some(i as u64 + 1);
+            let record: Record = serde_json::from_slice(line)
+                .map_err(|e| broken(path, at, format!("not a valid record: {e}")))?;
+            if record.seq != expected_seq {
+                return Err(broken(
+                    path,
+                    at,
+                    format!(
+                        "sequence jumps from {} to {} (records removed)",
+                        expected_seq - 1,
+                        record.seq
+                    ),
+                ));
+            }
+            if record.prev_hash != prev_hash {
+                return Err(broken(
+                    path,
+                    at,
+                    "prev_hash does not match the previous record (chain broken)",
+                ));
+            }
+            if record.compute_hash() != record.hash {
+                return Err(broken(path, at, "hash mismatch (record altered)"));
+            }
+            if head.as_ref().is_some_and(|h| h.seq == record.seq) {
+                hash_at = Some((record.seq, record.hash.clone()));
+            }
+            prev_hash = record.hash;
+            expected_seq += 1;
+        }
+    }
+    let records = expected_seq - 1;
+    match &head {
+        None if records > 0 => {
+            return Err(broken(&head_path, None, "head missing"));
+        }
+        None => {}
+        Some(h) if records < h.seq => {
+            return Err(broken(
+                &head_path,
+                None,
+                format!(
+                    "the log ends at record {records} but the head names record {} (tail or last file removed)",
+                    h.seq
+                ),
+            ));
+        }
+        Some(h) => {
+            // The head may lag the files by one batch after a crash, never lead.
+            if hash_at.as_ref().is_none_or(|(_, hash)| *hash != h.hash) {
+                return Err(broken(
+                    &head_path,
+                    None,
+                    format!("record {} is not the one the head names", h.seq),
+                ));
+            }
+        }
+    }
+    Ok(Report {
+        files: files.len(),
+        records,
+        signature_checked: key.is_some() && head.is_some(),
+    })
+}

@@ -1,0 +1,417 @@
+//! The writer thread: batches, chains, appends, rotates, signs the head.
+//!
+//! One OS thread owns the files, so record order is the chain order and no
+//! lock is shared with the request path. Each turn it takes everything
+//! queued (up to [`MAX_BATCH`]), gives each record its `seq`, `prev_hash`
+//! and `hash`, appends the batch with one `write`, syncs when a record in
+//! it asked for it (or a second has passed), then replaces `audit.head`,
+//! and only then answers the callers.
+//!
+//! Files are `audit-000001.jsonl`, `audit-000002.jsonl`, …; a new one
+//! starts when the current one would pass `max_file_bytes` or is older
+//! than `rotate_interval`. At startup the chain continues from the last
+//! complete record; a torn last line (a crash mid-write, never
+//! acknowledged) is cut off.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, Stats};
+
+/// Most records per write.
+pub const MAX_BATCH: usize = 4096;
+/// The signed head's file name.
+pub const HEAD: &str = "audit.head";
+
+/// Where and how to write.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The directory of the files.
+    pub dir: PathBuf,
+    /// The HMAC key that signs the head.
+    pub key: Vec<u8>,
+    /// Start a new file before this size.
+    pub max_file_bytes: u64,
+    /// Start a new file after this long.
+    pub rotate_interval: Duration,
+    /// Queued records before callers wait.
+    pub capacity: usize,
+    /// Also print every record on stdout (for the cluster's log collector).
+    pub stdout: bool,
+    /// Let proxied requests through when the log cannot be written.
+    pub fail_open: bool,
+}
+
+/// The signed head: the last record written, so a cut tail or a removed
+/// last file is detected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    /// The file holding the last record.
+    pub file: String,
+    /// The last record's seq.
+    pub seq: u64,
+    /// The last record's hash.
+    pub hash: String,
+    /// HMAC-SHA256 over the fields above, hex.
+    pub mac: String,
+}
+
+impl Head {
+    fn message(file: &str, seq: u64, hash: &str) -> String {
+        format!("costguard-audit-head\n{file}\n{seq}\n{hash}")
+    }
+
+    /// A head signed with `key`.
+    pub fn signed(key: &[u8], file: String, seq: u64, hash: String) -> Self {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let tag = ring::hmac::sign(&k, Self::message(&file, seq, &hash).as_bytes());
+        Self {
+            mac: crate::model::hex(tag.as_ref()),
+            file,
+            seq,
+            hash,
+        }
+    }
+
+    /// Whether the signature is `key`'s (constant time).
+    pub fn is_signed_by(&self, key: &[u8]) -> bool {
+        let Some(tag) = unhex(&self.mac) else {
+            return false;
+        };
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::verify(
+            &k,
+            Self::message(&self.file, self.seq, &self.hash).as_bytes(),
+            &tag,
+        )
+        .is_ok()
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `audit-000042.jsonl` → 42.
+pub fn file_number(name: &str) -> Option<u64> {
+    name.strip_prefix("audit-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
+fn file_name(n: u64) -> String {
+    format!("audit-{n:06}.jsonl")
+}
+
+/// The log files in `dir`, in order.
+pub fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(file_number) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The running writer; dropping every [`Audit`] stops it after it has
+/// written everything queued.
+pub struct Writer {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Waits until the writer has written everything and stopped (call
+    /// after the last [`Audit`] clone is gone).
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    config: WriterConfig,
+    file: File,
+    file_no: u64,
+    file_bytes: u64,
+    opened: Instant,
+    last_sync: Instant,
+    seq: u64,
+    hash: String,
+    stats: Arc<Stats>,
+    out: Vec<u8>,
+}
+
+/// Opens (or continues) the log in `config.dir` and starts the writer.
+pub fn start(config: WriterConfig) -> io::Result<(Audit, Writer)> {
+    fs::create_dir_all(&config.dir)?;
+    let (file_no, seq, hash) = recover(&config.dir)?;
+    let path = config.dir.join(file_name(file_no));
+    let file = OpenOptions::new().create(true).append(true).open(&path)?;
+    let file_bytes = file.metadata()?.len();
+    sync_dir(&config.dir)?;
+    let stats = Arc::new(Stats::default());
+    let (tx, rx) = mpsc::channel(config.capacity.max(1));
+    let audit = Audit {
+        tx,
+        fail_open: config.fail_open,
+        stats: stats.clone(),
+    };
+    let now = Instant::now();
+    let mut state = State {
+        config,
+        file,
+        file_no,
+        file_bytes,
+        opened: now,
+        last_sync: now,
+        seq,
+        hash,
+        stats,
+        out: Vec::with_capacity(1 << 16),
+    };
+    let thread = std::thread::Builder::new()
+        .name("costguard-audit".into())
+        .spawn(move || state.run(rx))?;
+    Ok((
+        audit,
+        Writer {
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// Where the chain ends: (file number to append to, last seq, last hash).
+fn recover(dir: &Path) -> io::Result<(u64, u64, String)> {
+    let files = files(dir)?;
+    let Some(&(last_no, _)) = files.last() else {
+        return Ok((1, 0, GENESIS.to_string()));
+    };
+    for (no, path) in files.iter().rev() {
+        let mut text = Vec::new();
+        File::open(path)?.read_to_end(&mut text)?;
+        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            // A torn line from a crash mid-write: never acknowledged.
+            tracing::warn!(file = %path.display(), bytes = text.len() - complete, "Cutting off an incomplete last audit record (crash during a write).");
+            let f = OpenOptions::new().write(true).open(path)?;
+            f.set_len(complete as u64)?;
+            f.sync_all()?;
+        }
+        let Some(line) = text[..complete]
+            .split(|b| *b == b'\n')
+            .rev()
+            .find(|l| !l.is_empty())
+        else {
+            continue;
+        };
+        let last: Record = serde_json::from_slice(line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: last record unreadable: {e}", path.display()),
+            )
+        })?;
+        let _ = no;
+        return Ok((last_no, last.seq, last.hash));
+    }
+    Ok((last_no, 0, GENESIS.to_string()))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl State {
+    fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut batch: Vec<Message> = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(&mut batch);
+        }
+        let _ = self.file.sync_data();
+        tracing::info!(
+            records = self.seq,
+            "Audit writer stopped; everything queued was written."
+        );
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<Message>) {
+        let (seq0, hash0) = (self.seq, self.hash.clone());
+        let sync = batch.iter().any(|m| m.durability == Durability::Synced)
+            || self.last_sync.elapsed() >= Duration::from_secs(1);
+        self.out.clear();
+        let now = time::OffsetDateTime::now_utc();
+        let timestamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        for m in batch.iter_mut() {
+            let e = std::mem::take(&mut m.event);
+            self.seq += 1;
+            let mut record = Record {
+                seq: self.seq,
+                event_id: uuid::Uuid::now_v7().to_string(),
+                timestamp: timestamp.clone(),
+                event_type: e.event_type.to_string(),
+                user_id: e.user_id,
+                tenant_id: e.tenant_id,
+                details: e.details,
+                ip_address: e.ip_address,
+                user_agent: e.user_agent,
+                severity: Severity::of(e.event_type),
+                request_id: e.request_id,
+                prev_hash: std::mem::take(&mut self.hash),
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            self.hash = record.hash.clone();
+            serde_json::to_writer(&mut self.out, &record).expect("a record serializes");
+            self.out.push(b'\n');
+        }
+        let result = self.append(sync);
+        match result {
+            Ok(()) => {
+                self.stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                if self.config.stdout {
+                    let mut stdout = io::stdout().lock();
+                    let _ = stdout.write_all(&self.out);
+                    let _ = stdout.flush();
+                }
+                for (i, m) in batch.drain(..).enumerate() {
+                    let _ = m.ack.send(Ok(seq0 + 1 + i as u64));
+                }
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, records = batch.len(), "Audit batch could not be written.");
+                // The chain continues from the last record on disk.
+                self.seq = seq0;
+                self.hash = hash0;
+                let err = AuditError::Unwritable(e.to_string());
+                for m in batch.drain(..) {
+                    let _ = m.ack.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Appends `self.out` (rotating first if due), syncs if asked, and
+    /// replaces the head. On failure the file is cut back to where it was.
+    fn append(&mut self, sync: bool) -> io::Result<()> {
+        let len = self.out.len() as u64;
+        if self.file_bytes > 0
+            && (self.file_bytes + len > self.config.max_file_bytes
+                || self.opened.elapsed() >= self.config.rotate_interval)
+        {
+            self.rotate()?;
+        }
+        if let Err(e) = self.file.write_all(&self.out) {
+            let _ = self.file.set_len(self.file_bytes);
+            let _ = self.file.seek(SeekFrom::End(0));
+            return Err(e);
+        }
+        self.file_bytes += len;
+        if sync {
+            self.file.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        self.write_head(sync)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let next = self.file_no + 1;
+        let path = self.config.dir.join(file_name(next));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        sync_dir(&self.config.dir)?;
+        self.file = file;
+        self.file_no = next;
+        self.file_bytes = 0;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
+    fn write_head(&self, sync: bool) -> io::Result<()> {
+        let head = Head::signed(
+            &self.config.key,
+            file_name(self.file_no),
+            self.seq,
+            self.hash.clone(),
+        );
+        let tmp = self.config.dir.join("audit.head.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(&head).expect("a head serializes"))?;
+        if sync {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.config.dir.join(HEAD))?;
+        if sync {
+            sync_dir(&self.config.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the HMAC key from `path`, or creates one there (32 random bytes,
+/// hex, mode 0600) if it does not exist.
+pub fn load_or_create_key(path: &Path) -> io::Result<Vec<u8>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let key = text.trim().as_bytes().to_vec();
+            if key.len() < 16 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: an audit key needs at least 16 characters",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).expect("the OS random source works");
+            let key = crate::model::hex(&bytes);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut f = options.open(path)?;
+            f.write_all(key.as_bytes())?;
+            f.sync_all()?;
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(e),
+    }
+}
