@@ -288,7 +288,6 @@ impl Admin {
         body: &Bytes,
     ) -> Result<(StatusCode, Value), ApiError> {
         let ops = &self.0.ops;
-        let caller = caller;
         let ok = |v: Value| Ok((StatusCode::OK, v));
         let created = |v: Value| Ok((StatusCode::CREATED, v));
         match (method.clone(), segments) {

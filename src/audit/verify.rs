@@ -73,8 +73,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
             "the head's signature does not verify (altered, or another key)",
         ));
     }
-    let mut expected_file = 1u64;
-    for (no, path) in &files {
+    for (expected_file, (no, path)) in (1u64..).zip(files.iter()) {
         if *no != expected_file {
             return Err(broken(
                 &dir.join(format!("audit-{expected_file:06}.jsonl")),
@@ -82,7 +81,6 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
                 "file missing (the numbering skips it)",
             ));
         }
-        expected_file += 1;
         let bytes = fs::read(path).map_err(|e| broken(path, None, format!("cannot read: {e}")))?;
         if !bytes.is_empty() && !bytes.ends_with(b"\n") {
             let line = bytes.iter().filter(|b| **b == b'\n').count() as u64 + 1;
@@ -143,16 +141,15 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
                 ),
             ));
         }
-        Some(h) => {
-            // The head may lag the files by one batch after a crash, never lead.
-            if hash_at.as_ref().is_none_or(|(_, hash)| *hash != h.hash) {
-                return Err(broken(
-                    &head_path,
-                    None,
-                    format!("record {} is not the one the head names", h.seq),
-                ));
-            }
+        // The head may lag the files by one batch after a crash, never lead.
+        Some(h) if hash_at.as_ref().is_none_or(|(_, hash)| *hash != h.hash) => {
+            return Err(broken(
+                &head_path,
+                None,
+                format!("record {} is not the one the head names", h.seq),
+            ));
         }
+        Some(_) => {}
     }
     Ok(Report {
         files: files.len(),

@@ -96,7 +96,7 @@ impl Head {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -122,6 +122,9 @@ pub fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
         if let Some(n) = entry.file_name().to_str().and_then(file_number) {
             out.push((n, entry.path()));
         }
@@ -292,7 +295,7 @@ impl State {
         }
         let result = self.append(sync);
         match result {
-            Ok(()) => {
+            Ok(true) => {
                 self.stats
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -305,10 +308,21 @@ impl State {
                     let _ = m.ack.send(Ok(seq0 + 1 + i as u64));
                 }
             }
+            Ok(false) => {
+                // Written, but the head could not be replaced: the records
+                // stand (the chain goes on from them), the callers are told
+                // it failed (fail closed).
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let err = AuditError::Unwritable("the audit head could not be written".into());
+                for m in batch.drain(..) {
+                    let _ = m.ack.send(Err(err.clone()));
+                }
+            }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "Audit batch could not be written.");
-                // The chain continues from the last record on disk.
+                // Nothing of the batch is in the file: the chain continues
+                // from the last record there.
                 self.seq = seq0;
                 self.hash = hash0;
                 let err = AuditError::Unwritable(e.to_string());
@@ -320,8 +334,9 @@ impl State {
     }
 
     /// Appends `self.out` (rotating first if due), syncs if asked, and
-    /// replaces the head. On failure the file is cut back to where it was.
-    fn append(&mut self, sync: bool) -> io::Result<()> {
+    /// replaces the head. On a failed append the file is cut back to where
+    /// it was (`Err`); `Ok(false)`: appended, but the head was not replaced.
+    fn append(&mut self, sync: bool) -> io::Result<bool> {
         let len = self.out.len() as u64;
         if self.file_bytes > 0
             && (self.file_bytes + len > self.config.max_file_bytes
@@ -335,11 +350,17 @@ impl State {
             return Err(e);
         }
         self.file_bytes += len;
-        if sync {
-            self.file.sync_data()?;
+        let synced = !sync || self.file.sync_data().is_ok();
+        if sync && synced {
             self.last_sync = Instant::now();
         }
-        self.write_head(sync)
+        match self.write_head(sync) {
+            Ok(()) => Ok(synced),
+            Err(e) => {
+                tracing::error!(error = %e, "Audit head could not be written.");
+                Ok(false)
+            }
+        }
     }
 
     fn rotate(&mut self) -> io::Result<()> {

@@ -1,0 +1,518 @@
+//! The audit log through the real binary: a record per decision and per
+//! admin action, nothing lost under load or `kill -9`, tampering detected
+//! by `costguard audit verify`, fail-closed when the log is unwritable.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use support::{Sidecar, Upstream, binary, raw_request};
+
+fn records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON record per line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event_type"] == t).collect()
+}
+
+/// `costguard audit verify DIR`: (exit code, stdout).
+fn verify(dir: &Path) -> (i32, String) {
+    let out = Command::new(binary())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn start(up: &Upstream, store: &Path, extra: &str) -> Sidecar {
+    Sidecar::start_with_store(
+        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
+        &[],
+        Some(store),
+    )
+}
+
+fn get(cg: &Sidecar, path: &str, headers: &str) -> support::RawResponse {
+    raw_request(
+        cg.proxy,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_decision_and_admin_action_is_recorded() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let cg = start(&up, &store, "");
+    let t = cg.create_tenant("standard");
+    let (key_id, key) =
+        cg.create_key_with(&t, json!({"roles": ["viewer"], "rate_limit_per_minute": 2}));
+    let (other_id, _) = cg.create_key(&t, &["viewer"]);
+    let (status, _) = cg.admin(
+        "POST",
+        &format!("/admin/v1/tenants/{t}/keys/{key_id}/rotate"),
+        Some(json!({"grace_seconds": 60})),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        cg.admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/{t}/keys/{other_id}"),
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        cg.admin(
+            "POST",
+            &format!("/admin/v1/tenants/{t}/projects"),
+            Some(json!({"name": "p", "budget": 5.0}))
+        )
+        .0,
+        201
+    );
+    let user = format!("/admin/v1/tenants/{t}/users/alice");
+    assert_eq!(
+        cg.admin(
+            "PUT",
+            &user,
+            Some(json!({"email": "a@x.example", "roles": ["analyst"]}))
+        )
+        .0,
+        201
+    );
+    assert_eq!(cg.admin("DELETE", &user, None).0, 200);
+    // A failed attempt is recorded too.
+    let (status, _) = cg.admin(
+        "POST",
+        &format!("/admin/v1/tenants/{t}/keys"),
+        Some(json!({"roles": ["no_such_role"]})),
+    );
+    assert_eq!(status, 400);
+
+    // Proxy decisions; the user agent tries to break out of its record.
+    let ok = get(
+        &cg,
+        &format!("/v1/tenants/{t}/costs?secret=in-query"),
+        &format!("X-API-Key: {key}\r\nUser-Agent: evil\\\"}} {{\"event_type\":\"forged\"}}\r\n"),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(
+        get(
+            &cg,
+            &format!("/v1/tenants/{t}/costs"),
+            "X-API-Key: costops_00000000000000000000000000000000\r\n"
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get(
+            &cg,
+            &format!("/v1/tenants/{t}/costs/export"),
+            &format!("X-API-Key: {key}\r\n")
+        )
+        .status,
+        403
+    );
+    let costs = format!("/v1/tenants/{t}/costs");
+    let with_key = format!("X-API-Key: {key}\r\n");
+    assert_eq!(get(&cg, &costs, &with_key).status, 200);
+    assert_eq!(get(&cg, &costs, &with_key).status, 429, "third over 2/min");
+
+    let all = records(&store.join("audit"));
+    for (t, n) in [
+        ("tenant.created", 1),
+        ("apikey.created", 3),
+        ("apikey.rotated", 1),
+        ("apikey.revoked", 1),
+        ("project.created", 1),
+        ("user.created", 1),
+        ("role.assigned", 1),
+        ("user.deleted", 1),
+        ("request.allowed", 2),
+    ] {
+        assert_eq!(of_type(&all, t).len(), n, "{t}: {all:#?}");
+    }
+    assert!(of_type(&all, "forged").is_empty());
+    let failed = all
+        .iter()
+        .find(|r| r["details"]["outcome"] == "failure")
+        .expect("the failed key creation");
+    assert_eq!(failed["event_type"], "apikey.created");
+    assert_eq!(failed["details"]["error"], "invalid_request");
+    let denied = of_type(&all, "security.access_denied");
+    let reasons: Vec<&str> = denied
+        .iter()
+        .map(|r| r["details"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["invalid_key", "forbidden", "rate_limited"],
+        "{denied:#?}"
+    );
+    assert!(denied.iter().all(|r| r["severity"] == "HIGH"));
+    let allowed = of_type(&all, "request.allowed")[0];
+    assert_eq!(allowed["tenant_id"], t.as_str());
+    assert_eq!(allowed["user_id"], key_id.as_str());
+    assert_eq!(allowed["ip_address"], "127.0.0.1");
+    assert_eq!(allowed["details"]["path"], format!("/v1/tenants/{t}/costs"));
+    assert_eq!(allowed["details"]["permission"], "view_costs");
+    assert_eq!(allowed["details"]["decision"], "allow");
+    assert!(allowed["user_agent"].as_str().unwrap().contains("forged"));
+    assert!(!allowed["request_id"].as_str().unwrap().is_empty());
+    let revoked = of_type(&all, "apikey.revoked")[0];
+    assert_eq!(revoked["severity"], "HIGH");
+    assert_eq!(revoked["user_id"], "admin-token");
+    assert_eq!(revoked["details"]["target"]["key_id"], other_id.as_str());
+    // Never a secret, never the query string.
+    let text = std::fs::read_to_string(store.join("audit/audit-000001.jsonl")).unwrap();
+    assert!(
+        !text.contains(&key[8..]),
+        "a key secret is in the audit log"
+    );
+    assert!(!text.contains(support::ADMIN_TOKEN));
+    assert!(!text.contains("in-query"));
+
+    let (code, out) = verify(&store.join("audit"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("OK") && out.contains("head signature verified"),
+        "{out}"
+    );
+}
+
+/// Copies `from` into a fresh directory named `audit` (beside a copy of
+/// the key), for one tampering case.
+fn copy_log(from: &Path, to: &Path) -> PathBuf {
+    let audit = to.join("audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), audit.join(e.file_name())).unwrap();
+    }
+    std::fs::copy(
+        from.parent().unwrap().join("audit-hmac.key"),
+        to.join("audit-hmac.key"),
+    )
+    .unwrap();
+    audit
+}
+
+fn rewrite(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_is_detected() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    // Small files: several rotations.
+    let mut cg = start(&up, &store, "[audit]\nmax_file_bytes = 4096\n");
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key_with(
+        &t,
+        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000}),
+    );
+    for _ in 0..40 {
+        assert_eq!(
+            get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n")).status,
+            200
+        );
+    }
+    cg.terminate();
+    assert!(cg.wait(Duration::from_secs(10)).success());
+    let log = store.join("audit");
+    let files = std::fs::read_dir(&log)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "jsonl")
+        })
+        .count();
+    assert!(files >= 4, "rotation made {files} files");
+    assert_eq!(verify(&log).0, 0, "{}", verify(&log).1);
+
+    let case = |name: &str, damage: &dyn Fn(&Path), expect: &str| {
+        let work = tempfile::tempdir().unwrap();
+        let copy = copy_log(&log, work.path());
+        damage(&copy);
+        let (code, out) = verify(&copy);
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(
+            out.starts_with("BROKEN") && out.contains(expect),
+            "{name}: {out}"
+        );
+    };
+    case(
+        "flipped byte",
+        &|d| {
+            rewrite(&d.join("audit-000002.jsonl"), |t| {
+                t.replacen("GET", "PUT", 1)
+            })
+        },
+        "audit-000002.jsonl:1: hash mismatch",
+    );
+    case(
+        "deleted middle record",
+        &|d| {
+            rewrite(&d.join("audit-000002.jsonl"), |t| {
+                let mut lines: Vec<&str> = t.lines().collect();
+                lines.remove(1);
+                lines.join("\n") + "\n"
+            })
+        },
+        "audit-000002.jsonl:2: sequence jumps",
+    );
+    case(
+        "truncated tail",
+        &|d| {
+            let last = support_last_file(d);
+            rewrite(&last, |t| {
+                let mut lines: Vec<&str> = t.lines().collect();
+                lines.pop();
+                lines.join("\n") + if lines.is_empty() { "" } else { "\n" }
+            })
+        },
+        "audit.head: the log ends at record",
+    );
+    case(
+        "deleted middle file",
+        &|d| std::fs::remove_file(d.join("audit-000002.jsonl")).unwrap(),
+        "audit-000002.jsonl: file missing",
+    );
+    case(
+        "deleted last file",
+        &|d| std::fs::remove_file(support_last_file(d)).unwrap(),
+        "audit.head",
+    );
+    case(
+        "forged head",
+        &|d| {
+            rewrite(&d.join("audit.head"), |t| {
+                t.replacen("\"seq\":", "\"seq\":1", 1)
+            })
+        },
+        "signature does not verify",
+    );
+}
+
+fn support_last_file(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+async fn hammer(url: String, key: String, n: usize, conns: usize) -> (usize, usize) {
+    let client = support::client();
+    let tasks: Vec<_> = (0..conns)
+        .map(|w| {
+            let (client, url, key) = (client.clone(), url.clone(), key.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut other) = (0, 0);
+                for _ in (w..n).step_by(conns) {
+                    let req = Request::get(&url)
+                        .header("x-api-key", &key)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            if resp.status() == 200 {
+                                ok += 1;
+                            } else {
+                                other += 1;
+                            }
+                            let _ = resp.into_body().collect().await;
+                        }
+                        Err(_) => {
+                            // The proxy is gone (the kill -9 test): stop.
+                            other += 1;
+                            break;
+                        }
+                    }
+                }
+                (ok, other)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for t in tasks {
+        let (a, b) = t.await.unwrap();
+        total.0 += a;
+        total.1 += b;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_concurrent_requests_are_all_recorded() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let cg = start(&up, &store, "");
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key_with(
+        &t,
+        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000000}),
+    );
+    let (ok, other) = hammer(cg.url("/v1/load"), key, 10_000, 64).await;
+    assert_eq!((ok, other), (10_000, 0));
+    let all = records(&store.join("audit"));
+    assert_eq!(of_type(&all, "request.allowed").len(), 10_000);
+    assert_eq!(up.count(), 10_000);
+    assert_eq!(verify(&store.join("audit")).0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_under_load_loses_no_acknowledged_record() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let mut cg = start(&up, &store, "");
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key_with(
+        &t,
+        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000000}),
+    );
+    let load = tokio::spawn(hammer(cg.url("/v1/load"), key, 1_000_000, 32));
+    // Admin actions acknowledged while the load runs.
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let (status, body) = cg.admin(
+            "POST",
+            &format!("/admin/v1/tenants/{t}/keys"),
+            Some(json!({"description": format!("k{i}")})),
+        );
+        assert_eq!(status, 201);
+        acknowledged.push(body["key_id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cg.kill9();
+    let (ok, _) = load.await.unwrap();
+    assert!(ok > 100, "the load ran ({ok} answered)");
+    let log = store.join("audit");
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "after kill -9: {out}");
+    let all = records(&log);
+    let created: Vec<&str> = of_type(&all, "apikey.created")
+        .iter()
+        .filter_map(|r| r["details"]["target"]["key_id"].as_str())
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            created.contains(&id.as_str()),
+            "acknowledged key {id} has no record"
+        );
+    }
+    // Every request the client saw answered 200 was recorded before it was
+    // forwarded.
+    let allowed = of_type(&all, "request.allowed").len();
+    assert!(
+        allowed >= ok,
+        "{allowed} records for {ok} answered requests"
+    );
+    // The chain continues after a restart.
+    let cg = start(&up, &store, "");
+    assert_eq!(cg.admin("GET", "/admin/v1/tenants", None).0, 200);
+    assert_eq!(
+        cg.admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/{t}/keys/{}", acknowledged[0]),
+            None
+        )
+        .0,
+        200
+    );
+    let (code, out) = verify(&log);
+    assert_eq!(code, 0, "after restart: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_log_fails_closed_or_open_as_configured() {
+    for fail_open in [false, true] {
+        let up = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("data");
+        // The next file the writer will rotate to cannot be created (a
+        // directory is in its place; permissions do not stop root).
+        std::fs::create_dir_all(store.join("audit/audit-000002.jsonl")).unwrap();
+        let cg = start(
+            &up,
+            &store,
+            &format!("[audit]\nmax_file_bytes = 4096\nfail_open = {fail_open}\n"),
+        );
+        let t = cg.create_tenant("enterprise");
+        let (_, key) = cg.create_key_with(
+            &t,
+            json!({"roles": ["viewer"], "rate_limit_per_minute": 1000}),
+        );
+        let mut statuses = Vec::new();
+        for _ in 0..30 {
+            statuses.push(get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n")).status);
+        }
+        let seen = up.count();
+        if fail_open {
+            assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+            let (_, _, metrics) = support::get(&format!("http://{}/metrics", cg.admin)).await;
+            let failed_open: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("costguard_audit_failed_open_total "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(failed_open > 0, "{metrics}");
+            assert_eq!(
+                failed_open as usize
+                    + of_type(&records(&store.join("audit")), "request.allowed").len(),
+                30
+            );
+        } else {
+            let refused = statuses.iter().filter(|s| **s == 503).count();
+            assert!(refused > 0, "{statuses:?}");
+            assert_eq!(
+                refused + seen,
+                30,
+                "every request either recorded and forwarded, or refused: {statuses:?}"
+            );
+            let resp = get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n"));
+            assert_eq!(support::error_code(&resp.body), "audit_unavailable");
+        }
+    }
+}
