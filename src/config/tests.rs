@@ -157,8 +157,19 @@ fn admin_token_is_hashed_and_checked() {
 fn design_sections_not_built_yet_are_accepted_with_a_warning() {
     let text = "[audit]\ndir = \"./costguard-data/audit\"\n\n[[sso.oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\n";
     let config = validate::validate(parse(text, "t.toml", &Env::default()).unwrap()).unwrap();
-    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
-    assert!(config.warnings[0].contains("[audit]"));
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].contains("[sso]"));
+    assert_eq!(config.audit.dir, std::path::Path::new("./costguard-data/audit"));
+    // Without a dir, the log goes under the store.
+    let config = validate::validate(
+        parse("[store]\npath = \"/var/lib/cg\"\n", "t.toml", &Env::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config.audit.dir, std::path::Path::new("/var/lib/cg/audit"));
+    assert_eq!(
+        config.audit.hmac_key_file,
+        std::path::Path::new("/var/lib/cg/audit-hmac.key")
+    );
     assert!(
         validate::validate(FileConfig::default())
             .unwrap()
