@@ -159,10 +159,18 @@ fn design_sections_not_built_yet_are_accepted_with_a_warning() {
     let config = validate::validate(parse(text, "t.toml", &Env::default()).unwrap()).unwrap();
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
     assert!(config.warnings[0].contains("[sso]"));
-    assert_eq!(config.audit.dir, std::path::Path::new("./costguard-data/audit"));
+    assert_eq!(
+        config.audit.dir,
+        std::path::Path::new("./costguard-data/audit")
+    );
     // Without a dir, the log goes under the store.
     let config = validate::validate(
-        parse("[store]\npath = \"/var/lib/cg\"\n", "t.toml", &Env::default()).unwrap(),
+        parse(
+            "[store]\npath = \"/var/lib/cg\"\n",
+            "t.toml",
+            &Env::default(),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(config.audit.dir, std::path::Path::new("/var/lib/cg/audit"));
