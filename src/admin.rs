@@ -3,6 +3,7 @@
 //! strict bodies; every error in the contract's shape. The admin API is
 //! served on this port only.
 
+pub mod audit_query;
 pub mod auth;
 pub mod ops;
 pub mod requests;
@@ -186,8 +187,11 @@ impl Admin {
             }
         };
         let method = req.method().clone();
+        let query = req.uri().query().map(str::to_string);
         let body = self.body(req).await?;
-        let result = self.dispatch(&caller, &method, &segments, &body).await;
+        let result = self
+            .dispatch(&caller, &method, &segments, &body, query.as_deref())
+            .await;
         if method != Method::GET {
             self.audit_action(&audited, &caller, &segments, &body, &result)
                 .await?;
@@ -286,6 +290,7 @@ impl Admin {
         method: &Method,
         segments: &[&str],
         body: &Bytes,
+        query: Option<&str>,
     ) -> Result<(StatusCode, Value), ApiError> {
         let ops = &self.0.ops;
         let ok = |v: Value| Ok((StatusCode::OK, v));
@@ -364,6 +369,14 @@ impl Admin {
                 ops.delete_role(caller, t, r).await?;
                 ok(json!({"name": r, "deleted": true}))
             }
+            (Method::GET, ["audit"]) => {
+                let params = audit_query::query_params(query);
+                ok(audit_query::query(ops.store(), caller, &params).await?)
+            }
+            (Method::GET, ["audit", "report"]) => {
+                let params = audit_query::query_params(query);
+                ok(audit_query::report(ops.store(), caller, &params).await?)
+            }
             _ => Err(ApiError::NoRoute),
         }
     }
@@ -405,6 +418,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["tenants", _, "usage"] => "GET",
         ["tenants", _, "roles"] => "GET",
         ["tenants", _, "roles", _] => "GET, PUT, DELETE",
+        ["audit"] | ["audit", "report"] => "GET",
         _ => return None,
     })
 }

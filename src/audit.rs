@@ -19,6 +19,7 @@
 //! If the files cannot be written, proxied requests get 503 (fail closed)
 //! unless `audit.fail_open` is set, which lets them through and counts them.
 
+pub mod index;
 pub mod verify;
 pub mod writer;
 
@@ -188,6 +189,8 @@ pub struct Stats {
     pub failures: AtomicU64,
     /// Requests let through unrecorded because of `fail_open`.
     pub failed_open: AtomicU64,
+    /// Batches the query index missed.
+    pub index_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Message {

@@ -16,6 +16,7 @@ use crate::admin::Admin;
 use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
 use crate::audit::Audit;
+use crate::audit::index;
 use crate::audit::writer::{self, WriterConfig};
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
@@ -58,6 +59,8 @@ pub struct Server {
     usage: Usage,
     throttle: Throttle,
     audit: Option<Audit>,
+    /// (dir, key, interval) for retention, when the audit log is on.
+    retention: Option<(std::path::PathBuf, Vec<u8>, Duration)>,
     ops: AdminOps,
     policy: Arc<PolicyHandle>,
     reload_interval: Duration,
@@ -88,20 +91,39 @@ impl Server {
         let audit = if config.audit.enabled {
             let key = writer::load_or_create_key(&config.audit.hmac_key_file)
                 .map_err(StartError::Audit)?;
-            let (audit, _writer) = writer::start(WriterConfig {
-                dir: config.audit.dir.clone(),
-                key,
-                max_file_bytes: config.audit.max_file_bytes,
-                rotate_interval: config.audit.rotate_interval,
-                capacity: config.audit.channel_capacity,
-                stdout: config.audit.stdout,
-                fail_open: config.audit.fail_open,
-            })
+            std::fs::create_dir_all(&config.audit.dir).map_err(StartError::Audit)?;
+            let caught_up = index::catch_up(&store, &config.audit.dir)
+                .await
+                .map_err(|e| StartError::Audit(std::io::Error::other(e)))?;
+            if caught_up > 0 {
+                tracing::info!(records = caught_up, "Audit index caught up from the files.");
+            }
+            let hook: writer::IndexHook = {
+                let (store, rt) = (store.clone(), tokio::runtime::Handle::current());
+                Box::new(move |records: &[crate::audit::Record]| {
+                    rt.block_on(store.index_audit(records))
+                        .map_err(|e| e.to_string())
+                })
+            };
+            let (audit, _writer) = writer::start(
+                WriterConfig {
+                    dir: config.audit.dir.clone(),
+                    key: key.clone(),
+                    max_file_bytes: config.audit.max_file_bytes,
+                    rotate_interval: config.audit.rotate_interval,
+                    capacity: config.audit.channel_capacity,
+                    stdout: config.audit.stdout,
+                    fail_open: config.audit.fail_open,
+                },
+                Some(hook),
+            )
             .map_err(StartError::Audit)?;
-            Some(audit)
+            Some((audit, key))
         } else {
             None
         };
+        let audit_key = audit.as_ref().map(|(_, key)| key.clone());
+        let audit = audit.map(|(audit, _)| audit);
         let usage = Usage::new(store.clone());
         let throttle = Throttle::new(
             Arc::new(LocalRateLimiter::default()),
@@ -167,6 +189,13 @@ impl Server {
             usage,
             throttle,
             audit,
+            retention: audit_key.map(|key| {
+                (
+                    config.audit.dir.clone(),
+                    key,
+                    config.audit.retention_interval,
+                )
+            }),
             ops,
             policy,
             reload_interval: config.policy.reload_interval,
@@ -212,6 +241,16 @@ impl Server {
                 .watch(self.reload_interval, self.audit.clone()),
         );
         let janitor = tokio::spawn(cleanup(self.throttle.clone()));
+        let retention = match (&self.audit, &self.retention) {
+            (Some(audit), Some((dir, key, every))) => Some(tokio::spawn(retain(
+                self.store.clone(),
+                audit.clone(),
+                dir.clone(),
+                key.clone(),
+                *every,
+            ))),
+            _ => None,
+        };
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let proxy = tokio::spawn(self.proxy.serve(proxy_rx, self.grace));
@@ -226,6 +265,9 @@ impl Server {
         flusher.abort();
         watcher.abort();
         janitor.abort();
+        if let Some(r) = retention {
+            r.abort();
+        }
         self.usage.flush().await;
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
@@ -246,6 +288,25 @@ async fn cleanup(throttle: Throttle) {
     loop {
         tick.tick().await;
         throttle.cleanup();
+    }
+}
+
+/// Purges audit records past their retention every `every`.
+async fn retain(
+    store: Arc<dyn Store>,
+    audit: Audit,
+    dir: std::path::PathBuf,
+    key: Vec<u8>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+        if let Err(e) = index::purge(&store, &audit, &dir, &key, now).await {
+            tracing::error!(error = %e, "Audit retention pass failed; will retry.");
+        }
     }
 }
 

@@ -13,7 +13,40 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
+use crate::audit::Record;
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
+
+/// An audit query: filters, a time range, a page size and a cursor.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this tenant's records (served from the tenant index).
+    pub tenant_id: Option<String>,
+    /// Only this user's (or key's) records.
+    pub user_id: Option<String>,
+    /// Only this event type.
+    pub event_type: Option<String>,
+    /// From this time (Unix microseconds), inclusive.
+    pub start_micros: Option<i64>,
+    /// Until this time (Unix microseconds), inclusive.
+    pub end_micros: Option<i64>,
+    /// Most records to return.
+    pub limit: usize,
+    /// Continue after this (time, seq), from a previous page.
+    pub after: Option<(i64, u64)>,
+}
+
+/// One page of audit records, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    /// The records.
+    pub records: Vec<Record>,
+    /// Where the next page starts, if there may be more.
+    pub next: Option<(i64, u64)>,
+}
+
+/// Index entries one query examines at most; a page that stops there
+/// returns a cursor, so no query is unbounded.
+pub const AUDIT_SCAN_LIMIT: usize = 100_000;
 
 /// A persisted usage counter: what is counted, for which tenant, in which
 /// period. Deleting a tenant deletes its counters.
@@ -150,6 +183,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn add_usage(&self, batch: &[(UsageKey, u64)]) -> Result<(), StoreError>;
     /// A counter's value (0 if never counted).
     async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError>;
+
+    /// Adds audit records to the query index (by time and by tenant);
+    /// idempotent, so re-indexing after a crash is harmless.
+    async fn index_audit(&self, records: &[Record]) -> Result<(), StoreError>;
+    /// The highest seq indexed (0: none).
+    async fn audit_indexed_seq(&self) -> Result<u64, StoreError>;
+    /// One page of indexed records matching `query`, oldest first.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+    /// Removes a tenant's indexed records older than `before_micros`;
+    /// returns how many.
+    async fn purge_audit(&self, tenant_id: &str, before_micros: i64) -> Result<u64, StoreError>;
 
     /// Forces everything written so far to disk.
     async fn flush(&self) -> Result<(), StoreError>;

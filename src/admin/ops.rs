@@ -660,6 +660,11 @@ impl AdminOps {
         Ok(())
     }
 
+    /// The store (the audit queries read its index).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     // === usage ===
 
     /// Real counters and utilisation against the tier's limits.

@@ -73,7 +73,37 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
             "the head's signature does not verify (altered, or another key)",
         ));
     }
-    for (expected_file, (no, path)) in (1u64..).zip(files.iter()) {
+    // After retention removed old files, a signed anchor says where the
+    // chain now starts.
+    let anchor_path = dir.join(super::index::ANCHOR);
+    let mut first_file = 1u64;
+    match fs::read(&anchor_path) {
+        Ok(bytes) => {
+            let anchor: Head = serde_json::from_slice(&bytes)
+                .map_err(|e| broken(&anchor_path, None, format!("unreadable anchor: {e}")))?;
+            if let Some(key) = key
+                && !anchor.is_signed_by(key)
+            {
+                return Err(broken(
+                    &anchor_path,
+                    None,
+                    "the anchor's signature does not verify (altered, or another key)",
+                ));
+            }
+            first_file = writer::file_number(&anchor.file)
+                .ok_or_else(|| broken(&anchor_path, None, "the anchor names no log file"))?;
+            expected_seq = anchor.seq + 1;
+            prev_hash = anchor.hash;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(broken(&anchor_path, None, format!("cannot read: {e}"))),
+    }
+    let first_seq = expected_seq;
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|(no, _)| *no >= first_file)
+        .collect();
+    for (expected_file, (no, path)) in (first_file..).zip(files.iter()) {
         if *no != expected_file {
             return Err(broken(
                 &dir.join(format!("audit-{expected_file:06}.jsonl")),
@@ -125,18 +155,19 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
             expected_seq += 1;
         }
     }
-    let records = expected_seq - 1;
+    let records = expected_seq - first_seq;
+    let last_seq = expected_seq - 1;
     match &head {
-        None if records > 0 => {
+        None if last_seq > 0 => {
             return Err(broken(&head_path, None, "head missing"));
         }
         None => {}
-        Some(h) if records < h.seq => {
+        Some(h) if last_seq < h.seq => {
             return Err(broken(
                 &head_path,
                 None,
                 format!(
-                    "the log ends at record {records} but the head names record {} (tail or last file removed)",
+                    "the log ends at record {last_seq} but the head names record {} (tail or last file removed)",
                     h.seq
                 ),
             ));

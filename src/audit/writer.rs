@@ -30,6 +30,10 @@ pub const MAX_BATCH: usize = 4096;
 /// The signed head's file name.
 pub const HEAD: &str = "audit.head";
 
+/// Called with each written batch, on the writer thread (the store's
+/// query index).
+pub type IndexHook = Box<dyn Fn(&[Record]) -> Result<(), String> + Send>;
+
 /// Where and how to write.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -160,10 +164,12 @@ struct State {
     hash: String,
     stats: Arc<Stats>,
     out: Vec<u8>,
+    records: Vec<Record>,
+    index: Option<IndexHook>,
 }
 
 /// Opens (or continues) the log in `config.dir` and starts the writer.
-pub fn start(config: WriterConfig) -> io::Result<(Audit, Writer)> {
+pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audit, Writer)> {
     fs::create_dir_all(&config.dir)?;
     let (file_no, seq, hash) = recover(&config.dir)?;
     let path = config.dir.join(file_name(file_no));
@@ -189,6 +195,8 @@ pub fn start(config: WriterConfig) -> io::Result<(Audit, Writer)> {
         hash,
         stats,
         out: Vec::with_capacity(1 << 16),
+        records: Vec::with_capacity(MAX_BATCH),
+        index,
     };
     let thread = std::thread::Builder::new()
         .name("costguard-audit".into())
@@ -262,6 +270,7 @@ impl State {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Message>) {
+        self.records.clear();
         let (seq0, hash0) = (self.seq, self.hash.clone());
         let sync = batch.iter().any(|m| m.durability == Durability::Synced)
             || self.last_sync.elapsed() >= Duration::from_secs(1);
@@ -292,6 +301,9 @@ impl State {
             self.hash = record.hash.clone();
             serde_json::to_writer(&mut self.out, &record).expect("a record serializes");
             self.out.push(b'\n');
+            if self.index.is_some() {
+                self.records.push(record);
+            }
         }
         let result = self.append(sync);
         match result {
@@ -303,6 +315,15 @@ impl State {
                     let mut stdout = io::stdout().lock();
                     let _ = stdout.write_all(&self.out);
                     let _ = stdout.flush();
+                }
+                // Indexed before the callers hear back, so a query made
+                // after a response sees its record. The files are the
+                // record; a lagging index is caught up at startup.
+                if let Some(index) = &self.index
+                    && let Err(e) = index(&self.records)
+                {
+                    self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "Audit records not indexed (queries miss them until a restart re-indexes).");
                 }
                 for (i, m) in batch.drain(..).enumerate() {
                     let _ = m.ack.send(Ok(seq0 + 1 + i as u64));

@@ -294,6 +294,10 @@ pub struct AuditSection {
     pub fail_open: bool,
     /// Also print every record on stdout, for the cluster's log collector.
     pub stdout: bool,
+    /// How often records past their tenant's `retention_days` are purged
+    /// (from the index; files once every tenant's retention has passed).
+    #[serde(with = "duration")]
+    pub retention_interval: Duration,
 }
 
 impl Default for AuditSection {
@@ -307,6 +311,7 @@ impl Default for AuditSection {
             channel_capacity: 65_536,
             fail_open: false,
             stdout: false,
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }

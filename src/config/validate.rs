@@ -176,6 +176,8 @@ pub struct AuditConfig {
     pub fail_open: bool,
     /// Also to stdout.
     pub stdout: bool,
+    /// Retention pass period.
+    pub retention_interval: Duration,
 }
 
 /// `[store]`, validated.
@@ -485,6 +487,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             as usize,
         fail_open: a.fail_open,
         stdout: a.stdout,
+        retention_interval: c.duration("audit.retention_interval", a.retention_interval),
     };
     let mut warnings = Vec::new();
     if file.sso.is_some() {

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Removed, Store, StoreError, UsageKey};
+use super::{AUDIT_SCAN_LIMIT, AuditPage, AuditQuery, Removed, Store, StoreError, UsageKey};
+use crate::audit::Record;
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// sled-backed [`Store`].
@@ -33,6 +34,12 @@ pub struct SledStore {
     roles: Tree,
     /// `tenant/day` → request count (u64 big-endian).
     usage: Tree,
+    /// seq (8 bytes BE) → audit record JSON.
+    audit: Tree,
+    /// time key + seq → (): every record by time.
+    audit_by_time: Tree,
+    /// tenant + 0 + time key + seq → (): a tenant's records by time.
+    audit_by_tenant: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
     write_lock: Mutex<()>,
@@ -52,6 +59,38 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 
 fn scoped(tenant_id: &str, id: &str) -> Vec<u8> {
     format!("{tenant_id}/{id}").into_bytes()
+}
+
+/// Unix microseconds as 8 bytes that sort like the numbers, then the seq.
+fn time_key(micros: i64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&((micros as u64) ^ (1 << 63)).to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn from_time_key(k: &[u8]) -> Option<(i64, u64)> {
+    let t = u64::from_be_bytes(k.get(..8)?.try_into().ok()?) ^ (1 << 63);
+    let seq = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
+    Some((t as i64, seq))
+}
+
+fn tenant_key(tenant: &str, micros: i64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 17);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&time_key(micros, seq));
+    k
+}
+
+/// A record's time as Unix microseconds.
+pub fn record_micros(record: &Record) -> i64 {
+    time::OffsetDateTime::parse(
+        &record.timestamp,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
+    .unwrap_or(0)
 }
 
 fn prefix(tenant_id: &str) -> Vec<u8> {
@@ -92,6 +131,9 @@ impl SledStore {
             users: tree("users")?,
             roles: tree("roles")?,
             usage: tree("usage")?,
+            audit: tree("audit")?,
+            audit_by_time: tree("audit_by_time")?,
+            audit_by_tenant: tree("audit_by_tenant")?,
             db,
             write_lock: Mutex::new(()),
         })
@@ -413,6 +455,126 @@ impl Store for SledStore {
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0))
+    }
+
+    async fn index_audit(&self, records: &[Record]) -> Result<(), StoreError> {
+        let (mut by_seq, mut by_time, mut by_tenant) = Default::default();
+        let mut max = 0;
+        for r in records {
+            let micros = record_micros(r);
+            let (by_seq, by_time, by_tenant): (
+                &mut ::sled::Batch,
+                &mut ::sled::Batch,
+                &mut ::sled::Batch,
+            ) = (&mut by_seq, &mut by_time, &mut by_tenant);
+            by_seq.insert(&r.seq.to_be_bytes(), encode(r)?);
+            by_time.insert(&time_key(micros, r.seq), &[]);
+            if !r.tenant_id.is_empty() {
+                by_tenant.insert(tenant_key(&r.tenant_id, micros, r.seq), &[]);
+            }
+            max = max.max(r.seq);
+        }
+        self.audit.apply_batch(by_seq).map_err(backend)?;
+        self.audit_by_time.apply_batch(by_time).map_err(backend)?;
+        self.audit_by_tenant
+            .apply_batch(by_tenant)
+            .map_err(backend)?;
+        self.audit
+            .fetch_and_update(b"indexed_seq", |old| {
+                let old = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                Some(old.max(max).to_be_bytes().to_vec())
+            })
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn audit_indexed_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .audit
+            .get(b"indexed_seq")
+            .map_err(backend)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    async fn query_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let start = q.start_micros.unwrap_or(i64::MIN);
+        let end = q.end_micros.unwrap_or(i64::MAX);
+        let (tree, prefix) = match &q.tenant_id {
+            Some(t) => (&self.audit_by_tenant, {
+                let mut p = t.as_bytes().to_vec();
+                p.push(0);
+                p
+            }),
+            None => (&self.audit_by_time, Vec::new()),
+        };
+        if start > end {
+            return Ok(AuditPage::default());
+        }
+        let mut from = prefix.clone();
+        match q.after {
+            Some((t, seq)) if t >= start => {
+                from.extend_from_slice(&time_key(t, seq.saturating_add(1)))
+            }
+            _ => from.extend_from_slice(&time_key(start, 0)),
+        }
+        let mut to = prefix.clone();
+        to.extend_from_slice(&time_key(end, u64::MAX));
+        if from > to {
+            return Ok(AuditPage::default());
+        }
+        let mut page = AuditPage::default();
+        let mut last_scanned = None;
+        for (scanned, entry) in tree.range(from..=to).enumerate() {
+            if page.records.len() >= q.limit || scanned >= AUDIT_SCAN_LIMIT {
+                page.next = last_scanned;
+                return Ok(page);
+            }
+            let (k, _) = entry.map_err(backend)?;
+            let Some((micros, seq)) = from_time_key(&k[prefix.len()..]) else {
+                continue;
+            };
+            last_scanned = Some((micros, seq));
+            let Some(bytes) = self.audit.get(seq.to_be_bytes()).map_err(backend)? else {
+                continue;
+            };
+            let record: Record = decode(&bytes)?;
+            if q.user_id.as_ref().is_some_and(|u| *u != record.user_id)
+                || q.event_type
+                    .as_ref()
+                    .is_some_and(|e| *e != record.event_type)
+            {
+                continue;
+            }
+            page.records.push(record);
+        }
+        Ok(page)
+    }
+
+    async fn purge_audit(&self, tenant_id: &str, before_micros: i64) -> Result<u64, StoreError> {
+        let from = tenant_key(tenant_id, i64::MIN, 0);
+        let to = tenant_key(tenant_id, before_micros, 0);
+        let mut removed = 0;
+        for entry in self.audit_by_tenant.range(from..to) {
+            let (k, _) = entry.map_err(backend)?;
+            let Some((micros, seq)) = from_time_key(&k[tenant_id.len() + 1..]) else {
+                continue;
+            };
+            self.audit_by_tenant.remove(&k).map_err(backend)?;
+            self.audit_by_time
+                .remove(time_key(micros, seq))
+                .map_err(backend)?;
+            self.audit.remove(seq.to_be_bytes()).map_err(backend)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.durable().await?;
+        }
+        Ok(removed)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
