@@ -792,3 +792,53 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
     let (code, out) = verify(&copy);
     assert_eq!(code, 1, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_fields_stay_inside_one_record_and_stdout_gets_a_copy() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let cg = start(&up, &store, "[audit]\nstdout = true\n");
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key(&t, &["viewer"]);
+    let ua = r#"x"}, {"event_type": "forged", "severity": "LOW"} \" \\"#;
+    let path = "/v1/%22%7D%7B%22event_type%22:%22forged%22%7D/'";
+    let with = |k: &str| format!("X-API-Key: {k}\r\nUser-Agent: {ua}\r\n");
+    assert_eq!(get(&cg, path, &with(&key)).status, 200);
+    assert_eq!(
+        get(&cg, path, &with(&format!("costops_{}", "1".repeat(32)))).status,
+        401
+    );
+    // Encoded CR/LF in the path is refused (400), and that denial recorded.
+    let crlf = "/v1/%0D%0A%7B%22event_type%22:%22forged%22%7D";
+    assert_eq!(get(&cg, crlf, &with(&key)).status, 400);
+    let text = std::fs::read_to_string(store.join("audit/audit-000001.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(parsed.iter().all(|r| r["event_type"] != "forged"));
+    let hostile: Vec<&Value> = parsed.iter().filter(|r| r["user_agent"] == ua).collect();
+    assert_eq!(
+        hostile.len(),
+        3,
+        "the user agent kept byte for byte, in its own field"
+    );
+    assert!(hostile.iter().all(|r| {
+        r["details"]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/v1/%")
+    }));
+    // The collector's copy on stdout: the same records, one per line.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = cg.logs();
+    let copies = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("event_type").is_some() && v.get("hash").is_some())
+        .count();
+    assert_eq!(copies, parsed.len(), "{logs}");
+    assert_eq!(verify(&store.join("audit")).0, 0);
+}
