@@ -4,7 +4,8 @@
 # and limits beside nginx, haproxy and a bare hyper forwarder, in one
 # interleaved run; plus costguard with per-key rate limiting off
 # (`costguard-nolimits`; the daily quota is still counted, it is how usage
-# is counted) and with the JSON access log on (`costguard-accesslog`).
+# is counted), with the audit log off (`costguard-noaudit`) and with the
+# JSON access log on (`costguard-accesslog`).
 #
 # It builds the release binaries, makes a store with one tenant and one
 # viewer key
@@ -53,11 +54,14 @@ args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-ke
   --candidate "$TARGET/release/examples/bare_forwarder --listen 127.0.0.1:{PORT} --upstream http://{UPSTREAM}"
   --port 18091 --name bare-hyper
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store4 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_RATE_LIMIT_ENABLED=false $BIN serve --config $CONFIG"
-  --port 18094 --name costguard-nolimits)
+  --port 18094 --name costguard-nolimits
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store5 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG"
+  --port 18095 --name costguard-noaudit)
 # The access-log and no-limits candidates need their own store (sled allows one process per
 # store): copy the one with the key.
 cp -r "$WORK/store" "$WORK/store2"
 cp -r "$WORK/store" "$WORK/store4"
+cp -r "$WORK/store" "$WORK/store5"
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
     --port 18093 --name costguard-plain)

@@ -825,12 +825,11 @@ async fn hostile_fields_stay_inside_one_record_and_stdout_gets_a_copy() {
         3,
         "the user agent kept byte for byte, in its own field"
     );
-    assert!(hostile.iter().all(|r| {
-        r["details"]["path"]
-            .as_str()
-            .unwrap()
-            .starts_with("/v1/%")
-    }));
+    assert!(
+        hostile
+            .iter()
+            .all(|r| { r["details"]["path"].as_str().unwrap().starts_with("/v1/%") })
+    );
     // The collector's copy on stdout: the same records, one per line.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = cg.logs();

@@ -57,6 +57,8 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
     let mut hash_at: Option<(u64, String)> = None;
     let head_path = dir.join(HEAD);
     let head: Option<Head> = match fs::read(&head_path) {
+        // Created, never written (nothing was recorded yet).
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => None,
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
                 .map_err(|e| broken(&head_path, None, format!("unreadable head: {e}")))?,

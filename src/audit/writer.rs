@@ -29,6 +29,9 @@ use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, S
 pub const MAX_BATCH: usize = 4096;
 /// The signed head's file name.
 pub const HEAD: &str = "audit.head";
+/// The head's size on disk: its JSON padded with spaces, always the same
+/// length, so an overwrite never leaves a longer old tail behind.
+const HEAD_BYTES: usize = 512;
 
 /// Called with each written batch, on the writer thread (the store's
 /// query index).
@@ -166,6 +169,7 @@ struct State {
     out: Vec<u8>,
     records: Vec<Record>,
     index: Option<IndexHook>,
+    head: File,
 }
 
 /// Opens (or continues) the log in `config.dir` and starts the writer.
@@ -175,6 +179,11 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
     let path = config.dir.join(file_name(file_no));
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     let file_bytes = file.metadata()?.len();
+    let head = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(config.dir.join(HEAD))?;
     sync_dir(&config.dir)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
@@ -197,6 +206,7 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         out: Vec::with_capacity(1 << 16),
         records: Vec::with_capacity(MAX_BATCH),
         index,
+        head,
     };
     let thread = std::thread::Builder::new()
         .name("costguard-audit".into())
@@ -397,22 +407,22 @@ impl State {
         Ok(())
     }
 
+    /// Overwrites the head in place: one `pwrite` of a fixed-size block
+    /// (the JSON padded with spaces), which a killed process cannot tear,
+    /// instead of a create-and-rename per batch (hundreds of microseconds).
     fn write_head(&self, sync: bool) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let head = Head::signed(
             &self.config.key,
             file_name(self.file_no),
             self.seq,
             self.hash.clone(),
         );
-        let tmp = self.config.dir.join("audit.head.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(&head).expect("a head serializes"))?;
+        let mut block = serde_json::to_vec(&head).expect("a head serializes");
+        block.resize(HEAD_BYTES.max(block.len()), b' ');
+        self.head.write_all_at(&block, 0)?;
         if sync {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.config.dir.join(HEAD))?;
-        if sync {
-            sync_dir(&self.config.dir)?;
+            self.head.sync_data()?;
         }
         Ok(())
     }

@@ -34,11 +34,12 @@ pub struct SledStore {
     roles: Tree,
     /// `tenant/day` → request count (u64 big-endian).
     usage: Tree,
-    /// seq (8 bytes BE) → audit record JSON.
+    /// Audit index bookkeeping (`indexed_seq`).
     audit: Tree,
-    /// time key + seq → (): every record by time.
+    /// time key + seq → the record's JSON: every record, by time.
     audit_by_time: Tree,
-    /// tenant + 0 + time key + seq → (): a tenant's records by time.
+    /// tenant + 0 + time key + seq → (): a tenant's records by time (the
+    /// record is in `audit_by_time` under the key's suffix).
     audit_by_tenant: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
@@ -458,23 +459,17 @@ impl Store for SledStore {
     }
 
     async fn index_audit(&self, records: &[Record]) -> Result<(), StoreError> {
-        let (mut by_seq, mut by_time, mut by_tenant) = Default::default();
+        let mut by_time = ::sled::Batch::default();
+        let mut by_tenant = ::sled::Batch::default();
         let mut max = 0;
         for r in records {
             let micros = record_micros(r);
-            let (by_seq, by_time, by_tenant): (
-                &mut ::sled::Batch,
-                &mut ::sled::Batch,
-                &mut ::sled::Batch,
-            ) = (&mut by_seq, &mut by_time, &mut by_tenant);
-            by_seq.insert(&r.seq.to_be_bytes(), encode(r)?);
-            by_time.insert(&time_key(micros, r.seq), &[]);
+            by_time.insert(&time_key(micros, r.seq), encode(r)?);
             if !r.tenant_id.is_empty() {
                 by_tenant.insert(tenant_key(&r.tenant_id, micros, r.seq), &[]);
             }
             max = max.max(r.seq);
         }
-        self.audit.apply_batch(by_seq).map_err(backend)?;
         self.audit_by_time.apply_batch(by_time).map_err(backend)?;
         self.audit_by_tenant
             .apply_batch(by_tenant)
@@ -534,13 +529,22 @@ impl Store for SledStore {
                 page.next = last_scanned;
                 return Ok(page);
             }
-            let (k, _) = entry.map_err(backend)?;
+            let (k, v) = entry.map_err(backend)?;
             let Some((micros, seq)) = from_time_key(&k[prefix.len()..]) else {
                 continue;
             };
             last_scanned = Some((micros, seq));
-            let Some(bytes) = self.audit.get(seq.to_be_bytes()).map_err(backend)? else {
-                continue;
+            let bytes = if q.tenant_id.is_some() {
+                match self
+                    .audit_by_time
+                    .get(time_key(micros, seq))
+                    .map_err(backend)?
+                {
+                    Some(b) => b,
+                    None => continue,
+                }
+            } else {
+                v
             };
             let record: Record = decode(&bytes)?;
             if q.user_id.as_ref().is_some_and(|u| *u != record.user_id)
@@ -568,7 +572,6 @@ impl Store for SledStore {
             self.audit_by_time
                 .remove(time_key(micros, seq))
                 .map_err(backend)?;
-            self.audit.remove(seq.to_be_bytes()).map_err(backend)?;
             removed += 1;
         }
         if removed > 0 {
@@ -579,5 +582,91 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         self.durable().await
+    }
+}
+
+#[cfg(test)]
+mod audit_index_tests {
+    use super::*;
+    use crate::audit::{GENESIS, Severity};
+
+    fn record(seq: u64, tenant: &str, event_type: &str) -> Record {
+        Record {
+            seq,
+            event_id: format!("e{seq}"),
+            timestamp: format!("2026-11-27T10:00:{:02}Z", seq % 60),
+            event_type: event_type.into(),
+            user_id: format!("u{}", seq % 2),
+            tenant_id: tenant.into(),
+            details: serde_json::json!({}),
+            ip_address: String::new(),
+            user_agent: String::new(),
+            severity: Severity::Low,
+            request_id: String::new(),
+            prev_hash: GENESIS.into(),
+            hash: GENESIS.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn index_query_page_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let records: Vec<Record> = (1..=20)
+            .map(|i| {
+                record(
+                    i,
+                    if i % 2 == 0 { "org-a" } else { "org-b" },
+                    if i % 5 == 0 { "x" } else { "y" },
+                )
+            })
+            .collect();
+        store.index_audit(&records).await.unwrap();
+        assert_eq!(store.audit_indexed_seq().await.unwrap(), 20);
+        let q = |tenant: Option<&str>, event: Option<&str>, limit, after| AuditQuery {
+            tenant_id: tenant.map(Into::into),
+            event_type: event.map(Into::into),
+            limit,
+            after,
+            ..AuditQuery::default()
+        };
+        let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
+        assert_eq!(all.records.len(), 20);
+        assert!(all.next.is_none());
+        let a = store
+            .query_audit(&q(Some("org-a"), None, 100, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (1..=10).map(|i| i * 2).collect::<Vec<_>>()
+        );
+        let x = store
+            .query_audit(&q(Some("org-a"), Some("x"), 100, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            x.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [10, 20]
+        );
+        let p1 = store
+            .query_audit(&q(Some("org-a"), None, 3, None))
+            .await
+            .unwrap();
+        assert_eq!(p1.records.len(), 3);
+        let p2 = store
+            .query_audit(&q(Some("org-a"), None, 3, p1.next))
+            .await
+            .unwrap();
+        assert_eq!(p2.records[0].seq, 8);
+        let before = record_micros(&record(11, "", ""));
+        assert_eq!(store.purge_audit("org-a", before).await.unwrap(), 5);
+        let a = store
+            .query_audit(&q(Some("org-a"), None, 100, None))
+            .await
+            .unwrap();
+        assert_eq!(a.records.len(), 5);
+        let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
+        assert_eq!(all.records.len(), 15);
     }
 }
