@@ -191,6 +191,8 @@ pub struct Stats {
     pub failed_open: AtomicU64,
     /// Batches the query index missed.
     pub index_failures: AtomicU64,
+    /// Records handed to the query index.
+    pub indexed: AtomicU64,
 }
 
 impl std::fmt::Debug for Message {

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -754,12 +754,15 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
             .unwrap()
             .records
     };
-    assert_eq!(
-        in_index(store.clone(), tenant.tenant_id.clone())
-            .await
-            .len(),
-        40
-    );
+    let started = Instant::now();
+    while in_index(store.clone(), tenant.tenant_id.clone())
+        .await
+        .len()
+        != 40
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "never indexed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Two days later.
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64

@@ -168,7 +168,8 @@ struct State {
     stats: Arc<Stats>,
     out: Vec<u8>,
     records: Vec<Record>,
-    index: Option<IndexHook>,
+    /// Batches for the indexer thread.
+    index: Option<std::sync::mpsc::SyncSender<Vec<Record>>>,
     head: File,
 }
 
@@ -186,6 +187,7 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         .open(config.dir.join(HEAD))?;
     sync_dir(&config.dir)?;
     let stats = Arc::new(Stats::default());
+    let stats_for_index = stats.clone();
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
     let audit = Audit {
         tx,
@@ -205,7 +207,9 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         stats,
         out: Vec::with_capacity(1 << 16),
         records: Vec::with_capacity(MAX_BATCH),
-        index,
+        index: index
+            .map(|hook| spawn_indexer(hook, stats_for_index))
+            .transpose()?,
         head,
     };
     let thread = std::thread::Builder::new()
@@ -217,6 +221,36 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
             thread: Some(thread),
         },
     ))
+}
+
+/// Batches the indexer may lag behind the writer before the writer waits.
+const INDEX_QUEUE: usize = 64;
+
+/// Starts the indexer thread: it hands each written batch to `hook` (the
+/// store), off the writer's path.
+fn spawn_indexer(
+    hook: IndexHook,
+    stats: Arc<Stats>,
+) -> io::Result<std::sync::mpsc::SyncSender<Vec<Record>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(INDEX_QUEUE);
+    std::thread::Builder::new()
+        .name("costguard-audit-index".into())
+        .spawn(move || {
+            while let Ok(records) = rx.recv() {
+                match hook(&records) {
+                    Ok(()) => {
+                        stats
+                            .indexed
+                            .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, records = records.len(), "Audit records not indexed (a restart re-indexes them from the files).");
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Where the chain ends: (file number to append to, last seq, last hash).
@@ -326,14 +360,14 @@ impl State {
                     let _ = stdout.write_all(&self.out);
                     let _ = stdout.flush();
                 }
-                // Indexed before the callers hear back, so a query made
-                // after a response sees its record. The files are the
-                // record; a lagging index is caught up at startup.
-                if let Some(index) = &self.index
-                    && let Err(e) = index(&self.records)
-                {
-                    self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "Audit records not indexed (queries miss them until a restart re-indexes).");
+                // The index is fed off this thread (the files are the
+                // record; queries may trail writes by a batch or two). A
+                // full index queue makes the writer wait: nothing skipped.
+                if let Some(index) = &self.index {
+                    let records = std::mem::take(&mut self.records);
+                    if index.send(records).is_err() {
+                        self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 for (i, m) in batch.drain(..).enumerate() {
                     let _ = m.ack.send(Ok(seq0 + 1 + i as u64));
