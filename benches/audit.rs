@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
             timestamp: t
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap(),
-            event_type: if seq % 10 == 0 {
+            event_type: if seq.is_multiple_of(10) {
                 "security.access_denied"
             } else {
                 "request.allowed"
