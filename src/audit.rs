@@ -11,13 +11,17 @@
 //! [`verify`].
 //!
 //! What a caller waits for:
-//! - a proxied request's record is *written* (in the kernel, so it survives
-//!   `kill -9` of costguard) before the request is forwarded or refused: no
-//!   request reaches the upstream without its record;
+//! - a proxied request's record is queued (the request waits only while
+//!   the queue is full); the writer writes whatever is queued as soon as
+//!   it can, so a crash of the process loses at most the records of the
+//!   last moment (those still queued; in practice the last millisecond or
+//!   so, bounded by `audit.channel_capacity`);
 //! - an admin action's record is *synced* (fdatasync) before its 2xx.
 //!
-//! If the files cannot be written, proxied requests get 503 (fail closed)
-//! unless `audit.fail_open` is set, which lets them through and counts them.
+//! If the files cannot be written, the writer keeps the batch and retries;
+//! meanwhile proxied requests get 503 (fail closed) unless
+//! `audit.fail_open` is set, which lets them through unrecorded and counts
+//! them.
 
 pub mod index;
 pub mod verify;
@@ -169,7 +173,8 @@ pub enum AuditError {
 pub(crate) struct Message {
     pub(crate) event: Event,
     pub(crate) durability: Durability,
-    pub(crate) ack: oneshot::Sender<Result<u64, AuditError>>,
+    /// `None`: nobody waits (a proxied request's record).
+    pub(crate) ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
 /// Sends records to the writer. Cheap to clone.
@@ -193,6 +198,8 @@ pub struct Stats {
     pub index_failures: AtomicU64,
     /// Records handed to the query index.
     pub indexed: AtomicU64,
+    /// Set while the files cannot be written.
+    pub unwritable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Message {
@@ -204,7 +211,8 @@ impl std::fmt::Debug for Message {
 }
 
 impl Audit {
-    /// Records `event` and waits until it is `durability`; returns its seq.
+    /// Records `event` and waits until it is `durability`; returns the seq
+    /// of the last record written with it.
     /// Waits while the channel is full.
     pub async fn record(&self, event: Event, durability: Durability) -> Result<u64, AuditError> {
         let (ack, done) = oneshot::channel();
@@ -212,26 +220,43 @@ impl Audit {
             .send(Message {
                 event,
                 durability,
-                ack,
+                ack: Some(ack),
             })
             .await
             .map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// For a proxied request: records it, then decides whether the request
-    /// may go on. An unwritable log stops it (fail closed) unless
-    /// `fail_open`, which lets it through and counts it.
+    /// For a proxied request: queues its record (waiting only while the
+    /// queue is full) and lets the request go on. While the log cannot be
+    /// written, the request is refused (fail closed) unless `fail_open`,
+    /// which lets it through unrecorded and counts it.
     pub async fn record_request(&self, event: Event) -> Result<(), AuditError> {
-        match self.record(event, Durability::Written).await {
-            Ok(_) => Ok(()),
-            Err(e) if self.fail_open => {
+        if self.stats.unwritable.load(Ordering::Relaxed) {
+            if self.fail_open {
                 self.stats.failed_open.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "Audit record not written; letting the request through (audit.fail_open).");
-                Ok(())
+                return Ok(());
             }
-            Err(e) => Err(e),
+            return Err(AuditError::Unwritable(
+                "the last write failed; retrying".into(),
+            ));
         }
+        self.tx
+            .send(Message {
+                event,
+                durability: Durability::Written,
+                ack: None,
+            })
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Waits until everything queued before this call is written and
+    /// synced (shutdown, and tests).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        self.record(Event::default(), Durability::Synced)
+            .await
+            .map(|_| ())
     }
 
     /// The writer's counters.

@@ -269,6 +269,11 @@ impl Server {
             r.abort();
         }
         self.usage.flush().await;
+        if let Some(audit) = &self.audit
+            && let Err(e) = audit.flush().await
+        {
+            tracing::error!(error = %e, "Audit records queued at shutdown could not be written.");
+        }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
         }

@@ -59,6 +59,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
     let head: Option<Head> = match fs::read(&head_path) {
         // Created, never written (nothing was recorded yet).
         Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => None,
+        Ok(bytes) if serde_json::from_slice::<Head>(&bytes).is_ok_and(|h| h.seq == 0) => None,
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes)
                 .map_err(|e| broken(&head_path, None, format!("unreadable head: {e}")))?,

@@ -324,6 +324,10 @@ impl State {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         for m in batch.iter_mut() {
+            if m.event.event_type.is_empty() {
+                // A flush barrier: no record, answered with the batch.
+                continue;
+            }
             let e = std::mem::take(&mut m.event);
             self.seq += 1;
             let mut record = Record {
@@ -349,6 +353,19 @@ impl State {
                 self.records.push(record);
             }
         }
+        if self.out.is_empty() {
+            // Only flush barriers: sync what is written, answer them.
+            let result = self.file.sync_data();
+            for m in batch.drain(..) {
+                if let Some(ack) = m.ack {
+                    let _ = ack.send(match &result {
+                        Ok(()) => Ok(self.seq),
+                        Err(e) => Err(AuditError::Unwritable(e.to_string())),
+                    });
+                }
+            }
+            return;
+        }
         let result = self.append(sync);
         match result {
             Ok(true) => {
@@ -369,8 +386,11 @@ impl State {
                         self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                for (i, m) in batch.drain(..).enumerate() {
-                    let _ = m.ack.send(Ok(seq0 + 1 + i as u64));
+                self.stats.unwritable.store(false, Ordering::Relaxed);
+                for m in batch.drain(..) {
+                    if let Some(ack) = m.ack {
+                        let _ = ack.send(Ok(self.seq));
+                    }
                 }
             }
             Ok(false) => {
@@ -380,20 +400,58 @@ impl State {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = AuditError::Unwritable("the audit head could not be written".into());
                 for m in batch.drain(..) {
-                    let _ = m.ack.send(Err(err.clone()));
+                    if let Some(ack) = m.ack {
+                        let _ = ack.send(Err(err.clone()));
+                    }
                 }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.unwritable.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "Audit batch could not be written.");
-                // Nothing of the batch is in the file: the chain continues
-                // from the last record there.
-                self.seq = seq0;
-                self.hash = hash0;
                 let err = AuditError::Unwritable(e.to_string());
-                for m in batch.drain(..) {
-                    let _ = m.ack.send(Err(err.clone()));
+                for m in batch.iter_mut() {
+                    if let Some(ack) = m.ack.take() {
+                        let _ = ack.send(Err(err.clone()));
+                    }
                 }
+                if self.config.fail_open {
+                    // Fail open: the batch is given up, and counted.
+                    self.stats
+                        .failed_open
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.seq = seq0;
+                    self.hash = hash0;
+                    batch.clear();
+                } else {
+                    // Fail closed: nothing of the batch is in the file and
+                    // its records stay valid (the chain is where they left
+                    // it), so the same bytes are written once the files
+                    // can be; new requests are refused meanwhile.
+                    self.retry_until_written(batch.len());
+                    batch.clear();
+                }
+            }
+        }
+    }
+
+    /// Retries the batch in `self.out` every 200 ms until it is written.
+    fn retry_until_written(&mut self, records: usize) {
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(_head_written) = self.append(true) {
+                self.stats
+                    .written
+                    .fetch_add(records as u64, Ordering::Relaxed);
+                self.stats.unwritable.store(false, Ordering::Relaxed);
+                if let Some(index) = &self.index {
+                    let _ = index.send(std::mem::take(&mut self.records));
+                }
+                tracing::info!(
+                    records,
+                    "Audit log writable again; the held batch is written."
+                );
+                return;
             }
         }
     }
