@@ -12,8 +12,9 @@
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
 //! Every decision is recorded in the audit log: an allowed request's record
-//! is written before it is forwarded (no request reaches the upstream
-//! unrecorded; an unwritable log is 503), a denial's before it is answered.
+//! is queued before it is forwarded, a denial's before it is answered;
+//! while the log cannot be written, requests are refused (503) unless
+//! `audit.fail_open`.
 
 use std::sync::Arc;
 
