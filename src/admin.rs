@@ -369,13 +369,17 @@ impl Admin {
                 ops.delete_role(caller, t, r).await?;
                 ok(json!({"name": r, "deleted": true}))
             }
-            (Method::GET, ["audit"]) => {
+            (Method::GET, ["audit", rest @ ..]) => {
+                let Some(audit) = &self.0.audit else {
+                    return Err(ApiError::NotFound(
+                        "the audit log is disabled (audit.enabled)".into(),
+                    ));
+                };
                 let params = audit_query::query_params(query);
-                ok(audit_query::query(ops.store(), caller, &params).await?)
-            }
-            (Method::GET, ["audit", "report"]) => {
-                let params = audit_query::query_params(query);
-                ok(audit_query::report(ops.store(), caller, &params).await?)
+                match rest {
+                    [] => ok(audit_query::query(ops.store(), audit.dir(), caller, &params).await?),
+                    _ => ok(audit_query::report(ops.store(), audit.dir(), caller, &params).await?),
+                }
             }
             _ => Err(ApiError::NoRoute),
         }

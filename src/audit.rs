@@ -181,6 +181,7 @@ pub(crate) struct Message {
 #[derive(Clone, Debug)]
 pub struct Audit {
     tx: mpsc::Sender<Message>,
+    dir: Arc<std::path::PathBuf>,
     fail_open: bool,
     stats: Arc<Stats>,
 }
@@ -257,6 +258,11 @@ impl Audit {
         self.record(Event::default(), Durability::Synced)
             .await
             .map(|_| ())
+    }
+
+    /// The directory of the files (queries read records back from it).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The writer's counters.

@@ -100,7 +100,7 @@ impl Server {
             }
             let hook: writer::IndexHook = {
                 let (store, rt) = (store.clone(), tokio::runtime::Handle::current());
-                Box::new(move |records: &[crate::audit::Record]| {
+                Box::new(move |records: &[crate::store::AuditPointer]| {
                     rt.block_on(store.index_audit(records))
                         .map_err(|e| e.to_string())
                 })

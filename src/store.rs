@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use crate::audit::Record;
+use crate::audit::Severity;
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// An audit query: filters, a time range, a page size and a cursor.
@@ -35,11 +35,35 @@ pub struct AuditQuery {
     pub after: Option<(i64, u64)>,
 }
 
-/// One page of audit records, oldest first.
+/// Where one audit record is, and what queries filter on: the index holds
+/// these (~60 bytes), never the records themselves (the files do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPointer {
+    /// The record's seq.
+    pub seq: u64,
+    /// Its time, Unix microseconds.
+    pub micros: i64,
+    /// `audit-NNNNNN.jsonl`'s number.
+    pub file_no: u64,
+    /// Byte offset of its line.
+    pub offset: u64,
+    /// Length of its line, without the newline.
+    pub len: u32,
+    /// Severity.
+    pub severity: Severity,
+    /// Tenant ("" for none).
+    pub tenant_id: String,
+    /// User or key id.
+    pub user_id: String,
+    /// Event type.
+    pub event_type: String,
+}
+
+/// One page of audit pointers, oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct AuditPage {
-    /// The records.
-    pub records: Vec<Record>,
+    /// Where the matching records are.
+    pub entries: Vec<AuditPointer>,
     /// Where the next page starts, if there may be more.
     pub next: Option<(i64, u64)>,
 }
@@ -186,7 +210,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Adds audit records to the query index (by time and by tenant);
     /// idempotent, so re-indexing after a crash is harmless.
-    async fn index_audit(&self, records: &[Record]) -> Result<(), StoreError>;
+    async fn index_audit(&self, entries: &[AuditPointer]) -> Result<(), StoreError>;
     /// The highest seq indexed (0: none).
     async fn audit_indexed_seq(&self) -> Result<u64, StoreError>;
     /// One page of indexed records matching `query`, oldest first.

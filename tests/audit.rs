@@ -798,7 +798,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
     std::fs::write(dir.path().join("audit-hmac.key"), &key).unwrap();
     let hook: writer::IndexHook = {
         let (store, rt) = (store.clone(), tokio::runtime::Handle::current());
-        Box::new(move |records: &[costguard::audit::Record]| {
+        Box::new(move |records: &[costguard::store::AuditPointer]| {
             rt.block_on(store.index_audit(records))
                 .map_err(|e| e.to_string())
         })
@@ -835,7 +835,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
             })
             .await
             .unwrap()
-            .records
+            .entries
     };
     let started = Instant::now();
     while in_index(store.clone(), tenant.tenant_id.clone())

@@ -22,34 +22,61 @@ use serde_json::json;
 
 use super::writer::{self, Head};
 use super::{Audit, Durability, Event, Record};
-use crate::store::Store;
 use crate::store::sled::record_micros;
+use crate::store::{AuditPointer, Store};
 
 /// The anchor's file name: where the chain starts once old files were
 /// removed (a [`Head`] naming the first kept file and the seq and hash its
 /// first record continues from, signed with the head's key).
 pub const ANCHOR: &str = "audit.anchor";
 
-/// Reads every record in the log's files, in order.
-pub fn read_all(dir: &Path, mut each: impl FnMut(Record)) -> io::Result<()> {
-    for (_, path) in writer::files(dir)? {
+/// Reads every record in the log's files, in order, with its pointer.
+pub fn read_all(dir: &Path, mut each: impl FnMut(Record, AuditPointer)) -> io::Result<()> {
+    for (file_no, path) in writer::files(dir)? {
         let text = fs::read(&path)?;
-        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let mut offset = 0usize;
+        for line in text.split(|b| *b == b'\n') {
+            let start = offset;
+            offset += line.len() + 1;
+            if line.is_empty() {
+                continue;
+            }
             if let Ok(r) = serde_json::from_slice::<Record>(line) {
-                each(r);
+                let pointer = AuditPointer {
+                    seq: r.seq,
+                    micros: record_micros(&r),
+                    file_no,
+                    offset: start as u64,
+                    len: line.len() as u32,
+                    severity: r.severity,
+                    tenant_id: r.tenant_id.clone(),
+                    user_id: r.user_id.clone(),
+                    event_type: r.event_type.clone(),
+                };
+                each(r, pointer);
             }
         }
     }
     Ok(())
 }
 
+/// Reads one record back from the files (`None` if its file is gone).
+pub fn read_record(dir: &Path, p: &AuditPointer) -> Option<Record> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::File::open(dir.join(format!("audit-{:06}.jsonl", p.file_no))).ok()?;
+    let mut line = vec![0u8; p.len as usize];
+    file.read_exact_at(&mut line, p.offset).ok()?;
+    let record: Record = serde_json::from_slice(&line).ok()?;
+    (record.seq == p.seq).then_some(record)
+}
+
 /// Indexes the records the store has not seen yet.
 pub async fn catch_up(store: &Arc<dyn Store>, dir: &Path) -> Result<u64, String> {
     let indexed = store.audit_indexed_seq().await.map_err(|e| e.to_string())?;
     let mut pending = Vec::new();
-    read_all(dir, |r| {
+    read_all(dir, |r, p| {
         if r.seq > indexed {
-            pending.push(r);
+            pending.push(p);
         }
     })
     .map_err(|e| e.to_string())?;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, Stats};
+use crate::store::AuditPointer;
 
 /// Most records per write.
 pub const MAX_BATCH: usize = 4096;
@@ -38,7 +39,7 @@ const HEAD_BYTES: usize = 512;
 
 /// Called with each written batch, on the writer thread (the store's
 /// query index).
-pub type IndexHook = Box<dyn Fn(&[Record]) -> Result<(), String> + Send>;
+pub type IndexHook = Box<dyn Fn(&[AuditPointer]) -> Result<(), String> + Send>;
 
 /// Where and how to write.
 #[derive(Debug, Clone)]
@@ -170,9 +171,11 @@ struct State {
     hash: String,
     stats: Arc<Stats>,
     out: Vec<u8>,
-    records: Vec<Record>,
+    /// Index entries of the batch being written; offsets relative to
+    /// `out` until the append places them.
+    records: Vec<AuditPointer>,
     /// Batches for the indexer thread.
-    index: Option<std::sync::mpsc::SyncSender<Vec<Record>>>,
+    index: Option<std::sync::mpsc::SyncSender<Vec<AuditPointer>>>,
     head: File,
 }
 
@@ -194,6 +197,7 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
     let audit = Audit {
         tx,
+        dir: Arc::new(config.dir.clone()),
         fail_open: config.fail_open,
         stats: stats.clone(),
     };
@@ -234,8 +238,8 @@ const INDEX_QUEUE: usize = 64;
 fn spawn_indexer(
     hook: IndexHook,
     stats: Arc<Stats>,
-) -> io::Result<std::sync::mpsc::SyncSender<Vec<Record>>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(INDEX_QUEUE);
+) -> io::Result<std::sync::mpsc::SyncSender<Vec<AuditPointer>>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AuditPointer>>(INDEX_QUEUE);
     std::thread::Builder::new()
         .name("costguard-audit-index".into())
         .spawn(move || {
@@ -330,6 +334,7 @@ impl State {
         let timestamp = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
+        let micros = (now.unix_timestamp_nanos() / 1000) as i64;
         for m in batch.iter_mut() {
             if m.event.event_type.is_empty() {
                 // A flush barrier: no record, answered with the batch.
@@ -354,11 +359,22 @@ impl State {
             };
             record.hash = record.compute_hash();
             self.hash = record.hash.clone();
+            let start = self.out.len();
             serde_json::to_writer(&mut self.out, &record).expect("a record serializes");
-            self.out.push(b'\n');
             if self.index.is_some() {
-                self.records.push(record);
+                self.records.push(AuditPointer {
+                    seq: record.seq,
+                    micros,
+                    file_no: 0,
+                    offset: start as u64,
+                    len: (self.out.len() - start) as u32,
+                    severity: record.severity,
+                    tenant_id: record.tenant_id,
+                    user_id: record.user_id,
+                    event_type: record.event_type,
+                });
             }
+            self.out.push(b'\n');
         }
         if self.out.is_empty() {
             // Only flush barriers: sync what is written, answer them.
@@ -376,6 +392,7 @@ impl State {
         let result = self.append(sync);
         match result {
             Ok(true) => {
+                self.place_pointers();
                 self.stats
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -439,6 +456,16 @@ impl State {
                     batch.clear();
                 }
             }
+        }
+    }
+
+    /// Turns the batch's offsets within `out` into file positions (after a
+    /// successful append: the batch ends where the file now ends).
+    fn place_pointers(&mut self) {
+        let base = self.file_bytes - self.out.len() as u64;
+        for p in &mut self.records {
+            p.file_no = self.file_no;
+            p.offset += base;
         }
     }
 

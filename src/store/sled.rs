@@ -12,8 +12,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AUDIT_SCAN_LIMIT, AuditPage, AuditQuery, Removed, Store, StoreError, UsageKey};
-use crate::audit::Record;
+use super::{
+    AUDIT_SCAN_LIMIT, AuditPage, AuditPointer, AuditQuery, Removed, Store, StoreError, UsageKey,
+};
+use crate::audit::{Record, Severity};
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// sled-backed [`Store`].
@@ -82,6 +84,56 @@ fn tenant_key(tenant: &str, micros: i64, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&time_key(micros, seq));
     k
+}
+
+/// The index value: where the record is and what queries filter on.
+fn encode_pointer(p: &AuditPointer) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + p.tenant_id.len() + p.user_id.len() + p.event_type.len());
+    v.extend_from_slice(&p.file_no.to_be_bytes());
+    v.extend_from_slice(&p.offset.to_be_bytes());
+    v.extend_from_slice(&p.len.to_be_bytes());
+    v.push(match p.severity {
+        Severity::High => 2,
+        Severity::Medium => 1,
+        Severity::Low => 0,
+    });
+    for s in [&p.tenant_id, &p.user_id, &p.event_type] {
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        v.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        v.extend_from_slice(b);
+    }
+    v
+}
+
+fn decode_pointer(micros: i64, seq: u64, v: &[u8]) -> Option<AuditPointer> {
+    let u64_at = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
+    let file_no = u64_at(0)?;
+    let offset = u64_at(8)?;
+    let len = u32::from_be_bytes(v.get(16..20)?.try_into().ok()?);
+    let severity = match v.get(20)? {
+        2 => Severity::High,
+        1 => Severity::Medium,
+        _ => Severity::Low,
+    };
+    let mut at = 21;
+    let mut text = || {
+        let n = u16::from_be_bytes(v.get(at..at + 2)?.try_into().ok()?) as usize;
+        let s = String::from_utf8_lossy(v.get(at + 2..at + 2 + n)?).into_owned();
+        at += 2 + n;
+        Some(s)
+    };
+    let (tenant_id, user_id, event_type) = (text()?, text()?, text()?);
+    Some(AuditPointer {
+        seq,
+        micros,
+        file_no,
+        offset,
+        len,
+        severity,
+        tenant_id,
+        user_id,
+        event_type,
+    })
 }
 
 /// A record's time as Unix microseconds.
@@ -458,17 +510,16 @@ impl Store for SledStore {
             .unwrap_or(0))
     }
 
-    async fn index_audit(&self, records: &[Record]) -> Result<(), StoreError> {
+    async fn index_audit(&self, entries: &[AuditPointer]) -> Result<(), StoreError> {
         let mut by_time = ::sled::Batch::default();
         let mut by_tenant = ::sled::Batch::default();
         let mut max = 0;
-        for r in records {
-            let micros = record_micros(r);
-            by_time.insert(&time_key(micros, r.seq), encode(r)?);
-            if !r.tenant_id.is_empty() {
-                by_tenant.insert(tenant_key(&r.tenant_id, micros, r.seq), &[]);
+        for p in entries {
+            by_time.insert(&time_key(p.micros, p.seq), encode_pointer(p));
+            if !p.tenant_id.is_empty() {
+                by_tenant.insert(tenant_key(&p.tenant_id, p.micros, p.seq), &[]);
             }
-            max = max.max(r.seq);
+            max = max.max(p.seq);
         }
         self.audit_by_time.apply_batch(by_time).map_err(backend)?;
         self.audit_by_tenant
@@ -525,7 +576,7 @@ impl Store for SledStore {
         let mut page = AuditPage::default();
         let mut last_scanned = None;
         for (scanned, entry) in tree.range(from..=to).enumerate() {
-            if page.records.len() >= q.limit || scanned >= AUDIT_SCAN_LIMIT {
+            if page.entries.len() >= q.limit || scanned >= AUDIT_SCAN_LIMIT {
                 page.next = last_scanned;
                 return Ok(page);
             }
@@ -546,15 +597,17 @@ impl Store for SledStore {
             } else {
                 v
             };
-            let record: Record = decode(&bytes)?;
-            if q.user_id.as_ref().is_some_and(|u| *u != record.user_id)
+            let Some(entry) = decode_pointer(micros, seq, &bytes) else {
+                continue;
+            };
+            if q.user_id.as_ref().is_some_and(|u| *u != entry.user_id)
                 || q.event_type
                     .as_ref()
-                    .is_some_and(|e| *e != record.event_type)
+                    .is_some_and(|e| *e != entry.event_type)
             {
                 continue;
             }
-            page.records.push(record);
+            page.entries.push(entry);
         }
         Ok(page)
     }
@@ -588,23 +641,19 @@ impl Store for SledStore {
 #[cfg(test)]
 mod audit_index_tests {
     use super::*;
-    use crate::audit::{GENESIS, Severity};
+    use crate::audit::Severity;
 
-    fn record(seq: u64, tenant: &str, event_type: &str) -> Record {
-        Record {
+    fn record(seq: u64, tenant: &str, event_type: &str) -> AuditPointer {
+        AuditPointer {
             seq,
-            event_id: format!("e{seq}"),
-            timestamp: format!("2026-11-27T10:00:{:02}Z", seq % 60),
-            event_type: event_type.into(),
-            user_id: format!("u{}", seq % 2),
-            tenant_id: tenant.into(),
-            details: serde_json::json!({}),
-            ip_address: String::new(),
-            user_agent: String::new(),
+            micros: 1_800_000_000_000_000 + seq as i64,
+            file_no: 1,
+            offset: seq * 100,
+            len: 99,
             severity: Severity::Low,
-            request_id: String::new(),
-            prev_hash: GENESIS.into(),
-            hash: GENESIS.into(),
+            tenant_id: tenant.into(),
+            user_id: format!("u{}", seq % 2),
+            event_type: event_type.into(),
         }
     }
 
@@ -612,7 +661,7 @@ mod audit_index_tests {
     async fn index_query_page_purge() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        let records: Vec<Record> = (1..=20)
+        let records: Vec<AuditPointer> = (1..=20)
             .map(|i| {
                 record(
                     i,
@@ -631,14 +680,14 @@ mod audit_index_tests {
             ..AuditQuery::default()
         };
         let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
-        assert_eq!(all.records.len(), 20);
+        assert_eq!(all.entries.len(), 20);
         assert!(all.next.is_none());
         let a = store
             .query_audit(&q(Some("org-a"), None, 100, None))
             .await
             .unwrap();
         assert_eq!(
-            a.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            a.entries.iter().map(|r| r.seq).collect::<Vec<_>>(),
             (1..=10).map(|i| i * 2).collect::<Vec<_>>()
         );
         let x = store
@@ -646,27 +695,27 @@ mod audit_index_tests {
             .await
             .unwrap();
         assert_eq!(
-            x.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            x.entries.iter().map(|r| r.seq).collect::<Vec<_>>(),
             [10, 20]
         );
         let p1 = store
             .query_audit(&q(Some("org-a"), None, 3, None))
             .await
             .unwrap();
-        assert_eq!(p1.records.len(), 3);
+        assert_eq!(p1.entries.len(), 3);
         let p2 = store
             .query_audit(&q(Some("org-a"), None, 3, p1.next))
             .await
             .unwrap();
-        assert_eq!(p2.records[0].seq, 8);
-        let before = record_micros(&record(11, "", ""));
+        assert_eq!(p2.entries[0].seq, 8);
+        let before = record(11, "", "").micros;
         assert_eq!(store.purge_audit("org-a", before).await.unwrap(), 5);
         let a = store
             .query_audit(&q(Some("org-a"), None, 100, None))
             .await
             .unwrap();
-        assert_eq!(a.records.len(), 5);
+        assert_eq!(a.entries.len(), 5);
         let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
-        assert_eq!(all.records.len(), 15);
+        assert_eq!(all.entries.len(), 15);
     }
 }
