@@ -38,10 +38,11 @@ pub struct SledStore {
     usage: Tree,
     /// Audit index bookkeeping (`indexed_seq`).
     audit: Tree,
-    /// time key + seq → the record's JSON: every record, by time.
+    /// time key + seq → pointer (file, offset, length, filter fields):
+    /// every record, by time.
     audit_by_time: Tree,
-    /// tenant + 0 + time key + seq → (): a tenant's records by time (the
-    /// record is in `audit_by_time` under the key's suffix).
+    /// tenant + 0 + time key + seq → the same pointer: a tenant's records
+    /// by time.
     audit_by_tenant: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
@@ -515,10 +516,11 @@ impl Store for SledStore {
         let mut by_tenant = ::sled::Batch::default();
         let mut max = 0;
         for p in entries {
-            by_time.insert(&time_key(p.micros, p.seq), encode_pointer(p));
+            let value = encode_pointer(p);
             if !p.tenant_id.is_empty() {
-                by_tenant.insert(tenant_key(&p.tenant_id, p.micros, p.seq), &[]);
+                by_tenant.insert(tenant_key(&p.tenant_id, p.micros, p.seq), value.clone());
             }
+            by_time.insert(&time_key(p.micros, p.seq), value);
             max = max.max(p.seq);
         }
         self.audit_by_time.apply_batch(by_time).map_err(backend)?;
@@ -585,19 +587,7 @@ impl Store for SledStore {
                 continue;
             };
             last_scanned = Some((micros, seq));
-            let bytes = if q.tenant_id.is_some() {
-                match self
-                    .audit_by_time
-                    .get(time_key(micros, seq))
-                    .map_err(backend)?
-                {
-                    Some(b) => b,
-                    None => continue,
-                }
-            } else {
-                v
-            };
-            let Some(entry) = decode_pointer(micros, seq, &bytes) else {
+            let Some(entry) = decode_pointer(micros, seq, &v) else {
                 continue;
             };
             if q.user_id.as_ref().is_some_and(|u| *u != entry.user_id)
