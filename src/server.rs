@@ -269,10 +269,18 @@ impl Server {
             r.abort();
         }
         self.usage.flush().await;
-        if let Some(audit) = &self.audit
-            && let Err(e) = audit.flush().await
-        {
-            tracing::error!(error = %e, "Audit records queued at shutdown could not be written.");
+        if let Some(audit) = &self.audit {
+            // Bounded: a log that cannot be written (the writer retrying)
+            // must not keep the pod from stopping.
+            match tokio::time::timeout(Duration::from_secs(5), audit.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Audit records queued at shutdown could not be written.")
+                }
+                Err(_) => tracing::error!(
+                    "Audit records queued at shutdown were not written within 5 s (the log is unwritable)."
+                ),
+            }
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");
