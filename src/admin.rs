@@ -167,11 +167,7 @@ impl Admin {
         throttle.before_authentication(client)?;
         let audited = AdminFacts {
             client,
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
+            user_agent: crate::audit::user_agent(req.headers()),
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
             method: req.method().clone(),
             path: path.clone(),

@@ -150,6 +150,15 @@ impl Event {
     }
 }
 
+/// A request's `User-Agent` as the audit record keeps it (any bytes; the
+/// JSON encoding keeps it inside its field).
+pub fn user_agent(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
 /// What the caller waits for before going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {

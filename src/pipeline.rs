@@ -80,11 +80,7 @@ impl Facts {
         Self {
             method: req.method().as_str().to_string(),
             path: req.uri().path().to_string(),
-            user_agent: req
-                .headers()
-                .get(http::header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
+            user_agent: crate::audit::user_agent(req.headers()),
         }
     }
 

@@ -93,7 +93,7 @@ impl Head {
 
     /// Whether the signature is `key`'s (constant time).
     pub fn is_signed_by(&self, key: &[u8]) -> bool {
-        let Some(tag) = unhex(&self.mac) else {
+        let Some(tag) = crate::model::unhex(&self.mac) else {
             return false;
         };
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -104,16 +104,6 @@ impl Head {
         )
         .is_ok()
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// `audit-000042.jsonl` → 42.
@@ -173,7 +163,7 @@ struct State {
     out: Vec<u8>,
     /// Index entries of the batch being written; offsets relative to
     /// `out` until the append places them.
-    records: Vec<AuditPointer>,
+    pointers: Vec<AuditPointer>,
     /// Batches for the indexer thread.
     index: Option<std::sync::mpsc::SyncSender<Vec<AuditPointer>>>,
     head: File,
@@ -213,7 +203,7 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         hash,
         stats,
         out: Vec::with_capacity(1 << 16),
-        records: Vec::with_capacity(MAX_BATCH),
+        pointers: Vec::with_capacity(MAX_BATCH),
         index: index
             .map(|hook| spawn_indexer(hook, stats_for_index))
             .transpose()?,
@@ -325,7 +315,7 @@ impl State {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Message>) {
-        self.records.clear();
+        self.pointers.clear();
         let (seq0, hash0) = (self.seq, self.hash.clone());
         let sync = batch.iter().any(|m| m.durability == Durability::Synced)
             || self.last_sync.elapsed() >= Duration::from_secs(1);
@@ -362,7 +352,7 @@ impl State {
             let start = self.out.len();
             serde_json::to_writer(&mut self.out, &record).expect("a record serializes");
             if self.index.is_some() {
-                self.records.push(AuditPointer {
+                self.pointers.push(AuditPointer {
                     seq: record.seq,
                     micros,
                     file_no: 0,
@@ -405,7 +395,7 @@ impl State {
                 // record; queries may trail writes by a batch or two). A
                 // full index queue makes the writer wait: nothing skipped.
                 if let Some(index) = &self.index {
-                    let records = std::mem::take(&mut self.records);
+                    let records = std::mem::take(&mut self.pointers);
                     if index.send(records).is_err() {
                         self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -463,7 +453,7 @@ impl State {
     /// successful append: the batch ends where the file now ends).
     fn place_pointers(&mut self) {
         let base = self.file_bytes - self.out.len() as u64;
-        for p in &mut self.records {
+        for p in &mut self.pointers {
             p.file_no = self.file_no;
             p.offset += base;
         }
@@ -479,7 +469,7 @@ impl State {
                     .fetch_add(records as u64, Ordering::Relaxed);
                 self.stats.unwritable.store(false, Ordering::Relaxed);
                 if let Some(index) = &self.index {
-                    let _ = index.send(std::mem::take(&mut self.records));
+                    let _ = index.send(std::mem::take(&mut self.pointers));
                 }
                 tracing::info!(
                     records,

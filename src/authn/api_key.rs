@@ -215,18 +215,9 @@ impl ApiKeys {
     }
 }
 
+/// A 64-character hex SHA-256 as its 32 bytes.
 fn unhex(s: &str) -> Option<[u8; 32]> {
-    let bytes = s.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
-    Some(out)
+    model::unhex(s)?.try_into().ok()
 }
 
 #[cfg(test)]

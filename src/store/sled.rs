@@ -65,6 +65,14 @@ fn scoped(tenant_id: &str, id: &str) -> Vec<u8> {
     format!("{tenant_id}/{id}").into_bytes()
 }
 
+/// A stored big-endian counter; absent or malformed reads as 0.
+fn counter(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
 /// Unix microseconds as 8 bytes that sort like the numbers, then the seq.
 fn time_key(micros: i64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -488,11 +496,7 @@ impl Store for SledStore {
         self.usage
             .transaction(|tx| {
                 for (key, n) in &keys {
-                    let old = tx
-                        .get(key.as_slice())?
-                        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
+                    let old = counter(tx.get(key.as_slice())?.as_deref());
                     tx.insert(key.as_slice(), &old.saturating_add(*n).to_be_bytes())?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -502,13 +506,12 @@ impl Store for SledStore {
     }
 
     async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError> {
-        Ok(self
-            .usage
-            .get(scoped(&key.tenant_id, &key.name()))
-            .map_err(backend)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(counter(
+            self.usage
+                .get(scoped(&key.tenant_id, &key.name()))
+                .map_err(backend)?
+                .as_deref(),
+        ))
     }
 
     async fn index_audit(&self, entries: &[AuditPointer]) -> Result<(), StoreError> {
@@ -529,24 +532,16 @@ impl Store for SledStore {
             .map_err(backend)?;
         self.audit
             .fetch_and_update(b"indexed_seq", |old| {
-                let old = old
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                Some(old.max(max).to_be_bytes().to_vec())
+                Some(counter(old).max(max).to_be_bytes().to_vec())
             })
             .map_err(backend)?;
         Ok(())
     }
 
     async fn audit_indexed_seq(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .audit
-            .get(b"indexed_seq")
-            .map_err(backend)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(counter(
+            self.audit.get(b"indexed_seq").map_err(backend)?.as_deref(),
+        ))
     }
 
     async fn query_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
