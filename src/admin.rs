@@ -373,8 +373,8 @@ impl Admin {
                 };
                 let params = audit_query::query_params(query);
                 match rest {
-                    [] => ok(audit_query::query(ops.store(), audit.dir(), caller, &params).await?),
-                    _ => ok(audit_query::report(ops.store(), audit.dir(), caller, &params).await?),
+                    [] => ok(audit_query::query(audit, caller, &params).await?),
+                    _ => ok(audit_query::report(audit, caller, &params).await?),
                 }
             }
             _ => Err(ApiError::NoRoute),

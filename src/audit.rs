@@ -24,6 +24,7 @@
 //! them.
 
 pub mod index;
+pub mod retention;
 pub mod verify;
 pub mod writer;
 
@@ -118,6 +119,23 @@ impl Record {
         use sha2::Digest;
         crate::model::hex(&sha2::Sha256::digest(self.canonical()))
     }
+
+    /// Appends the record's line (no newline) to `out` with its hash and
+    /// returns the hash, serializing once: the canonical form is the line
+    /// with `"hash":""` last, so the hash goes in before the final `"}`.
+    /// `self.hash` must be empty.
+    pub fn append_to(&self, out: &mut Vec<u8>) -> String {
+        use sha2::Digest;
+        debug_assert!(self.hash.is_empty());
+        let start = out.len();
+        serde_json::to_writer(&mut *out, self).expect("a record serializes");
+        debug_assert!(out.ends_with(br#""hash":""}"#));
+        let hash = crate::model::hex(&sha2::Sha256::digest(&out[start..]));
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(b"\"}");
+        hash
+    }
 }
 
 /// A record before the writer gives it its place in the chain.
@@ -177,6 +195,9 @@ pub enum AuditError {
     /// The writer has stopped (shutdown).
     #[error("audit log closed")]
     Closed,
+    /// The query index or the files could not be read.
+    #[error("audit log unreadable: {0}")]
+    Unreadable(String),
 }
 
 pub(crate) struct Message {
@@ -191,6 +212,7 @@ pub(crate) struct Message {
 pub struct Audit {
     tx: mpsc::Sender<Message>,
     dir: Arc<std::path::PathBuf>,
+    index: Option<Arc<index::Index>>,
     fail_open: bool,
     stats: Arc<Stats>,
 }
@@ -272,6 +294,11 @@ impl Audit {
     /// The directory of the files (queries read records back from it).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// The query index, when the writer keeps one.
+    pub fn index(&self) -> Option<&Arc<index::Index>> {
+        self.index.as_ref()
     }
 
     /// The writer's counters.

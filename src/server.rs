@@ -16,7 +16,8 @@ use crate::admin::Admin;
 use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
 use crate::audit::Audit;
-use crate::audit::index;
+use crate::audit::index::Index;
+use crate::audit::retention;
 use crate::audit::writer::{self, WriterConfig};
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
@@ -92,19 +93,8 @@ impl Server {
             let key = writer::load_or_create_key(&config.audit.hmac_key_file)
                 .map_err(StartError::Audit)?;
             std::fs::create_dir_all(&config.audit.dir).map_err(StartError::Audit)?;
-            let caught_up = index::catch_up(&store, &config.audit.dir)
-                .await
-                .map_err(|e| StartError::Audit(std::io::Error::other(e)))?;
-            if caught_up > 0 {
-                tracing::info!(records = caught_up, "Audit index caught up from the files.");
-            }
-            let hook: writer::IndexHook = {
-                let (store, rt) = (store.clone(), tokio::runtime::Handle::current());
-                Box::new(move |records: &[crate::store::AuditPointer]| {
-                    rt.block_on(store.index_audit(records))
-                        .map_err(|e| e.to_string())
-                })
-            };
+            // Opening the index adds whatever the files hold beyond it.
+            let index = Index::open(&config.audit.dir).map_err(StartError::Audit)?;
             let (audit, _writer) = writer::start(
                 WriterConfig {
                     dir: config.audit.dir.clone(),
@@ -115,7 +105,7 @@ impl Server {
                     stdout: config.audit.stdout,
                     fail_open: config.audit.fail_open,
                 },
-                Some(hook),
+                Some(Arc::new(index)),
             )
             .map_err(StartError::Audit)?;
             Some((audit, key))
@@ -317,7 +307,7 @@ async fn retain(
     loop {
         tick.tick().await;
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
-        if let Err(e) = index::purge(&store, &audit, &dir, &key, now).await {
+        if let Err(e) = retention::purge(&store, &audit, &dir, &key, now).await {
             tracing::error!(error = %e, "Audit retention pass failed; will retry.");
         }
     }

@@ -13,64 +13,7 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use crate::audit::Severity;
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
-
-/// An audit query: filters, a time range, a page size and a cursor.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// Only this tenant's records (served from the tenant index).
-    pub tenant_id: Option<String>,
-    /// Only this user's (or key's) records.
-    pub user_id: Option<String>,
-    /// Only this event type.
-    pub event_type: Option<String>,
-    /// From this time (Unix microseconds), inclusive.
-    pub start_micros: Option<i64>,
-    /// Until this time (Unix microseconds), inclusive.
-    pub end_micros: Option<i64>,
-    /// Most records to return.
-    pub limit: usize,
-    /// Continue after this (time, seq), from a previous page.
-    pub after: Option<(i64, u64)>,
-}
-
-/// Where one audit record is, and what queries filter on: the index holds
-/// these (~60 bytes), never the records themselves (the files do).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditPointer {
-    /// The record's seq.
-    pub seq: u64,
-    /// Its time, Unix microseconds.
-    pub micros: i64,
-    /// `audit-NNNNNN.jsonl`'s number.
-    pub file_no: u64,
-    /// Byte offset of its line.
-    pub offset: u64,
-    /// Length of its line, without the newline.
-    pub len: u32,
-    /// Severity.
-    pub severity: Severity,
-    /// Tenant ("" for none).
-    pub tenant_id: String,
-    /// User or key id.
-    pub user_id: String,
-    /// Event type.
-    pub event_type: String,
-}
-
-/// One page of audit pointers, oldest first.
-#[derive(Debug, Clone, Default)]
-pub struct AuditPage {
-    /// Where the matching records are.
-    pub entries: Vec<AuditPointer>,
-    /// Where the next page starts, if there may be more.
-    pub next: Option<(i64, u64)>,
-}
-
-/// Index entries one query examines at most; a page that stops there
-/// returns a cursor, so no query is unbounded.
-pub const AUDIT_SCAN_LIMIT: usize = 100_000;
 
 /// A persisted usage counter: what is counted, for which tenant, in which
 /// period. Deleting a tenant deletes its counters.
@@ -207,17 +150,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn add_usage(&self, batch: &[(UsageKey, u64)]) -> Result<(), StoreError>;
     /// A counter's value (0 if never counted).
     async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError>;
-
-    /// Adds audit records to the query index (by time and by tenant);
-    /// idempotent, so re-indexing after a crash is harmless.
-    async fn index_audit(&self, entries: &[AuditPointer]) -> Result<(), StoreError>;
-    /// The highest seq indexed (0: none).
-    async fn audit_indexed_seq(&self) -> Result<u64, StoreError>;
-    /// One page of indexed records matching `query`, oldest first.
-    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
-    /// Removes a tenant's indexed records older than `before_micros`;
-    /// returns how many.
-    async fn purge_audit(&self, tenant_id: &str, before_micros: i64) -> Result<u64, StoreError>;
 
     /// Forces everything written so far to disk.
     async fn flush(&self) -> Result<(), StoreError>;

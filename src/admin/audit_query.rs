@@ -1,5 +1,5 @@
 //! `GET /admin/v1/audit` and `GET /admin/v1/audit/report`: the audit log
-//! through the store's index (never the files). A tenant's callers with
+//! through its query index (the files are read by position, never scanned). A tenant's callers with
 //! `view_audit_logs` see their own tenant only; `system_admin` sees all.
 
 use std::collections::HashMap;
@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::auth::Caller;
-use crate::audit::{Record, Severity, index};
+use crate::audit::index::{self, Entry, Index, Query};
+use crate::audit::{Audit, AuditError, Record, Severity};
 use crate::roles::Permission;
-use crate::store::{AuditQuery, Store};
 
 /// Largest page.
 pub const MAX_LIMIT: usize = 1000;
@@ -96,10 +96,27 @@ fn view(r: &Record) -> Value {
     serde_json::to_value(r).unwrap_or(Value::Null)
 }
 
+/// The index lookups and record reads are file I/O: off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let unreadable = |e: String| ApiError::Audit(AuditError::Unreadable(e));
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| unreadable(e.to_string()))?
+        .map_err(|e| unreadable(e.to_string()))
+}
+
+fn index_of(audit: &Audit) -> Result<Arc<Index>, ApiError> {
+    audit
+        .index()
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound("the audit log keeps no query index".into()))
+}
+
 /// `GET /admin/v1/audit?tenant_id=&user_id=&event_type=&start=&end=&limit=&cursor=`
 pub async fn query(
-    store: &Arc<dyn Store>,
-    dir: &std::path::Path,
+    audit: &Audit,
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
@@ -112,47 +129,63 @@ pub async fn query(
             .ok_or_else(|| ApiError::bad(format!("limit must be 1 to {MAX_LIMIT}")))?,
         None => 100,
     };
-    let after = match params.get("cursor") {
+    let after_seq = match params.get("cursor") {
         Some(c) => Some(
-            c.split_once('-')
-                .and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)))
-                .ok_or_else(|| ApiError::bad("cursor is not one this API returned"))?,
+            c.parse::<u64>()
+                .map_err(|_| ApiError::bad("cursor is not one this API returned"))?,
         ),
         None => None,
     };
-    let q = AuditQuery {
-        tenant_id: tenant.clone(),
-        user_id: params.get("user_id").cloned(),
-        event_type: params.get("event_type").cloned(),
-        start_micros: params
-            .get("start")
-            .map(|s| micros("start", s))
-            .transpose()?,
-        end_micros: params.get("end").map(|s| micros("end", s)).transpose()?,
-        limit,
-        after,
-    };
-    let page = store.query_audit(&q).await.map_err(ApiError::Store)?;
-    // Records are read back from the files by position (never scanned);
-    // one whose file retention removed meanwhile is left out.
-    let records: Vec<Value> = page
-        .entries
-        .iter()
-        .filter_map(|p| index::read_record(dir, p))
-        .map(|r| view(&r))
-        .collect();
+    let start_micros = params
+        .get("start")
+        .map(|s| micros("start", s))
+        .transpose()?;
+    let end_micros = params.get("end").map(|s| micros("end", s)).transpose()?;
+    let user = params.get("user_id").cloned();
+    let event = params.get("event_type").cloned();
+    let index = index_of(audit)?;
+    let dir = audit.dir().to_path_buf();
+    let scope = tenant.clone();
+    let (records, next) = blocking(move || {
+        let h = index.hasher();
+        let q = Query {
+            tenant: scope.as_deref().map(|t| h.hash(t)),
+            user: user.as_deref().map(|u| h.hash(u)),
+            event: event.as_deref().map(|e| h.hash(e)),
+            start_micros,
+            end_micros,
+            after_seq,
+            limit,
+        };
+        let page = index.query(&q)?;
+        // Records are read back by position (never scanned), and checked
+        // against the filters' strings: the index compares hashes. One
+        // whose file retention removed meanwhile is left out.
+        let records: Vec<Value> = page
+            .entries
+            .iter()
+            .filter_map(|e| index::read_record(&dir, e))
+            .filter(|r| {
+                scope.as_ref().is_none_or(|t| *t == r.tenant_id)
+                    && user.as_ref().is_none_or(|u| *u == r.user_id)
+                    && event.as_ref().is_none_or(|e| *e == r.event_type)
+            })
+            .map(|r| view(&r))
+            .collect();
+        Ok((records, page.next))
+    })
+    .await?;
     Ok(json!({
         "tenant_id": tenant,
         "count": records.len(),
         "records": records,
-        "next_cursor": page.next.map(|(t, s)| format!("{t}-{s}")),
+        "next_cursor": next.map(|s| s.to_string()),
     }))
 }
 
 /// `GET /admin/v1/audit/report?tenant_id=&days=`: the seed's report.
 pub async fn report(
-    store: &Arc<dyn Store>,
-    dir: &std::path::Path,
+    audit: &Audit,
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
@@ -167,57 +200,81 @@ pub async fn report(
         None => 30,
     };
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
-    let mut q = AuditQuery {
-        tenant_id: Some(tenant.clone()),
-        start_micros: Some(now - days * 86_400 * 1_000_000),
-        limit: MAX_LIMIT,
-        ..AuditQuery::default()
-    };
-    let mut events: HashMap<String, u64> = HashMap::new();
-    let mut users: HashMap<String, u64> = HashMap::new();
-    let mut high = Vec::new();
-    let mut total = 0usize;
-    loop {
-        let page = store.query_audit(&q).await.map_err(ApiError::Store)?;
-        for p in page.entries {
-            total += 1;
-            *events.entry(p.event_type.clone()).or_default() += 1;
-            *users.entry(p.user_id.clone()).or_default() += 1;
-            if p.severity == Severity::High {
-                high.push(p);
+    let index = index_of(audit)?;
+    let dir = audit.dir().to_path_buf();
+    let scope = tenant.clone();
+    let report = blocking(move || {
+        let mut q = Query {
+            tenant: Some(index.hasher().hash(&scope)),
+            start_micros: Some(now - days * 86_400 * 1_000_000),
+            limit: usize::MAX,
+            ..Query::default()
+        };
+        // Counted by hash from the index alone; names come from one record
+        // of each hash that makes the report.
+        let mut events: HashMap<u64, (u64, Entry)> = HashMap::new();
+        let mut users: HashMap<u64, (u64, Entry)> = HashMap::new();
+        let mut high: Vec<Entry> = Vec::new();
+        let mut high_count = 0usize;
+        let mut total = 0usize;
+        loop {
+            let page = index.query(&q)?;
+            for e in page.entries {
+                total += 1;
+                events.entry(e.event).or_insert((0, e)).0 += 1;
+                users.entry(e.user).or_insert((0, e)).0 += 1;
+                if e.severity == Severity::High {
+                    high_count += 1;
+                    if high.len() == 5 {
+                        high.remove(0);
+                    }
+                    high.push(e);
+                }
+            }
+            match page.next {
+                Some(next) if total < REPORT_MAX_RECORDS => q.after_seq = Some(next),
+                _ => break,
             }
         }
-        match page.next {
-            Some(next) if total < REPORT_MAX_RECORDS => q.after = Some(next),
-            _ => break,
-        }
-    }
-    let top = |m: HashMap<String, u64>, n: usize, key: &str| -> Vec<Value> {
-        let mut v: Vec<(String, u64)> = m.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v.into_iter()
-            .take(n)
-            .map(|(k, c)| json!({key: k, "events": c}))
-            .collect()
-    };
-    let high_count = high.len();
-    let recent: Vec<Value> = high
-        .iter()
-        .rev()
-        .take(5)
-        .filter_map(|p| index::read_record(dir, p))
-        .map(|r| view(&r))
-        .collect();
-    Ok(json!({
-        "tenant_id": tenant,
-        "days": days,
-        "total_events": total,
-        "event_distribution": top(events, 10, "event_type"),
-        "most_active_users": top(users, 5, "user_id"),
-        "high_severity_events": high_count,
-        "recent_high_severity": recent,
-        "complete": total < REPORT_MAX_RECORDS,
-    }))
+        let top = |m: HashMap<u64, (u64, Entry)>, n: usize, key: &str| -> Vec<Value> {
+            let mut named: Vec<(String, u64)> = m
+                .into_values()
+                .map(|(count, sample)| {
+                    let name = index::read_record(&dir, &sample)
+                        .map(|r| match key {
+                            "event_type" => r.event_type,
+                            _ => r.user_id,
+                        })
+                        .unwrap_or_default();
+                    (name, count)
+                })
+                .collect();
+            named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            named
+                .into_iter()
+                .take(n)
+                .map(|(k, c)| json!({key: k, "events": c}))
+                .collect()
+        };
+        let recent: Vec<Value> = high
+            .iter()
+            .rev()
+            .filter_map(|e| index::read_record(&dir, e))
+            .map(|r| view(&r))
+            .collect();
+        Ok(json!({
+            "tenant_id": scope,
+            "days": days,
+            "total_events": total,
+            "event_distribution": top(events, 10, "event_type"),
+            "most_active_users": top(users, 5, "user_id"),
+            "high_severity_events": high_count,
+            "recent_high_severity": recent,
+            "complete": total < REPORT_MAX_RECORDS,
+        }))
+    })
+    .await?;
+    Ok(report)
 }
 
 #[cfg(test)]

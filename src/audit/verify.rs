@@ -78,7 +78,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
     }
     // After retention removed old files, a signed anchor says where the
     // chain now starts.
-    let anchor_path = dir.join(super::index::ANCHOR);
+    let anchor_path = dir.join(super::retention::ANCHOR);
     let mut first_file = 1u64;
     match fs::read(&anchor_path) {
         Ok(bytes) => {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::index::{Entry, Index};
 use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, Stats};
-use crate::store::AuditPointer;
 
 /// Most records per write.
 pub const MAX_BATCH: usize = 4096;
@@ -36,10 +36,6 @@ pub const HEAD: &str = "audit.head";
 /// The head's size on disk: its JSON padded with spaces, always the same
 /// length, so an overwrite never leaves a longer old tail behind.
 const HEAD_BYTES: usize = 512;
-
-/// Called with each written batch, on the writer thread (the store's
-/// query index).
-pub type IndexHook = Box<dyn Fn(&[AuditPointer]) -> Result<(), String> + Send>;
 
 /// Where and how to write.
 #[derive(Debug, Clone)]
@@ -114,7 +110,8 @@ pub fn file_number(name: &str) -> Option<u64> {
         .ok()
 }
 
-fn file_name(n: u64) -> String {
+/// `audit-000042.jsonl` for 42.
+pub fn file_name(n: u64) -> String {
     format!("audit-{n:06}.jsonl")
 }
 
@@ -159,20 +156,30 @@ struct State {
     last_sync: Instant,
     seq: u64,
     hash: String,
+    /// The last batch's time: a batch never gets an earlier one (the index
+    /// relies on time order, and so does anyone reading the log).
+    last_micros: i64,
     stats: Arc<Stats>,
     out: Vec<u8>,
     /// Index entries of the batch being written; offsets relative to
     /// `out` until the append places them.
-    pointers: Vec<AuditPointer>,
-    /// Batches for the indexer thread.
-    index: Option<std::sync::mpsc::SyncSender<Vec<AuditPointer>>>,
+    entries: Vec<Entry>,
+    index: Option<Arc<Index>>,
+    /// Recent ids' index hashes (tenants, keys and event types repeat).
+    hashes: std::collections::HashMap<String, u64>,
     head: File,
 }
 
+/// Ids whose index hash the writer remembers.
+const HASH_CACHE: usize = 4096;
+
 /// Opens (or continues) the log in `config.dir` and starts the writer.
-pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audit, Writer)> {
+///
+/// With an `index`, every written batch is added to it on the writer
+/// thread (a few `write`s per batch).
+pub fn start(config: WriterConfig, index: Option<Arc<Index>>) -> io::Result<(Audit, Writer)> {
     fs::create_dir_all(&config.dir)?;
-    let (file_no, seq, hash) = recover(&config.dir)?;
+    let (file_no, seq, hash, last_micros) = recover(&config.dir)?;
     let path = config.dir.join(file_name(file_no));
     let file = OpenOptions::new().create(true).append(true).open(&path)?;
     let file_bytes = file.metadata()?.len();
@@ -183,11 +190,11 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         .open(config.dir.join(HEAD))?;
     sync_dir(&config.dir)?;
     let stats = Arc::new(Stats::default());
-    let stats_for_index = stats.clone();
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
     let audit = Audit {
         tx,
         dir: Arc::new(config.dir.clone()),
+        index: index.clone(),
         fail_open: config.fail_open,
         stats: stats.clone(),
     };
@@ -201,12 +208,12 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
         last_sync: now,
         seq,
         hash,
+        last_micros,
         stats,
         out: Vec::with_capacity(1 << 16),
-        pointers: Vec::with_capacity(MAX_BATCH),
-        index: index
-            .map(|hook| spawn_indexer(hook, stats_for_index))
-            .transpose()?,
+        entries: Vec::with_capacity(MAX_BATCH),
+        index,
+        hashes: std::collections::HashMap::new(),
         head,
     };
     let thread = std::thread::Builder::new()
@@ -220,41 +227,12 @@ pub fn start(config: WriterConfig, index: Option<IndexHook>) -> io::Result<(Audi
     ))
 }
 
-/// Batches the indexer may lag behind the writer before the writer waits.
-const INDEX_QUEUE: usize = 64;
-
-/// Starts the indexer thread: it hands each written batch to `hook` (the
-/// store), off the writer's path.
-fn spawn_indexer(
-    hook: IndexHook,
-    stats: Arc<Stats>,
-) -> io::Result<std::sync::mpsc::SyncSender<Vec<AuditPointer>>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<AuditPointer>>(INDEX_QUEUE);
-    std::thread::Builder::new()
-        .name("costguard-audit-index".into())
-        .spawn(move || {
-            while let Ok(records) = rx.recv() {
-                match hook(&records) {
-                    Ok(()) => {
-                        stats
-                            .indexed
-                            .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        stats.index_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, records = records.len(), "Audit records not indexed (a restart re-indexes them from the files).");
-                    }
-                }
-            }
-        })?;
-    Ok(tx)
-}
-
-/// Where the chain ends: (file number to append to, last seq, last hash).
-fn recover(dir: &Path) -> io::Result<(u64, u64, String)> {
+/// Where the chain ends: (file number to append to, last seq, last hash,
+/// last time).
+fn recover(dir: &Path) -> io::Result<(u64, u64, String, i64)> {
     let files = files(dir)?;
     let Some(&(last_no, _)) = files.last() else {
-        return Ok((1, 0, GENESIS.to_string()));
+        return Ok((1, 0, GENESIS.to_string(), i64::MIN));
     };
     for (no, path) in files.iter().rev() {
         let mut text = Vec::new();
@@ -281,9 +259,10 @@ fn recover(dir: &Path) -> io::Result<(u64, u64, String)> {
             )
         })?;
         let _ = no;
-        return Ok((last_no, last.seq, last.hash));
+        let micros = super::index::record_micros(&last);
+        return Ok((last_no, last.seq, last.hash, micros));
     }
-    Ok((last_no, 0, GENESIS.to_string()))
+    Ok((last_no, 0, GENESIS.to_string(), i64::MIN))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -315,16 +294,21 @@ impl State {
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Message>) {
-        self.pointers.clear();
+        self.entries.clear();
         let (seq0, hash0) = (self.seq, self.hash.clone());
         let sync = batch.iter().any(|m| m.durability == Durability::Synced)
             || self.last_sync.elapsed() >= Duration::from_secs(1);
         self.out.clear();
-        let now = time::OffsetDateTime::now_utc();
-        let timestamp = now
-            .format(&time::format_description::well_known::Rfc3339)
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+        let micros = now.max(self.last_micros);
+        self.last_micros = micros;
+        let timestamp = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_default();
-        let micros = (now.unix_timestamp_nanos() / 1000) as i64;
         for m in batch.iter_mut() {
             if m.event.event_type.is_empty() {
                 // A flush barrier: no record, answered with the batch.
@@ -332,7 +316,7 @@ impl State {
             }
             let e = std::mem::take(&mut m.event);
             self.seq += 1;
-            let mut record = Record {
+            let record = Record {
                 seq: self.seq,
                 event_id: uuid::Uuid::now_v7().to_string(),
                 timestamp: timestamp.clone(),
@@ -347,22 +331,21 @@ impl State {
                 prev_hash: std::mem::take(&mut self.hash),
                 hash: String::new(),
             };
-            record.hash = record.compute_hash();
-            self.hash = record.hash.clone();
             let start = self.out.len();
-            serde_json::to_writer(&mut self.out, &record).expect("a record serializes");
+            self.hash = record.append_to(&mut self.out);
             if self.index.is_some() {
-                self.pointers.push(AuditPointer {
+                let entry = Entry {
                     seq: record.seq,
                     micros,
-                    file_no: 0,
                     offset: start as u64,
+                    file_no: 0,
                     len: (self.out.len() - start) as u32,
+                    tenant: self.index_hash(&record.tenant_id),
+                    user: self.index_hash(&record.user_id),
+                    event: self.index_hash(&record.event_type),
                     severity: record.severity,
-                    tenant_id: record.tenant_id,
-                    user_id: record.user_id,
-                    event_type: record.event_type,
-                });
+                };
+                self.entries.push(entry);
             }
             self.out.push(b'\n');
         }
@@ -391,15 +374,7 @@ impl State {
                     let _ = stdout.write_all(&self.out);
                     let _ = stdout.flush();
                 }
-                // The index is fed off this thread (the files are the
-                // record; queries may trail writes by a batch or two). A
-                // full index queue makes the writer wait: nothing skipped.
-                if let Some(index) = &self.index {
-                    let records = std::mem::take(&mut self.pointers);
-                    if index.send(records).is_err() {
-                        self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                self.index_batch();
                 self.stats.unwritable.store(false, Ordering::Relaxed);
                 for m in batch.drain(..) {
                     if let Some(ack) = m.ack {
@@ -453,10 +428,43 @@ impl State {
     /// successful append: the batch ends where the file now ends).
     fn place_pointers(&mut self) {
         let base = self.file_bytes - self.out.len() as u64;
-        for p in &mut self.pointers {
-            p.file_no = self.file_no;
-            p.offset += base;
+        for e in &mut self.entries {
+            e.file_no = self.file_no as u32;
+            e.offset += base;
         }
+    }
+
+    /// Adds the written batch to the query index. A failure is counted and
+    /// logged; the index then waits for the next start to catch up from
+    /// the files (which hold the records either way).
+    fn index_batch(&mut self) {
+        let Some(index) = &self.index else { return };
+        match index.append(&self.entries) {
+            Ok(()) => {
+                self.stats
+                    .indexed
+                    .fetch_add(self.entries.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "Audit index not written; queries miss new records until a restart re-indexes them from the files.");
+            }
+        }
+        self.entries.clear();
+    }
+
+    /// The index hash of `id`, remembered for the next records.
+    fn index_hash(&mut self, id: &str) -> u64 {
+        if let Some(h) = self.hashes.get(id) {
+            return *h;
+        }
+        let Some(index) = &self.index else { return 0 };
+        let h = index.hasher().hash(id);
+        if self.hashes.len() >= HASH_CACHE {
+            self.hashes.clear();
+        }
+        self.hashes.insert(id.to_string(), h);
+        h
     }
 
     /// Retries the batch in `self.out` every 200 ms until it is written.
@@ -468,9 +476,8 @@ impl State {
                     .written
                     .fetch_add(records as u64, Ordering::Relaxed);
                 self.stats.unwritable.store(false, Ordering::Relaxed);
-                if let Some(index) = &self.index {
-                    let _ = index.send(std::mem::take(&mut self.pointers));
-                }
+                self.place_pointers();
+                self.index_batch();
                 tracing::info!(
                     records,
                     "Audit log writable again; the held batch is written."

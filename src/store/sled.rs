@@ -12,10 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{
-    AUDIT_SCAN_LIMIT, AuditPage, AuditPointer, AuditQuery, Removed, Store, StoreError, UsageKey,
-};
-use crate::audit::{Record, Severity};
+use super::{Removed, Store, StoreError, UsageKey};
 use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
 
 /// sled-backed [`Store`].
@@ -36,14 +33,6 @@ pub struct SledStore {
     roles: Tree,
     /// `tenant/day` → request count (u64 big-endian).
     usage: Tree,
-    /// Audit index bookkeeping (`indexed_seq`).
-    audit: Tree,
-    /// time key + seq → pointer (file, offset, length, filter fields):
-    /// every record, by time.
-    audit_by_time: Tree,
-    /// tenant + 0 + time key + seq → the same pointer: a tenant's records
-    /// by time.
-    audit_by_tenant: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
     write_lock: Mutex<()>,
@@ -71,88 +60,6 @@ fn counter(bytes: Option<&[u8]>) -> u64 {
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0)
-}
-
-/// Unix microseconds as 8 bytes that sort like the numbers, then the seq.
-fn time_key(micros: i64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&((micros as u64) ^ (1 << 63)).to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn from_time_key(k: &[u8]) -> Option<(i64, u64)> {
-    let t = u64::from_be_bytes(k.get(..8)?.try_into().ok()?) ^ (1 << 63);
-    let seq = u64::from_be_bytes(k.get(8..16)?.try_into().ok()?);
-    Some((t as i64, seq))
-}
-
-fn tenant_key(tenant: &str, micros: i64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + 17);
-    k.extend_from_slice(tenant.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&time_key(micros, seq));
-    k
-}
-
-/// The index value: where the record is and what queries filter on.
-fn encode_pointer(p: &AuditPointer) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + p.tenant_id.len() + p.user_id.len() + p.event_type.len());
-    v.extend_from_slice(&p.file_no.to_be_bytes());
-    v.extend_from_slice(&p.offset.to_be_bytes());
-    v.extend_from_slice(&p.len.to_be_bytes());
-    v.push(match p.severity {
-        Severity::High => 2,
-        Severity::Medium => 1,
-        Severity::Low => 0,
-    });
-    for s in [&p.tenant_id, &p.user_id, &p.event_type] {
-        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-        v.extend_from_slice(&(b.len() as u16).to_be_bytes());
-        v.extend_from_slice(b);
-    }
-    v
-}
-
-fn decode_pointer(micros: i64, seq: u64, v: &[u8]) -> Option<AuditPointer> {
-    let u64_at = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
-    let file_no = u64_at(0)?;
-    let offset = u64_at(8)?;
-    let len = u32::from_be_bytes(v.get(16..20)?.try_into().ok()?);
-    let severity = match v.get(20)? {
-        2 => Severity::High,
-        1 => Severity::Medium,
-        _ => Severity::Low,
-    };
-    let mut at = 21;
-    let mut text = || {
-        let n = u16::from_be_bytes(v.get(at..at + 2)?.try_into().ok()?) as usize;
-        let s = String::from_utf8_lossy(v.get(at + 2..at + 2 + n)?).into_owned();
-        at += 2 + n;
-        Some(s)
-    };
-    let (tenant_id, user_id, event_type) = (text()?, text()?, text()?);
-    Some(AuditPointer {
-        seq,
-        micros,
-        file_no,
-        offset,
-        len,
-        severity,
-        tenant_id,
-        user_id,
-        event_type,
-    })
-}
-
-/// A record's time as Unix microseconds.
-pub fn record_micros(record: &Record) -> i64 {
-    time::OffsetDateTime::parse(
-        &record.timestamp,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .map(|t| (t.unix_timestamp_nanos() / 1000) as i64)
-    .unwrap_or(0)
 }
 
 fn prefix(tenant_id: &str) -> Vec<u8> {
@@ -193,9 +100,6 @@ impl SledStore {
             users: tree("users")?,
             roles: tree("roles")?,
             usage: tree("usage")?,
-            audit: tree("audit")?,
-            audit_by_time: tree("audit_by_time")?,
-            audit_by_tenant: tree("audit_by_tenant")?,
             db,
             write_lock: Mutex::new(()),
         })
@@ -514,193 +418,7 @@ impl Store for SledStore {
         ))
     }
 
-    async fn index_audit(&self, entries: &[AuditPointer]) -> Result<(), StoreError> {
-        let mut by_time = ::sled::Batch::default();
-        let mut by_tenant = ::sled::Batch::default();
-        let mut max = 0;
-        for p in entries {
-            let value = encode_pointer(p);
-            if !p.tenant_id.is_empty() {
-                by_tenant.insert(tenant_key(&p.tenant_id, p.micros, p.seq), value.clone());
-            }
-            by_time.insert(&time_key(p.micros, p.seq), value);
-            max = max.max(p.seq);
-        }
-        self.audit_by_time.apply_batch(by_time).map_err(backend)?;
-        self.audit_by_tenant
-            .apply_batch(by_tenant)
-            .map_err(backend)?;
-        self.audit
-            .fetch_and_update(b"indexed_seq", |old| {
-                Some(counter(old).max(max).to_be_bytes().to_vec())
-            })
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    async fn audit_indexed_seq(&self) -> Result<u64, StoreError> {
-        Ok(counter(
-            self.audit.get(b"indexed_seq").map_err(backend)?.as_deref(),
-        ))
-    }
-
-    async fn query_audit(&self, q: &AuditQuery) -> Result<AuditPage, StoreError> {
-        let start = q.start_micros.unwrap_or(i64::MIN);
-        let end = q.end_micros.unwrap_or(i64::MAX);
-        let (tree, prefix) = match &q.tenant_id {
-            Some(t) => (&self.audit_by_tenant, {
-                let mut p = t.as_bytes().to_vec();
-                p.push(0);
-                p
-            }),
-            None => (&self.audit_by_time, Vec::new()),
-        };
-        if start > end {
-            return Ok(AuditPage::default());
-        }
-        let mut from = prefix.clone();
-        match q.after {
-            Some((t, seq)) if t >= start => {
-                from.extend_from_slice(&time_key(t, seq.saturating_add(1)))
-            }
-            _ => from.extend_from_slice(&time_key(start, 0)),
-        }
-        let mut to = prefix.clone();
-        to.extend_from_slice(&time_key(end, u64::MAX));
-        if from > to {
-            return Ok(AuditPage::default());
-        }
-        let mut page = AuditPage::default();
-        let mut last_scanned = None;
-        for (scanned, entry) in tree.range(from..=to).enumerate() {
-            if page.entries.len() >= q.limit || scanned >= AUDIT_SCAN_LIMIT {
-                page.next = last_scanned;
-                return Ok(page);
-            }
-            let (k, v) = entry.map_err(backend)?;
-            let Some((micros, seq)) = from_time_key(&k[prefix.len()..]) else {
-                continue;
-            };
-            last_scanned = Some((micros, seq));
-            let Some(entry) = decode_pointer(micros, seq, &v) else {
-                continue;
-            };
-            if q.user_id.as_ref().is_some_and(|u| *u != entry.user_id)
-                || q.event_type
-                    .as_ref()
-                    .is_some_and(|e| *e != entry.event_type)
-            {
-                continue;
-            }
-            page.entries.push(entry);
-        }
-        Ok(page)
-    }
-
-    async fn purge_audit(&self, tenant_id: &str, before_micros: i64) -> Result<u64, StoreError> {
-        let from = tenant_key(tenant_id, i64::MIN, 0);
-        let to = tenant_key(tenant_id, before_micros, 0);
-        let mut removed = 0;
-        for entry in self.audit_by_tenant.range(from..to) {
-            let (k, _) = entry.map_err(backend)?;
-            let Some((micros, seq)) = from_time_key(&k[tenant_id.len() + 1..]) else {
-                continue;
-            };
-            self.audit_by_tenant.remove(&k).map_err(backend)?;
-            self.audit_by_time
-                .remove(time_key(micros, seq))
-                .map_err(backend)?;
-            removed += 1;
-        }
-        if removed > 0 {
-            self.durable().await?;
-        }
-        Ok(removed)
-    }
-
     async fn flush(&self) -> Result<(), StoreError> {
         self.durable().await
-    }
-}
-
-#[cfg(test)]
-mod audit_index_tests {
-    use super::*;
-    use crate::audit::Severity;
-
-    fn record(seq: u64, tenant: &str, event_type: &str) -> AuditPointer {
-        AuditPointer {
-            seq,
-            micros: 1_800_000_000_000_000 + seq as i64,
-            file_no: 1,
-            offset: seq * 100,
-            len: 99,
-            severity: Severity::Low,
-            tenant_id: tenant.into(),
-            user_id: format!("u{}", seq % 2),
-            event_type: event_type.into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn index_query_page_purge() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let records: Vec<AuditPointer> = (1..=20)
-            .map(|i| {
-                record(
-                    i,
-                    if i % 2 == 0 { "org-a" } else { "org-b" },
-                    if i % 5 == 0 { "x" } else { "y" },
-                )
-            })
-            .collect();
-        store.index_audit(&records).await.unwrap();
-        assert_eq!(store.audit_indexed_seq().await.unwrap(), 20);
-        let q = |tenant: Option<&str>, event: Option<&str>, limit, after| AuditQuery {
-            tenant_id: tenant.map(Into::into),
-            event_type: event.map(Into::into),
-            limit,
-            after,
-            ..AuditQuery::default()
-        };
-        let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
-        assert_eq!(all.entries.len(), 20);
-        assert!(all.next.is_none());
-        let a = store
-            .query_audit(&q(Some("org-a"), None, 100, None))
-            .await
-            .unwrap();
-        assert_eq!(
-            a.entries.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            (1..=10).map(|i| i * 2).collect::<Vec<_>>()
-        );
-        let x = store
-            .query_audit(&q(Some("org-a"), Some("x"), 100, None))
-            .await
-            .unwrap();
-        assert_eq!(
-            x.entries.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [10, 20]
-        );
-        let p1 = store
-            .query_audit(&q(Some("org-a"), None, 3, None))
-            .await
-            .unwrap();
-        assert_eq!(p1.entries.len(), 3);
-        let p2 = store
-            .query_audit(&q(Some("org-a"), None, 3, p1.next))
-            .await
-            .unwrap();
-        assert_eq!(p2.entries[0].seq, 8);
-        let before = record(11, "", "").micros;
-        assert_eq!(store.purge_audit("org-a", before).await.unwrap(), 5);
-        let a = store
-            .query_audit(&q(Some("org-a"), None, 100, None))
-            .await
-            .unwrap();
-        assert_eq!(a.entries.len(), 5);
-        let all = store.query_audit(&q(None, None, 100, None)).await.unwrap();
-        assert_eq!(all.entries.len(), 15);
     }
 }
