@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Durability, Event};
+use crate::audit::{Audit, Details, Durability, Event};
 use crate::authn::AuthnError;
 use crate::error::{self, Error, json_response};
 use crate::forward::headers::X_REQUEST_ID;
@@ -202,12 +202,12 @@ impl Admin {
         let (_, code, _) = error::authn(e);
         let event = Event {
             event_type: "security.access_denied",
-            details: json!({
+            details: Details::Json(json!({
                 "action": format!("{} {}", facts.method, facts.path),
                 "decision": "deny",
                 "reason": code,
                 "port": "admin",
-            }),
+            })),
             ..facts.event()
         };
         if let Err(e) = audit.record(event, Durability::Written).await {
@@ -256,7 +256,7 @@ impl Admin {
             events.push(Event {
                 event_type,
                 tenant_id: tenant.clone(),
-                details: json!({
+                details: Details::Json(json!({
                     "action": format!("{} {}", facts.method, facts.path),
                     "actor": caller.actor(),
                     "target": target,
@@ -264,7 +264,7 @@ impl Admin {
                     "outcome": outcome,
                     "status": status.as_u16(),
                     "error": result.as_ref().err().map(|e| error::classify_admin(e).1),
-                }),
+                })),
                 ..facts.event_as(caller)
             });
         }

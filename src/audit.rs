@@ -85,7 +85,7 @@ pub struct Record {
     /// The tenant concerned; empty when none.
     pub tenant_id: String,
     /// Event specifics: route, permission, decision, reason, target, changes.
-    pub details: Value,
+    pub details: Details,
     /// The client address.
     pub ip_address: String,
     /// The client's `User-Agent`, as sent (JSON-escaped, so it cannot break
@@ -148,7 +148,7 @@ pub struct Event {
     /// Tenant.
     pub tenant_id: String,
     /// Specifics.
-    pub details: Value,
+    pub details: Details,
     /// Client address.
     pub ip_address: String,
     /// Client user agent.
@@ -162,9 +162,81 @@ impl Event {
     pub fn new(event_type: &'static str, details: Value) -> Self {
         Self {
             event_type,
-            details,
+            details: Details::Json(details),
             ..Self::default()
         }
+    }
+}
+
+/// A record's `details`: any JSON object, or a proxied request's decision
+/// built without a JSON tree (the request path's share of the audit cost;
+/// written exactly as the same object would be, so hashes and `verify`
+/// cannot tell them apart).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Details {
+    /// Any JSON (admin actions, policy, retention).
+    Json(Value),
+    /// A proxied request's decision.
+    Request(Box<RequestDetails>),
+}
+
+impl Default for Details {
+    fn default() -> Self {
+        Details::Json(Value::Null)
+    }
+}
+
+/// What a proxied request's record says about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestDetails {
+    /// How the caller authenticated (`api_key`, …), if it did.
+    pub auth_method: Option<&'static str>,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The HTTP method.
+    pub method: http::Method,
+    /// The path (never the query string).
+    pub path: String,
+    /// The permission the route requires, once matched.
+    pub permission: Option<&'static str>,
+    /// Why it was denied (an error code).
+    pub reason: Option<&'static str>,
+    /// The policy route that matched.
+    pub route: Option<Arc<str>>,
+    /// The denial's status.
+    pub status: Option<u16>,
+}
+
+impl Serialize for Details {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Details::Json(v) => v.serialize(s),
+            Details::Request(r) => {
+                // Keys in sorted order, as a `Value` object writes them;
+                // `reason` and `status` only on denials.
+                let mut m = s.serialize_map(None)?;
+                m.serialize_entry("auth_method", &r.auth_method)?;
+                m.serialize_entry("decision", r.decision)?;
+                m.serialize_entry("method", r.method.as_str())?;
+                m.serialize_entry("path", &r.path)?;
+                m.serialize_entry("permission", &r.permission)?;
+                if let Some(reason) = r.reason {
+                    m.serialize_entry("reason", reason)?;
+                }
+                m.serialize_entry("route", &r.route.as_deref())?;
+                if let Some(status) = r.status {
+                    m.serialize_entry("status", &status)?;
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Details::Json)
     }
 }
 
@@ -325,5 +397,72 @@ impl Audit {
             s.failures.load(Ordering::Relaxed),
             s.failed_open.load(Ordering::Relaxed),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(details: Details) -> Record {
+        Record {
+            seq: 7,
+            event_id: "e".into(),
+            timestamp: "2026-11-27T00:00:00Z".into(),
+            event_type: "request.allowed".into(),
+            user_id: "u\"\n".into(),
+            tenant_id: "t".into(),
+            details,
+            ip_address: "::1".into(),
+            user_agent: "x\r\n\"}{".into(),
+            severity: Severity::Low,
+            request_id: "r".into(),
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
+    }
+
+    /// A typed request record is written byte for byte as the same JSON
+    /// object would be, so its hash is what `verify` recomputes from the
+    /// line it reads back.
+    #[test]
+    fn typed_request_details_write_the_canonical_json_and_hash() {
+        let allow = RequestDetails {
+            auth_method: Some("api_key"),
+            decision: "allow",
+            method: http::Method::GET,
+            path: "/v1/\"x\"".into(),
+            permission: Some("view_costs"),
+            reason: None,
+            route: Some("routes.toml:9".into()),
+            status: None,
+        };
+        let deny = RequestDetails {
+            auth_method: None,
+            decision: "deny",
+            permission: None,
+            reason: Some("invalid_key"),
+            route: None,
+            status: Some(401),
+            ..allow.clone()
+        };
+        let as_json = [
+            json!({"auth_method": "api_key", "decision": "allow", "method": "GET",
+                   "path": "/v1/\"x\"", "permission": "view_costs", "route": "routes.toml:9"}),
+            json!({"auth_method": null, "decision": "deny", "method": "GET", "path": "/v1/\"x\"",
+                   "permission": null, "reason": "invalid_key", "route": null, "status": 401}),
+        ];
+        for (typed, json) in [allow, deny].into_iter().zip(as_json) {
+            let typed = record(Details::Request(Box::new(typed)));
+            let plain = record(Details::Json(json));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let hash = typed.append_to(&mut a);
+            plain.append_to(&mut b);
+            assert_eq!(String::from_utf8(a.clone()).unwrap(), String::from_utf8(b).unwrap());
+            let back: Record = serde_json::from_slice(&a).unwrap();
+            assert_eq!(back.hash, hash);
+            assert_eq!(back.compute_hash(), hash);
+        }
     }
 }

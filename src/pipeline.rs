@@ -23,7 +23,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, Details, Event, RequestDetails};
 use crate::authn::{Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -70,7 +70,7 @@ struct Trail {
 /// handed on): never the query string, never a credential.
 #[derive(Debug)]
 struct Facts {
-    method: String,
+    method: http::Method,
     path: String,
     user_agent: String,
 }
@@ -78,38 +78,42 @@ struct Facts {
 impl Facts {
     fn of(req: &Request<Incoming>) -> Self {
         Self {
-            method: req.method().as_str().to_string(),
+            method: req.method().clone(),
             path: req.uri().path().to_string(),
             user_agent: crate::audit::user_agent(req.headers()),
         }
     }
 
+    /// The record of this request; `denied` carries (reason, status).
     fn event(
-        &self,
-        event_type: &'static str,
+        self,
         trail: &Trail,
         conn: &ConnInfo,
         request_id: &HeaderValue,
-        outcome: serde_json::Value,
+        denied: Option<(&'static str, u16)>,
     ) -> Event {
         let p = trail.principal.as_deref();
-        let mut details = serde_json::json!({
-            "method": self.method,
-            "path": self.path,
-            "route": trail.route.as_deref(),
-            "permission": trail.permission,
-            "auth_method": p.map(|p| p.method.as_str()),
-        });
-        if let (Some(d), serde_json::Value::Object(extra)) = (details.as_object_mut(), outcome) {
-            d.extend(extra);
-        }
+        let details = RequestDetails {
+            auth_method: p.map(|p| p.method.as_str()),
+            decision: if denied.is_some() { "deny" } else { "allow" },
+            method: self.method,
+            path: self.path,
+            permission: trail.permission,
+            reason: denied.map(|d| d.0),
+            route: trail.route.clone(),
+            status: denied.map(|d| d.1),
+        };
         Event {
-            event_type,
+            event_type: if denied.is_some() {
+                "security.access_denied"
+            } else {
+                "request.allowed"
+            },
             user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
             tenant_id: p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),
-            details,
+            details: Details::Request(Box::new(details)),
             ip_address: trail.client.unwrap_or(conn.peer.ip()).to_string(),
-            user_agent: self.user_agent.clone(),
+            user_agent: self.user_agent,
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         }
     }
@@ -150,7 +154,7 @@ impl Proxy {
         req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
-        facts: Option<&Facts>,
+        facts: &mut Option<Facts>,
         trail: &mut Trail,
     ) -> Result<Response<ResponseBody>, Error> {
         let this = &*self.0;
@@ -163,14 +167,8 @@ impl Proxy {
         // One reading of the target, or 400: what is checked is forwarded.
         authz::check_target(&req)?;
         let (permit, rate) = self.decide(&req, conn, trail).await?;
-        if let (Some(audit), Some(facts)) = (&this.audit, facts) {
-            let event = facts.event(
-                "request.allowed",
-                trail,
-                conn,
-                request_id,
-                serde_json::json!({"decision": "allow"}),
-            );
+        if let (Some(audit), Some(facts)) = (&this.audit, facts.take()) {
+            let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
         }
         let upstream_req = forward::prepare(
@@ -313,29 +311,20 @@ impl Handler for Proxy {
             .access_log
             .as_ref()
             .map(|log| log.entry("proxy", &req, &request_id, conn.peer.ip()));
-        let facts = self.0.audit.as_ref().map(|_| Facts::of(&req));
+        let mut facts = self.0.audit.as_ref().map(|_| Facts::of(&req));
         let mut trail = Trail::default();
         let mut resp = match self
-            .stages(req, conn, &request_id, facts.as_ref(), &mut trail)
+            .stages(req, conn, &request_id, &mut facts, &mut trail)
             .await
         {
             Ok(resp) => resp,
             Err(e) => {
-                if let (Some(audit), Some(facts)) = (&self.0.audit, &facts)
+                if let (Some(audit), Some(facts)) = (&self.0.audit, facts.take())
                     && error::is_denial(&e)
                 {
                     let (status, code, _) = error::classify(&e);
-                    let event = facts.event(
-                        "security.access_denied",
-                        &trail,
-                        conn,
-                        &request_id,
-                        serde_json::json!({
-                            "decision": "deny",
-                            "reason": code,
-                            "status": status.as_u16(),
-                        }),
-                    );
+                    let event =
+                        facts.event(&trail, conn, &request_id, Some((code, status.as_u16())));
                     // The denial stands whether or not it could be recorded.
                     if let Err(audit_error) = audit.record_request(event).await {
                         tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
