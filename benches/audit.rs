@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
                 max_file_bytes: 256 << 20,
                 rotate_interval: Duration::from_secs(86_400),
                 capacity: 65_536,
+                batch_interval: Duration::from_millis(2),
                 stdout: false,
                 fail_open: false,
             },

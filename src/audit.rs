@@ -459,7 +459,10 @@ mod tests {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             let hash = typed.append_to(&mut a);
             plain.append_to(&mut b);
-            assert_eq!(String::from_utf8(a.clone()).unwrap(), String::from_utf8(b).unwrap());
+            assert_eq!(
+                String::from_utf8(a.clone()).unwrap(),
+                String::from_utf8(b).unwrap()
+            );
             let back: Record = serde_json::from_slice(&a).unwrap();
             assert_eq!(back.hash, hash);
             assert_eq!(back.compute_hash(), hash);

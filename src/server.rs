@@ -102,6 +102,7 @@ impl Server {
                     max_file_bytes: config.audit.max_file_bytes,
                     rotate_interval: config.audit.rotate_interval,
                     capacity: config.audit.channel_capacity,
+                    batch_interval: config.audit.batch_interval,
                     stdout: config.audit.stdout,
                     fail_open: config.audit.fail_open,
                 },

@@ -808,6 +808,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
             max_file_bytes: 4096,
             rotate_interval: Duration::from_secs(3600),
             capacity: 1024,
+            batch_interval: Duration::from_millis(2),
             stdout: false,
             fail_open: false,
         },

@@ -28,9 +28,6 @@ use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, S
 
 /// Most records per write.
 pub const MAX_BATCH: usize = 4096;
-/// How long the writer lets a batch gather after the first record: what a
-/// crash can lose beyond the records still queued.
-pub const BATCH_INTERVAL: Duration = Duration::from_millis(2);
 /// The signed head's file name.
 pub const HEAD: &str = "audit.head";
 /// The head's size on disk: its JSON padded with spaces, always the same
@@ -50,6 +47,9 @@ pub struct WriterConfig {
     pub rotate_interval: Duration,
     /// Queued records before callers wait.
     pub capacity: usize,
+    /// How long a batch gathers after its first record: what a crash can
+    /// lose beyond the records still queued.
+    pub batch_interval: Duration,
     /// Also print every record on stdout (for the cluster's log collector).
     pub stdout: bool,
     /// Let proxied requests through when the log cannot be written.
@@ -277,7 +277,7 @@ impl State {
             // Let a batch gather: one wake-up and one write per interval
             // under load instead of one per record (on a busy core each
             // wake-up is a context switch the proxy pays for).
-            std::thread::sleep(BATCH_INTERVAL);
+            std::thread::sleep(self.config.batch_interval);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),

@@ -172,6 +172,8 @@ pub struct AuditConfig {
     pub rotate_interval: Duration,
     /// Queue before backpressure.
     pub channel_capacity: usize,
+    /// Batch gathering time.
+    pub batch_interval: Duration,
     /// Let requests through when unwritable.
     pub fail_open: bool,
     /// Also to stdout.
@@ -253,6 +255,13 @@ impl Checker {
     fn duration(&mut self, key: &str, d: Duration) -> Duration {
         if d.is_zero() || d > Duration::from_secs(24 * 3600) {
             self.fail(key, "must be more than 0 and at most 24h");
+        }
+        d
+    }
+
+    fn batch_interval(&mut self, d: Duration) -> Duration {
+        if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
+            self.fail("audit.batch_interval", "must be between 1ms and 1s");
         }
         d
     }
@@ -485,6 +494,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         rotate_interval: c.duration("audit.rotate_interval", a.rotate_interval),
         channel_capacity: c.bounded("audit.channel_capacity", a.channel_capacity, 1, 10_000_000)
             as usize,
+        batch_interval: c.batch_interval(a.batch_interval),
         fail_open: a.fail_open,
         stdout: a.stdout,
         retention_interval: c.duration("audit.retention_interval", a.retention_interval),
