@@ -15,6 +15,7 @@
 #
 #   benches/proxy-bench.sh [run.sh options, e.g. -r 3 -d 10]
 #   PLAIN_BIN=/path/to/costguard-without-auth benches/proxy-bench.sh   # adds that build as "costguard-plain"
+#   BENCH_CANDIDATES="costguard costguard-noaudit" benches/proxy-bench.sh -c 64 -r 6   # only those
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/run.sh}
@@ -62,6 +63,21 @@ args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-ke
 cp -r "$WORK/store" "$WORK/store2"
 cp -r "$WORK/store" "$WORK/store4"
 cp -r "$WORK/store" "$WORK/store5"
+# BENCH_CANDIDATES="costguard costguard-noaudit" keeps only those candidates
+# (for a longer A/B run of two of them).
+if [[ -n ${BENCH_CANDIDATES:-} ]]; then
+  kept=(); i=0
+  while ((i < ${#args[@]})); do
+    if [[ ${args[i]} == --candidate ]]; then
+      name=${args[i + 5]}
+      if [[ " $BENCH_CANDIDATES " == *" $name "* ]]; then kept+=("${args[@]:i:6}"); fi
+      i=$((i + 6))
+    else
+      kept+=("${args[i]}"); i=$((i + 1))
+    fi
+  done
+  args=("${kept[@]}")
+fi
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
     --port 18093 --name costguard-plain)

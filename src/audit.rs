@@ -13,9 +13,8 @@
 //! What a caller waits for:
 //! - a proxied request's record is queued (the request waits only while
 //!   the queue is full); the writer writes whatever is queued as soon as
-//!   it can, so a crash of the process loses at most the records of the
-//!   last moment (those still queued; in practice the last millisecond or
-//!   so, bounded by `audit.channel_capacity`);
+//!   it can, so a crash of the process loses at most the records queued in
+//!   the last `audit.batch_interval` (10 ms) plus one write;
 //! - an admin action's record is *synced* (fdatasync) before its 2xx.
 //!
 //! If the files cannot be written, the writer keeps the batch and retries;
