@@ -399,16 +399,20 @@ impl State {
                 self.stats.unwritable.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "Audit batch could not be written.");
                 let err = AuditError::Unwritable(e.to_string());
+                // Proxied requests' records: nobody waits for them.
+                let unacknowledged = batch.iter().filter(|m| m.ack.is_none()).count();
                 for m in batch.iter_mut() {
                     if let Some(ack) = m.ack.take() {
                         let _ = ack.send(Err(err.clone()));
                     }
                 }
                 if self.config.fail_open {
-                    // Fail open: the batch is given up, and counted.
+                    // Fail open: the batch is given up; its proxied
+                    // requests (nobody waits for their records) are
+                    // counted, the waiting admin actions were told above.
                     self.stats
                         .failed_open
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        .fetch_add(unacknowledged as u64, Ordering::Relaxed);
                     self.seq = seq0;
                     self.hash = hash0;
                     batch.clear();
