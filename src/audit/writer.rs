@@ -365,16 +365,7 @@ impl State {
         let result = self.append(sync);
         match result {
             Ok(true) => {
-                self.place_pointers();
-                self.stats
-                    .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if self.config.stdout {
-                    let mut stdout = io::stdout().lock();
-                    let _ = stdout.write_all(&self.out);
-                    let _ = stdout.flush();
-                }
-                self.index_batch();
+                self.written(batch.len());
                 self.stats.unwritable.store(false, Ordering::Relaxed);
                 for m in batch.drain(..) {
                     if let Some(ack) = m.ack {
@@ -385,7 +376,9 @@ impl State {
             Ok(false) => {
                 // Written, but the head could not be replaced: the records
                 // stand (the chain goes on from them), the callers are told
-                // it failed (fail closed).
+                // it failed (fail closed). The records are indexed and
+                // copied to stdout like any written ones.
+                self.written(batch.len());
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = AuditError::Unwritable("the audit head could not be written".into());
                 for m in batch.drain(..) {
@@ -426,6 +419,21 @@ impl State {
                 }
             }
         }
+    }
+
+    /// After `self.out` (`records` messages) reached the file: counts it,
+    /// copies it to stdout if asked, and indexes it.
+    fn written(&mut self, records: usize) {
+        self.place_pointers();
+        self.stats
+            .written
+            .fetch_add(records as u64, Ordering::Relaxed);
+        if self.config.stdout {
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(&self.out);
+            let _ = stdout.flush();
+        }
+        self.index_batch();
     }
 
     /// Turns the batch's offsets within `out` into file positions (after a
@@ -476,12 +484,8 @@ impl State {
         loop {
             std::thread::sleep(Duration::from_millis(200));
             if let Ok(_head_written) = self.append(true) {
-                self.stats
-                    .written
-                    .fetch_add(records as u64, Ordering::Relaxed);
+                self.written(records);
                 self.stats.unwritable.store(false, Ordering::Relaxed);
-                self.place_pointers();
-                self.index_batch();
                 tracing::info!(
                     records,
                     "Audit log writable again; the held batch is written."
