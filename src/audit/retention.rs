@@ -36,11 +36,13 @@ pub async fn purge(
     for t in &tenants {
         let days = t.limits.retention_days.max(0);
         longest = longest.max(days);
-        let Some(index) = audit.index() else { continue };
+        let Some(index) = audit.index().cloned() else {
+            continue;
+        };
         let before = now_micros - days * DAY;
-        let removed = index
-            .purge_tenant(index.hasher().hash(&t.tenant_id), before)
-            .map_err(|e| e.to_string())?;
+        let tenant = index.hasher().hash(&t.tenant_id);
+        // File rewrites: off the async workers.
+        let removed = blocking(move || index.purge_tenant(tenant, before)).await?;
         if removed > 0 {
             let event = Event {
                 tenant_id: t.tenant_id.clone(),
@@ -55,8 +57,10 @@ pub async fn purge(
                 .map_err(|e| e.to_string())?;
         }
     }
-    let removed_files = remove_old_files(dir, key, now_micros - longest * DAY, audit.index())
-        .map_err(|e| e.to_string())?;
+    let (dir, key, index) = (dir.to_path_buf(), key.to_vec(), audit.index().cloned());
+    let cutoff = now_micros - longest * DAY;
+    let removed_files =
+        blocking(move || remove_old_files(&dir, &key, cutoff, index.as_ref())).await?;
     if !removed_files.is_empty() {
         audit
             .record(
@@ -70,6 +74,15 @@ pub async fn purge(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 /// Removes the files entirely older than `cutoff` (never the one being
