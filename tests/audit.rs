@@ -305,8 +305,12 @@ async fn tampering_is_detected() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    // Small files: several rotations.
-    let mut cg = start(&up, &store, "[audit]\nmax_file_bytes = 4096\n");
+    // Small files and batches: several rotations (a batch is never split).
+    let mut cg = start(
+        &up,
+        &store,
+        "[audit]\nmax_file_bytes = 4096\nbatch_interval = \"1ms\"\n",
+    );
     let t = cg.create_tenant("enterprise");
     let (_, key) = cg.create_key_with(
         &t,
@@ -642,6 +646,8 @@ async fn queries_filter_page_and_stay_within_the_tenant() {
             200
         );
     }
+    // Proxied requests do not wait for their records: wait for the writer.
+    flush(&cg);
     let all = records(&store.join("audit"));
     let of_a: Vec<&Value> = all
         .iter()
