@@ -203,7 +203,7 @@ impl Admin {
         let event = Event {
             event_type: "security.access_denied",
             details: Details::Json(json!({
-                "action": format!("{} {}", facts.method, facts.path),
+                "action": facts.action(),
                 "decision": "deny",
                 "reason": code,
                 "port": "admin",
@@ -229,9 +229,12 @@ impl Admin {
         let Some(audit) = &self.0.audit else {
             return Ok(());
         };
-        let (status, outcome) = match result {
-            Ok((status, _)) => (*status, "success"),
-            Err(e) => (error::classify_admin(e).0, "failure"),
+        let (status, outcome, error_code) = match result {
+            Ok((status, _)) => (*status, "success", None),
+            Err(e) => {
+                let (status, code, _) = error::classify_admin(e);
+                (status, "failure", Some(code))
+            }
         };
         let created = result.as_ref().ok().map(|(_, v)| v);
         let tenant = segments
@@ -257,13 +260,13 @@ impl Admin {
                 event_type,
                 tenant_id: tenant.clone(),
                 details: Details::Json(json!({
-                    "action": format!("{} {}", facts.method, facts.path),
+                    "action": facts.action(),
                     "actor": caller.actor(),
                     "target": target,
                     "changes": changes,
                     "outcome": outcome,
                     "status": status.as_u16(),
-                    "error": result.as_ref().err().map(|e| error::classify_admin(e).1),
+                    "error": error_code,
                 })),
                 ..facts.event_as(caller)
             });
@@ -482,6 +485,11 @@ impl AdminFacts {
             request_id: self.request_id.clone(),
             ..Event::default()
         }
+    }
+
+    /// `METHOD /path`, as the records show the action.
+    fn action(&self) -> String {
+        format!("{} {}", self.method, self.path)
     }
 
     fn event_as(&self, caller: &auth::Caller) -> Event {

@@ -239,6 +239,16 @@ impl<'de> Deserialize<'de> for Details {
     }
 }
 
+/// Runs file work (index reads and rewrites, retention) on the blocking
+/// pool, off the async workers.
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
+}
+
 /// A request's `User-Agent` as the audit record keeps it (any bytes; the
 /// JSON encoding keeps it inside its field).
 pub fn user_agent(headers: &http::HeaderMap) -> String {
@@ -299,8 +309,6 @@ pub struct Stats {
     pub failed_open: AtomicU64,
     /// Batches the query index missed.
     pub index_failures: AtomicU64,
-    /// Records handed to the query index.
-    pub indexed: AtomicU64,
     /// Set while the files cannot be written.
     pub unwritable: std::sync::atomic::AtomicBool,
 }
@@ -391,10 +399,14 @@ impl Audit {
              costguard_audit_write_failures_total {}\n\
              # HELP costguard_audit_failed_open_total Requests let through unrecorded (audit.fail_open).\n\
              # TYPE costguard_audit_failed_open_total counter\n\
-             costguard_audit_failed_open_total {}",
+             costguard_audit_failed_open_total {}\n\
+             # HELP costguard_audit_index_failures_total Batches the query index could not take (a restart re-indexes them).\n\
+             # TYPE costguard_audit_index_failures_total counter\n\
+             costguard_audit_index_failures_total {}",
             s.written.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
             s.failed_open.load(Ordering::Relaxed),
+            s.index_failures.load(Ordering::Relaxed),
         );
     }
 }

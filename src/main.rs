@@ -98,8 +98,8 @@ fn audit_command(command: AuditCommand) -> ExitCode {
         beside.exists().then_some(beside)
     });
     let key = match &key_file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(text.trim().as_bytes().to_vec()),
+        Some(path) => match costguard::audit::writer::read_key(path) {
+            Ok(key) => Some(key),
             Err(e) => {
                 eprintln!("{}: cannot read the key: {e}", path.display());
                 return ExitCode::from(2);
@@ -384,10 +384,10 @@ async fn demo(
          \x20 curl -s http://{admin}/admin/v1/tenants/{acme}/usage -H 'Authorization: Bearer {admin_token}'\n\n\
          Roles and routes come from {policy} (edits apply within a second).\n\
          Try the viewer key on /costs/export (403), or on another tenant's path (403).\n\
-         Every decision is in the audit log: costguard audit verify {data}/audit\n\
+         Every decision is in the audit log: costguard audit verify {audit}\n\
          Not in this build yet: single sign-on. Ctrl-C stops.\n",
         policy = config.policy.dir.display(),
-        data = config.audit.dir.display().to_string().trim_end_matches("/audit"),
+        audit = config.audit.dir.display(),
     ));
     println!("{out}");
     server.run(shutdown_signal()).await;

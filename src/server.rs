@@ -60,8 +60,9 @@ pub struct Server {
     usage: Usage,
     throttle: Throttle,
     audit: Option<Audit>,
-    /// (dir, key, interval) for retention, when the audit log is on.
-    retention: Option<(std::path::PathBuf, Vec<u8>, Duration)>,
+    /// The audit log's HMAC key (retention signs its anchor with it).
+    audit_key: Option<Vec<u8>>,
+    retention_interval: Duration,
     ops: AdminOps,
     policy: Arc<PolicyHandle>,
     reload_interval: Duration,
@@ -89,10 +90,9 @@ impl Server {
             config.auth.key_cache_capacity,
             config.auth.key_cache_ttl,
         );
-        let audit = if config.audit.enabled {
+        let (audit, audit_key) = if config.audit.enabled {
             let key = writer::load_or_create_key(&config.audit.hmac_key_file)
                 .map_err(StartError::Audit)?;
-            std::fs::create_dir_all(&config.audit.dir).map_err(StartError::Audit)?;
             // Opening the index adds whatever the files hold beyond it.
             let index = Index::open(&config.audit.dir).map_err(StartError::Audit)?;
             let (audit, _writer) = writer::start(
@@ -109,12 +109,10 @@ impl Server {
                 Some(Arc::new(index)),
             )
             .map_err(StartError::Audit)?;
-            Some((audit, key))
+            (Some(audit), Some(key))
         } else {
-            None
+            (None, None)
         };
-        let audit_key = audit.as_ref().map(|(_, key)| key.clone());
-        let audit = audit.map(|(audit, _)| audit);
         let usage = Usage::new(store.clone());
         let throttle = Throttle::new(
             Arc::new(LocalRateLimiter::default()),
@@ -180,13 +178,8 @@ impl Server {
             usage,
             throttle,
             audit,
-            retention: audit_key.map(|key| {
-                (
-                    config.audit.dir.clone(),
-                    key,
-                    config.audit.retention_interval,
-                )
-            }),
+            audit_key,
+            retention_interval: config.audit.retention_interval,
             ops,
             policy,
             reload_interval: config.policy.reload_interval,
@@ -232,13 +225,12 @@ impl Server {
                 .watch(self.reload_interval, self.audit.clone()),
         );
         let janitor = tokio::spawn(cleanup(self.throttle.clone()));
-        let retention = match (&self.audit, &self.retention) {
-            (Some(audit), Some((dir, key, every))) => Some(tokio::spawn(retain(
+        let retention = match (&self.audit, &self.audit_key) {
+            (Some(audit), Some(key)) => Some(tokio::spawn(retain(
                 self.store.clone(),
                 audit.clone(),
-                dir.clone(),
                 key.clone(),
-                *every,
+                self.retention_interval,
             ))),
             _ => None,
         };
@@ -296,19 +288,13 @@ async fn cleanup(throttle: Throttle) {
 }
 
 /// Purges audit records past their retention every `every`.
-async fn retain(
-    store: Arc<dyn Store>,
-    audit: Audit,
-    dir: std::path::PathBuf,
-    key: Vec<u8>,
-    every: Duration,
-) {
+async fn retain(store: Arc<dyn Store>, audit: Audit, key: Vec<u8>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
-        if let Err(e) = retention::purge(&store, &audit, &dir, &key, now).await {
+        if let Err(e) = retention::purge(&store, &audit, &key, now).await {
             tracing::error!(error = %e, "Audit retention pass failed; will retry.");
         }
     }

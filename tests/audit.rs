@@ -858,9 +858,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
     // Two days later.
     let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
         + 2 * 86_400 * 1_000_000;
-    retention::purge(&store, &audit, &log, &key, now)
-        .await
-        .unwrap();
+    retention::purge(&store, &audit, &key, now).await.unwrap();
     let left = in_index(&tenant.tenant_id);
     assert_eq!(
         left,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::ApiError;
 use super::auth::Caller;
 use crate::audit::index::{self, Entry, Index, Query};
-use crate::audit::{Audit, AuditError, Record, Severity};
+use crate::audit::{Audit, AuditError, Record, Severity, off_runtime};
 use crate::roles::Permission;
 
 /// Largest page.
@@ -100,11 +100,9 @@ fn view(r: &Record) -> Value {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let unreadable = |e: String| ApiError::Audit(AuditError::Unreadable(e));
-    tokio::task::spawn_blocking(work)
+    off_runtime(work)
         .await
-        .map_err(|e| unreadable(e.to_string()))?
-        .map_err(|e| unreadable(e.to_string()))
+        .map_err(|e| ApiError::Audit(AuditError::Unreadable(e.to_string())))
 }
 
 fn index_of(audit: &Audit) -> Result<Arc<Index>, ApiError> {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::index::{self, Index};
 use super::writer::{self, Head};
-use super::{Audit, Durability, Event, Record};
+use super::{Audit, Durability, Event, Record, off_runtime};
 use crate::store::Store;
 
 /// The anchor's file name: where the chain starts once old files were
@@ -27,7 +27,6 @@ const DAY: i64 = 86_400 * 1_000_000;
 pub async fn purge(
     store: &Arc<dyn Store>,
     audit: &Audit,
-    dir: &Path,
     key: &[u8],
     now_micros: i64,
 ) -> Result<(), String> {
@@ -42,7 +41,9 @@ pub async fn purge(
         let before = now_micros - days * DAY;
         let tenant = index.hasher().hash(&t.tenant_id);
         // File rewrites: off the async workers.
-        let removed = blocking(move || index.purge_tenant(tenant, before)).await?;
+        let removed = off_runtime(move || index.purge_tenant(tenant, before))
+            .await
+            .map_err(|e| e.to_string())?;
         if removed > 0 {
             let event = Event {
                 tenant_id: t.tenant_id.clone(),
@@ -57,10 +58,15 @@ pub async fn purge(
                 .map_err(|e| e.to_string())?;
         }
     }
-    let (dir, key, index) = (dir.to_path_buf(), key.to_vec(), audit.index().cloned());
+    let (dir, key, index) = (
+        audit.dir().to_path_buf(),
+        key.to_vec(),
+        audit.index().cloned(),
+    );
     let cutoff = now_micros - longest * DAY;
-    let removed_files =
-        blocking(move || remove_old_files(&dir, &key, cutoff, index.as_ref())).await?;
+    let removed_files = off_runtime(move || remove_old_files(&dir, &key, cutoff, index.as_ref()))
+        .await
+        .map_err(|e| e.to_string())?;
     if !removed_files.is_empty() {
         audit
             .record(
@@ -74,15 +80,6 @@ pub async fn purge(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
 }
 
 /// Removes the files entirely older than `cutoff` (never the one being

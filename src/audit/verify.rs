@@ -109,7 +109,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
     for (expected_file, (no, path)) in (first_file..).zip(files.iter()) {
         if *no != expected_file {
             return Err(broken(
-                &dir.join(format!("audit-{expected_file:06}.jsonl")),
+                &dir.join(writer::file_name(expected_file)),
                 None,
                 "file missing (the numbering skips it)",
             ));

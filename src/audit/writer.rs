@@ -234,7 +234,7 @@ fn recover(dir: &Path) -> io::Result<(u64, u64, String, i64)> {
     let Some(&(last_no, _)) = files.last() else {
         return Ok((1, 0, GENESIS.to_string(), i64::MIN));
     };
-    for (no, path) in files.iter().rev() {
+    for (_, path) in files.iter().rev() {
         let mut text = Vec::new();
         File::open(path)?.read_to_end(&mut text)?;
         let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
@@ -258,7 +258,6 @@ fn recover(dir: &Path) -> io::Result<(u64, u64, String, i64)> {
                 format!("{}: last record unreadable: {e}", path.display()),
             )
         })?;
-        let _ = no;
         let micros = super::index::record_micros(&last);
         return Ok((last_no, last.seq, last.hash, micros));
     }
@@ -452,11 +451,7 @@ impl State {
     fn index_batch(&mut self) {
         let Some(index) = &self.index else { return };
         match index.append(&self.entries) {
-            Ok(()) => {
-                self.stats
-                    .indexed
-                    .fetch_add(self.entries.len() as u64, Ordering::Relaxed);
-            }
+            Ok(()) => {}
             Err(e) => {
                 self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "Audit index not written; queries miss new records until a restart re-indexes them from the files.");
@@ -559,23 +554,27 @@ impl State {
     }
 }
 
+/// Reads the HMAC key in `path` (surrounding whitespace ignored; at least
+/// 16 characters).
+pub fn read_key(path: &Path) -> io::Result<Vec<u8>> {
+    let key = fs::read_to_string(path)?.trim().as_bytes().to_vec();
+    if key.len() < 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: an audit key needs at least 16 characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(key)
+}
+
 /// Reads the HMAC key from `path`, or creates one there (32 random bytes,
 /// hex, mode 0600) if it does not exist.
 pub fn load_or_create_key(path: &Path) -> io::Result<Vec<u8>> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let key = text.trim().as_bytes().to_vec();
-            if key.len() < 16 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{}: an audit key needs at least 16 characters",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(key)
-        }
+    match read_key(path) {
+        Ok(key) => Ok(key),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 32];
             getrandom::fill(&mut bytes).expect("the OS random source works");
