@@ -116,8 +116,10 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                 report.files,
                 if report.signature_checked {
                     "verified"
-                } else {
+                } else if key.is_none() {
                     "NOT checked: no key"
+                } else {
+                    "not written yet: nothing recorded"
                 }
             );
             ExitCode::SUCCESS
