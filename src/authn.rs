@@ -25,6 +25,12 @@ pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub enum AuthMethod {
     /// A costguard API key.
     ApiKey,
+    /// An IdP-issued JWT bearer token.
+    Jwt,
+    /// A session from an OpenID Connect login.
+    Oidc,
+    /// A session from a SAML login.
+    Saml,
 }
 
 impl AuthMethod {
@@ -32,6 +38,9 @@ impl AuthMethod {
     pub const fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ApiKey => "api_key",
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::Oidc => "oidc",
+            AuthMethod::Saml => "saml",
         }
     }
 }
@@ -152,6 +161,15 @@ pub enum AuthnError {
     /// The key's tenant is suspended (403).
     #[error("tenant suspended")]
     TenantSuspended,
+    /// A JWT that did not verify.
+    #[error("invalid token: {0}")]
+    Token(crate::sso::token::TokenError),
+    /// A verified token or login whose claims make no costguard user.
+    #[error("token claims: {0}")]
+    Claims(crate::sso::claims::ClaimError),
+    /// A session cookie with no live session (ended, expired, unknown).
+    #[error("no session")]
+    NoSession,
     /// The store could not answer (503).
     #[error("credential store unavailable")]
     Store(#[source] Arc<StoreError>),
@@ -169,6 +187,8 @@ impl AuthnError {
                 | AuthnError::UnknownKey
                 | AuthnError::RevokedKey
                 | AuthnError::ExpiredKey
+                | AuthnError::Token(_)
+                | AuthnError::Claims(_)
         )
     }
 }
@@ -177,12 +197,19 @@ impl AuthnError {
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     keys: api_key::ApiKeys,
+    sso: Option<Arc<crate::sso::Sso>>,
 }
 
 impl Authenticator {
-    /// The chain: API keys (JWTs and sessions join with their issues).
-    pub fn new(keys: api_key::ApiKeys) -> Self {
-        Self { keys }
+    /// The chain: API keys, then (with single sign-on configured) JWTs from
+    /// the configured issuers and session cookies.
+    pub fn new(keys: api_key::ApiKeys, sso: Option<Arc<crate::sso::Sso>>) -> Self {
+        Self { keys, sso }
+    }
+
+    /// Single sign-on, when configured.
+    pub fn sso(&self) -> Option<&Arc<crate::sso::Sso>> {
+        self.sso.as_ref()
     }
 
     /// A tenant, through the key cache (for limits of another tenant's route).
@@ -192,10 +219,18 @@ impl Authenticator {
 
     /// The request's principal, or why there is none.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthnError> {
-        match credential(headers)? {
-            None => Err(AuthnError::Missing),
-            Some(Credential::ApiKey(key)) => self.keys.authenticate(key).await,
-            Some(Credential::Bearer(_)) => Err(AuthnError::UnsupportedToken),
+        match (credential(headers)?, &self.sso) {
+            (Some(Credential::ApiKey(key)), _) => self.keys.authenticate(key).await,
+            (Some(Credential::Bearer(token)), Some(sso)) if crate::sso::looks_like_jwt(token) => {
+                sso.bearer(token).await
+            }
+            (Some(Credential::Bearer(_)), _) => Err(AuthnError::UnsupportedToken),
+            // A browser's session cookie counts only when no header credential is sent.
+            (None, Some(sso)) => match sso.session_cookie(headers) {
+                Some(cookie) => sso.session(cookie).await,
+                None => Err(AuthnError::Missing),
+            },
+            (None, None) => Err(AuthnError::Missing),
         }
     }
 }

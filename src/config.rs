@@ -21,7 +21,8 @@ use toml::{Table, Value};
 pub use file::FileConfig;
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    PolicyConfig, ProxyConfig, RateLimitConfig, StoreConfig, UpstreamTarget,
+    OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig, SsoConfig, StoreConfig,
+    UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

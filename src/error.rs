@@ -90,6 +90,16 @@ pub fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
             "expired_key",
             "the API key has expired",
         ),
+        A::Token(_) | A::Claims(_) => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the bearer token is not valid",
+        ),
+        A::NoSession => (
+            StatusCode::UNAUTHORIZED,
+            "session_expired",
+            "the session has ended; log in again at /auth/login",
+        ),
         A::TenantSuspended => (
             StatusCode::FORBIDDEN,
             "tenant_suspended",

@@ -17,7 +17,8 @@
 //! - [`admin`]: the admin port and API (tenants, keys, projects, users, usage).
 //! - [`store`]: the `Store` trait, its sled backend and conformance suite.
 //! - [`model`]: tenants, keys, projects, users; [`roles`]: the seed's RBAC table.
-//! - [`authn`]: credentials → `Principal` ([`authn::api_key`]).
+//! - [`authn`]: credentials → `Principal` ([`authn::api_key`]; JWTs and sessions through [`sso`]).
+//! - [`sso`]: OpenID Connect logins, sessions, IdP-issued JWTs, the `/auth/*` endpoints.
 //! - [`authz`]: path safety, policy (files → compiled snapshot, live reload),
 //!   route match, tenant isolation, permissions → `Permit`.
 //! - [`throttle`]: the limits stage (key rate, budget, daily quota, failed-auth block).
@@ -68,6 +69,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod roles;
 pub mod server;
+pub mod sso;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;

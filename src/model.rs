@@ -213,6 +213,17 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{}", hex(&bytes))
 }
 
+/// Whether `s` looks like a tenant id: `org-` and 1-64 of `[A-Za-z0-9_-]`
+/// (what costguard makes is `org-` + 8 hex).
+pub fn is_tenant_id(s: &str) -> bool {
+    s.strip_prefix("org-").is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -239,4 +250,47 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 pub fn now() -> OffsetDateTime {
     let t = OffsetDateTime::now_utc();
     t.replace_nanosecond(0).unwrap_or(t)
+}
+
+/// A browser session after a single sign-on login. The cookie holds a
+/// random secret; the store keeps only its SHA-256 (`token_hash`), so a copy
+/// of the store cannot be replayed as cookies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Public id (`sess-` + 16 hex), for listing and revocation.
+    pub session_id: String,
+    /// SHA-256 hex of the cookie's secret.
+    pub token_hash: String,
+    /// The user's tenant.
+    pub tenant_id: String,
+    /// The user id (from the provider's user claim).
+    pub user_id: String,
+    /// Email, when the provider gave one.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Roles at login (or the last refresh).
+    pub roles: Vec<String>,
+    /// `oidc` or `saml`.
+    pub auth_method: String,
+    /// The provider's configured name.
+    pub provider: String,
+    /// Login time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// The session ends here whatever happens (absolute lifetime).
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Last use, for the idle timeout (written at most once a minute).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// When the provider's tokens expire and a refresh is due (only with a
+    /// refresh token).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub refresh_at: Option<OffsetDateTime>,
+    /// The provider's refresh token, if it issued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The last ID token, for the provider's logout (`id_token_hint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
 }

@@ -166,7 +166,17 @@ impl Proxy {
         crate::limits::check(req.headers(), &this.limits)?;
         // One reading of the target, or 400: what is checked is forwarded.
         authz::check_target(&req)?;
+        if req.uri().path().starts_with("/auth/") {
+            return Ok(self
+                .auth_endpoint(&req, conn, request_id)
+                .await
+                .map(Either::Right));
+        }
         let (permit, rate) = self.decide(&req, conn, trail).await?;
+        let mut req = req;
+        if let Some(sso) = this.authn.sso() {
+            sso.strip_cookies(req.headers_mut());
+        }
         if let (Some(audit), Some(facts)) = (&this.audit, facts.take()) {
             let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
@@ -189,6 +199,53 @@ impl Proxy {
             rate.apply(resp.headers_mut());
         }
         Ok(resp.map(Either::Left))
+    }
+
+    /// `/auth/*`: single sign-on's endpoints, answered here, never proxied.
+    async fn auth_endpoint(
+        &self,
+        req: &Request<Incoming>,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+    ) -> Response<http_body_util::Full<bytes::Bytes>> {
+        let this = &*self.0;
+        let Some(sso) = this.authn.sso() else {
+            return error::json_error(
+                http::StatusCode::NOT_FOUND,
+                "not_found",
+                "single sign-on is not configured",
+                request_id,
+            );
+        };
+        let headers = req.headers();
+        if req.uri().path() == "/auth/userinfo" {
+            return match this.authn.authenticate(headers).await {
+                Ok(auth) => {
+                    let session = match auth.principal.method {
+                        crate::authn::AuthMethod::Oidc | crate::authn::AuthMethod::Saml => {
+                            sso.session_record(headers).await
+                        }
+                        _ => None,
+                    };
+                    crate::sso::Sso::userinfo(&auth, session.as_ref())
+                }
+                Err(e) => error::rescue(&Error::Authn(e), request_id),
+            };
+        }
+        let client = crate::sso::Client {
+            ip: this.hygiene.client_ip(conn.peer.ip(), headers).to_string(),
+            user_agent: crate::audit::user_agent(headers),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        };
+        sso.respond(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            headers,
+            &client,
+            request_id,
+        )
+        .await
     }
 
     /// Route, authentication, authorization, limits: a [`Permit`] (and the

@@ -29,6 +29,7 @@ use crate::health::Readiness;
 use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
+use crate::sso::Sso;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The audit log could not be opened.
     #[error("audit log: {0}")]
     Audit(#[source] std::io::Error),
+    /// Single sign-on could not be set up (its key or CA file).
+    #[error("single sign-on: {0}")]
+    Sso(String),
 }
 
 /// A started server: store open, both ports bound, not yet serving.
@@ -131,10 +135,25 @@ impl Server {
             .log
             .access_log
             .then(|| AccessLog::start(config.log.format));
+        let sso = if config.sso.oidc.is_empty() {
+            None
+        } else {
+            Some(
+                Sso::start(
+                    &config.sso,
+                    store.clone(),
+                    keys.clone(),
+                    audit.clone(),
+                    crate::sso::session::system_clock(),
+                )
+                .await
+                .map_err(StartError::Sso)?,
+            )
+        };
         let proxy = Proxy::new(
             config,
             readiness.clone(),
-            Authenticator::new(keys.clone()),
+            Authenticator::new(keys.clone(), sso.clone()),
             authz.clone(),
             throttle.clone(),
             audit.clone(),

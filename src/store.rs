@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
+use crate::model::{ApiKey, CustomRole, Project, Session, Tenant, User};
 
 /// A persisted usage counter: what is counted, for which tenant, in which
 /// period. Deleting a tenant deletes its counters.
@@ -150,6 +150,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn add_usage(&self, batch: &[(UsageKey, u64)]) -> Result<(), StoreError>;
     /// A counter's value (0 if never counted).
     async fn usage(&self, key: &UsageKey) -> Result<u64, StoreError>;
+
+    /// Creates or replaces a session (by tenant and session id).
+    async fn put_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// Replaces a session only if it still exists (activity, refresh), so
+    /// a late write cannot bring back a session that was ended. Returns
+    /// whether it existed.
+    async fn update_session(&self, session: &Session) -> Result<bool, StoreError>;
+    /// The session whose cookie secret hashes to `token_hash`.
+    async fn session_by_token(&self, token_hash: &str) -> Result<Option<Session>, StoreError>;
+    /// A tenant's sessions, by id (expired ones included until removed).
+    async fn list_sessions(&self, tenant_id: &str) -> Result<Vec<Session>, StoreError>;
+    /// Ends a session; returns whether it existed.
+    async fn delete_session(&self, tenant_id: &str, session_id: &str) -> Result<bool, StoreError>;
 
     /// Forces everything written so far to disk.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -34,9 +34,8 @@ pub struct FileConfig {
     pub log: LogSection,
     /// The audit log.
     pub audit: AuditSection,
-    /// `[[sso.oidc]]` / `[[sso.saml]]` (design.md): likewise, warned.
-    #[serde(skip_serializing)]
-    pub sso: Option<toml::Value>,
+    /// Single sign-on: sessions and `[[sso.oidc]]` providers.
+    pub sso: SsoSection,
 }
 
 /// `[proxy]`
@@ -389,6 +388,134 @@ impl Default for LogSection {
 }
 
 /// Durations are written as `"250ms"`, `"10s"`, `"5m"`, `"1h 30m"`.
+/// `[sso]`: browser sessions and the identity providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SsoSection {
+    /// Name of the session cookie (`Secure`, `HttpOnly`, `SameSite=Lax`,
+    /// host-only).
+    pub session_cookie: String,
+    /// A session ends this long after login, whatever happens (the seed's 8 hours).
+    #[serde(with = "duration")]
+    pub session_lifetime: Duration,
+    /// A session unused for this long ends.
+    #[serde(with = "duration")]
+    pub session_idle_timeout: Duration,
+    /// Time from `/auth/login` to `/auth/callback` (the login cookie's life).
+    #[serde(with = "duration")]
+    pub login_timeout: Duration,
+    /// Key that signs the short-lived login cookie (state, nonce, PKCE
+    /// verifier). Every replica must share it. Empty: `sso-cookie.key`
+    /// under `store.path`, created on first start.
+    pub cookie_key_file: PathBuf,
+    /// Time allowed for one call to an identity provider (discovery, JWKS, token).
+    #[serde(with = "duration")]
+    pub http_timeout: Duration,
+    /// Largest response accepted from an identity provider, in bytes.
+    pub max_response_bytes: u64,
+    /// PEM CA certificates trusted for `https` identity providers besides
+    /// the system's roots. Empty: the system's roots only.
+    pub ca_file: PathBuf,
+    /// Signing keys are refetched this long after the last fetch.
+    #[serde(with = "duration")]
+    pub jwks_ttl: Duration,
+    /// A token signed with an unknown key id triggers one refetch of the
+    /// provider's keys, at most once per this interval (an unknown-kid flood
+    /// cannot hammer the provider).
+    #[serde(with = "duration")]
+    pub jwks_refetch_cooldown: Duration,
+    /// Leeway on `exp`, `nbf` and `iat`.
+    #[serde(with = "duration")]
+    pub clock_skew: Duration,
+    /// Sessions kept in memory (the store holds them all).
+    pub session_cache_capacity: u64,
+    /// Verified bearer JWTs remembered until they expire (at most 5 minutes),
+    /// so a token is checked once, not per request. 0: verify every time.
+    pub token_cache_capacity: u64,
+    /// One table per OpenID provider.
+    pub oidc: Vec<OidcSection>,
+    /// `[[sso.saml]]` (design.md): not in this build yet, warned.
+    #[serde(skip_serializing)]
+    pub saml: Option<toml::Value>,
+}
+
+impl Default for SsoSection {
+    fn default() -> Self {
+        Self {
+            session_cookie: "costguard_session".into(),
+            session_lifetime: Duration::from_secs(8 * 3600),
+            session_idle_timeout: Duration::from_secs(3600),
+            login_timeout: Duration::from_secs(600),
+            cookie_key_file: PathBuf::new(),
+            http_timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+            ca_file: PathBuf::new(),
+            jwks_ttl: Duration::from_secs(600),
+            jwks_refetch_cooldown: Duration::from_secs(30),
+            clock_skew: Duration::from_secs(60),
+            session_cache_capacity: 100_000,
+            token_cache_capacity: 100_000,
+            oidc: Vec::new(),
+            saml: None,
+        }
+    }
+}
+
+/// `[[sso.oidc]]`: one OpenID provider, for browser logins and for the
+/// JWT access tokens it issues.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcSection {
+    /// A short name, unique, shown in audit records and `/auth/login?provider=`.
+    pub name: String,
+    /// The issuer URL exactly as the provider's tokens carry it in `iss`
+    /// (`https`, or `http` on a loopback address only).
+    pub issuer: String,
+    /// This client's id at the provider (also the expected `aud`).
+    pub client_id: String,
+    /// File holding the client secret. Empty: a public client (PKCE only).
+    pub client_secret_file: PathBuf,
+    /// The callback URL registered at the provider; its path must be `/auth/callback`.
+    pub redirect_url: String,
+    /// Where the provider sends the browser after its logout (RP-initiated
+    /// logout). Empty: the provider's default.
+    pub post_logout_redirect_url: String,
+    /// Scopes asked for; must include `openid`. Add `offline_access` for
+    /// refresh tokens.
+    pub scopes: Vec<String>,
+    /// Every login through this provider is for this tenant (per-tenant
+    /// SSO). A token naming another tenant is refused.
+    pub tenant: String,
+    /// The claim that holds the tenant id.
+    pub tenant_claim: String,
+    /// Email domain → tenant id: the tenant of a user whose verified email
+    /// has that domain (when no tenant claim decides), and the provider
+    /// `/auth/login?email=` picks.
+    pub email_domains: std::collections::BTreeMap<String, String>,
+    /// The claim that holds role names (a list or a space-separated string).
+    pub roles_claim: String,
+    /// The claim that holds group names.
+    pub groups_claim: String,
+    /// Group → roles it grants.
+    pub group_roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// Roles every user of this provider has.
+    pub default_roles: Vec<String>,
+    /// The claim that holds the email address.
+    pub email_claim: String,
+    /// The claim that becomes the user id (`X-CostOps-User-Id`).
+    pub user_claim: String,
+    /// Audiences accepted on bearer JWTs. Empty: the client id.
+    pub audiences: Vec<String>,
+    /// Signature algorithms accepted (pinned). `HS256` only with `hs256_secret_file`.
+    pub algorithms: Vec<String>,
+    /// The shared secret for HS256 tokens of this issuer; only when the
+    /// provider cannot sign asymmetrically.
+    pub hs256_secret_file: PathBuf,
+    /// Whether this provider may grant `system_admin` (crosses tenants).
+    /// Never for a provider pinned to one tenant.
+    pub allow_system_admin: bool,
+}
+
 mod duration {
     use super::*;
 

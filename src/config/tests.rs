@@ -155,10 +155,10 @@ fn admin_token_is_hashed_and_checked() {
 
 #[test]
 fn design_sections_not_built_yet_are_accepted_with_a_warning() {
-    let text = "[audit]\ndir = \"./costguard-data/audit\"\n\n[[sso.oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\n";
+    let text = "[audit]\ndir = \"./costguard-data/audit\"\n\n[[sso.saml]]\nname = \"corp\"\nidp_entity_id = \"https://idp.example.com\"\n";
     let config = validate::validate(parse(text, "t.toml", &Env::default()).unwrap()).unwrap();
     assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
-    assert!(config.warnings[0].contains("[sso]"));
+    assert!(config.warnings[0].contains("sso.saml"));
     assert_eq!(
         config.audit.dir,
         std::path::Path::new("./costguard-data/audit")

@@ -11,6 +11,10 @@ use http::uri::{Authority, Scheme};
 use ipnet::IpNet;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
+mod sso;
+
+pub use sso::{OidcProviderConfig, SsoConfig};
+
 use super::file::FileConfig;
 use super::{ConfigError, Problem};
 use crate::forward::headers::HeaderPattern;
@@ -40,6 +44,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Single sign-on.
+    pub sso: SsoConfig,
     /// Sections accepted but not acted on by this build, to warn about.
     pub warnings: Vec<String>,
 }
@@ -499,10 +505,12 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         stdout: a.stdout,
         retention_interval: c.duration("audit.retention_interval", a.retention_interval),
     };
+    let sso = sso::validate(&mut c, &file);
     let mut warnings = Vec::new();
-    if file.sso.is_some() {
+    if file.sso.saml.is_some() {
         warnings.push(
-            "[sso] is not implemented in this build: single sign-on is not available".to_string(),
+            "[[sso.saml]] is not implemented in this build: SAML sign-on is not available"
+                .to_string(),
         );
     }
     if c.problems.is_empty() {
@@ -517,6 +525,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             store,
             policy,
             log,
+            sso,
             warnings,
         })
     } else {

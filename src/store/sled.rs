@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Removed, Store, StoreError, UsageKey};
-use crate::model::{ApiKey, CustomRole, Project, Tenant, User};
+use crate::model::{ApiKey, CustomRole, Project, Session, Tenant, User};
 
 /// sled-backed [`Store`].
 #[derive(Debug)]
@@ -33,6 +33,10 @@ pub struct SledStore {
     roles: Tree,
     /// `tenant/day` → request count (u64 big-endian).
     usage: Tree,
+    /// `tenant/session_id` → session.
+    sessions: Tree,
+    /// Cookie secret SHA-256 hex → `tenant/session_id`.
+    session_tokens: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
     write_lock: Mutex<()>,
@@ -100,6 +104,8 @@ impl SledStore {
             users: tree("users")?,
             roles: tree("roles")?,
             usage: tree("usage")?,
+            sessions: tree("sessions")?,
+            session_tokens: tree("session_tokens")?,
             db,
             write_lock: Mutex::new(()),
         })
@@ -222,6 +228,14 @@ impl Store for SledStore {
                     removed.key_hashes.push(hash.clone());
                 }
                 self.keys.remove(id).map_err(backend)?;
+            }
+            for item in self.sessions.scan_prefix(prefix(tenant_id)) {
+                let (id, value) = item.map_err(backend)?;
+                let session: Session = decode(&value)?;
+                self.session_tokens
+                    .remove(session.token_hash.as_bytes())
+                    .map_err(backend)?;
+                self.sessions.remove(id).map_err(backend)?;
             }
             for tree in [&self.projects, &self.users, &self.roles, &self.usage] {
                 for k in tree.scan_prefix(prefix(tenant_id)).keys() {
@@ -362,6 +376,72 @@ impl Store for SledStore {
             .remove(scoped(tenant_id, user_id))
             .map_err(backend)?
             .is_some();
+        self.durable().await?;
+        Ok(existed)
+    }
+
+    async fn put_session(&self, session: &Session) -> Result<(), StoreError> {
+        let value = encode(session)?;
+        let id = scoped(&session.tenant_id, &session.session_id);
+        (&self.sessions, &self.session_tokens)
+            .transaction(|(sessions, tokens)| {
+                sessions.insert(id.as_slice(), value.as_slice())?;
+                tokens.insert(session.token_hash.as_bytes(), id.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable().await
+    }
+
+    async fn update_session(&self, session: &Session) -> Result<bool, StoreError> {
+        let value = encode(session)?;
+        let id = scoped(&session.tenant_id, &session.session_id);
+        let existed = self
+            .sessions
+            .transaction(|sessions| {
+                if sessions.get(id.as_slice())?.is_none() {
+                    return Ok(false);
+                }
+                sessions.insert(id.as_slice(), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            })
+            .map_err(tx_error)?;
+        self.durable().await?;
+        Ok(existed)
+    }
+
+    async fn session_by_token(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
+        let Some(id) = self
+            .session_tokens
+            .get(token_hash.as_bytes())
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        self.sessions
+            .get(id)
+            .map_err(backend)?
+            .map(|v| decode::<Session>(&v))
+            .transpose()
+            .map(|s| s.filter(|s| s.token_hash == token_hash))
+    }
+
+    async fn list_sessions(&self, tenant_id: &str) -> Result<Vec<Session>, StoreError> {
+        Self::scan(&self.sessions, tenant_id)
+    }
+
+    async fn delete_session(&self, tenant_id: &str, session_id: &str) -> Result<bool, StoreError> {
+        let id = scoped(tenant_id, session_id);
+        let existed = (&self.sessions, &self.session_tokens)
+            .transaction(|(sessions, tokens)| {
+                let Some(old) = sessions.remove(id.as_slice())? else {
+                    return Ok(false);
+                };
+                let old: Session = decode(&old).map_err(ConflictableTransactionError::Abort)?;
+                tokens.remove(old.token_hash.as_bytes())?;
+                Ok(true)
+            })
+            .map_err(tx_error)?;
         self.durable().await?;
         Ok(existed)
     }

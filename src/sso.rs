@@ -1,0 +1,993 @@
+//! Single sign-on: browser logins through OpenID providers (authorization
+//! code + PKCE), the server-side sessions they create, and the providers'
+//! JWT access tokens as bearer credentials.
+//!
+//! ```text
+//! /auth/login?rd=&tenant=&provider=&email=   pick a provider → login cookie (signed: state,
+//!                                             nonce, PKCE verifier, rd) → 302 to the provider
+//! /auth/callback?code=&state=                 cookie + state (once) → code exchange → ID token
+//!                                             verified → claims mapped → tenant checks →
+//!                                             new session, cookie → 302 to rd
+//! /auth/logout                                session ended → provider's end-session, or /
+//! /auth/userinfo                              the caller's principal as JSON
+//! ```
+//! Every login, logout and failed login is audited (`auth.login`,
+//! `auth.logout`, `auth.login_failed` with its reason); a reused `state`, a
+//! refused code or a nonce mismatch also writes `security.suspicious`.
+
+pub mod claims;
+pub mod http;
+pub mod jwks;
+pub mod login_state;
+pub mod oidc;
+pub mod session;
+pub mod token;
+
+use std::sync::Arc;
+
+use ::http::header::{self, HeaderMap, HeaderValue};
+use ::http::{Method, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use crate::audit::{Audit, Durability, Event};
+use crate::authn::api_key::ApiKeys;
+use crate::authn::{AuthMethod, Authenticated, AuthnError, IdentityHeaders, Principal};
+use crate::config::SsoConfig;
+use crate::error::{json_error, json_response};
+use crate::model::{Session, TenantStatus};
+use crate::store::Store;
+use claims::{ClaimError, Identity};
+use login_state::{LoginState, LoginStateError, Signer};
+use oidc::{Provider, ProviderError, unix_now};
+use session::{Clock, Live, NewSession, Sessions};
+use token::TokenError;
+
+/// Single sign-on. Cheap to share (`Arc`).
+pub struct Sso {
+    providers: Vec<Arc<Provider>>,
+    /// The sessions.
+    pub sessions: Sessions,
+    signer: Signer,
+    cookie_name: String,
+    cookie_lifetime: std::time::Duration,
+    login_timeout: std::time::Duration,
+    keys: ApiKeys,
+    audit: Option<Audit>,
+    /// `state` values already used at the callback (replays are suspicious).
+    used_states: moka::sync::Cache<String, ()>,
+    /// Verified bearer tokens: SHA-256 of the token → (principal, exp).
+    verified: Option<TokenCache>,
+}
+
+impl std::fmt::Debug for Sso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sso")
+            .field("providers", &self.providers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a login failed: what the browser is told, what the audit says.
+#[derive(Debug)]
+struct LoginFailure {
+    status: StatusCode,
+    reason: String,
+    suspicious: bool,
+    tenant_id: String,
+    user_id: String,
+    provider: String,
+}
+
+impl LoginFailure {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            suspicious: false,
+            tenant_id: String::new(),
+            user_id: String::new(),
+            provider: String::new(),
+        }
+    }
+
+    fn suspicious(mut self) -> Self {
+        self.suspicious = true;
+        self
+    }
+}
+
+/// Facts about the browser's request, for audit records.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Address.
+    pub ip: String,
+    /// User agent.
+    pub user_agent: String,
+    /// Request id.
+    pub request_id: String,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// SHA-256 of a verified bearer token → its principal and `exp`.
+type TokenCache = moka::sync::Cache<[u8; 32], (Arc<Principal>, i64)>;
+
+impl Sso {
+    /// Builds the providers and discovers them (each retries in the
+    /// background if its provider is down).
+    pub async fn start(
+        config: &SsoConfig,
+        store: Arc<dyn Store>,
+        keys: ApiKeys,
+        audit: Option<Audit>,
+        clock: Clock,
+    ) -> Result<Arc<Self>, String> {
+        let http = http::IdpClient::new(
+            config.ca_file.as_deref(),
+            config.http_timeout,
+            config.max_response_bytes,
+        )
+        .map_err(|e| format!("sso.ca_file: {e}"))?;
+        let key = crate::audit::writer::load_or_create_key(&config.cookie_key_file)
+            .map_err(|e| format!("sso.cookie_key_file: {e}"))?;
+        let providers: Vec<Arc<Provider>> = config
+            .oidc
+            .iter()
+            .map(|p| Arc::new(Provider::new(p.clone(), config, http.clone())))
+            .collect();
+        for p in &providers {
+            p.discover_or_retry().await;
+        }
+        Ok(Arc::new(Self {
+            providers,
+            sessions: Sessions::new(
+                store,
+                config.session_lifetime,
+                config.session_idle_timeout,
+                config.session_cache_capacity,
+                clock,
+            ),
+            signer: Signer::new(&key),
+            cookie_name: config.session_cookie.clone(),
+            cookie_lifetime: config.session_lifetime,
+            login_timeout: config.login_timeout,
+            keys,
+            audit,
+            used_states: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(config.login_timeout)
+                .build(),
+            verified: (config.token_cache_capacity > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(config.token_cache_capacity)
+                    .time_to_live(std::time::Duration::from_secs(300))
+                    .build()
+            }),
+        }))
+    }
+
+    /// The configured providers.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// The session cookie's value in `headers`, if exactly one is there.
+    pub fn session_cookie<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        cookie(headers, &self.cookie_name)
+    }
+
+    /// Removes the session and login cookies from `Cookie` headers, so the
+    /// upstream never sees a session secret; other cookies pass unchanged.
+    pub fn strip_cookies(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(header::COOKIE) {
+            return;
+        }
+        let ours = |pair: &str| {
+            let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
+            name == self.cookie_name || name == login_state::COOKIE
+        };
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| {
+                let text = v.to_str().ok()?;
+                let rest: Vec<&str> = text
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|p| !ours(p))
+                    .collect();
+                if rest.is_empty() {
+                    return None;
+                }
+                HeaderValue::from_str(&rest.join("; ")).ok()
+            })
+            .collect();
+        headers.remove(header::COOKIE);
+        for v in kept {
+            headers.append(header::COOKIE, v);
+        }
+    }
+
+    // ----- credentials on proxied requests -----
+
+    /// Authenticates a bearer JWT from one of the configured issuers.
+    pub async fn bearer(&self, raw: &str) -> Result<Authenticated, AuthnError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        let now = unix_now();
+        if let Some(cache) = &self.verified
+            && let Some((principal, exp)) = cache.get(&digest)
+            && now <= exp
+        {
+            let tenant = self.tenant(&principal.tenant_id).await?;
+            return Ok(Authenticated { principal, tenant });
+        }
+        let issuer = unverified_issuer(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
+        let mut first_error = None;
+        for p in self.providers.iter().filter(|p| p.config.issuer == issuer) {
+            match self.bearer_with(p, raw).await {
+                Ok((auth, exp)) => {
+                    if let Some(cache) = &self.verified {
+                        cache.insert(digest, (auth.principal.clone(), exp));
+                    }
+                    return Ok(auth);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(AuthnError::Token(TokenError::Issuer)))
+    }
+
+    async fn bearer_with(
+        &self,
+        p: &Provider,
+        raw: &str,
+    ) -> Result<(Authenticated, i64), AuthnError> {
+        let header = token::header(raw, &p.config.algorithms).map_err(AuthnError::Token)?;
+        let verified = p
+            .verify_bearer(raw, &header)
+            .await
+            .map_err(AuthnError::Token)?;
+        let identity = claims::identity(&p.config, &verified.claims).map_err(AuthnError::Claims)?;
+        let tenant = self.tenant_for(p, &identity.tenant_id).await?;
+        let principal = principal(&identity, AuthMethod::Jwt)?;
+        Ok((Authenticated { principal, tenant }, verified.exp))
+    }
+
+    /// Authenticates a session cookie, refreshing the provider's tokens when due.
+    pub async fn session(&self, cookie: &str) -> Result<Authenticated, AuthnError> {
+        let live = self
+            .sessions
+            .get(cookie)
+            .await
+            .map_err(|e| AuthnError::Store(Arc::new(e)))?
+            .ok_or(AuthnError::NoSession)?;
+        let s = self.refresh_if_due(&live).await?;
+        let tenant = self.tenant(&s.tenant_id).await?;
+        let method = if s.auth_method == "saml" {
+            AuthMethod::Saml
+        } else {
+            AuthMethod::Oidc
+        };
+        let identity = Identity {
+            tenant_id: s.tenant_id,
+            user_id: s.user_id,
+            email: s.email,
+            roles: s.roles,
+        };
+        Ok(Authenticated {
+            principal: principal(&identity, method)?,
+            tenant,
+        })
+    }
+
+    /// Uses the session's refresh token once its provider tokens expired
+    /// (one refresh at a time per session; the others wait and reuse it).
+    async fn refresh_if_due(&self, live: &Live) -> Result<Session, AuthnError> {
+        let due = |s: &Session| {
+            s.refresh_token.is_some() && s.refresh_at.is_some_and(|at| self.sessions.now() >= at)
+        };
+        let s = live.snapshot();
+        if !due(&s) {
+            return Ok(s);
+        }
+        let _one = live.refreshing.lock().await;
+        let s = live.snapshot();
+        if !due(&s) {
+            return Ok(s);
+        }
+        let Some(p) = self.provider(&s.provider) else {
+            return Ok(s);
+        };
+        let refresh_token = s.refresh_token.clone().unwrap_or_default();
+        match p.refresh(&refresh_token).await {
+            Ok(tokens) => {
+                let now = self.sessions.now();
+                let mut updated = s.clone();
+                if let Some(t) = tokens {
+                    let identity =
+                        claims::identity(&p.config, &t.id.claims).map_err(AuthnError::Claims)?;
+                    if identity.tenant_id != s.tenant_id || identity.user_id != s.user_id {
+                        self.end_session(&s).await;
+                        return Err(AuthnError::NoSession);
+                    }
+                    updated.roles = identity.roles;
+                    updated.email = identity.email;
+                    if let Some(r) = t.refresh_token {
+                        updated.refresh_token = Some(r);
+                    }
+                    updated.refresh_at = Some(refresh_at(now, t.expires_in, t.id.exp));
+                    updated.id_token = Some(t.id_token);
+                } else {
+                    updated.refresh_at = Some(now + std::time::Duration::from_secs(300));
+                }
+                *live.session.lock().unwrap_or_else(|e| e.into_inner()) = updated.clone();
+                let saved = self
+                    .sessions
+                    .save(live)
+                    .await
+                    .map_err(|e| AuthnError::Store(Arc::new(e)))?;
+                if !saved {
+                    return Err(AuthnError::NoSession); // ended meanwhile
+                }
+                Ok(updated)
+            }
+            Err(ProviderError::Refused(reason)) => {
+                tracing::info!(session_id = %s.session_id, reason = %reason, "Refresh refused by the provider; session ended.");
+                self.end_session(&s).await;
+                Err(AuthnError::NoSession)
+            }
+            Err(e) => {
+                // The provider is down: keep the session (its lifetime still
+                // bounds it) and try again in a little while.
+                tracing::warn!(session_id = %s.session_id, error = %e, "Session refresh failed; retrying in 30s.");
+                let mut s = s;
+                s.refresh_at = Some(self.sessions.now() + std::time::Duration::from_secs(30));
+                *live.session.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
+                Ok(s)
+            }
+        }
+    }
+
+    async fn end_session(&self, s: &Session) {
+        if let Err(e) = self.sessions.end(&s.tenant_id, &s.session_id).await {
+            tracing::warn!(error = %e, "Session not removed.");
+        }
+    }
+
+    fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.config.name == name)
+    }
+
+    /// The tenant, which must exist and be active.
+    async fn tenant(&self, tenant_id: &str) -> Result<Arc<crate::model::Tenant>, AuthnError> {
+        let tenant = self
+            .keys
+            .tenant(tenant_id)
+            .await?
+            .ok_or(AuthnError::Claims(ClaimError::NoTenant))?;
+        if tenant.status == TenantStatus::Suspended {
+            return Err(AuthnError::TenantSuspended);
+        }
+        Ok(tenant)
+    }
+
+    /// The tenant of a login or token through `p`: it must exist and be
+    /// active, and a tenant with SSO enabled and its own provider accepts
+    /// only that provider.
+    async fn tenant_for(
+        &self,
+        p: &Provider,
+        tenant_id: &str,
+    ) -> Result<Arc<crate::model::Tenant>, AuthnError> {
+        let tenant = self.tenant(tenant_id).await?;
+        if p.config.tenant.is_none()
+            && tenant.settings.sso_enabled
+            && self
+                .providers
+                .iter()
+                .any(|o| o.config.tenant.as_deref() == Some(tenant_id))
+        {
+            return Err(AuthnError::Claims(ClaimError::WrongTenant));
+        }
+        Ok(tenant)
+    }
+
+    // ----- the /auth endpoints -----
+
+    /// Answers `/auth/*`.
+    pub async fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Reply {
+        let q = Query(query.unwrap_or(""));
+        match (path, method) {
+            ("/auth/login", &Method::GET | &Method::HEAD) => self.login(&q, request_id),
+            ("/auth/callback", &Method::GET) => {
+                self.callback(&q, headers, client, request_id).await
+            }
+            ("/auth/logout", &Method::GET | &Method::POST) => {
+                self.logout(&q, headers, client).await
+            }
+            ("/auth/login" | "/auth/callback" | "/auth/logout", _) => json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+                request_id,
+            ),
+            _ => json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+                request_id,
+            ),
+        }
+    }
+
+    /// Picks the provider for a login.
+    fn choose(&self, q: &Query<'_>) -> Result<&Arc<Provider>, &'static str> {
+        if let Some(name) = q.get("provider") {
+            return self.provider(&name).ok_or("unknown provider");
+        }
+        if let Some(tenant) = q.get("tenant") {
+            if let Some(p) = self
+                .providers
+                .iter()
+                .find(|p| p.config.tenant.as_deref() == Some(tenant.as_str()))
+            {
+                return Ok(p);
+            }
+            let mut shared = self.providers.iter().filter(|p| p.config.tenant.is_none());
+            return match (shared.next(), shared.next()) {
+                (Some(p), None) => Ok(p),
+                (None, _) => Err("no identity provider serves this tenant"),
+                _ => Err("several providers could serve this tenant: name one with ?provider="),
+            };
+        }
+        if let Some(email) = q.get("email").or_else(|| q.get("login_hint"))
+            && let Some((_, domain)) = email.rsplit_once('@')
+        {
+            let domain = domain.to_ascii_lowercase();
+            if let Some(p) = self
+                .providers
+                .iter()
+                .find(|p| p.config.email_domains.contains_key(&domain))
+            {
+                return Ok(p);
+            }
+        }
+        match self.providers.as_slice() {
+            [only] => Ok(only),
+            [] => Err("single sign-on is not configured"),
+            _ => Err("several identity providers: choose one with ?tenant=, ?email= or ?provider="),
+        }
+    }
+
+    fn login(&self, q: &Query<'_>, request_id: &HeaderValue) -> Reply {
+        let p = match self.choose(q) {
+            Ok(p) => p,
+            Err(message) => {
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", message, request_id);
+            }
+        };
+        let tenant = q.get("tenant");
+        if tenant
+            .as_deref()
+            .is_some_and(|t| !crate::model::is_tenant_id(t))
+        {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "tenant is not a tenant id",
+                request_id,
+            );
+        }
+        let hint = q
+            .get("email")
+            .or_else(|| q.get("login_hint"))
+            .filter(|e| e.len() <= 256);
+        let auth = match p.authorize(hint.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "idp_unavailable",
+                    &e.to_string(),
+                    request_id,
+                );
+            }
+        };
+        let state = LoginState {
+            provider: p.config.name.clone(),
+            state: auth.state,
+            nonce: auth.nonce,
+            verifier: auth.verifier,
+            rd: safe_redirect(q.get("rd").as_deref()).to_string(),
+            tenant,
+            expires: unix_now() + self.login_timeout.as_secs() as i64,
+        };
+        let cookie = format!(
+            "{}={}; Path=/auth/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
+            login_state::COOKIE,
+            self.signer.seal(&state),
+            self.login_timeout.as_secs()
+        );
+        redirect(&auth.url, &[cookie])
+    }
+
+    async fn callback(
+        &self,
+        q: &Query<'_>,
+        headers: &HeaderMap,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Reply {
+        let clear_login = format!(
+            "{}=; Path=/auth/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
+            login_state::COOKIE
+        );
+        match self.finish_login(q, headers, client).await {
+            Ok((rd, cookie)) => redirect(&rd, &[clear_login, cookie]),
+            Err(f) => {
+                self.audit_failure(&f, client).await;
+                let message = format!("login failed: {}", f.reason);
+                let mut resp = json_error(f.status, "login_failed", &message, request_id);
+                if let Ok(v) = HeaderValue::from_str(&clear_login) {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+                resp
+            }
+        }
+    }
+
+    /// The callback's checks in order; the new session's cookie and where to go.
+    async fn finish_login(
+        &self,
+        q: &Query<'_>,
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Result<(String, String), LoginFailure> {
+        use StatusCode as S;
+        let raw = cookie(headers, login_state::COOKIE)
+            .ok_or_else(|| LoginFailure::new(S::UNAUTHORIZED, "missing_login_cookie"))?;
+        let state = self.signer.open(raw, unix_now()).map_err(|e| match e {
+            LoginStateError::Invalid => {
+                LoginFailure::new(S::UNAUTHORIZED, "invalid_login_cookie").suspicious()
+            }
+            LoginStateError::Expired => LoginFailure::new(S::UNAUTHORIZED, "login_expired"),
+        })?;
+        let given = q.get("state").unwrap_or_default();
+        let matches = {
+            use subtle::ConstantTimeEq;
+            bool::from(given.as_bytes().ct_eq(state.state.as_bytes()))
+        };
+        if !matches {
+            return Err(LoginFailure::new(S::UNAUTHORIZED, "state_mismatch"));
+        }
+        if self.used_states.contains_key(&state.state) {
+            return Err(LoginFailure::new(S::UNAUTHORIZED, "replayed_state").suspicious());
+        }
+        self.used_states.insert(state.state.clone(), ());
+        let p = self
+            .provider(&state.provider)
+            .ok_or_else(|| LoginFailure::new(S::UNAUTHORIZED, "unknown_provider"))?;
+        let fail = |status, reason: &str| {
+            let mut f = LoginFailure::new(status, reason);
+            f.provider = p.config.name.clone();
+            f
+        };
+        // RFC 9207: when the provider names itself, it must be this one.
+        if q.get("iss").is_some_and(|iss| iss != p.config.issuer) {
+            return Err(fail(S::UNAUTHORIZED, "wrong_issuer").suspicious());
+        }
+        if let Some(error) = q.get("error") {
+            let error: String = error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            return Err(fail(S::UNAUTHORIZED, &format!("provider_error:{error}")));
+        }
+        let code = q
+            .get("code")
+            .filter(|c| !c.is_empty() && c.len() <= 4096)
+            .ok_or_else(|| fail(S::UNAUTHORIZED, "missing_code"))?;
+        let tokens = p
+            .exchange(&code, &state.verifier, &state.nonce)
+            .await
+            .map_err(|e| match e {
+                ProviderError::Refused(_) => fail(S::UNAUTHORIZED, "code_rejected").suspicious(),
+                ProviderError::Token(t @ TokenError::Nonce) => {
+                    fail(S::UNAUTHORIZED, t.reason()).suspicious()
+                }
+                ProviderError::Token(t) => fail(S::UNAUTHORIZED, t.reason()),
+                ProviderError::NotReady(_) => fail(S::SERVICE_UNAVAILABLE, "idp_unavailable"),
+                ProviderError::NoIdToken => fail(S::BAD_GATEWAY, "no_id_token"),
+                ProviderError::Call(e) => {
+                    tracing::warn!(provider = %p.config.name, error = %e, "Token exchange failed.");
+                    fail(S::BAD_GATEWAY, "idp_unreachable")
+                }
+            })?;
+        let identity = claims::identity(&p.config, &tokens.id.claims)
+            .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
+        let with_user = |mut f: LoginFailure| {
+            f.tenant_id = identity.tenant_id.clone();
+            f.user_id = identity.user_id.clone();
+            f
+        };
+        if state
+            .tenant
+            .as_deref()
+            .is_some_and(|t| t != identity.tenant_id)
+        {
+            return Err(with_user(fail(S::FORBIDDEN, "tenant_mismatch")));
+        }
+        self.tenant_for(p, &identity.tenant_id).await.map_err(|e| {
+            let (status, reason) = match e {
+                AuthnError::TenantSuspended => (S::FORBIDDEN, "tenant_suspended"),
+                AuthnError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+                AuthnError::Claims(ClaimError::WrongTenant) => {
+                    (S::FORBIDDEN, "tenant_requires_own_provider")
+                }
+                _ => (S::FORBIDDEN, "unknown_tenant"),
+            };
+            with_user(fail(status, reason))
+        })?;
+        // A new session id at every login: an old cookie (fixed by an
+        // attacker, or the user's previous session) is ended.
+        if let Some(old) = self.session_cookie(headers)
+            && let Ok(Some(_)) = self.sessions.end_by_cookie(old).await
+        {}
+        let now = self.sessions.now();
+        let refresh_at = tokens
+            .refresh_token
+            .as_ref()
+            .map(|_| refresh_at(now, tokens.expires_in, tokens.id.exp));
+        let (value, session) = self
+            .sessions
+            .create(NewSession {
+                identity: &identity,
+                method: "oidc",
+                provider: &p.config.name,
+                refresh_token: tokens.refresh_token,
+                refresh_at,
+                id_token: Some(tokens.id_token),
+            })
+            .await
+            .map_err(|_| with_user(fail(S::SERVICE_UNAVAILABLE, "store_unavailable")))?;
+        self.audit(
+            "auth.login",
+            &session.tenant_id,
+            &session.user_id,
+            json!({
+                "auth_method": "oidc",
+                "provider": p.config.name,
+                "session_id": session.session_id,
+                "roles": session.roles,
+            }),
+            client,
+        )
+        .await;
+        let cookie = format!(
+            "{}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
+            self.cookie_name,
+            value,
+            self.cookie_lifetime.as_secs()
+        );
+        Ok((state.rd, cookie))
+    }
+
+    async fn logout(&self, q: &Query<'_>, headers: &HeaderMap, client: &Client) -> Reply {
+        let clear = format!(
+            "{}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
+            self.cookie_name
+        );
+        let ended = match self.session_cookie(headers) {
+            Some(c) => self.sessions.end_by_cookie(c).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "Session not removed at logout.");
+                None
+            }),
+            None => None,
+        };
+        let mut to = safe_redirect(q.get("rd").as_deref()).to_string();
+        if let Some(s) = &ended {
+            self.audit(
+                "auth.logout",
+                &s.tenant_id,
+                &s.user_id,
+                json!({"auth_method": s.auth_method, "provider": s.provider, "session_id": s.session_id}),
+                client,
+            )
+            .await;
+            if let Some(url) = self
+                .provider(&s.provider)
+                .and_then(|p| p.end_session_url(s.id_token.as_deref()))
+            {
+                to = url;
+            }
+        }
+        redirect(&to, &[clear])
+    }
+
+    /// `/auth/userinfo` for an authenticated caller.
+    pub fn userinfo(auth: &Authenticated, session: Option<&Session>) -> Reply {
+        let p = &auth.principal;
+        let mut body = json!({
+            "tenant_id": &*p.tenant_id,
+            "user_id": &*p.user_id,
+            "roles": &*p.roles,
+            "auth_method": p.method.as_str(),
+        });
+        if let Some(s) = session {
+            body["email"] = json!(s.email);
+            body["provider"] = json!(s.provider);
+            body["session_id"] = json!(s.session_id);
+            body["expires_at"] = json!(rfc3339(s.expires_at));
+        }
+        if let Some(k) = &p.key_id {
+            body["key_id"] = json!(&**k);
+        }
+        json_response(StatusCode::OK, &body)
+    }
+
+    /// The session behind a cookie, for `/auth/userinfo`.
+    pub async fn session_record(&self, headers: &HeaderMap) -> Option<Session> {
+        let c = self.session_cookie(headers)?;
+        let live = self.sessions.get(c).await.ok()??;
+        Some(live.snapshot())
+    }
+
+    async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
+        let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": "oidc"});
+        self.audit(
+            "auth.login_failed",
+            &f.tenant_id,
+            &f.user_id,
+            details.clone(),
+            client,
+        )
+        .await;
+        if f.suspicious {
+            self.audit(
+                "security.suspicious",
+                &f.tenant_id,
+                &f.user_id,
+                details,
+                client,
+            )
+            .await;
+        }
+    }
+
+    async fn audit(
+        &self,
+        event_type: &'static str,
+        tenant_id: &str,
+        user_id: &str,
+        details: serde_json::Value,
+        client: &Client,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let mut event = Event::new(event_type, details);
+        event.tenant_id = tenant_id.to_string();
+        event.user_id = user_id.to_string();
+        event.ip_address = client.ip.clone();
+        event.user_agent = client.user_agent.clone();
+        event.request_id = client.request_id.clone();
+        if let Err(e) = audit.record(event, Durability::Written).await {
+            tracing::error!(error = %e, event_type, "Login event not recorded in the audit log.");
+        }
+    }
+}
+
+/// When to refresh: when the access token expires (else the ID token), a
+/// little early.
+fn refresh_at(
+    now: OffsetDateTime,
+    expires_in: Option<std::time::Duration>,
+    id_exp: i64,
+) -> OffsetDateTime {
+    let by_access = expires_in.map(|d| now + d);
+    let by_id = OffsetDateTime::from_unix_timestamp(id_exp).ok();
+    let at = by_access.or(by_id).unwrap_or(now);
+    // Refresh a few seconds early, never sooner than a second from now.
+    (at - std::time::Duration::from_secs(5)).max(now + std::time::Duration::from_secs(1))
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The principal of an SSO identity.
+fn principal(identity: &Identity, method: AuthMethod) -> Result<Arc<Principal>, AuthnError> {
+    let headers = IdentityHeaders::new(
+        &identity.tenant_id,
+        &identity.user_id,
+        None,
+        &identity.roles,
+        method,
+    )
+    .map_err(|_| AuthnError::Claims(ClaimError::NoUser))?;
+    Ok(Arc::new(Principal {
+        tenant_id: identity.tenant_id.as_str().into(),
+        user_id: identity.user_id.as_str().into(),
+        key_id: None,
+        roles: identity.roles.clone().into(),
+        scopes: None,
+        rate_per_minute: None,
+        method,
+        headers,
+    }))
+}
+
+/// `iss` of a token, read without verification (only to pick the provider
+/// whose keys will verify it).
+fn unverified_issuer(raw: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = raw.split('.').nth(1)?;
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+}
+
+/// Whether a bearer token looks like a JWT (three base64url parts).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `rd` if it is a same-origin relative path, else `/`. Refused: anything
+/// not starting with one `/` (`//host`, `/\host`, schemes), backslashes,
+/// control characters and tabs (also percent-encoded), and anything
+/// that decodes to one of those.
+pub fn safe_redirect(rd: Option<&str>) -> &str {
+    let Some(rd) = rd else { return "/" };
+    let decoded = percent_decode(rd);
+    let bad = |s: &str| {
+        !s.starts_with('/')
+            || s.starts_with("//")
+            || s.contains('\\')
+            || s.bytes().any(|b| b.is_ascii_control() || b >= 0x80)
+    };
+    if rd.len() > 2048 || bad(rd) || decoded.as_deref().is_none_or(bad) || rd.contains("/..") {
+        return "/";
+    }
+    // Decoding twice must not reveal more (double-encoded `//` or `\`).
+    match decoded.as_deref().and_then(percent_decode) {
+        Some(twice) if !bad(&twice) => rd,
+        _ => "/",
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A query string's parameters (first value of each name).
+struct Query<'a>(&'a str);
+
+impl Query<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.0.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// The value of cookie `name`, if it appears exactly once.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if k == name {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(v.trim());
+            }
+        }
+    }
+    found
+}
+
+fn redirect(location: &str, cookies: &[String]) -> Reply {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::FOUND;
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for c in cookies {
+        if let Ok(v) = HeaderValue::from_str(c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_origin_paths_are_redirect_targets() {
+        for ok in ["/", "/v1/tenants/org-1/costs?x=1", "/a%20b"] {
+            assert_eq!(safe_redirect(Some(ok)), ok, "{ok}");
+        }
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/%2F%2Fevil.example",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "/%252F%252Fevil.example",
+            "javascript:alert(1)",
+            "/\tevil",
+            "/%09/evil.example",
+            "/%0d%0aSet-Cookie:x=y",
+            "evil.example",
+            "",
+            "/../..//evil",
+            "/x/../..",
+        ] {
+            assert_eq!(safe_redirect(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_redirect(None), "/");
+    }
+
+    #[test]
+    fn one_cookie_of_a_name_or_none() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            "a=1; costguard_session=abc".parse().unwrap(),
+        );
+        assert_eq!(cookie(&h, "costguard_session"), Some("abc"));
+        h.append(header::COOKIE, "costguard_session=other".parse().unwrap());
+        assert_eq!(cookie(&h, "costguard_session"), None);
+    }
+}

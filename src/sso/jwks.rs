@@ -1,0 +1,213 @@
+//! A provider's signing keys (its JWKS), cached. Keys are refetched when
+//! the set is older than `jwks_ttl`, and once when a token names a key id
+//! the set does not have (the provider rotated); that refetch happens at
+//! most once per `jwks_refetch_cooldown`, so a flood of tokens with made-up
+//! key ids costs the provider one request per cooldown. Each fetch replaces
+//! the whole set: a key the provider dropped stops verifying at once.
+//! Symmetric (`oct`) and encryption keys in a JWKS are ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use super::http::IdpClient;
+
+/// One verification key.
+pub struct Key {
+    /// The key.
+    pub decoding: DecodingKey,
+    /// The algorithm the provider bound it to, if it did.
+    pub alg: Option<Algorithm>,
+}
+
+/// The keys of one fetch.
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Arc<Key>>,
+    /// Keys without a `kid` (usable only when the set has exactly one).
+    anonymous: Vec<Arc<Key>>,
+}
+
+/// Why no key could be found.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The provider does not publish (or no longer publishes) that key.
+    #[error("unknown signing key")]
+    Unknown,
+}
+
+/// The cached key set of one provider.
+pub struct Jwks {
+    /// The provider's `jwks_uri` (set by discovery).
+    uri: ArcSwap<String>,
+    client: IdpClient,
+    keys: ArcSwap<KeySet>,
+    /// When the last fetch was tried (successful or not).
+    last_attempt: std::sync::Mutex<Option<Instant>>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    fetches: AtomicU64,
+    ttl: Duration,
+    cooldown: Duration,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("uri", &self.uri.load())
+            .field("keys", &self.keys.load().by_kid.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jwks {
+    /// An empty cache for the set at `uri`; call [`Jwks::refresh`] to fill it.
+    pub fn new(uri: String, client: IdpClient, ttl: Duration, cooldown: Duration) -> Self {
+        Self {
+            uri: ArcSwap::from_pointee(uri),
+            client,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            last_attempt: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
+            ttl,
+            cooldown,
+        }
+    }
+
+    /// Points the cache at the key set's URL (from discovery).
+    pub fn set_uri(&self, uri: String) {
+        self.uri.store(Arc::new(uri));
+    }
+
+    /// How many times the set was fetched (for tests and metrics).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// The key a token names: from the cache; after one refetch when the
+    /// set is stale or (at most once per cooldown) does not have it.
+    pub async fn key(&self, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
+        if self.since_last_attempt().is_none_or(|s| s >= self.ttl) {
+            self.refetch(self.fetches()).await;
+        }
+        if let Some(key) = self.lookup(kid) {
+            return Ok(key);
+        }
+        if self.since_last_attempt().is_none_or(|s| s >= self.cooldown) {
+            self.refetch(self.fetches()).await;
+            if let Some(key) = self.lookup(kid) {
+                return Ok(key);
+            }
+        }
+        Err(KeyError::Unknown)
+    }
+
+    fn since_last_attempt(&self) -> Option<Duration> {
+        self.last_attempt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> Option<Arc<Key>> {
+        let set = self.keys.load();
+        match kid {
+            Some(kid) => set.by_kid.get(kid).cloned(),
+            None if set.anonymous.len() + set.by_kid.len() == 1 => set
+                .anonymous
+                .first()
+                .or_else(|| set.by_kid.values().next())
+                .cloned(),
+            None => None,
+        }
+    }
+
+    /// Fetches unless another caller fetched while this one waited for
+    /// the lock (`generation` is the fetch count it saw before deciding).
+    async fn refetch(&self, generation: u64) {
+        let _one = self.fetching.lock().await;
+        if self.fetches() != generation {
+            return;
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(jwks_uri = %self.uri.load(), error = %e, "Signing keys not refreshed; keeping the previous set.");
+        }
+    }
+
+    /// Fetches the set now and replaces the cached one (the old one stays
+    /// on failure).
+    pub async fn refresh(&self) -> Result<usize, String> {
+        *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let uri = self.uri.load_full();
+        let req = http::Request::get(uri.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        let resp = self.client.send(req).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("{uri} answered {}", resp.status()));
+        }
+        let set = parse(resp.body())?;
+        let n = set.by_kid.len() + set.anonymous.len();
+        if n == 0 {
+            return Err(format!("{uri}: no usable signing key"));
+        }
+        self.keys.store(Arc::new(set));
+        Ok(n)
+    }
+}
+
+/// Parses a JWKS document, keeping the signing keys it can use.
+fn parse(body: &[u8]) -> Result<KeySet, String> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        keys: Vec<serde_json::Value>,
+    }
+    let doc: Doc = serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut set = KeySet::default();
+    for value in doc.keys {
+        // A key this build cannot read is skipped, not fatal: the others work.
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption))
+            || matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+            )
+        {
+            continue;
+        }
+        let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        let alg = match jwk.common.key_algorithm {
+            Some(a) => {
+                let name = serde_json::to_value(a).ok();
+                match name
+                    .as_ref()
+                    .and_then(|n| n.as_str()?.parse::<Algorithm>().ok())
+                {
+                    Some(a) => Some(a),
+                    None => continue, // bound to an algorithm we do not verify
+                }
+            }
+            None => None,
+        };
+        let key = Arc::new(Key { decoding, alg });
+        match jwk.common.key_id {
+            Some(kid) => {
+                set.by_kid.insert(kid, key);
+            }
+            None => set.anonymous.push(key),
+        }
+    }
+    Ok(set)
+}

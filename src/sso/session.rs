@@ -1,0 +1,319 @@
+//! Server-side sessions. The cookie carries 32 random bytes; the store
+//! keeps the session under their SHA-256, so logout and revocation end a
+//! session everywhere the store is read, and a copy of the store holds no
+//! usable cookie. A session ends at its absolute lifetime (8 hours by
+//! default), after the idle timeout, at logout, or when an admin revokes it.
+//! Recently used sessions are cached in memory (revocation on this
+//! instance removes them from the cache at once); `last_seen` is written
+//! back at most once a minute.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::Digest;
+use time::OffsetDateTime;
+
+use super::claims::Identity;
+use crate::model::{self, Session};
+use crate::store::{Store, StoreError};
+
+/// What time it is (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// A session in use.
+#[derive(Debug)]
+pub struct Live {
+    /// The record as last seen or written.
+    pub session: Mutex<Session>,
+    /// One refresh at a time.
+    pub refreshing: tokio::sync::Mutex<()>,
+    /// When `last_seen` was last written to the store.
+    written: Mutex<OffsetDateTime>,
+}
+
+impl Live {
+    /// A copy of the record.
+    pub fn snapshot(&self) -> Session {
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The session manager.
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    cache: moka::future::Cache<String, Arc<Live>>,
+    lifetime: Duration,
+    idle: Duration,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("lifetime", &self.lifetime)
+            .field("idle", &self.idle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a login brings to a new session.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    /// Who.
+    pub identity: &'a Identity,
+    /// `oidc` or `saml`.
+    pub method: &'a str,
+    /// Provider name.
+    pub provider: &'a str,
+    /// Refresh token, if any.
+    pub refresh_token: Option<String>,
+    /// When the provider's tokens expire (refresh due then).
+    pub refresh_at: Option<OffsetDateTime>,
+    /// The ID token (logout hint).
+    pub id_token: Option<String>,
+}
+
+/// SHA-256 hex of a cookie secret.
+pub fn token_hash(cookie: &str) -> String {
+    model::hex(&sha2::Sha256::digest(cookie.as_bytes()))
+}
+
+impl Sessions {
+    /// A manager over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        lifetime: Duration,
+        idle: Duration,
+        cache_capacity: u64,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            store,
+            cache: moka::future::Cache::builder()
+                .max_capacity(cache_capacity)
+                // Another replica's revocation is seen within this time.
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            lifetime,
+            idle,
+            clock,
+        }
+    }
+
+    /// Now, by the manager's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+
+    /// Creates a session (a new id and secret every login) and returns the
+    /// cookie value with the record.
+    pub async fn create(&self, new: NewSession<'_>) -> Result<(String, Session), StoreError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let cookie = URL_SAFE_NO_PAD.encode(secret);
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let now = self.now();
+        let session = Session {
+            session_id: format!("sess-{}", model::hex(&id)),
+            token_hash: token_hash(&cookie),
+            tenant_id: new.identity.tenant_id.clone(),
+            user_id: new.identity.user_id.clone(),
+            email: new.identity.email.clone(),
+            roles: new.identity.roles.clone(),
+            auth_method: new.method.to_string(),
+            provider: new.provider.to_string(),
+            created_at: now,
+            expires_at: now + self.lifetime,
+            last_seen: now,
+            refresh_at: new.refresh_at,
+            refresh_token: new.refresh_token,
+            id_token: new.id_token,
+        };
+        self.store.put_session(&session).await?;
+        Ok((cookie, session))
+    }
+
+    /// The live session of a cookie, or `None` if there is none or it ended
+    /// (an ended session is removed).
+    pub async fn get(&self, cookie: &str) -> Result<Option<Arc<Live>>, StoreError> {
+        if cookie.len() != 43 {
+            return Ok(None);
+        }
+        let hash = token_hash(cookie);
+        let live = match self.cache.get(&hash).await {
+            Some(live) => live,
+            None => {
+                let Some(session) = self.store.session_by_token(&hash).await? else {
+                    return Ok(None);
+                };
+                let live = Arc::new(Live {
+                    written: Mutex::new(session.last_seen),
+                    session: Mutex::new(session),
+                    refreshing: tokio::sync::Mutex::new(()),
+                });
+                self.cache.insert(hash.clone(), live.clone()).await;
+                live
+            }
+        };
+        let now = self.now();
+        let (ended, write) = {
+            let mut s = live.session.lock().unwrap_or_else(|e| e.into_inner());
+            let ended = now >= s.expires_at || now - s.last_seen >= self.idle;
+            if !ended {
+                s.last_seen = now;
+            }
+            let mut written = live.written.lock().unwrap_or_else(|e| e.into_inner());
+            let due = now - *written >= (self.idle / 4).min(Duration::from_secs(60));
+            if due && !ended {
+                *written = now;
+            }
+            (ended.then(|| s.clone()), (due && !ended).then(|| s.clone()))
+        };
+        if let Some(s) = ended {
+            self.cache.invalidate(&hash).await;
+            self.store
+                .delete_session(&s.tenant_id, &s.session_id)
+                .await?;
+            return Ok(None);
+        }
+        if let Some(s) = write {
+            // last_seen is advisory: a lost write only shortens the idle window.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.update_session(&s).await {
+                    tracing::warn!(error = %e, "Session activity not saved.");
+                }
+            });
+        }
+        Ok(Some(live))
+    }
+
+    /// Saves a changed session (after a refresh); `false` if it ended meanwhile.
+    pub async fn save(&self, live: &Live) -> Result<bool, StoreError> {
+        let s = live.snapshot();
+        self.store.update_session(&s).await
+    }
+
+    /// Ends the session of a cookie (logout). Returns it, if there was one.
+    pub async fn end_by_cookie(&self, cookie: &str) -> Result<Option<Session>, StoreError> {
+        let hash = token_hash(cookie);
+        self.cache.invalidate(&hash).await;
+        let Some(s) = self.store.session_by_token(&hash).await? else {
+            return Ok(None);
+        };
+        self.store
+            .delete_session(&s.tenant_id, &s.session_id)
+            .await?;
+        Ok(Some(s))
+    }
+
+    /// Ends a session by id (admin revocation). Returns whether it existed.
+    pub async fn end(&self, tenant_id: &str, session_id: &str) -> Result<bool, StoreError> {
+        let sessions = self.store.list_sessions(tenant_id).await?;
+        let Some(s) = sessions.iter().find(|s| s.session_id == session_id) else {
+            return Ok(false);
+        };
+        self.cache.invalidate(&s.token_hash).await;
+        self.store.delete_session(tenant_id, session_id).await
+    }
+
+    /// A tenant's sessions that have not ended.
+    pub async fn list(&self, tenant_id: &str) -> Result<Vec<Session>, StoreError> {
+        let now = self.now();
+        Ok(self
+            .store
+            .list_sessions(tenant_id)
+            .await?
+            .into_iter()
+            .filter(|s| now < s.expires_at && now - s.last_seen < self.idle)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled::SledStore;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    fn identity() -> Identity {
+        Identity {
+            tenant_id: "org-aaaaaaaa".into(),
+            user_id: "alice".into(),
+            email: None,
+            roles: vec!["viewer".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn absolute_and_idle_expiry_by_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let t = Arc::new(AtomicI64::new(1_700_000_000));
+        let clock: Clock = {
+            let t = t.clone();
+            Arc::new(move || OffsetDateTime::from_unix_timestamp(t.load(Ordering::SeqCst)).unwrap())
+        };
+        let sessions = Sessions::new(
+            store.clone(),
+            Duration::from_secs(8 * 3600),
+            Duration::from_secs(3600),
+            100,
+            clock,
+        );
+        let id = identity();
+        let new = || NewSession {
+            identity: &id,
+            method: "oidc",
+            provider: "corp",
+            refresh_token: None,
+            refresh_at: None,
+            id_token: None,
+        };
+        let (cookie, first) = sessions.create(new()).await.unwrap();
+        // Used every 50 minutes, it lives until 8 hours after login, not longer.
+        for _ in 0..10 {
+            assert!(sessions.get(&cookie).await.unwrap().is_some());
+            t.fetch_add(50 * 60, Ordering::SeqCst);
+        }
+        assert!(t.load(Ordering::SeqCst) - 1_700_000_000 >= 8 * 3600);
+        assert!(sessions.get(&cookie).await.unwrap().is_none());
+        assert!(
+            store
+                .session_by_token(&first.token_hash)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Idle for an hour: ended.
+        let (cookie, _) = sessions.create(new()).await.unwrap();
+        t.fetch_add(3599, Ordering::SeqCst);
+        assert!(sessions.get(&cookie).await.unwrap().is_some());
+        t.fetch_add(3600, Ordering::SeqCst);
+        assert!(sessions.get(&cookie).await.unwrap().is_none());
+        // A new login is a new id and secret; revocation by id ends it at once.
+        let (c1, s1) = sessions.create(new()).await.unwrap();
+        let (c2, s2) = sessions.create(new()).await.unwrap();
+        assert_ne!(
+            (c1.clone(), s1.session_id.clone()),
+            (c2.clone(), s2.session_id.clone())
+        );
+        assert!(sessions.get(&c1).await.unwrap().is_some());
+        assert!(sessions.end("org-aaaaaaaa", &s1.session_id).await.unwrap());
+        assert!(sessions.get(&c1).await.unwrap().is_none());
+        assert!(sessions.get(&c2).await.unwrap().is_some());
+        assert!(sessions.get("not-a-cookie").await.unwrap().is_none());
+    }
+}
