@@ -349,6 +349,13 @@ impl Admin {
                 ops.delete_user(caller, t, u).await?;
                 ok(json!({"user_id": u, "deleted": true}))
             }
+            (Method::GET, ["tenants", t, "sessions"]) => {
+                ok(json!({"sessions": ops.list_sessions(caller, t).await?}))
+            }
+            (Method::DELETE, ["tenants", t, "sessions", id]) => {
+                ops.revoke_session(caller, t, id).await?;
+                ok(json!({"session_id": id, "revoked": true}))
+            }
             (Method::GET, ["tenants", t, "usage"]) => ok(ops.usage(caller, t).await?),
             (Method::GET, ["tenants", t, "roles"]) => {
                 ok(json!({"roles": ops.list_roles(caller, t).await?}))
@@ -418,6 +425,8 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["tenants", _, "projects"] => "GET, POST",
         ["tenants", _, "users"] => "GET",
         ["tenants", _, "users", _] => "PUT, DELETE",
+        ["tenants", _, "sessions"] => "GET",
+        ["tenants", _, "sessions", _] => "DELETE",
         ["tenants", _, "usage"] => "GET",
         ["tenants", _, "roles"] => "GET",
         ["tenants", _, "roles", _] => "GET, PUT, DELETE",
@@ -536,6 +545,7 @@ fn admin_event_types(
             }
         }
         ("DELETE", ["tenants", _, "users", _]) => one("user.deleted"),
+        ("DELETE", ["tenants", _, "sessions", _]) => one("auth.logout"),
         ("PUT", ["tenants", _, "roles", _]) => one("role.defined"),
         ("DELETE", ["tenants", _, "roles", _]) => one("role.deleted"),
         _ => one("admin.action"),

@@ -124,17 +124,6 @@ impl Server {
             &config.budget,
             usage.clone(),
         );
-        let ops = AdminOps::new(
-            store.clone(),
-            keys.clone(),
-            authz.clone(),
-            usage.clone(),
-            config.auth.rotation_grace,
-        );
-        let access_log = config
-            .log
-            .access_log
-            .then(|| AccessLog::start(config.log.format));
         let sso = if config.sso.oidc.is_empty() {
             None
         } else {
@@ -150,6 +139,18 @@ impl Server {
                 .map_err(StartError::Sso)?,
             )
         };
+        let ops = AdminOps::new(
+            store.clone(),
+            keys.clone(),
+            authz.clone(),
+            usage.clone(),
+            config.auth.rotation_grace,
+        )
+        .with_sso(sso.clone());
+        let access_log = config
+            .log
+            .access_log
+            .then(|| AccessLog::start(config.log.format));
         let proxy = Proxy::new(
             config,
             readiness.clone(),

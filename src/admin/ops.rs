@@ -37,6 +37,8 @@ pub struct AdminOps {
     authz: Authz,
     usage: Usage,
     rotation_grace: Duration,
+    /// Single sign-on's sessions, when configured.
+    sso: Option<Arc<crate::sso::Sso>>,
 }
 
 /// A key as the API shows it: never the secret, never a hash.
@@ -89,7 +91,14 @@ impl AdminOps {
             authz,
             usage,
             rotation_grace,
+            sso: None,
         }
+    }
+
+    /// Lets the admin API list and revoke single sign-on sessions.
+    pub fn with_sso(mut self, sso: Option<Arc<crate::sso::Sso>>) -> Self {
+        self.sso = sso;
+        self
     }
 
     async fn tenant(&self, tenant_id: &str) -> Result<Tenant, ApiError> {
@@ -656,7 +665,75 @@ impl AdminOps {
         {
             return Err(ApiError::NotFound("user not found".into()));
         }
+        // A deleted user's browser sessions end with them.
+        if let Some(sso) = &self.sso {
+            let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
+            for s in sessions.iter().filter(|s| s.user_id == user_id) {
+                sso.sessions
+                    .end(tenant_id, &s.session_id)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
         tracing::info!(tenant_id = %tenant_id, user_id = %user_id, actor = %caller.actor(), "User deleted.");
+        Ok(())
+    }
+
+    // === sessions ===
+
+    /// A tenant's live SSO sessions (never a secret: no cookie hash, no
+    /// provider token).
+    pub async fn list_sessions(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        let Some(sso) = &self.sso else {
+            return Ok(Vec::new());
+        };
+        let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
+        Ok(sessions
+            .iter()
+            .map(|s| {
+                json!({
+                    "session_id": s.session_id,
+                    "tenant_id": s.tenant_id,
+                    "user_id": s.user_id,
+                    "email": s.email,
+                    "roles": s.roles,
+                    "auth_method": s.auth_method,
+                    "provider": s.provider,
+                    "created_at": s.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                    "expires_at": s.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Ends a session at once (on this instance; other replicas within
+    /// their session cache's 30 s).
+    pub async fn revoke_session(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> Result<(), ApiError> {
+        caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
+        self.tenant(tenant_id).await?;
+        let ended = match &self.sso {
+            Some(sso) if req::is_id(session_id) => sso
+                .sessions
+                .end(tenant_id, session_id)
+                .await
+                .map_err(store_error)?,
+            _ => false,
+        };
+        if !ended {
+            return Err(ApiError::NotFound("session not found".into()));
+        }
+        tracing::info!(tenant_id = %tenant_id, session_id = %session_id, actor = %caller.actor(), "Session revoked.");
         Ok(())
     }
 

@@ -103,7 +103,8 @@ impl Idp {
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let (status, _, text) = send("GET", &format!("{}{path}", self.issuer), &[], String::new()).await;
+        let (status, _, text) =
+            send("GET", &format!("{}{path}", self.issuer), &[], String::new()).await;
         assert!(status.is_success(), "{path}: {status} {text}");
         serde_json::from_str(&text).unwrap()
     }
@@ -233,7 +234,13 @@ pub struct Started {
 
 /// `GET /auth/login?QUERY` on the proxy.
 pub async fn start_login(cg: &Sidecar, query: &str) -> Started {
-    let (status, headers, body) = send("GET", &cg.url(&format!("/auth/login?{query}")), &[], String::new()).await;
+    let (status, headers, body) = send(
+        "GET",
+        &cg.url(&format!("/auth/login?{query}")),
+        &[],
+        String::new(),
+    )
+    .await;
     assert_eq!(status, 302, "{body}");
     Started {
         authorize_url: location(&headers),
@@ -314,7 +321,11 @@ pub async fn login(cg: &Sidecar, query: &str, user: &str, password: &str) -> Str
 }
 
 /// GET on the proxy with a session cookie.
-pub async fn get_with_session(cg: &Sidecar, path: &str, session: &str) -> (StatusCode, HeaderMap, String) {
+pub async fn get_with_session(
+    cg: &Sidecar,
+    path: &str,
+    session: &str,
+) -> (StatusCode, HeaderMap, String) {
     send(
         "GET",
         &cg.url(path),
@@ -325,7 +336,11 @@ pub async fn get_with_session(cg: &Sidecar, path: &str, session: &str) -> (Statu
 }
 
 /// GET on the proxy with `Authorization: Bearer TOKEN`.
-pub async fn get_with_bearer(cg: &Sidecar, path: &str, token: &str) -> (StatusCode, HeaderMap, String) {
+pub async fn get_with_bearer(
+    cg: &Sidecar,
+    path: &str,
+    token: &str,
+) -> (StatusCode, HeaderMap, String) {
     send(
         "GET",
         &cg.url(path),
