@@ -113,8 +113,19 @@ pub struct Client {
 
 type Reply = Response<Full<Bytes>>;
 
-/// SHA-256 of a verified bearer token → its principal and `exp`.
-type TokenCache = moka::sync::Cache<[u8; 32], (Arc<Principal>, i64)>;
+/// SHA-256 of a verified bearer token → what it proved.
+type TokenCache = moka::sync::Cache<[u8; 32], Arc<VerifiedBearer>>;
+
+/// A bearer token that verified: usable from the cache until its `exp`,
+/// and only while its provider's key set is the one it was checked with (a
+/// refetch that drops a key must not leave its tokens cached).
+#[derive(Debug)]
+struct VerifiedBearer {
+    principal: Arc<Principal>,
+    exp: i64,
+    provider: usize,
+    key_generation: u64,
+}
 
 impl Sso {
     /// Builds the providers and discovers them (each retries in the
@@ -219,19 +230,35 @@ impl Sso {
         let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
         let now = unix_now();
         if let Some(cache) = &self.verified
-            && let Some((principal, exp)) = cache.get(&digest)
-            && now <= exp
+            && let Some(hit) = cache.get(&digest)
+            && now <= hit.exp
+            && self.providers[hit.provider].jwks.fetches() == hit.key_generation
         {
-            let tenant = self.tenant(&principal.tenant_id).await?;
-            return Ok(Authenticated { principal, tenant });
+            let tenant = self.tenant(&hit.principal.tenant_id).await?;
+            return Ok(Authenticated {
+                principal: hit.principal.clone(),
+                tenant,
+            });
         }
         let issuer = unverified_issuer(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
         let mut first_error = None;
-        for p in self.providers.iter().filter(|p| p.config.issuer == issuer) {
+        for (index, p) in self.providers.iter().enumerate() {
+            if p.config.issuer != issuer {
+                continue;
+            }
+            let key_generation = p.jwks.fetches();
             match self.bearer_with(p, raw).await {
                 Ok((auth, exp)) => {
                     if let Some(cache) = &self.verified {
-                        cache.insert(digest, (auth.principal.clone(), exp));
+                        cache.insert(
+                            digest,
+                            Arc::new(VerifiedBearer {
+                                principal: auth.principal.clone(),
+                                exp,
+                                provider: index,
+                                key_generation,
+                            }),
+                        );
                     }
                     return Ok(auth);
                 }

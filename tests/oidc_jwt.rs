@@ -874,3 +874,32 @@ async fn system_admin_from_a_token_needs_a_provider_allowed_to_grant_it() {
     assert_eq!(h["x-costops-roles"], "system_admin");
     assert_eq!(h["x-costops-tenant-id"], w.tenant.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_extreme_time_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "an-hs256-shared-secret-of-more-than-32-bytes";
+    let file = secret_file(dir.path(), "hs.secret", secret);
+    let more = format!(
+        "[[sso.oidc]]\nname = \"hs\"\nissuer = \"{{issuer}}\"\nclient_id = \"cg-hs\"\n\
+         redirect_url = \"http://127.0.0.1:{{port}}/auth/callback\"\n\
+         tenant_claim = \"tenant_id\"\nroles_claim = \"roles\"\nalgorithms = [\"HS256\"]\n\
+         hs256_secret_file = \"{}\"\n",
+        file.display()
+    );
+    let w = world("token_cache_capacity = 0\n", "", &more).await;
+    let header = json!({"alg": "HS256", "typ": "JWT"});
+    for (name, v) in [("exp", json!(i64::MAX)), ("iat", json!(i64::MIN)), ("nbf", json!(i64::MIN)), ("exp", json!(u64::MAX))] {
+        let mut c = claims(&w.idp.issuer, "cg-hs", &w.tenant, &["viewer"]);
+        c[name] = v.clone();
+        let t = hs256(&header, &c, secret.as_bytes());
+        let req = http::Request::get(w.cg.url(&costs(&w.tenant))).header("authorization", format!("Bearer {t}")).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap();
+        let r = support::client().request(req).await;
+        match r {
+            Ok(resp) => eprintln!("{name}={v}: {}", resp.status()),
+            Err(e) => eprintln!("{name}={v}: ERROR {e:?}"),
+        }
+    }
+    let logs = w.cg.logs();
+    for l in logs.lines().filter(|l| l.contains("panic") || l.contains("overflow")) { eprintln!("LOG {l}"); }
+}
