@@ -826,11 +826,13 @@ fn refresh_at(
     expires_in: Option<std::time::Duration>,
     id_exp: i64,
 ) -> OffsetDateTime {
-    let by_access = expires_in.map(|d| now + d);
+    // The provider's figures are not trusted not to overflow.
+    let by_access = expires_in.and_then(|d| now.checked_add(time::Duration::try_from(d).ok()?));
     let by_id = OffsetDateTime::from_unix_timestamp(id_exp).ok();
     let at = by_access.or(by_id).unwrap_or(now);
     // Refresh a few seconds early, never sooner than a second from now.
-    (at - std::time::Duration::from_secs(5)).max(now + std::time::Duration::from_secs(1))
+    let early = at.checked_sub(time::Duration::seconds(5)).unwrap_or(at);
+    early.max(now + time::Duration::seconds(1))
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

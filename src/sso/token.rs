@@ -246,14 +246,29 @@ pub fn verify(
     if !auds.iter().any(|a| expect.audiences.iter().any(|e| e == a)) {
         return Err(TokenError::Audience);
     }
+    // A time outside years 1970-9999 is not a time a provider meant.
+    const LAST: i64 = 253_402_300_799;
+    if [Some(reg.exp), reg.nbf, reg.iat]
+        .into_iter()
+        .flatten()
+        .any(|t| !(0..=LAST).contains(&t))
+    {
+        return Err(TokenError::Claim("time out of range"));
+    }
     let leeway = expect.leeway.as_secs() as i64;
-    if reg.exp + leeway < expect.now {
+    if reg.exp.saturating_add(leeway) < expect.now {
         return Err(TokenError::Expired);
     }
-    if reg.nbf.is_some_and(|n| n - leeway > expect.now) {
+    if reg
+        .nbf
+        .is_some_and(|n| n.saturating_sub(leeway) > expect.now)
+    {
         return Err(TokenError::NotYetValid);
     }
-    if reg.iat.is_some_and(|t| t - leeway > expect.now) {
+    if reg
+        .iat
+        .is_some_and(|t| t.saturating_sub(leeway) > expect.now)
+    {
         return Err(TokenError::NotYetValid);
     }
     if reg.sub.as_deref().is_some_and(str::is_empty) {
