@@ -16,6 +16,7 @@
 //! refused code or a nonce mismatch also writes `security.suspicious`.
 
 pub mod claims;
+pub mod crypto;
 pub mod http;
 pub mod jwks;
 pub mod login_state;
@@ -137,6 +138,7 @@ impl Sso {
         audit: Option<Audit>,
         clock: Clock,
     ) -> Result<Arc<Self>, String> {
+        crypto::install();
         let http = http::IdpClient::new(
             config.ca_file.as_deref(),
             config.http_timeout,
