@@ -218,7 +218,14 @@ impl Proxy {
             );
         };
         let headers = req.headers();
-        if req.uri().path() == "/auth/userinfo" {
+        let ip = this.hygiene.client_ip(conn.peer.ip(), headers);
+        let path = req.uri().path();
+        // A source out of attempts cannot make costguard call the provider.
+        let guarded = matches!(path, "/auth/callback" | "/auth/userinfo");
+        if guarded && let Err(limited) = this.throttle.before_authentication(ip) {
+            return error::rescue(&Error::Limited(limited), request_id);
+        }
+        if path == "/auth/userinfo" {
             return match this.authn.authenticate(headers).await {
                 Ok(auth) => {
                     let session = match auth.principal.method {
@@ -229,23 +236,31 @@ impl Proxy {
                     };
                     crate::sso::Sso::userinfo(&auth, session.as_ref())
                 }
-                Err(e) => error::rescue(&Error::Authn(e), request_id),
+                Err(e) => {
+                    this.throttle.authentication_failed(ip, &e);
+                    error::rescue(&Error::Authn(e), request_id)
+                }
             };
         }
         let client = crate::sso::Client {
-            ip: this.hygiene.client_ip(conn.peer.ip(), headers).to_string(),
+            ip: ip.to_string(),
             user_agent: crate::audit::user_agent(headers),
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         };
-        sso.respond(
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-            headers,
-            &client,
-            request_id,
-        )
-        .await
+        let resp = sso
+            .respond(
+                req.method(),
+                path,
+                req.uri().query(),
+                headers,
+                &client,
+                request_id,
+            )
+            .await;
+        if guarded && resp.status().is_client_error() {
+            this.throttle.count_failure(ip);
+        }
+        resp
     }
 
     /// Route, authentication, authorization, limits: a [`Permit`] (and the

@@ -117,8 +117,15 @@ impl Throttle {
 
     /// Counts a failed authentication against its source.
     pub fn authentication_failed(&self, client: IpAddr, error: &AuthnError) {
+        if error.is_bad_credential() {
+            self.count_failure(client);
+        }
+    }
+
+    /// Counts a failure that is not a credential, such as a refused single
+    /// sign-on callback (each one may cost the identity provider a call).
+    pub fn count_failure(&self, client: IpAddr) {
         if self.rates.enabled
-            && error.is_bad_credential()
             && let Some(blocked) = self.failed_auth.failed(client)
         {
             tracing::warn!(
