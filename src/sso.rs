@@ -675,8 +675,10 @@ impl Sso {
         // A new session id at every login: an old cookie (fixed by an
         // attacker, or the user's previous session) is ended.
         if let Some(old) = self.session_cookie(headers)
-            && let Ok(Some(_)) = self.sessions.end_by_cookie(old).await
-        {}
+            && let Err(e) = self.sessions.end_by_cookie(old).await
+        {
+            tracing::warn!(error = %e, "The previous session was not ended at login.");
+        }
         let now = self.sessions.now();
         let refresh_at = tokens
             .refresh_token

@@ -94,7 +94,11 @@ impl Jwks {
     /// set is stale or (at most once per cooldown) does not have it.
     pub async fn key(&self, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
         if self.since_last_attempt().is_none_or(|s| s >= self.ttl) {
-            self.refetch(self.fetches()).await;
+            // One request refreshes a stale set; the others go on with the
+            // keys they have rather than queue behind the provider.
+            if let Ok(_one) = self.fetching.try_lock() {
+                self.fetch_logged().await;
+            }
         }
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
@@ -135,6 +139,10 @@ impl Jwks {
         if self.fetches() != generation {
             return;
         }
+        self.fetch_logged().await;
+    }
+
+    async fn fetch_logged(&self) {
         if let Err(e) = self.refresh().await {
             tracing::warn!(jwks_uri = %self.uri.load(), error = %e, "Signing keys not refreshed; keeping the previous set.");
         }
