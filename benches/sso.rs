@@ -64,6 +64,7 @@ fn verify_bench(c: &mut Criterion) {
                     audiences: &audiences,
                     leeway: Duration::from_secs(60),
                     id_token: None,
+                    access_token: true,
                     now: now(),
                 };
                 token::verify(raw, &header, key, None, &expect).unwrap()

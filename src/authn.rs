@@ -54,6 +54,10 @@ pub struct Principal {
     pub user_id: Arc<str>,
     /// The key id, for API keys.
     pub key_id: Option<Arc<str>>,
+    /// Whose rate bucket the requests fill: the key id, or for a user of
+    /// single sign-on `method:tenant:user` (user ids come from identity
+    /// providers and need not be unique across them).
+    pub rate_key: Arc<str>,
     /// Role names (policy roles or the tenant's custom roles). Their
     /// permissions are looked up per request, so policy reloads apply at once.
     pub roles: Arc<[String]>,
@@ -167,6 +171,10 @@ pub enum AuthnError {
     /// A verified token or login whose claims make no costguard user.
     #[error("token claims: {0}")]
     Claims(crate::sso::claims::ClaimError),
+    /// A session cookie on a state-changing request from another site
+    /// (cross-site request forgery), 403.
+    #[error("cross-site request with a session cookie")]
+    CrossSite,
     /// A session cookie with no live session (ended, expired, unknown).
     #[error("no session")]
     NoSession,

@@ -95,6 +95,11 @@ pub fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
             "invalid_token",
             "the bearer token is not valid",
         ),
+        A::CrossSite => (
+            StatusCode::FORBIDDEN,
+            "cross_site_request",
+            "a session may not be used for this request from another site",
+        ),
         A::NoSession => (
             StatusCode::UNAUTHORIZED,
             "session_expired",

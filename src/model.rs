@@ -255,7 +255,7 @@ pub fn now() -> OffsetDateTime {
 /// A browser session after a single sign-on login. The cookie holds a
 /// random secret; the store keeps only its SHA-256 (`token_hash`), so a copy
 /// of the store cannot be replayed as cookies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// Public id (`sess-` + 16 hex), for listing and revocation.
     pub session_id: String,
@@ -293,4 +293,20 @@ pub struct Session {
     /// The last ID token, for the provider's logout (`id_token_hint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_token: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    /// Never prints the provider's tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("session_id", &self.session_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("roles", &self.roles)
+            .field("auth_method", &self.auth_method)
+            .field("provider", &self.provider)
+            .field("expires_at", &self.expires_at)
+            .field("last_seen", &self.last_seen)
+            .finish_non_exhaustive()
+    }
 }

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
 use crate::audit::{Audit, Details, Event, RequestDetails};
-use crate::authn::{Authenticator, Principal};
+use crate::authn::{AuthMethod, Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
 use crate::authz::{self, Authz, AuthzOutcome, Denied, Permit};
@@ -229,9 +229,7 @@ impl Proxy {
             return match this.authn.authenticate(headers).await {
                 Ok(auth) => {
                     let session = match auth.principal.method {
-                        crate::authn::AuthMethod::Oidc | crate::authn::AuthMethod::Saml => {
-                            sso.session_record(headers).await
-                        }
+                        AuthMethod::Oidc | AuthMethod::Saml => sso.session_record(headers).await,
                         _ => None,
                     };
                     crate::sso::Sso::userinfo(&auth, session.as_ref())
@@ -307,6 +305,11 @@ impl Proxy {
         };
         let principal = &auth.principal;
         trail.principal = Some(principal.clone());
+        if matches!(principal.method, AuthMethod::Oidc | AuthMethod::Saml)
+            && crate::sso::cross_site_write(req.method(), req.headers())
+        {
+            return Err(crate::authn::AuthnError::CrossSite.into());
+        }
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
             Some(m) => this

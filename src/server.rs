@@ -72,6 +72,7 @@ pub struct Server {
     reload_interval: Duration,
     access_log: Option<AccessLog>,
     grace: Duration,
+    sso: Option<Arc<Sso>>,
 }
 
 impl Server {
@@ -205,6 +206,7 @@ impl Server {
             reload_interval: config.policy.reload_interval,
             access_log,
             grace: config.proxy.shutdown_grace,
+            sso,
         };
         tracing::info!(
             proxy = %server.proxy_addr(),
@@ -245,6 +247,7 @@ impl Server {
                 .watch(self.reload_interval, self.audit.clone()),
         );
         let janitor = tokio::spawn(cleanup(self.throttle.clone()));
+        let sweeper = self.sso.clone().map(|sso| tokio::spawn(sweep(sso)));
         let retention = match (&self.audit, &self.audit_key) {
             (Some(audit), Some(key)) => Some(tokio::spawn(retain(
                 self.store.clone(),
@@ -268,6 +271,9 @@ impl Server {
         flusher.abort();
         watcher.abort();
         janitor.abort();
+        if let Some(s) = sweeper {
+            s.abort();
+        }
         if let Some(r) = retention {
             r.abort();
         }
@@ -304,6 +310,21 @@ async fn cleanup(throttle: Throttle) {
     loop {
         tick.tick().await;
         throttle.cleanup();
+    }
+}
+
+/// Removes ended and idle single sign-on sessions every ten minutes (a
+/// session whose cookie never comes back would otherwise stay in the store).
+async fn sweep(sso: Arc<Sso>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match sso.sessions.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "Ended sessions removed."),
+            Err(e) => tracing::error!(error = %e, "Session sweep failed; will retry."),
+        }
     }
 }
 

@@ -234,7 +234,7 @@ impl Sso {
         if let Some(cache) = &self.verified
             && let Some(hit) = cache.get(&digest)
             && now <= hit.exp
-            && self.providers[hit.provider].jwks.fetches() == hit.key_generation
+            && self.providers[hit.provider].jwks.generation() == hit.key_generation
         {
             let tenant = self.tenant(&hit.principal.tenant_id).await?;
             return Ok(Authenticated {
@@ -242,34 +242,38 @@ impl Sso {
                 tenant,
             });
         }
-        let issuer = unverified_issuer(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
-        let mut first_error = None;
-        for (index, p) in self.providers.iter().enumerate() {
-            if p.config.issuer != issuer {
-                continue;
-            }
-            let key_generation = p.jwks.fetches();
-            match self.bearer_with(p, raw).await {
-                Ok((auth, exp)) => {
-                    if let Some(cache) = &self.verified {
-                        cache.insert(
-                            digest,
-                            Arc::new(VerifiedBearer {
-                                principal: auth.principal.clone(),
-                                exp,
-                                provider: index,
-                                key_generation,
-                            }),
-                        );
-                    }
-                    return Ok(auth);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
+        // Which provider's keys are to verify it: the one with this issuer
+        // and an audience the token names. Configuration keeps audiences of
+        // one issuer apart; a token naming two providers' audiences is
+        // refused rather than given to either.
+        let (issuer, audiences) =
+            unverified_issuer(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
+        let mut same_issuer = false;
+        let mut candidates = self.providers.iter().enumerate().filter(|(_, p)| {
+            let issuer_matches = p.config.issuer == issuer;
+            same_issuer |= issuer_matches;
+            issuer_matches && p.config.audiences.iter().any(|a| audiences.contains(a))
+        });
+        let (index, p) = match (candidates.next(), candidates.next()) {
+            (Some(one), None) => one,
+            (Some(_), Some(_)) => return Err(AuthnError::Token(TokenError::Audience)),
+            (None, _) if same_issuer => return Err(AuthnError::Token(TokenError::Audience)),
+            (None, _) => return Err(AuthnError::Token(TokenError::Issuer)),
+        };
+        let key_generation = p.jwks.generation();
+        let (auth, exp) = self.bearer_with(p, raw).await?;
+        if let Some(cache) = &self.verified {
+            cache.insert(
+                digest,
+                Arc::new(VerifiedBearer {
+                    principal: auth.principal.clone(),
+                    exp,
+                    provider: index,
+                    key_generation,
+                }),
+            );
         }
-        Err(first_error.unwrap_or(AuthnError::Token(TokenError::Issuer)))
+        Ok(auth)
     }
 
     async fn bearer_with(
@@ -335,10 +339,15 @@ impl Sso {
         };
         let refresh_token = s.refresh_token.clone().unwrap_or_default();
         match p.refresh(&refresh_token).await {
-            Ok(tokens) => {
+            Ok(refreshed) => {
                 let now = self.sessions.now();
                 let mut updated = s.clone();
-                if let Some(t) = tokens {
+                // A rotated refresh token replaces the spent one, with or
+                // without a new ID token.
+                if let Some(r) = refreshed.refresh_token {
+                    updated.refresh_token = Some(r);
+                }
+                if let Some(t) = refreshed.id {
                     let identity =
                         claims::identity(&p.config, &t.id.claims).map_err(AuthnError::Claims)?;
                     if identity.tenant_id != s.tenant_id || identity.user_id != s.user_id {
@@ -347,13 +356,11 @@ impl Sso {
                     }
                     updated.roles = identity.roles;
                     updated.email = identity.email;
-                    if let Some(r) = t.refresh_token {
-                        updated.refresh_token = Some(r);
-                    }
                     updated.refresh_at = Some(refresh_at(now, t.expires_in, t.id.exp));
                     updated.id_token = Some(t.id_token);
                 } else {
-                    updated.refresh_at = Some(now + std::time::Duration::from_secs(300));
+                    let fallback = now.unix_timestamp() + 300;
+                    updated.refresh_at = Some(refresh_at(now, refreshed.expires_in, fallback));
                 }
                 *live.session.lock().unwrap_or_else(|e| e.into_inner()) = updated.clone();
                 let saved = self
@@ -407,8 +414,7 @@ impl Sso {
     }
 
     /// The tenant of a login or token through `p`: it must exist and be
-    /// active, and a tenant with SSO enabled and its own provider accepts
-    /// only that provider.
+    /// active, and a tenant with its own provider accepts only that one.
     async fn tenant_for(
         &self,
         p: &Provider,
@@ -416,7 +422,6 @@ impl Sso {
     ) -> Result<Arc<crate::model::Tenant>, AuthnError> {
         let tenant = self.tenant(tenant_id).await?;
         if p.config.tenant.is_none()
-            && tenant.settings.sso_enabled
             && self
                 .providers
                 .iter()
@@ -603,10 +608,15 @@ impl Sso {
         if !matches {
             return Err(LoginFailure::new(S::UNAUTHORIZED, "state_mismatch"));
         }
-        if self.used_states.contains_key(&state.state) {
+        // Atomic: of two callbacks with one state, exactly one goes on.
+        if !self
+            .used_states
+            .entry(state.state.clone())
+            .or_insert(())
+            .is_fresh()
+        {
             return Err(LoginFailure::new(S::UNAUTHORIZED, "replayed_state").suspicious());
         }
-        self.used_states.insert(state.state.clone(), ());
         let p = self
             .provider(&state.provider)
             .ok_or_else(|| LoginFailure::new(S::UNAUTHORIZED, "unknown_provider"))?;
@@ -857,6 +867,13 @@ fn principal(identity: &Identity, method: AuthMethod) -> Result<Arc<Principal>, 
     Ok(Arc::new(Principal {
         tenant_id: identity.tenant_id.as_str().into(),
         user_id: identity.user_id.as_str().into(),
+        rate_key: format!(
+            "{}:{}:{}",
+            method.as_str(),
+            identity.tenant_id,
+            identity.user_id
+        )
+        .into(),
         key_id: None,
         roles: identity.roles.clone().into(),
         scopes: None,
@@ -866,9 +883,9 @@ fn principal(identity: &Identity, method: AuthMethod) -> Result<Arc<Principal>, 
     }))
 }
 
-/// `iss` of a token, read without verification (only to pick the provider
-/// whose keys will verify it).
-fn unverified_issuer(raw: &str) -> Option<String> {
+/// `iss` and `aud` of a token, read without verification (only to pick
+/// the provider whose keys will verify it).
+fn unverified_issuer(raw: &str) -> Option<(String, Vec<String>)> {
     use base64::Engine as _;
     let payload = raw.split('.').nth(1)?;
     if payload.len() > 64 * 1024 {
@@ -878,10 +895,47 @@ fn unverified_issuer(raw: &str) -> Option<String> {
         .decode(payload)
         .ok()?;
     #[derive(serde::Deserialize)]
-    struct Iss {
-        iss: String,
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
     }
-    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        iss: String,
+        aud: Option<Aud>,
+    }
+    let peek: Peek = serde_json::from_slice(&bytes).ok()?;
+    let aud = match peek.aud {
+        Some(Aud::One(a)) => vec![a],
+        Some(Aud::Many(v)) => v,
+        None => Vec::new(),
+    };
+    Some((peek.iss, aud))
+}
+
+/// Whether a state-changing request authenticated by a session cookie
+/// comes from another site: `Sec-Fetch-Site` other than `same-origin` or
+/// `none`, or an `Origin` whose host is not this request's `Host`. (The
+/// cookie is `SameSite=Lax`; this also covers same-site sibling hosts.)
+/// Requests without either header (not from a browser) pass.
+pub fn cross_site_write(method: &Method, headers: &HeaderMap) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.as_bytes());
+    origin_host.is_none() || origin_host != host
 }
 
 /// Whether a bearer token looks like a JWT (three base64url parts).

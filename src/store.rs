@@ -157,6 +157,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// a late write cannot bring back a session that was ended. Returns
     /// whether it existed.
     async fn update_session(&self, session: &Session) -> Result<bool, StoreError>;
+    /// Sets a session's `last_seen` (only that, and only if the session
+    /// still exists and the time is later).
+    async fn touch_session(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        last_seen: time::OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Removes every session that ended by `now` (absolute lifetime) or
+    /// was unused for `idle`; returns how many.
+    async fn sweep_sessions(
+        &self,
+        now: time::OffsetDateTime,
+        idle: std::time::Duration,
+    ) -> Result<u64, StoreError>;
     /// The session whose cookie secret hashes to `token_hash`.
     async fn session_by_token(&self, token_hash: &str) -> Result<Option<Session>, StoreError>;
     /// A tenant's sessions, by id (expired ones included until removed).

@@ -165,7 +165,7 @@ impl Throttle {
             .rate_for(principal.rate_per_minute, auth.tenant.tier);
         let status = match rate {
             Some(rate) => {
-                let status = self.limiter.check(&principal.user_id, rate).await?;
+                let status = self.limiter.check(&principal.rate_key, rate).await?;
                 if !status.allowed() {
                     return Err(Limited::Rate(status));
                 }

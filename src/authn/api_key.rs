@@ -175,6 +175,7 @@ impl ApiKeys {
         let principal = Principal {
             tenant_id: key.tenant_id.as_str().into(),
             user_id: key_id.clone(),
+            rate_key: key_id.clone(),
             key_id: Some(key_id),
             roles: key.roles.clone().into(),
             scopes: scopes(&key),

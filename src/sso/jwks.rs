@@ -52,6 +52,9 @@ pub struct Jwks {
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
     fetches: AtomicU64,
+    generation: AtomicU64,
+    /// SHA-256 of the last key set document.
+    last_document: std::sync::Mutex<[u8; 32]>,
     ttl: Duration,
     cooldown: Duration,
 }
@@ -75,6 +78,8 @@ impl Jwks {
             last_attempt: std::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            last_document: std::sync::Mutex::new([0; 32]),
             ttl,
             cooldown,
         }
@@ -93,23 +98,41 @@ impl Jwks {
     /// The key a token names: from the cache; after one refetch when the
     /// set is stale or (at most once per cooldown) does not have it.
     pub async fn key(&self, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
-        if self.since_last_attempt().is_none_or(|s| s >= self.ttl) {
+        if self.older_than(self.ttl) {
             // One request refreshes a stale set; the others go on with the
             // keys they have rather than queue behind the provider.
-            if let Ok(_one) = self.fetching.try_lock() {
+            if let Ok(_one) = self.fetching.try_lock()
+                && self.older_than(self.ttl)
+            {
                 self.fetch_logged().await;
             }
         }
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
         }
-        if self.since_last_attempt().is_none_or(|s| s >= self.cooldown) {
-            self.refetch(self.fetches()).await;
+        if self.older_than(self.cooldown) {
+            let _one = self.fetching.lock().await;
+            // Checked again under the lock: of a burst of unknown key ids,
+            // only the first fetches.
+            if self.older_than(self.cooldown) {
+                self.fetch_logged().await;
+            }
             if let Some(key) = self.lookup(kid) {
                 return Ok(key);
             }
         }
         Err(KeyError::Unknown)
+    }
+
+    /// Whether the last fetch was tried longer than `interval` ago (or never).
+    fn older_than(&self, interval: Duration) -> bool {
+        self.since_last_attempt().is_none_or(|s| s >= interval)
+    }
+
+    /// Changes when a fetch brings a different key set (cached verified
+    /// tokens of an older generation are verified again).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn since_last_attempt(&self) -> Option<Duration> {
@@ -130,16 +153,6 @@ impl Jwks {
                 .cloned(),
             None => None,
         }
-    }
-
-    /// Fetches unless another caller fetched while this one waited for
-    /// the lock (`generation` is the fetch count it saw before deciding).
-    async fn refetch(&self, generation: u64) {
-        let _one = self.fetching.lock().await;
-        if self.fetches() != generation {
-            return;
-        }
-        self.fetch_logged().await;
     }
 
     async fn fetch_logged(&self) {
@@ -167,7 +180,14 @@ impl Jwks {
         if n == 0 {
             return Err(format!("{uri}: no usable signing key"));
         }
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(resp.body()).into();
         self.keys.store(Arc::new(set));
+        let mut last = self.last_document.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != digest {
+            *last = digest;
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const COOKIE: &str = "costguard_login";
 
 /// A login in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginState {
     /// Provider name.
     pub provider: String,
@@ -30,6 +30,18 @@ pub struct LoginState {
     pub tenant: Option<String>,
     /// Unix seconds after which the cookie is refused.
     pub expires: i64,
+}
+
+impl std::fmt::Debug for LoginState {
+    /// Never prints the state, nonce or PKCE verifier.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginState")
+            .field("provider", &self.provider)
+            .field("rd", &self.rd)
+            .field("tenant", &self.tenant)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a login cookie was refused.

@@ -59,7 +59,6 @@ pub enum ProviderError {
 }
 
 /// A started login: where to send the browser and what to remember.
-#[derive(Debug)]
 pub struct Authorization {
     /// The provider's authorization URL.
     pub url: String,
@@ -72,7 +71,6 @@ pub struct Authorization {
 }
 
 /// Tokens from a code exchange or a refresh.
-#[derive(Debug)]
 pub struct Tokens {
     /// The verified ID token's claims.
     pub id: Verified,
@@ -83,6 +81,29 @@ pub struct Tokens {
     /// Lifetime of the access token, if told.
     pub expires_in: Option<Duration>,
 }
+
+/// What a refresh brought: a new ID token (verified) if the provider sent
+/// one, and the new refresh token if it rotates them.
+pub struct Refreshed {
+    /// The new ID token and what came with it.
+    pub id: Option<Tokens>,
+    /// A new refresh token (the old one may be spent).
+    pub refresh_token: Option<String>,
+    /// Lifetime of the new access token.
+    pub expires_in: Option<Duration>,
+}
+
+/// Secrets inside: their `Debug` names the type only.
+macro_rules! opaque_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($t), " { .. }"))
+            }
+        }
+    )*};
+}
+opaque_debug!(Authorization, Tokens, Refreshed);
 
 /// One configured OpenID provider.
 pub struct Provider {
@@ -139,6 +160,21 @@ impl Provider {
         let metadata = ProviderMetadataWithLogout::discover_async(issuer, &self.http)
             .await
             .map_err(|e| ProviderError::Call(error_chain(&e)))?;
+        // The issuer is https (or loopback) by configuration; the endpoints
+        // it names must be too: the token endpoint gets the client secret,
+        // the key set decides what verifies.
+        let endpoints = [
+            Some(metadata.authorization_endpoint().url()),
+            metadata.token_endpoint().map(|u| u.url()),
+            Some(metadata.jwks_uri().url()),
+        ];
+        for url in endpoints.into_iter().flatten() {
+            if !secure_url(url) {
+                return Err(ProviderError::Call(format!(
+                    "discovery names a plain http endpoint off loopback: {url}"
+                )));
+            }
+        }
         let end_session = metadata
             .additional_metadata()
             .end_session_endpoint
@@ -241,7 +277,7 @@ impl Provider {
 
     /// Uses a refresh token; the new ID token (if any) is verified without
     /// a nonce, as refreshed ID tokens carry none of their own.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Option<Tokens>, ProviderError> {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Refreshed, ProviderError> {
         let d = self.ready()?;
         let resp: CoreTokenResponse = d
             .client
@@ -250,10 +286,17 @@ impl Provider {
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
-        if resp.id_token().is_none() {
-            return Ok(None);
-        }
-        self.tokens(resp, None).await.map(Some)
+        let refresh_token = resp.refresh_token().map(|t| t.secret().clone());
+        let expires_in = resp.expires_in();
+        let id = match resp.id_token() {
+            None => None,
+            Some(_) => Some(self.tokens(resp, None).await?),
+        };
+        Ok(Refreshed {
+            id,
+            refresh_token,
+            expires_in,
+        })
     }
 
     async fn tokens(
@@ -289,6 +332,7 @@ impl Provider {
                 client_id: &self.config.client_id,
                 nonce: nonce.unwrap_or_default(),
             }),
+            access_token: false,
             now: unix_now(),
         };
         match (
@@ -321,6 +365,7 @@ impl Provider {
             audiences: &self.config.audiences,
             leeway: self.leeway,
             id_token: None,
+            access_token: true,
             now: unix_now(),
         };
         if header.alg == jsonwebtoken::Algorithm::HS256 {
@@ -356,6 +401,17 @@ impl Provider {
             }
         }
         Some(url.to_string())
+    }
+}
+
+/// `https`, or `http` to a loopback host.
+fn secure_url(url: &url::Url) -> bool {
+    match (url.scheme(), url.host()) {
+        ("https", Some(_)) => true,
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Domain(d))) => d == "localhost",
+        _ => false,
     }
 }
 

@@ -53,6 +53,10 @@ impl Live {
 pub struct Sessions {
     store: Arc<dyn Store>,
     cache: moka::future::Cache<String, Arc<Live>>,
+    /// Cookie hashes of sessions ended in the last minute: a lookup that
+    /// read the store just before the end cannot put the session back into
+    /// the cache.
+    ended: moka::sync::Cache<String, ()>,
     lifetime: Duration,
     idle: Duration,
     clock: Clock,
@@ -105,6 +109,10 @@ impl Sessions {
                 // Another replica's revocation is seen within this time.
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(cache_capacity)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
             lifetime,
             idle,
             clock,
@@ -152,21 +160,35 @@ impl Sessions {
             return Ok(None);
         }
         let hash = token_hash(cookie);
-        let live = match self.cache.get(&hash).await {
-            Some(live) => live,
-            None => {
-                let Some(session) = self.store.session_by_token(&hash).await? else {
-                    return Ok(None);
+        // One load per session however many requests arrive at once, so
+        // they share one `Live` (and its one-refresh-at-a-time lock).
+        let loaded = self
+            .cache
+            .try_get_with_by_ref(&hash, async {
+                match self.store.session_by_token(&hash).await {
+                    Ok(Some(session)) => Ok(Arc::new(Live {
+                        written: Mutex::new(session.last_seen),
+                        session: Mutex::new(session),
+                        refreshing: tokio::sync::Mutex::new(()),
+                    })),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(e)),
+                }
+            })
+            .await;
+        let live = match loaded {
+            Ok(live) => live,
+            Err(e) => {
+                return match &*e {
+                    None => Ok(None),
+                    Some(e) => Err(StoreError::Backend(e.to_string())),
                 };
-                let live = Arc::new(Live {
-                    written: Mutex::new(session.last_seen),
-                    session: Mutex::new(session),
-                    refreshing: tokio::sync::Mutex::new(()),
-                });
-                self.cache.insert(hash.clone(), live.clone()).await;
-                live
             }
         };
+        if self.ended.contains_key(&hash) {
+            self.cache.invalidate(&hash).await;
+            return Ok(None);
+        }
         let now = self.now();
         let (ended, write) = {
             let mut s = live.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,10 +211,15 @@ impl Sessions {
             return Ok(None);
         }
         if let Some(s) = write {
-            // last_seen is advisory: a lost write only shortens the idle window.
+            // last_seen is advisory: a lost write only shortens the idle
+            // window. Only last_seen is written, so this late write cannot
+            // undo a refresh or bring back an ended session.
             let store = self.store.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.update_session(&s).await {
+                if let Err(e) = store
+                    .touch_session(&s.tenant_id, &s.session_id, s.last_seen)
+                    .await
+                {
                     tracing::warn!(error = %e, "Session activity not saved.");
                 }
             });
@@ -209,7 +236,7 @@ impl Sessions {
     /// Ends the session of a cookie (logout). Returns it, if there was one.
     pub async fn end_by_cookie(&self, cookie: &str) -> Result<Option<Session>, StoreError> {
         let hash = token_hash(cookie);
-        self.cache.invalidate(&hash).await;
+        self.forget(&hash).await;
         let Some(s) = self.store.session_by_token(&hash).await? else {
             return Ok(None);
         };
@@ -219,13 +246,24 @@ impl Sessions {
         Ok(Some(s))
     }
 
+    /// Marks a session ended on this instance before it leaves the store.
+    async fn forget(&self, hash: &str) {
+        self.ended.insert(hash.to_string(), ());
+        self.cache.invalidate(hash).await;
+    }
+
+    /// Removes ended and idle sessions from the store (a periodic task).
+    pub async fn sweep(&self) -> Result<u64, StoreError> {
+        self.store.sweep_sessions(self.now(), self.idle).await
+    }
+
     /// Ends a session by id (admin revocation). Returns whether it existed.
     pub async fn end(&self, tenant_id: &str, session_id: &str) -> Result<bool, StoreError> {
         let sessions = self.store.list_sessions(tenant_id).await?;
         let Some(s) = sessions.iter().find(|s| s.session_id == session_id) else {
             return Ok(false);
         };
-        self.cache.invalidate(&s.token_hash).await;
+        self.forget(&s.token_hash).await;
         self.store.delete_session(tenant_id, session_id).await
     }
 

@@ -55,6 +55,9 @@ pub enum TokenError {
     /// A required claim is missing or has the wrong JSON type.
     #[error("missing or mistyped claim {0}")]
     Claim(&'static str),
+    /// An ID token presented as a bearer access token.
+    #[error("an ID token is not an access token")]
+    IdTokenAsBearer,
     /// `nonce` differs from the login's.
     #[error("nonce mismatch")]
     Nonce,
@@ -78,6 +81,7 @@ impl TokenError {
             TokenError::Expired => "expired",
             TokenError::NotYetValid => "not_yet_valid",
             TokenError::Claim(_) => "bad_claim",
+            TokenError::IdTokenAsBearer => "id_token_as_bearer",
             TokenError::Nonce => "nonce_mismatch",
             TokenError::AuthorizedParty => "wrong_authorized_party",
         }
@@ -173,6 +177,10 @@ pub struct Expect<'a> {
     /// For an ID token: the client id `azp` must name when there are
     /// several audiences, and the login's nonce.
     pub id_token: Option<IdTokenExpect<'a>>,
+    /// A bearer access token: an ID token (`nonce`, `at_hash`, `c_hash`)
+    /// is refused, since it was issued to a browser login, not to call APIs,
+    /// and logout could not end it.
+    pub access_token: bool,
     /// Seconds since the epoch, now.
     pub now: i64,
 }
@@ -270,6 +278,13 @@ pub fn verify(
         .is_some_and(|t| t.saturating_sub(leeway) > expect.now)
     {
         return Err(TokenError::NotYetValid);
+    }
+    if expect.access_token
+        && ["nonce", "at_hash", "c_hash"]
+            .iter()
+            .any(|c| claims.contains_key(*c))
+    {
+        return Err(TokenError::IdTokenAsBearer);
     }
     if reg.sub.as_deref().is_some_and(str::is_empty) {
         return Err(TokenError::Claim("sub"));

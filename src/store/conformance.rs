@@ -6,7 +6,7 @@ use time::Duration;
 
 use super::{Counter, Store, StoreError, UsageKey};
 use crate::model::{
-    self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantStatus, Tier, User,
+    self, ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, TenantStatus, Tier, User,
 };
 
 /// A tenant with fresh ids, for the suite.
@@ -60,6 +60,7 @@ pub async fn run(store: &dyn Store) {
     users_and_limits(store).await;
     usage(store).await;
     roles(store).await;
+    sessions(store).await;
     cascade(store).await;
     store.flush().await.expect("flush");
 }
@@ -411,4 +412,73 @@ async fn cascade(store: &dyn Store) {
         store.delete_tenant(&t.tenant_id).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// A session of `tenant_id` whose cookie hashes to `token_hash`.
+pub fn sample_session(tenant_id: &str, session_id: &str, token_hash: &str) -> Session {
+    let now = model::now();
+    Session {
+        session_id: session_id.into(),
+        token_hash: token_hash.into(),
+        tenant_id: tenant_id.into(),
+        user_id: "alice".into(),
+        email: Some("alice@conformance.example".into()),
+        roles: vec!["viewer".into()],
+        auth_method: "oidc".into(),
+        provider: "corp".into(),
+        created_at: now,
+        expires_at: now + Duration::hours(8),
+        last_seen: now,
+        refresh_at: None,
+        refresh_token: Some("rt".into()),
+        id_token: None,
+    }
+}
+
+async fn sessions(store: &dyn Store) {
+    let t = sample_tenant(Tier::Enterprise);
+    store.insert_tenant(&t).await.unwrap();
+    let mut s = sample_session(&t.tenant_id, "sess-0000000000000001", "dd00");
+    store.put_session(&s).await.unwrap();
+    assert_eq!(
+        store.session_by_token("dd00").await.unwrap(),
+        Some(s.clone())
+    );
+    assert!(store.session_by_token("dd01").await.unwrap().is_none());
+    s.roles = vec!["admin".into()];
+    assert!(
+        store.update_session(&s).await.unwrap(),
+        "update of a live session"
+    );
+    assert_eq!(
+        store.session_by_token("dd00").await.unwrap().unwrap().roles,
+        ["admin"]
+    );
+    let other = sample_session(&t.tenant_id, "sess-0000000000000002", "dd02");
+    store.put_session(&other).await.unwrap();
+    let listed = store.list_sessions(&t.tenant_id).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        store
+            .delete_session(&t.tenant_id, &s.session_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_session(&t.tenant_id, &s.session_id)
+            .await
+            .unwrap()
+    );
+    assert!(store.session_by_token("dd00").await.unwrap().is_none());
+    // A late update never brings an ended session back.
+    assert!(
+        !store.update_session(&s).await.unwrap(),
+        "update of an ended session"
+    );
+    assert!(store.session_by_token("dd00").await.unwrap().is_none());
+    // Deleting the tenant ends its sessions.
+    store.delete_tenant(&t.tenant_id).await.unwrap();
+    assert!(store.session_by_token("dd02").await.unwrap().is_none());
+    assert!(store.list_sessions(&t.tenant_id).await.unwrap().is_empty());
 }

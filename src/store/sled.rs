@@ -410,6 +410,56 @@ impl Store for SledStore {
         Ok(existed)
     }
 
+    async fn touch_session(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        last_seen: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let id = scoped(tenant_id, session_id);
+        self.sessions
+            .transaction(|sessions| {
+                let Some(old) = sessions.get(id.as_slice())? else {
+                    return Ok(());
+                };
+                let mut s: Session = decode(&old).map_err(ConflictableTransactionError::Abort)?;
+                if last_seen > s.last_seen {
+                    s.last_seen = last_seen;
+                    let value = encode(&s).map_err(ConflictableTransactionError::Abort)?;
+                    sessions.insert(id.as_slice(), value)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_error)?;
+        self.durable().await
+    }
+
+    async fn sweep_sessions(
+        &self,
+        now: time::OffsetDateTime,
+        idle: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let mut ended = Vec::new();
+        for item in self.sessions.iter() {
+            let (id, value) = item.map_err(backend)?;
+            let s: Session = decode(&value)?;
+            if now >= s.expires_at || now - s.last_seen >= idle {
+                ended.push((id, s.token_hash));
+            }
+        }
+        for (id, token_hash) in &ended {
+            (&self.sessions, &self.session_tokens)
+                .transaction(|(sessions, tokens)| {
+                    sessions.remove(id)?;
+                    tokens.remove(token_hash.as_bytes())?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                })
+                .map_err(tx_error)?;
+        }
+        self.durable().await?;
+        Ok(ended.len() as u64)
+    }
+
     async fn session_by_token(&self, token_hash: &str) -> Result<Option<Session>, StoreError> {
         let Some(id) = self
             .session_tokens

@@ -317,6 +317,44 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
             c.fail("sso.oidc", format!("two providers are named {:?}", p.name));
         }
     }
+    // Providers of one issuer must not be able to take each other's
+    // tokens: distinct clients, disjoint bearer audiences.
+    for (i, a) in oidc.iter().enumerate() {
+        for b in &oidc[i + 1..] {
+            if a.issuer != b.issuer {
+                continue;
+            }
+            if a.client_id == b.client_id {
+                c.fail(
+                    "sso.oidc",
+                    format!(
+                        "providers {:?} and {:?} are the same client of one issuer",
+                        a.name, b.name
+                    ),
+                );
+            }
+            if let Some(aud) = a.audiences.iter().find(|x| b.audiences.contains(x)) {
+                c.fail(
+                    "sso.oidc",
+                    format!(
+                        "providers {:?} and {:?} of one issuer both accept audience {aud:?}",
+                        a.name, b.name
+                    ),
+                );
+            }
+        }
+    }
+    // A tenant with its own provider is reached through it alone.
+    for p in oidc.iter().filter(|p| p.tenant.is_none()) {
+        for (domain, t) in &p.email_domains {
+            if oidc.iter().any(|o| o.tenant.as_deref() == Some(t)) {
+                c.fail(
+                    format!("sso.oidc.{}.email_domains", p.name),
+                    format!("{domain:?} maps to {t}, which has its own provider"),
+                );
+            }
+        }
+    }
     let mut domains = HashSet::new();
     for d in oidc.iter().flat_map(|p| p.email_domains.keys()) {
         if !domains.insert(d.as_str()) {
