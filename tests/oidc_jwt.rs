@@ -341,6 +341,14 @@ async fn forged_expired_and_malformed_tokens_are_refused_before_the_upstream() {
         ),
         ("iss missing", rs(without("iss"), json!({})).await),
         (
+            "an ID token (nonce) as a bearer token",
+            rs(with("nonce", json!("n-0123456789")), json!({})).await,
+        ),
+        (
+            "an ID token (at_hash) as a bearer token",
+            rs(with("at_hash", json!("abc")), json!({})).await,
+        ),
+        (
             "iss of an unconfigured issuer",
             rs(with("iss", json!("http://127.0.0.2:1")), json!({})).await,
         ),

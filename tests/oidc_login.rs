@@ -533,6 +533,40 @@ async fn a_login_replaces_the_session_it_came_with_and_rbac_applies() {
     let (status, _, body) = get_with_session(&w.cg, &costs(&w.other), &second).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(error_code(&body), "tenant_mismatch");
+    // A state-changing request with the session cookie from another site
+    // (login CSRF's sibling) is refused; from this origin it goes through.
+    let base = format!("http://127.0.0.1:{}", w.port);
+    let write = |headers: Vec<(&'static str, String)>| {
+        let (url, cookie) = (
+            w.cg.url("/v1/things"),
+            format!("costguard_session={second}"),
+        );
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("cookie", cookie.as_str())];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            send("POST", &url, &h, String::new()).await
+        }
+    };
+    for cross in [
+        vec![("origin", "http://evil.example".to_string())],
+        vec![("sec-fetch-site", "cross-site".to_string())],
+        vec![("sec-fetch-site", "same-site".to_string())],
+        vec![("origin", "null".to_string())],
+    ] {
+        let (status, _, body) = write(cross.clone()).await;
+        assert_eq!(status, 403, "{cross:?}: {body}");
+        assert_eq!(error_code(&body), "cross_site_request");
+    }
+    let before = w.up.count();
+    for same in [
+        vec![("origin", base.clone())],
+        vec![("sec-fetch-site", "same-origin".to_string())],
+        vec![],
+    ] {
+        let (status, _, body) = write(same.clone()).await;
+        assert_eq!(status, 200, "{same:?}: {body}");
+    }
+    assert_eq!(w.up.count(), before + 3);
     // A made-up cookie is no session.
     let (status, _, body) = get_with_session(
         &w.cg,

@@ -243,3 +243,43 @@ fn rate_limits_and_budget_are_validated() {
         assert!(keys.contains(&want), "{want} missing from {keys:?}");
     }
 }
+
+#[test]
+fn providers_of_one_issuer_cannot_take_each_others_tokens() {
+    let provider = |name: &str, client: &str, extra: &str| {
+        format!(
+            "[[sso.oidc]]\nname = \"{name}\"\nissuer = \"https://idp.example.com\"\nclient_id = \"{client}\"\n\
+             redirect_url = \"https://costs.example.com/auth/callback\"\ntenant_claim = \"tenant_id\"\n{extra}"
+        )
+    };
+    let check = |text: String| validate::validate(parse(&text, "t.toml", &Env::default()).unwrap());
+    assert!(check(provider("a", "one", "") + &provider("b", "two", "")).is_ok());
+    let same_client = check(provider("a", "one", "") + &provider("b", "one", "")).unwrap_err();
+    assert!(
+        same_client.to_string().contains("same client"),
+        "{same_client}"
+    );
+    let shared_aud = check(
+        provider("a", "one", "audiences = [\"api\"]\n")
+            + &provider("b", "two", "audiences = [\"api\"]\n"),
+    )
+    .unwrap_err();
+    assert!(shared_aud.to_string().contains("audience"), "{shared_aud}");
+    // Plain http only to loopback; the callback path is fixed; HS256 needs its secret.
+    let bad = check(
+        provider("a", "one", "").replace("https://idp.example.com", "http://idp.example.com"),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("sso.oidc[0].issuer"), "{bad}");
+    let bad = check(provider("a", "one", "").replace("/auth/callback", "/cb")).unwrap_err();
+    assert!(bad.to_string().contains("/auth/callback"), "{bad}");
+    let bad = check(provider("a", "one", "algorithms = [\"HS256\"]\n")).unwrap_err();
+    assert!(bad.to_string().contains("hs256_secret_file"), "{bad}");
+    let bad = check(provider(
+        "a",
+        "one",
+        "tenant = \"org-aaaaaaaa\"\nallow_system_admin = true\n",
+    ))
+    .unwrap_err();
+    assert!(bad.to_string().contains("system_admin"), "{bad}");
+}

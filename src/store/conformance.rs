@@ -477,6 +477,41 @@ async fn sessions(store: &dyn Store) {
         "update of an ended session"
     );
     assert!(store.session_by_token("dd00").await.unwrap().is_none());
+    // Activity moves last_seen forward only, and never brings a session back.
+    let later = other.last_seen + Duration::minutes(5);
+    store
+        .touch_session(&t.tenant_id, &other.session_id, later)
+        .await
+        .unwrap();
+    store
+        .touch_session(&t.tenant_id, &other.session_id, other.last_seen)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .session_by_token("dd02")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen,
+        later
+    );
+    store
+        .touch_session(&t.tenant_id, &s.session_id, later)
+        .await
+        .unwrap();
+    assert!(store.session_by_token("dd00").await.unwrap().is_none());
+    // The sweep removes sessions past their lifetime or idle too long.
+    let mut old = sample_session(&t.tenant_id, "sess-0000000000000003", "dd03");
+    old.last_seen -= Duration::hours(2);
+    store.put_session(&old).await.unwrap();
+    let idle = std::time::Duration::from_secs(3600);
+    assert_eq!(store.sweep_sessions(model::now(), idle).await.unwrap(), 1);
+    assert!(store.session_by_token("dd03").await.unwrap().is_none());
+    assert!(store.session_by_token("dd02").await.unwrap().is_some());
+    let end_of_all = model::now() + Duration::hours(9);
+    assert_eq!(store.sweep_sessions(end_of_all, idle).await.unwrap(), 1);
+    store.put_session(&other).await.unwrap();
     // Deleting the tenant ends its sessions.
     store.delete_tenant(&t.tenant_id).await.unwrap();
     assert!(store.session_by_token("dd02").await.unwrap().is_none());

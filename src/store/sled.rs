@@ -142,8 +142,17 @@ impl SledStore {
         self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Everything written so far, on disk. sled 0.34's `flush_async` can
+    /// miss its wake-up when several flushes overlap and hang forever
+    /// (spacejam/sled#1308, #1241; seen here in the tests): the blocking
+    /// `flush` runs on tokio's blocking pool instead.
     async fn durable(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map(drop).map_err(backend)
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(backend)?
+            .map(drop)
+            .map_err(backend)
     }
 
     fn scan<T: DeserializeOwned>(tree: &Tree, tenant_id: &str) -> Result<Vec<T>, StoreError> {
