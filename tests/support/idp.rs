@@ -61,9 +61,20 @@ pub struct Idp {
 }
 
 impl Idp {
-    /// Starts `idp.mjs` with `config` ({clients, users, ttl?}).
+    /// Starts `idp.mjs` with `config` ({clients, users, ttl?}). A start
+    /// that does not report within 30 s is killed and tried again (once
+    /// in CI, node hung in its own startup with every thread parked).
     pub fn start(config: &Value) -> Self {
         ensure_peers();
+        for _ in 0..3 {
+            if let Some(idp) = Self::try_start(config, Duration::from_secs(30)) {
+                return idp;
+            }
+        }
+        panic!("idp.mjs did not start three times in a row");
+    }
+
+    fn try_start(config: &Value, within: Duration) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("idp.json");
         std::fs::write(&file, config.to_string()).unwrap();
@@ -77,17 +88,29 @@ impl Idp {
             .stderr(Stdio::null())
             .spawn()
             .expect("node starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(within) else {
+            eprintln!(
+                "idp.mjs did not report within {within:?}; killing it (pid {})",
+                child.id()
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        };
         let ready: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("idp.mjs did not start ({e}): {line:?}"));
-        Self {
+        Some(Self {
             child,
             issuer: ready["issuer"].as_str().unwrap().to_string(),
             _dir: dir,
-        }
+        })
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Value {
