@@ -33,8 +33,10 @@
 //! 2. `request_id` keeps a valid `X-Request-Id` or makes a UUIDv7.
 //! 3. `/health` and `/ready` are answered locally.
 //! 4. `limits` rejects oversized headers (431) or declared bodies (413).
-//! 5. `authn` finds exactly one credential (API key) and resolves it to a
-//!    `Principal` through the key cache (401/400/403 otherwise); a source
+//! 5. `/auth/*` is answered by `sso` (login, callback, logout, userinfo).
+//!    `authn` finds exactly one credential (API key, an IdP-issued JWT, or
+//!    else a session cookie) and resolves it to a `Principal` through the
+//!    key cache, the JWKS cache or the session store (401/400/403 otherwise); a source
 //!    with too many bad credentials is refused first (429).
 //!    `authz` matches the route and checks tenant, project and permission;
 //!    `throttle` applies the key's rate (429), the budget of cost routes

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! request id → local endpoints → size limits → target check (path safety,
-//! authority) → route match → [public route: no authn] failed-auth block
-//! (per client address) → authn (API key → Principal) → authz (route,
+//! authority) → [/auth/*: single sign-on endpoints, never proxied] → route
+//! match → [public route: no authn] failed-auth block (per client address)
+//! → authn (API key, JWT or session → Principal; cross-site session writes
+//! refused) → authz (route,
 //! tenant, project, permission → Permit) → shadow policy (logged) → limits
 //! (key rate, budget, daily quota) → forward (header hygiene, credentials
 //! out, identity headers in, pooled upstream client) → response hygiene,
