@@ -247,7 +247,7 @@ impl Sso {
         // one issuer apart; a token naming two providers' audiences is
         // refused rather than given to either.
         let (issuer, audiences) =
-            unverified_issuer(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
+            peek_issuer_and_audience(raw).ok_or(AuthnError::Token(TokenError::Malformed))?;
         let mut same_issuer = false;
         let mut candidates = self.providers.iter().enumerate().filter(|(_, p)| {
             let issuer_matches = p.config.issuer == issuer;
@@ -300,42 +300,50 @@ impl Sso {
             .await
             .map_err(|e| AuthnError::Store(Arc::new(e)))?
             .ok_or(AuthnError::NoSession)?;
-        let s = self.refresh_if_due(&live).await?;
-        let tenant = self.tenant(&s.tenant_id).await?;
-        let method = if s.auth_method == "saml" {
-            AuthMethod::Saml
-        } else {
-            AuthMethod::Oidc
+        self.refresh_if_due(&live).await?;
+        let principal = match live.principal.load_full() {
+            Some(p) => p,
+            None => {
+                let built = {
+                    let s = live.session.lock().unwrap_or_else(|e| e.into_inner());
+                    let method = if s.auth_method == "saml" {
+                        AuthMethod::Saml
+                    } else {
+                        AuthMethod::Oidc
+                    };
+                    let identity = Identity {
+                        tenant_id: s.tenant_id.clone(),
+                        user_id: s.user_id.clone(),
+                        email: s.email.clone(),
+                        roles: s.roles.clone(),
+                    };
+                    principal(&identity, method)?
+                };
+                live.principal.store(Some(built.clone()));
+                built
+            }
         };
-        let identity = Identity {
-            tenant_id: s.tenant_id,
-            user_id: s.user_id,
-            email: s.email,
-            roles: s.roles,
-        };
-        Ok(Authenticated {
-            principal: principal(&identity, method)?,
-            tenant,
-        })
+        let tenant = self.tenant(&principal.tenant_id).await?;
+        Ok(Authenticated { principal, tenant })
     }
 
     /// Uses the session's refresh token once its provider tokens expired
     /// (one refresh at a time per session; the others wait and reuse it).
-    async fn refresh_if_due(&self, live: &Live) -> Result<Session, AuthnError> {
-        let due = |s: &Session| {
+    async fn refresh_if_due(&self, live: &Live) -> Result<(), AuthnError> {
+        let due = || {
+            let s = live.session.lock().unwrap_or_else(|e| e.into_inner());
             s.refresh_token.is_some() && s.refresh_at.is_some_and(|at| self.sessions.now() >= at)
         };
-        let s = live.snapshot();
-        if !due(&s) {
-            return Ok(s);
+        if !due() {
+            return Ok(());
         }
         let _one = live.refreshing.lock().await;
-        let s = live.snapshot();
-        if !due(&s) {
-            return Ok(s);
+        if !due() {
+            return Ok(()); // another request refreshed it meanwhile
         }
+        let s = live.snapshot();
         let Some(p) = self.provider(&s.provider) else {
-            return Ok(s);
+            return Ok(());
         };
         let refresh_token = s.refresh_token.clone().unwrap_or_default();
         match p.refresh(&refresh_token).await {
@@ -362,7 +370,8 @@ impl Sso {
                     let fallback = now.unix_timestamp() + 300;
                     updated.refresh_at = Some(refresh_at(now, refreshed.expires_in, fallback));
                 }
-                *live.session.lock().unwrap_or_else(|e| e.into_inner()) = updated.clone();
+                *live.session.lock().unwrap_or_else(|e| e.into_inner()) = updated;
+                live.principal.store(None); // roles may have changed
                 let saved = self
                     .sessions
                     .save(live)
@@ -371,7 +380,7 @@ impl Sso {
                 if !saved {
                     return Err(AuthnError::NoSession); // ended meanwhile
                 }
-                Ok(updated)
+                Ok(())
             }
             Err(ProviderError::Refused(reason)) => {
                 tracing::info!(session_id = %s.session_id, reason = %reason, "Refresh refused by the provider; session ended.");
@@ -382,10 +391,12 @@ impl Sso {
                 // The provider is down: keep the session (its lifetime still
                 // bounds it) and try again in a little while.
                 tracing::warn!(session_id = %s.session_id, error = %e, "Session refresh failed; retrying in 30s.");
-                let mut s = s;
-                s.refresh_at = Some(self.sessions.now() + std::time::Duration::from_secs(30));
-                *live.session.lock().unwrap_or_else(|e| e.into_inner()) = s.clone();
-                Ok(s)
+                let retry = self.sessions.now() + std::time::Duration::from_secs(30);
+                live.session
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .refresh_at = Some(retry);
+                Ok(())
             }
         }
     }
@@ -885,7 +896,7 @@ fn principal(identity: &Identity, method: AuthMethod) -> Result<Arc<Principal>, 
 
 /// `iss` and `aud` of a token, read without verification (only to pick
 /// the provider whose keys will verify it).
-fn unverified_issuer(raw: &str) -> Option<(String, Vec<String>)> {
+fn peek_issuer_and_audience(raw: &str) -> Option<(String, Vec<String>)> {
     use base64::Engine as _;
     let payload = raw.split('.').nth(1)?;
     if payload.len() > 64 * 1024 {

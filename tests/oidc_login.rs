@@ -354,11 +354,19 @@ async fn refresh_tokens_extend_the_session_with_one_refresh_at_a_time() {
     let before = w.idp.stats().await["token_requests"].as_u64().unwrap();
     // Past the access token's life: the next requests refresh it, once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let requests = (0..8).map(|_| {
-        let (cg, path, session) = (&w.cg, costs(&w.tenant), session.clone());
-        async move { get_with_session(cg, &path, &session).await.0 }
-    });
-    let statuses = futures_join(requests).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (url, cookie) = (
+            w.cg.url(&costs(&w.tenant)),
+            format!("costguard_session={session}"),
+        );
+        requests.spawn(async move {
+            send("GET", &url, &[("cookie", &cookie)], String::new())
+                .await
+                .0
+        });
+    }
+    let statuses = requests.join_all().await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let after = w.idp.stats().await["token_requests"].as_u64().unwrap();
     assert_eq!(
@@ -374,38 +382,6 @@ async fn refresh_tokens_extend_the_session_with_one_refresh_at_a_time() {
         w.idp.stats().await["token_requests"].as_u64().unwrap() - after,
         1
     );
-}
-
-async fn futures_join<F: std::future::Future<Output = http::StatusCode>>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<http::StatusCode> {
-    let handles: Vec<_> = futures.collect();
-    let mut out = Vec::new();
-    // Polled together: each is a separate request in flight.
-    let joined = async {
-        let mut pinned: Vec<_> = handles.into_iter().map(Box::pin).collect();
-        let mut results = vec![None; pinned.len()];
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (i, f) in pinned.iter_mut().enumerate() {
-                if results[i].is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => results[i] = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        results.into_iter().map(Option::unwrap).collect::<Vec<_>>()
-    };
-    out.extend(joined.await);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,7 +54,9 @@ fn header_safe(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
-fn plain_role(s: &str) -> bool {
+/// A role, provider or claim name: 1-128 of `[A-Za-z0-9_.:-]` (they go
+/// into headers and policy lookups).
+pub fn is_plain_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
@@ -124,7 +126,7 @@ pub fn identity(
                 .cloned(),
         )
         .chain(p.default_roles.iter().cloned())
-        .filter(|r| plain_role(r))
+        .filter(|r| is_plain_name(r))
         .filter(|r| p.allow_system_admin || r != "system_admin")
         .collect();
     roles.sort();

@@ -51,7 +51,6 @@ pub struct Jwks {
     last_attempt: std::sync::Mutex<Option<Instant>>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
-    fetches: AtomicU64,
     generation: AtomicU64,
     /// SHA-256 of the last key set document.
     last_document: std::sync::Mutex<[u8; 32]>,
@@ -69,15 +68,15 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
-    /// An empty cache for the set at `uri`; call [`Jwks::refresh`] to fill it.
-    pub fn new(uri: String, client: IdpClient, ttl: Duration, cooldown: Duration) -> Self {
+    /// An empty cache; discovery gives it the set's URL ([`Jwks::set_uri`])
+    /// and fills it ([`Jwks::refresh`]).
+    pub fn new(client: IdpClient, ttl: Duration, cooldown: Duration) -> Self {
         Self {
-            uri: ArcSwap::from_pointee(uri),
+            uri: ArcSwap::from_pointee(String::new()),
             client,
             keys: ArcSwap::from_pointee(KeySet::default()),
             last_attempt: std::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
-            fetches: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             last_document: std::sync::Mutex::new([0; 32]),
             ttl,
@@ -88,11 +87,6 @@ impl Jwks {
     /// Points the cache at the key set's URL (from discovery).
     pub fn set_uri(&self, uri: String) {
         self.uri.store(Arc::new(uri));
-    }
-
-    /// How many times the set was fetched (for tests and metrics).
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// The key a token names: from the cache; after one refetch when the
@@ -165,7 +159,6 @@ impl Jwks {
     /// on failure).
     pub async fn refresh(&self) -> Result<usize, String> {
         *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         let uri = self.uri.load_full();
         let req = http::Request::get(uri.as_str())
             .header(http::header::ACCEPT, "application/json")

@@ -133,14 +133,8 @@ pub fn unix_now() -> i64 {
 impl Provider {
     /// A provider not yet discovered.
     pub fn new(config: OidcProviderConfig, sso: &SsoConfig, http: IdpClient) -> Self {
-        let jwks_uri = String::new();
         Self {
-            jwks: Jwks::new(
-                jwks_uri,
-                http.clone(),
-                sso.jwks_ttl,
-                sso.jwks_refetch_cooldown,
-            ),
+            jwks: Jwks::new(http.clone(), sso.jwks_ttl, sso.jwks_refetch_cooldown),
             config,
             http,
             discovered: ArcSwapOption::empty(),
@@ -169,7 +163,7 @@ impl Provider {
             Some(metadata.jwks_uri().url()),
         ];
         for url in endpoints.into_iter().flatten() {
-            if !secure_url(url) {
+            if !super::http::secure_url(url) {
                 return Err(ProviderError::Call(format!(
                     "discovery names a plain http endpoint off loopback: {url}"
                 )));
@@ -401,17 +395,6 @@ impl Provider {
             }
         }
         Some(url.to_string())
-    }
-}
-
-/// `https`, or `http` to a loopback host.
-fn secure_url(url: &url::Url) -> bool {
-    match (url.scheme(), url.host()) {
-        ("https", Some(_)) => true,
-        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Domain(d))) => d == "localhost",
-        _ => false,
     }
 }
 

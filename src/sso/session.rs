@@ -35,6 +35,9 @@ pub struct Live {
     pub session: Mutex<Session>,
     /// One refresh at a time.
     pub refreshing: tokio::sync::Mutex<()>,
+    /// The principal built from the record, reused by every request until
+    /// a refresh changes the record (which clears it).
+    pub principal: arc_swap::ArcSwapOption<crate::authn::Principal>,
     /// When `last_seen` was last written to the store.
     written: Mutex<OffsetDateTime>,
 }
@@ -170,6 +173,7 @@ impl Sessions {
                         written: Mutex::new(session.last_seen),
                         session: Mutex::new(session),
                         refreshing: tokio::sync::Mutex::new(()),
+                        principal: arc_swap::ArcSwapOption::empty(),
                     })),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(e)),

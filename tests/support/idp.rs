@@ -15,12 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::Sidecar;
+pub use crate::support::send;
 
 pub fn peers_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers"))
@@ -166,33 +165,6 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// One HTTP request; no redirects followed.
-pub async fn send(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: String,
-) -> (StatusCode, HeaderMap, String) {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = tokio::time::timeout(
-        Duration::from_secs(20),
-        crate::support::client().request(req.body(Full::new(Bytes::from(body))).unwrap()),
-    )
-    .await
-    .expect("answer within 20 s")
-    .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
 }
 
 /// The `name=value` of each `Set-Cookie`.

@@ -520,14 +520,29 @@ pub async fn get_as(url: &str, key: &str) -> (StatusCode, HeaderMap, String) {
 }
 
 async fn get_with(url: &str, key: Option<&str>) -> (StatusCode, HeaderMap, String) {
-    let mut req = Request::get(url);
-    if let Some(key) = key {
-        req = req.header("authorization", format!("Bearer {key}"));
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send("GET", url, &headers, String::new()).await
+}
+
+/// One HTTP request; no redirects followed.
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> (StatusCode, HeaderMap, String) {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
-    let resp = client()
-        .request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client().request(req.body(Full::new(Bytes::from(body))).unwrap()),
+    )
+    .await
+    .expect("answer within 20 s")
+    .unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     (

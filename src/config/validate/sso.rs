@@ -101,34 +101,20 @@ impl std::fmt::Debug for OidcProviderConfig {
 }
 
 /// Role and claim names go into headers and policy lookups: keep them plain.
-fn is_plain_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
-}
-
-/// `https`, or `http` to a loopback host (tests, a sidecar IdP).
-fn check_url(c: &mut Checker, key: &str, value: &str) -> bool {
-    let Ok(uri) = value.parse::<http::Uri>() else {
-        c.fail(key, format!("not a URL: {value:?}"));
-        return false;
-    };
-    let host = uri.host().unwrap_or("");
-    let loopback = host == "localhost"
-        || host
-            .trim_matches(|ch| ch == '[' || ch == ']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match uri.scheme_str() {
-        Some("https") if !host.is_empty() => true,
-        Some("http") if loopback => true,
-        _ => {
+/// `https`, or `http` to a loopback host: the provider's URLs.
+fn check_url(c: &mut Checker, key: &str, value: &str) -> Option<url::Url> {
+    match url::Url::parse(value) {
+        Ok(url) if crate::sso::http::secure_url(&url) => Some(url),
+        Ok(_) => {
             c.fail(
                 key,
                 format!("must be an https URL (http only on loopback), got {value:?}"),
             );
-            false
+            None
+        }
+        Err(_) => {
+            c.fail(key, format!("not a URL: {value:?}"));
+            None
         }
     }
 }
@@ -157,7 +143,7 @@ fn non_empty(s: &str) -> Option<String> {
 
 fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
     let key = |k: &str| format!("sso.oidc[{i}].{k}");
-    if !is_plain_name(&p.name) {
+    if !crate::sso::claims::is_plain_name(&p.name) {
         c.fail(key("name"), "must be 1-128 of [A-Za-z0-9_.:-]");
     }
     check_url(c, &key("issuer"), &p.issuer);
@@ -165,10 +151,7 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         c.fail(key("client_id"), "must be set");
     }
     if check_url(c, &key("redirect_url"), &p.redirect_url)
-        && !p
-            .redirect_url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| u.path() == "/auth/callback")
+        .is_some_and(|u| u.path() != "/auth/callback")
     {
         c.fail(key("redirect_url"), "its path must be /auth/callback");
     }
@@ -216,7 +199,7 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         .iter()
         .chain(p.group_roles.values().flatten());
     for r in all_roles {
-        if !is_plain_name(r) {
+        if !crate::sso::claims::is_plain_name(r) {
             c.fail(key("group_roles"), format!("not a role name: {r:?}"));
         }
     }
