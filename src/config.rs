@@ -21,8 +21,8 @@ use toml::{Table, Value};
 pub use file::FileConfig;
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig, SsoConfig, StoreConfig,
-    UpstreamTarget,
+    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
+    SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

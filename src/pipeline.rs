@@ -170,7 +170,7 @@ impl Proxy {
         authz::check_target(&req)?;
         if req.uri().path().starts_with("/auth/") {
             return Ok(self
-                .auth_endpoint(&req, conn, request_id)
+                .auth_endpoint(req, conn, request_id)
                 .await
                 .map(Either::Right));
         }
@@ -206,7 +206,7 @@ impl Proxy {
     /// `/auth/*`: single sign-on's endpoints, answered here, never proxied.
     async fn auth_endpoint(
         &self,
-        req: &Request<Incoming>,
+        req: Request<Incoming>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
     ) -> Response<http_body_util::Full<bytes::Bytes>> {
@@ -223,7 +223,7 @@ impl Proxy {
         let ip = this.hygiene.client_ip(conn.peer.ip(), headers);
         let path = req.uri().path();
         // A source out of attempts cannot make costguard call the provider.
-        let guarded = matches!(path, "/auth/callback" | "/auth/userinfo");
+        let guarded = matches!(path, "/auth/callback" | "/auth/userinfo" | "/auth/saml/acs");
         if guarded && let Err(limited) = this.throttle.before_authentication(ip) {
             return error::rescue(&Error::Limited(limited), request_id);
         }
@@ -247,6 +247,13 @@ impl Proxy {
             user_agent: crate::audit::user_agent(headers),
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         };
+        if path == "/auth/saml/acs" && req.method() == http::Method::POST {
+            let resp = self.saml_acs(sso, req, &client, request_id).await;
+            if resp.status().is_client_error() {
+                this.throttle.count_failure(ip);
+            }
+            return resp;
+        }
         let resp = sso
             .respond(
                 req.method(),
@@ -261,6 +268,58 @@ impl Proxy {
             this.throttle.count_failure(ip);
         }
         resp
+    }
+
+    /// `POST /auth/saml/acs`: the form body, bounded (the response's size
+    /// bound, base64 and URL-encoded, plus room for RelayState), then the
+    /// SAML checks.
+    async fn saml_acs(
+        &self,
+        sso: &crate::sso::Sso,
+        req: Request<Incoming>,
+        client: &crate::sso::Client,
+        request_id: &HeaderValue,
+    ) -> Response<http_body_util::Full<bytes::Bytes>> {
+        use http_body_util::BodyExt as _;
+        let form = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !form {
+            return error::json_error(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the SAML response must be posted as application/x-www-form-urlencoded",
+                request_id,
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let limit = sso.acs_body_limit();
+        let body = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return error::json_error(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the SAML response is too large",
+                    request_id,
+                );
+            }
+            Err(_) => {
+                return error::json_error(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                    request_id,
+                );
+            }
+        };
+        sso.acs(&body, &parts.headers, client, request_id).await
     }
 
     /// Route, authentication, authorization, limits: a [`Permit`] (and the

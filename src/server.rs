@@ -125,7 +125,7 @@ impl Server {
             &config.budget,
             usage.clone(),
         );
-        let sso = if config.sso.oidc.is_empty() {
+        let sso = if config.sso.oidc.is_empty() && config.sso.saml.is_empty() {
             None
         } else {
             Some(
@@ -324,6 +324,10 @@ async fn sweep(sso: Arc<Sso>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "Ended sessions removed."),
             Err(e) => tracing::error!(error = %e, "Session sweep failed; will retry."),
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(e) = sso.store().sweep_remembered(now).await {
+            tracing::error!(error = %e, "Sweep of used SAML assertion ids failed; will retry.");
         }
     }
 }

@@ -10,7 +10,13 @@
 //!                                             new session, cookie → 302 to rd
 //! /auth/logout                                session ended → provider's end-session, or /
 //! /auth/userinfo                              the caller's principal as JSON
+//! /auth/saml/metadata                         the SAML service provider's metadata
+//! /auth/saml/acs (POST SAMLResponse)          SAML login cookie (request id) → response
+//!                                             verified (see [`saml`]) → assertion id used
+//!                                             once → same tenant checks and session as OIDC
 //! ```
+//! A SAML login starts at `/auth/login` too: the chosen provider decides
+//! between an OIDC authorization request and a SAML AuthnRequest.
 //! Every login, logout and failed login is audited (`auth.login`,
 //! `auth.logout`, `auth.login_failed` with its reason); a reused `state`, a
 //! refused code or a nonce mismatch also writes `security.suspicious`.
@@ -21,6 +27,7 @@ pub mod http;
 pub mod jwks;
 pub mod login_state;
 pub mod oidc;
+pub mod saml;
 pub mod session;
 pub mod token;
 
@@ -50,6 +57,9 @@ use token::TokenError;
 /// Single sign-on. Cheap to share (`Arc`).
 pub struct Sso {
     providers: Vec<Arc<Provider>>,
+    saml: Vec<Arc<saml::SamlProvider>>,
+    saml_max_response_bytes: usize,
+    store: Arc<dyn Store>,
     /// The sessions.
     pub sessions: Sessions,
     signer: Signer,
@@ -81,6 +91,7 @@ struct LoginFailure {
     tenant_id: String,
     user_id: String,
     provider: String,
+    method: &'static str,
 }
 
 impl LoginFailure {
@@ -92,6 +103,14 @@ impl LoginFailure {
             tenant_id: String::new(),
             user_id: String::new(),
             provider: String::new(),
+            method: "oidc",
+        }
+    }
+
+    fn saml(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            method: "saml",
+            ..Self::new(status, reason)
         }
     }
 
@@ -113,6 +132,56 @@ pub struct Client {
 }
 
 type Reply = Response<Full<Bytes>>;
+
+/// The SAML login cookie: the signed AuthnRequest id (and where to go
+/// after) that the ACS checks `InResponseTo` against. `SameSite=None`: the
+/// IdP's answer is a cross-site POST, which carries no `Lax` cookie.
+pub const SAML_COOKIE: &str = "costguard_saml";
+
+/// A provider of either kind.
+#[derive(Clone, Copy)]
+enum Chosen<'a> {
+    Oidc(&'a Arc<Provider>),
+    Saml(&'a Arc<saml::SamlProvider>),
+}
+
+impl Chosen<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Chosen::Oidc(p) => &p.config.name,
+            Chosen::Saml(p) => &p.config.name,
+        }
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        match self {
+            Chosen::Oidc(p) => p.config.tenant.as_deref(),
+            Chosen::Saml(p) => p.config.tenant.as_deref(),
+        }
+    }
+
+    fn email_domains(&self) -> &std::collections::BTreeMap<String, String> {
+        match self {
+            Chosen::Oidc(p) => &p.config.email_domains,
+            Chosen::Saml(p) => &p.config.email_domains,
+        }
+    }
+}
+
+/// What a verified login (either kind) brings to its session.
+struct OpenSession<'a> {
+    provider: &'a str,
+    /// The provider is pinned to one tenant.
+    pinned: bool,
+    method: &'static str,
+    /// The tenant `/auth/login` was asked for.
+    requested_tenant: Option<&'a str>,
+    refresh_token: Option<String>,
+    refresh_at: Option<OffsetDateTime>,
+    id_token: Option<String>,
+    /// The IdP's own end of the session (SAML `SessionNotOnOrAfter`).
+    ends_by: Option<OffsetDateTime>,
+}
 
 /// SHA-256 of a verified bearer token → what it proved.
 type TokenCache = moka::sync::Cache<[u8; 32], Arc<VerifiedBearer>>;
@@ -155,8 +224,16 @@ impl Sso {
         for p in &providers {
             p.discover_or_retry().await;
         }
+        let saml = config
+            .saml
+            .iter()
+            .map(|p| Arc::new(saml::SamlProvider::new(p.clone())))
+            .collect();
         Ok(Arc::new(Self {
             providers,
+            saml,
+            saml_max_response_bytes: config.saml_max_response_bytes,
+            store: store.clone(),
             sessions: Sessions::new(
                 store,
                 config.session_lifetime,
@@ -183,9 +260,20 @@ impl Sso {
         }))
     }
 
-    /// The configured providers.
+    /// The configured OpenID providers.
     pub fn providers(&self) -> &[Arc<Provider>] {
         &self.providers
+    }
+
+    /// Largest `/auth/saml/acs` body read: the response's bound in base64,
+    /// URL-encoded at worst (`+`, `/`, `=` become three bytes), and RelayState.
+    pub fn acs_body_limit(&self) -> usize {
+        self.saml_max_response_bytes / 3 * 4 * 3 + 16 * 1024
+    }
+
+    /// The store (sessions, used SAML assertion ids).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The session cookie's value in `headers`, if exactly one is there.
@@ -201,7 +289,7 @@ impl Sso {
         }
         let ours = |pair: &str| {
             let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
-            name == self.cookie_name || name == login_state::COOKIE
+            name == self.cookie_name || name == login_state::COOKIE || name == SAML_COOKIE
         };
         let kept: Vec<HeaderValue> = headers
             .get_all(header::COOKIE)
@@ -286,8 +374,11 @@ impl Sso {
             .verify_bearer(raw, &header)
             .await
             .map_err(AuthnError::Token)?;
-        let identity = claims::identity(&p.config, &verified.claims).map_err(AuthnError::Claims)?;
-        let tenant = self.tenant_for(p, &identity.tenant_id).await?;
+        let identity =
+            claims::identity(&p.config.mapping(), &verified.claims).map_err(AuthnError::Claims)?;
+        let tenant = self
+            .tenant_for(p.config.tenant.is_some(), &identity.tenant_id)
+            .await?;
         let principal = principal(&identity, AuthMethod::Jwt)?;
         Ok((Authenticated { principal, tenant }, verified.exp))
     }
@@ -356,8 +447,8 @@ impl Sso {
                     updated.refresh_token = Some(r);
                 }
                 if let Some(t) = refreshed.id {
-                    let identity =
-                        claims::identity(&p.config, &t.id.claims).map_err(AuthnError::Claims)?;
+                    let identity = claims::identity(&p.config.mapping(), &t.id.claims)
+                        .map_err(AuthnError::Claims)?;
                     if identity.tenant_id != s.tenant_id || identity.user_id != s.user_id {
                         self.end_session(&s).await;
                         return Err(AuthnError::NoSession);
@@ -428,19 +519,29 @@ impl Sso {
     /// active, and a tenant with its own provider accepts only that one.
     async fn tenant_for(
         &self,
-        p: &Provider,
+        provider_pinned: bool,
         tenant_id: &str,
     ) -> Result<Arc<crate::model::Tenant>, AuthnError> {
         let tenant = self.tenant(tenant_id).await?;
-        if p.config.tenant.is_none()
-            && self
-                .providers
-                .iter()
-                .any(|o| o.config.tenant.as_deref() == Some(tenant_id))
-        {
+        if !provider_pinned && self.own_provider(tenant_id).is_some() {
             return Err(AuthnError::Claims(ClaimError::WrongTenant));
         }
         Ok(tenant)
+    }
+
+    /// The provider pinned to `tenant_id`, if it has one of its own.
+    fn own_provider(&self, tenant_id: &str) -> Option<Chosen<'_>> {
+        if let Some(p) = self
+            .providers
+            .iter()
+            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+        {
+            return Some(Chosen::Oidc(p));
+        }
+        self.saml
+            .iter()
+            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+            .map(Chosen::Saml)
     }
 
     // ----- the /auth endpoints -----
@@ -464,7 +565,17 @@ impl Sso {
             ("/auth/logout", &Method::GET | &Method::POST) => {
                 self.logout(&q, headers, client).await
             }
-            ("/auth/login" | "/auth/callback" | "/auth/logout", _) => json_error(
+            ("/auth/saml/metadata", &Method::GET | &Method::HEAD) => {
+                self.saml_metadata(&q, request_id)
+            }
+            (
+                "/auth/login"
+                | "/auth/callback"
+                | "/auth/logout"
+                | "/auth/saml/metadata"
+                | "/auth/saml/acs",
+                _,
+            ) => json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed here",
@@ -479,20 +590,27 @@ impl Sso {
         }
     }
 
+    /// Every provider, OpenID first.
+    fn all_providers(&self) -> impl Iterator<Item = Chosen<'_>> {
+        self.providers
+            .iter()
+            .map(Chosen::Oidc)
+            .chain(self.saml.iter().map(Chosen::Saml))
+    }
+
     /// Picks the provider for a login.
-    fn choose(&self, q: &Query<'_>) -> Result<&Arc<Provider>, &'static str> {
+    fn choose(&self, q: &Query<'_>) -> Result<Chosen<'_>, &'static str> {
         if let Some(name) = q.get("provider") {
-            return self.provider(&name).ok_or("unknown provider");
+            return self
+                .all_providers()
+                .find(|p| p.name() == name)
+                .ok_or("unknown provider");
         }
         if let Some(tenant) = q.get("tenant") {
-            if let Some(p) = self
-                .providers
-                .iter()
-                .find(|p| p.config.tenant.as_deref() == Some(tenant.as_str()))
-            {
+            if let Some(p) = self.own_provider(&tenant) {
                 return Ok(p);
             }
-            let mut shared = self.providers.iter().filter(|p| p.config.tenant.is_none());
+            let mut shared = self.all_providers().filter(|p| p.tenant().is_none());
             return match (shared.next(), shared.next()) {
                 (Some(p), None) => Ok(p),
                 (None, _) => Err("no identity provider serves this tenant"),
@@ -504,16 +622,16 @@ impl Sso {
         {
             let domain = domain.to_ascii_lowercase();
             if let Some(p) = self
-                .providers
-                .iter()
-                .find(|p| p.config.email_domains.contains_key(&domain))
+                .all_providers()
+                .find(|p| p.email_domains().contains_key(&domain))
             {
                 return Ok(p);
             }
         }
-        match self.providers.as_slice() {
-            [only] => Ok(only),
-            [] => Err("single sign-on is not configured"),
+        let mut all = self.all_providers();
+        match (all.next(), all.next()) {
+            (Some(only), None) => Ok(only),
+            (None, _) => Err("single sign-on is not configured"),
             _ => Err("several identity providers: choose one with ?tenant=, ?email= or ?provider="),
         }
     }
@@ -537,6 +655,11 @@ impl Sso {
                 request_id,
             );
         }
+        let rd = safe_redirect(q.get("rd").as_deref()).to_string();
+        let p = match p {
+            Chosen::Oidc(p) => p,
+            Chosen::Saml(p) => return self.saml_login(p, rd, tenant),
+        };
         let hint = q
             .get("email")
             .or_else(|| q.get("login_hint"))
@@ -557,7 +680,7 @@ impl Sso {
             state: auth.state,
             nonce: auth.nonce,
             verifier: auth.verifier,
-            rd: safe_redirect(q.get("rd").as_deref()).to_string(),
+            rd,
             tenant,
             expires: unix_now() + self.login_timeout.as_secs() as i64,
         };
@@ -668,31 +791,70 @@ impl Sso {
                     fail(S::BAD_GATEWAY, "idp_unreachable")
                 }
             })?;
-        let identity = claims::identity(&p.config, &tokens.id.claims)
+        let identity = claims::identity(&p.config.mapping(), &tokens.id.claims)
             .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
-        let with_user = |mut f: LoginFailure| {
+        let now = self.sessions.now();
+        let refresh_at = tokens
+            .refresh_token
+            .as_ref()
+            .map(|_| refresh_at(now, tokens.expires_in, tokens.id.exp));
+        let cookie = self
+            .open_session(
+                OpenSession {
+                    provider: &p.config.name,
+                    pinned: p.config.tenant.is_some(),
+                    method: "oidc",
+                    requested_tenant: state.tenant.as_deref(),
+                    refresh_token: tokens.refresh_token,
+                    refresh_at,
+                    id_token: Some(tokens.id_token),
+                    ends_by: None,
+                },
+                identity,
+                headers,
+                client,
+            )
+            .await?;
+        Ok((state.rd, cookie))
+    }
+
+    /// After a verified login: the tenant checks, the new session (the one
+    /// the browser came with is ended), `auth.login`; the session cookie.
+    async fn open_session(
+        &self,
+        login: OpenSession<'_>,
+        identity: Identity,
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Result<String, LoginFailure> {
+        use StatusCode as S;
+        let fail = |status, reason: &str| {
+            let mut f = LoginFailure::new(status, reason);
+            f.method = login.method;
+            f.provider = login.provider.to_string();
             f.tenant_id = identity.tenant_id.clone();
             f.user_id = identity.user_id.clone();
             f
         };
-        if state
-            .tenant
-            .as_deref()
+        if login
+            .requested_tenant
             .is_some_and(|t| t != identity.tenant_id)
         {
-            return Err(with_user(fail(S::FORBIDDEN, "tenant_mismatch")));
+            return Err(fail(S::FORBIDDEN, "tenant_mismatch"));
         }
-        self.tenant_for(p, &identity.tenant_id).await.map_err(|e| {
-            let (status, reason) = match e {
-                AuthnError::TenantSuspended => (S::FORBIDDEN, "tenant_suspended"),
-                AuthnError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
-                AuthnError::Claims(ClaimError::WrongTenant) => {
-                    (S::FORBIDDEN, "tenant_requires_own_provider")
-                }
-                _ => (S::FORBIDDEN, "unknown_tenant"),
-            };
-            with_user(fail(status, reason))
-        })?;
+        self.tenant_for(login.pinned, &identity.tenant_id)
+            .await
+            .map_err(|e| {
+                let (status, reason) = match e {
+                    AuthnError::TenantSuspended => (S::FORBIDDEN, "tenant_suspended"),
+                    AuthnError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+                    AuthnError::Claims(ClaimError::WrongTenant) => {
+                        (S::FORBIDDEN, "tenant_requires_own_provider")
+                    }
+                    _ => (S::FORBIDDEN, "unknown_tenant"),
+                };
+                fail(status, reason)
+            })?;
         // A new session id at every login: an old cookie (fixed by an
         // attacker, or the user's previous session) is ended.
         if let Some(old) = self.session_cookie(headers)
@@ -700,43 +862,38 @@ impl Sso {
         {
             tracing::warn!(error = %e, "The previous session was not ended at login.");
         }
-        let now = self.sessions.now();
-        let refresh_at = tokens
-            .refresh_token
-            .as_ref()
-            .map(|_| refresh_at(now, tokens.expires_in, tokens.id.exp));
         let (value, session) = self
             .sessions
             .create(NewSession {
                 identity: &identity,
-                method: "oidc",
-                provider: &p.config.name,
-                refresh_token: tokens.refresh_token,
-                refresh_at,
-                id_token: Some(tokens.id_token),
+                method: login.method,
+                provider: login.provider,
+                refresh_token: login.refresh_token,
+                refresh_at: login.refresh_at,
+                id_token: login.id_token,
+                ends_by: login.ends_by,
             })
             .await
-            .map_err(|_| with_user(fail(S::SERVICE_UNAVAILABLE, "store_unavailable")))?;
+            .map_err(|_| fail(S::SERVICE_UNAVAILABLE, "store_unavailable"))?;
         self.audit(
             "auth.login",
             &session.tenant_id,
             &session.user_id,
             json!({
-                "auth_method": "oidc",
-                "provider": p.config.name,
+                "auth_method": login.method,
+                "provider": login.provider,
                 "session_id": session.session_id,
                 "roles": session.roles,
             }),
             client,
         )
         .await;
-        let cookie = format!(
+        Ok(format!(
             "{}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
             self.cookie_name,
             value,
             self.cookie_lifetime.as_secs()
-        );
-        Ok((state.rd, cookie))
+        ))
     }
 
     async fn logout(&self, q: &Query<'_>, headers: &HeaderMap, client: &Client) -> Reply {
@@ -800,7 +957,7 @@ impl Sso {
     }
 
     async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
-        let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": "oidc"});
+        let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
         self.audit(
             "auth.login_failed",
             &f.tenant_id,
@@ -842,6 +999,256 @@ impl Sso {
             tracing::error!(error = %e, event_type, "Login event not recorded in the audit log.");
         }
     }
+}
+
+impl Sso {
+    // ----- SAML -----
+
+    fn saml_provider(&self, name: &str) -> Option<&Arc<saml::SamlProvider>> {
+        self.saml.iter().find(|p| p.config.name == name)
+    }
+
+    /// `/auth/login` for a SAML provider: a new AuthnRequest id in the
+    /// signed SAML login cookie, and the browser sent to the IdP with it.
+    fn saml_login(&self, p: &saml::SamlProvider, rd: String, tenant: Option<String>) -> Reply {
+        let request_id = saml::new_request_id();
+        let url = p.login_url(&request_id, self.sessions.now());
+        let state = LoginState {
+            provider: p.config.name.clone(),
+            state: request_id,
+            nonce: String::new(),
+            verifier: String::new(),
+            rd,
+            tenant,
+            expires: unix_now() + self.login_timeout.as_secs() as i64,
+        };
+        let cookie = format!(
+            "{SAML_COOKIE}={}; Path=/auth/saml/; Max-Age={}; Secure; HttpOnly; SameSite=None",
+            self.signer.seal(&state),
+            self.login_timeout.as_secs()
+        );
+        redirect(&url, &[cookie])
+    }
+
+    /// `/auth/saml/metadata[?provider=]`: the SP metadata to give the IdP.
+    fn saml_metadata(&self, q: &Query<'_>, request_id: &HeaderValue) -> Reply {
+        let chosen: Vec<&saml::SamlProvider> = match q.get("provider") {
+            Some(name) => self
+                .saml_provider(&name)
+                .map(|p| &**p)
+                .into_iter()
+                .collect(),
+            None => {
+                let Some(first) = self.saml.first() else {
+                    return json_error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no SAML provider is configured",
+                        request_id,
+                    );
+                };
+                let same = |p: &&Arc<saml::SamlProvider>| {
+                    p.config.sp_entity_id == first.config.sp_entity_id
+                };
+                if !self.saml.iter().all(|p| same(&p)) {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "several SAML service providers: name one with ?provider=",
+                        request_id,
+                    );
+                }
+                self.saml.iter().map(|p| &**p).collect()
+            }
+        };
+        match saml::SamlProvider::metadata(&chosen) {
+            Some(xml) => {
+                let mut resp = Response::new(Full::new(Bytes::from(xml)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/samlmetadata+xml"),
+                );
+                resp
+            }
+            None => json_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "unknown provider",
+                request_id,
+            ),
+        }
+    }
+
+    /// `POST /auth/saml/acs` (HTTP-POST binding; `form` is the body).
+    pub async fn acs(
+        &self,
+        form: &[u8],
+        headers: &HeaderMap,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Reply {
+        let clear =
+            format!("{SAML_COOKIE}=; Path=/auth/saml/; Max-Age=0; Secure; HttpOnly; SameSite=None");
+        match self.finish_saml(form, headers, client).await {
+            Ok((rd, cookie)) => redirect(&rd, &[clear, cookie]),
+            Err(f) => {
+                self.audit_failure(&f, client).await;
+                let message = format!("login failed: {}", f.reason);
+                let mut resp = json_error(f.status, "login_failed", &message, request_id);
+                if let Ok(v) = HeaderValue::from_str(&clear) {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+                resp
+            }
+        }
+    }
+
+    /// The ACS's checks in order; the new session's cookie and where to go.
+    async fn finish_saml(
+        &self,
+        form: &[u8],
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Result<(String, String), LoginFailure> {
+        use StatusCode as S;
+        let (mut response, mut relay_state) = (None, None);
+        for (k, v) in url::form_urlencoded::parse(form) {
+            let slot = match &*k {
+                "SAMLResponse" => &mut response,
+                "RelayState" => &mut relay_state,
+                _ => continue,
+            };
+            if slot.replace(v).is_some() {
+                return Err(LoginFailure::saml(S::BAD_REQUEST, "malformed_response"));
+            }
+        }
+        let response =
+            response.ok_or_else(|| LoginFailure::saml(S::BAD_REQUEST, "missing_saml_response"))?;
+        let refused = |e: saml::SamlError, provider: &str| {
+            let mut f = LoginFailure::saml(S::UNAUTHORIZED, e.reason());
+            f.suspicious = e.suspicious();
+            f.provider = provider.to_string();
+            f
+        };
+        let xml = saml::decode_response(&response, self.saml_max_response_bytes)
+            .map_err(|e| refused(e, ""))?;
+        // Which request this answers: the one in this browser's SAML login
+        // cookie. Without it, only a provider that accepts IdP-initiated
+        // logins, found by the (not yet verified) issuer.
+        let login = match cookie(headers, SAML_COOKIE) {
+            Some(raw) => Some(self.signer.open(raw, unix_now()).map_err(|e| match e {
+                LoginStateError::Invalid => {
+                    LoginFailure::saml(S::UNAUTHORIZED, "invalid_login_cookie").suspicious()
+                }
+                LoginStateError::Expired => LoginFailure::saml(S::UNAUTHORIZED, "login_expired"),
+            })?),
+            None => None,
+        };
+        let p = match &login {
+            Some(l) => self
+                .saml_provider(&l.provider)
+                .ok_or_else(|| LoginFailure::saml(S::UNAUTHORIZED, "unknown_provider"))?,
+            None => {
+                let issuer = saml::peek_issuer(&xml);
+                self.saml
+                    .iter()
+                    .find(|p| {
+                        p.config.allow_unsolicited
+                            && issuer.as_deref() == Some(p.config.idp_entity_id.as_str())
+                    })
+                    .ok_or_else(|| LoginFailure::saml(S::UNAUTHORIZED, "missing_login_cookie"))?
+            }
+        };
+        let name = p.config.name.as_str();
+        let expected = login.as_ref().map(|l| l.state.clone());
+        let now = self.sessions.now();
+        let verified = {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || p.verify(&xml, expected.as_deref(), now))
+                .await
+                .map_err(|_| LoginFailure::saml(S::INTERNAL_SERVER_ERROR, "internal"))?
+                .map_err(|e| refused(e, name))?
+        };
+        let fail = |status, reason: &str| {
+            let mut f = LoginFailure::saml(status, reason);
+            f.provider = name.to_string();
+            f
+        };
+        // Each assertion once (every replica, across restarts), until it
+        // could no longer be accepted anyway; each request answered once.
+        let mut once = vec![(
+            format!(
+                "saml-assertion:{}:{}",
+                p.config.idp_entity_id, verified.assertion_id
+            ),
+            verified.valid_until.unix_timestamp(),
+            "replayed",
+        )];
+        if let Some(l) = &login {
+            once.push((
+                format!("saml-request:{}", l.state),
+                l.expires,
+                "replayed_request",
+            ));
+        }
+        for (key, until, reason) in once {
+            match self.store.remember_once(&key, until).await {
+                Ok(true) => {}
+                Ok(false) => return Err(fail(S::UNAUTHORIZED, reason).suspicious()),
+                Err(_) => return Err(fail(S::SERVICE_UNAVAILABLE, "store_unavailable")),
+            }
+        }
+        let claims = saml_claims(&p.config, &verified);
+        let identity = claims::identity(&p.config.mapping(), &claims)
+            .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
+        let rd = match &login {
+            Some(l) => l.rd.clone(),
+            None => safe_redirect(relay_state.as_deref()).to_string(),
+        };
+        let cookie = self
+            .open_session(
+                OpenSession {
+                    provider: name,
+                    pinned: p.config.tenant.is_some(),
+                    method: "saml",
+                    requested_tenant: login.as_ref().and_then(|l| l.tenant.as_deref()),
+                    refresh_token: None,
+                    refresh_at: None,
+                    id_token: None,
+                    ends_by: verified.session_not_on_or_after,
+                },
+                identity,
+                headers,
+                client,
+            )
+            .await?;
+        Ok((rd, cookie))
+    }
+}
+
+/// A verified assertion as claims for [`claims::identity`]: each attribute
+/// (one value: a string, several: a list), the NameID under
+/// [`claims::NAME_ID`], the email from the NameID when it is an address
+/// and no attribute gives one. The IdP vouches for the email.
+fn saml_claims(
+    c: &crate::config::SamlProviderConfig,
+    v: &saml::Verified,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut m = serde_json::Map::new();
+    for (name, values) in &v.attributes {
+        let value = match values.as_slice() {
+            [one] => Value::String(one.clone()),
+            many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+        };
+        m.insert(name.clone(), value);
+    }
+    m.insert(claims::NAME_ID.into(), Value::String(v.name_id.clone()));
+    if !m.contains_key(&c.email_attribute) && c.name_id_format == crate::config::NAME_ID_EMAIL {
+        m.insert(c.email_attribute.clone(), Value::String(v.name_id.clone()));
+    }
+    m.insert("email_verified".into(), Value::Bool(true));
+    m
 }
 
 /// When to refresh: when the access token expires (else the ID token), a

@@ -179,6 +179,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Ends a session; returns whether it existed.
     async fn delete_session(&self, tenant_id: &str, session_id: &str) -> Result<bool, StoreError>;
 
+    /// Remembers `key` until `until` (unix seconds), durably, if it is not
+    /// remembered already: true the first time, false while it is (a
+    /// replay). Atomic: of two callers with one key, one gets true. Used
+    /// for one-time values shared by every replica (SAML assertion IDs).
+    async fn remember_once(&self, key: &str, until: i64) -> Result<bool, StoreError>;
+    /// Forgets remembered keys whose time passed by `now`; returns how many.
+    async fn sweep_remembered(&self, now: i64) -> Result<u64, StoreError>;
+
     /// Forces everything written so far to disk.
     async fn flush(&self) -> Result<(), StoreError>;
 }

@@ -434,9 +434,11 @@ pub struct SsoSection {
     pub token_cache_capacity: u64,
     /// One table per OpenID provider.
     pub oidc: Vec<OidcSection>,
-    /// `[[sso.saml]]` (design.md): not in this build yet, warned.
-    #[serde(skip_serializing)]
-    pub saml: Option<toml::Value>,
+    /// Largest SAML response accepted at `/auth/saml/acs` (the XML, after
+    /// base64), in bytes.
+    pub saml_max_response_bytes: u64,
+    /// One table per SAML identity provider.
+    pub saml: Vec<SamlSection>,
 }
 
 impl Default for SsoSection {
@@ -456,7 +458,8 @@ impl Default for SsoSection {
             session_cache_capacity: 100_000,
             token_cache_capacity: 100_000,
             oidc: Vec::new(),
-            saml: None,
+            saml_max_response_bytes: 256 << 10,
+            saml: Vec::new(),
         }
     }
 }
@@ -514,6 +517,84 @@ pub struct OidcSection {
     /// Whether this provider may grant `system_admin` (crosses tenants).
     /// Never for a provider pinned to one tenant.
     pub allow_system_admin: bool,
+}
+
+/// `[[sso.saml]]`: one SAML 2.0 identity provider (costguard is the
+/// service provider; Web Browser SSO profile, HTTP-Redirect out, HTTP-POST back).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamlSection {
+    /// A short name, unique among all providers.
+    pub name: String,
+    /// The IdP's entity id, exactly as its assertions carry it in `Issuer`.
+    pub idp_entity_id: String,
+    /// The IdP's single sign-on URL (HTTP-Redirect binding).
+    pub idp_sso_url: String,
+    /// PEM file with the IdP's signing certificate(s). Only these verify
+    /// (a key sent inside a response is never used); put the old and the
+    /// new certificate here while the IdP rotates.
+    pub idp_cert_file: PathBuf,
+    /// More certificate files, also trusted (rotation).
+    pub idp_cert_files: Vec<PathBuf>,
+    /// costguard's entity id at this IdP (the `Audience` it must name).
+    pub sp_entity_id: String,
+    /// costguard's assertion consumer URL; its path must be `/auth/saml/acs`.
+    pub acs_url: String,
+    /// NameID format asked for (and, when the response names one, required).
+    pub name_id_format: String,
+    /// Every login through this IdP is for this tenant.
+    pub tenant: String,
+    /// The attribute holding the tenant id.
+    pub tenant_attribute: String,
+    /// Email domain → tenant id (when no tenant attribute decides).
+    pub email_domains: std::collections::BTreeMap<String, String>,
+    /// The attribute holding role names (several values, or one separated
+    /// by spaces or commas).
+    pub roles_attribute: String,
+    /// The attribute holding group names.
+    pub groups_attribute: String,
+    /// Group → roles it grants.
+    pub group_roles: std::collections::BTreeMap<String, Vec<String>>,
+    /// Roles every user of this IdP has.
+    pub default_roles: Vec<String>,
+    /// The attribute holding the email. Default `email`; with an
+    /// `emailAddress` NameID, the NameID when the attribute is missing.
+    pub email_attribute: String,
+    /// The attribute that becomes the user id. Empty: the NameID.
+    pub user_attribute: String,
+    /// Whether this IdP may grant `system_admin`. Never with `tenant`.
+    pub allow_system_admin: bool,
+    /// Accept IdP-initiated logins (no AuthnRequest, no `InResponseTo`).
+    /// Off: every response must answer a request this browser started.
+    pub allow_unsolicited: bool,
+    /// Require the Assertion itself to be signed (default). Off: a signed
+    /// Response around an unsigned Assertion is also accepted.
+    pub require_signed_assertion: Option<bool>,
+    /// Leeway on NotBefore / NotOnOrAfter. Empty: `sso.clock_skew`.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<Duration>,
+}
+
+mod opt_duration {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. \"30s\", \"2m\""
+            ))
+        })
+    }
 }
 
 mod duration {

@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod sso;
 
-pub use sso::{OidcProviderConfig, SsoConfig};
+pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, SamlProviderConfig, SsoConfig};
 
 use super::file::FileConfig;
 use super::{ConfigError, Problem};
@@ -506,13 +506,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         retention_interval: c.duration("audit.retention_interval", a.retention_interval),
     };
     let sso = sso::validate(&mut c, &file);
-    let mut warnings = Vec::new();
-    if file.sso.saml.is_some() {
-        warnings.push(
-            "[[sso.saml]] is not implemented in this build: SAML sign-on is not available"
-                .to_string(),
-        );
-    }
+    let warnings = sso.warnings.clone();
     if c.problems.is_empty() {
         Ok(Config {
             proxy,

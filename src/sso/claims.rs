@@ -7,6 +7,8 @@
 //! groups and the provider's default roles; names that are not plain are
 //! dropped, and `system_admin` is dropped unless the provider may grant it.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::config::OidcProviderConfig;
@@ -81,25 +83,87 @@ fn names(claims: &Map<String, Value>, claim: Option<&str>) -> Vec<String> {
     }
 }
 
+/// How a provider's claims (OIDC) or attributes (SAML) become an identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Mapping<'a> {
+    /// The one tenant of the provider.
+    pub tenant: Option<&'a str>,
+    /// Claim with the tenant id.
+    pub tenant_claim: Option<&'a str>,
+    /// Lower-case verified email domain → tenant.
+    pub email_domains: &'a BTreeMap<String, String>,
+    /// Claim with role names.
+    pub roles_claim: Option<&'a str>,
+    /// Claim with group names.
+    pub groups_claim: Option<&'a str>,
+    /// Group → roles.
+    pub group_roles: &'a BTreeMap<String, Vec<String>>,
+    /// Roles everyone gets.
+    pub default_roles: &'a [String],
+    /// Claim with the email.
+    pub email_claim: &'a str,
+    /// Claim that becomes the user id.
+    pub user_claim: &'a str,
+    /// May grant `system_admin`.
+    pub allow_system_admin: bool,
+}
+
+impl OidcProviderConfig {
+    /// This provider's claim mapping.
+    pub fn mapping(&self) -> Mapping<'_> {
+        Mapping {
+            tenant: self.tenant.as_deref(),
+            tenant_claim: self.tenant_claim.as_deref(),
+            email_domains: &self.email_domains,
+            roles_claim: self.roles_claim.as_deref(),
+            groups_claim: self.groups_claim.as_deref(),
+            group_roles: &self.group_roles,
+            default_roles: &self.default_roles,
+            email_claim: &self.email_claim,
+            user_claim: &self.user_claim,
+            allow_system_admin: self.allow_system_admin,
+        }
+    }
+}
+
+/// The key of a SAML NameID among an assertion's attributes (a `$` cannot
+/// start an attribute an IdP sends as a plain name, and it replaces one
+/// that tries).
+pub const NAME_ID: &str = "$name_id";
+
+impl crate::config::SamlProviderConfig {
+    /// This provider's attribute mapping.
+    pub fn mapping(&self) -> Mapping<'_> {
+        Mapping {
+            tenant: self.tenant.as_deref(),
+            tenant_claim: self.tenant_attribute.as_deref(),
+            email_domains: &self.email_domains,
+            roles_claim: self.roles_attribute.as_deref(),
+            groups_claim: self.groups_attribute.as_deref(),
+            group_roles: &self.group_roles,
+            default_roles: &self.default_roles,
+            email_claim: &self.email_attribute,
+            user_claim: self.user_attribute.as_deref().unwrap_or(NAME_ID),
+            allow_system_admin: self.allow_system_admin,
+        }
+    }
+}
+
 /// Maps verified claims to an identity.
-pub fn identity(
-    p: &OidcProviderConfig,
-    claims: &Map<String, Value>,
-) -> Result<Identity, ClaimError> {
+pub fn identity(p: &Mapping<'_>, claims: &Map<String, Value>) -> Result<Identity, ClaimError> {
     let user_id = claims
-        .get(&p.user_claim)
+        .get(p.user_claim)
         .and_then(Value::as_str)
         .filter(|s| header_safe(s))
         .ok_or(ClaimError::NoUser)?
         .to_string();
     let email = claims
-        .get(&p.email_claim)
+        .get(p.email_claim)
         .and_then(Value::as_str)
         .filter(|s| header_safe(s) && s.contains('@'))
         .map(str::to_string);
     let claimed = p
         .tenant_claim
-        .as_deref()
         .and_then(|c| claims.get(c))
         .and_then(Value::as_str);
     let email_verified = claims.get("email_verified") == Some(&Value::Bool(true));
@@ -108,15 +172,15 @@ pub fn identity(
         .filter(|_| email_verified)
         .and_then(|e| e.rsplit_once('@'))
         .and_then(|(_, d)| p.email_domains.get(&d.to_ascii_lowercase()));
-    let tenant_id = match (&p.tenant, claimed) {
+    let tenant_id = match (p.tenant, claimed) {
         (Some(pinned), Some(c)) if c != pinned => return Err(ClaimError::WrongTenant),
-        (Some(pinned), _) => pinned.clone(),
+        (Some(pinned), _) => pinned.to_string(),
         (None, Some(c)) if crate::model::is_tenant_id(c) => c.to_string(),
         (None, Some(_)) => return Err(ClaimError::NoTenant),
         (None, None) => by_domain.cloned().ok_or(ClaimError::NoTenant)?,
     };
-    let groups = names(claims, p.groups_claim.as_deref());
-    let mut roles: Vec<String> = names(claims, p.roles_claim.as_deref())
+    let groups = names(claims, p.groups_claim);
+    let mut roles: Vec<String> = names(claims, p.roles_claim)
         .into_iter()
         .chain(
             groups
@@ -177,7 +241,7 @@ mod tests {
     fn maps_tenant_roles_and_groups() {
         let p = provider();
         let id = identity(
-            &p,
+            &p.mapping(),
             &claims(
                 json!({"sub": "alice", "email": "a@acme.example", "tenant_id": "org-bbbbbbbb",
                 "roles": ["admin", "system_admin", "bad role"], "groups": ["finance", "other"]}),
@@ -189,13 +253,22 @@ mod tests {
         assert_eq!(id.roles, ["admin", "analyst", "viewer"]);
         // No tenant claim: the verified email's domain decides; unverified does not.
         let c = json!({"sub": "a", "email": "a@ACME.example", "email_verified": true});
-        assert_eq!(identity(&p, &claims(c)).unwrap().tenant_id, "org-aaaaaaaa");
+        assert_eq!(
+            identity(&p.mapping(), &claims(c)).unwrap().tenant_id,
+            "org-aaaaaaaa"
+        );
         let c = json!({"sub": "a", "email": "a@acme.example"});
-        assert_eq!(identity(&p, &claims(c)), Err(ClaimError::NoTenant));
+        assert_eq!(
+            identity(&p.mapping(), &claims(c)),
+            Err(ClaimError::NoTenant)
+        );
         let c = json!({"sub": "a", "tenant_id": "../../etc"});
-        assert_eq!(identity(&p, &claims(c)), Err(ClaimError::NoTenant));
+        assert_eq!(
+            identity(&p.mapping(), &claims(c)),
+            Err(ClaimError::NoTenant)
+        );
         let c = json!({"sub": "a b", "tenant_id": "org-bbbbbbbb"});
-        assert_eq!(identity(&p, &claims(c)), Err(ClaimError::NoUser));
+        assert_eq!(identity(&p.mapping(), &claims(c)), Err(ClaimError::NoUser));
     }
 
     #[test]
@@ -203,8 +276,14 @@ mod tests {
         let mut p = provider();
         p.tenant = Some("org-cccccccc".into());
         let c = json!({"sub": "a", "tenant_id": "org-bbbbbbbb"});
-        assert_eq!(identity(&p, &claims(c)), Err(ClaimError::WrongTenant));
+        assert_eq!(
+            identity(&p.mapping(), &claims(c)),
+            Err(ClaimError::WrongTenant)
+        );
         let c = json!({"sub": "a"});
-        assert_eq!(identity(&p, &claims(c)).unwrap().tenant_id, "org-cccccccc");
+        assert_eq!(
+            identity(&p.mapping(), &claims(c)).unwrap().tenant_id,
+            "org-cccccccc"
+        );
     }
 }

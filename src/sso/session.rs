@@ -89,6 +89,8 @@ pub struct NewSession<'a> {
     pub refresh_at: Option<OffsetDateTime>,
     /// The ID token (logout hint).
     pub id_token: Option<String>,
+    /// The provider's own end of the session, if earlier than the lifetime.
+    pub ends_by: Option<OffsetDateTime>,
 }
 
 /// SHA-256 hex of a cookie secret.
@@ -146,7 +148,9 @@ impl Sessions {
             auth_method: new.method.to_string(),
             provider: new.provider.to_string(),
             created_at: now,
-            expires_at: now + self.lifetime,
+            expires_at: new
+                .ends_by
+                .map_or(now + self.lifetime, |t| t.min(now + self.lifetime)),
             last_seen: now,
             refresh_at: new.refresh_at,
             refresh_token: new.refresh_token,
@@ -323,6 +327,7 @@ mod tests {
             refresh_token: None,
             refresh_at: None,
             id_token: None,
+            ends_by: None,
         };
         let (cookie, first) = sessions.create(new()).await.unwrap();
         // Used every 50 minutes, it lives until 8 hours after login, not longer.

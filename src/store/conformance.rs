@@ -61,6 +61,7 @@ pub async fn run(store: &dyn Store) {
     usage(store).await;
     roles(store).await;
     sessions(store).await;
+    remembered(store).await;
     cascade(store).await;
     store.flush().await.expect("flush");
 }
@@ -516,4 +517,35 @@ async fn sessions(store: &dyn Store) {
     store.delete_tenant(&t.tenant_id).await.unwrap();
     assert!(store.session_by_token("dd02").await.unwrap().is_none());
     assert!(store.list_sessions(&t.tenant_id).await.unwrap().is_empty());
+}
+
+async fn remembered(store: &dyn Store) {
+    let now = model::now().unix_timestamp();
+    assert!(store.remember_once("saml:a", now + 60).await.unwrap());
+    assert!(
+        !store.remember_once("saml:a", now + 60).await.unwrap(),
+        "a replay"
+    );
+    assert!(store.remember_once("saml:b", now + 60).await.unwrap());
+    // Once its time passed the key may be used again, and the sweep drops it.
+    assert!(store.remember_once("saml:old", now - 1).await.unwrap());
+    assert!(store.remember_once("saml:old", now - 1).await.unwrap());
+    assert_eq!(store.sweep_remembered(now).await.unwrap(), 1);
+    assert!(!store.remember_once("saml:a", now + 60).await.unwrap());
+    // Concurrent callers: exactly one wins.
+    let wins = racing_remembers(store, "saml:race").await;
+    assert_eq!(wins, 1);
+}
+
+async fn racing_remembers(store: &dyn Store, key: &str) -> usize {
+    let now = model::now().unix_timestamp();
+    let (a, b, c) = tokio::join!(
+        store.remember_once(key, now + 60),
+        store.remember_once(key, now + 60),
+        store.remember_once(key, now + 60)
+    );
+    [a, b, c]
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count()
 }

@@ -37,6 +37,8 @@ pub struct SledStore {
     sessions: Tree,
     /// Cookie secret SHA-256 hex → `tenant/session_id`.
     session_tokens: Tree,
+    /// One-time keys → the unix second (big-endian i64) they may be forgotten.
+    once: Tree,
     /// Serializes read-check-write sequences (limits, cascades). Held only
     /// around synchronous sled calls, never across an await.
     write_lock: Mutex<()>,
@@ -106,6 +108,7 @@ impl SledStore {
             usage: tree("usage")?,
             sessions: tree("sessions")?,
             session_tokens: tree("session_tokens")?,
+            once: tree("once")?,
             db,
             write_lock: Mutex::new(()),
         })
@@ -555,6 +558,50 @@ impl Store for SledStore {
                 .map_err(backend)?
                 .as_deref(),
         ))
+    }
+
+    async fn remember_once(&self, key: &str, until: i64) -> Result<bool, StoreError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let new = until.to_be_bytes();
+        loop {
+            let old = self.once.get(key.as_bytes()).map_err(backend)?;
+            if let Some(v) = &old
+                && v.len() == 8
+                && i64::from_be_bytes(v.as_ref().try_into().expect("8 bytes")) > now
+            {
+                return Ok(false);
+            }
+            match self
+                .once
+                .compare_and_swap(key.as_bytes(), old, Some(&new[..]))
+                .map_err(backend)?
+            {
+                Ok(()) => break,
+                Err(_) => continue, // someone else wrote it: look again
+            }
+        }
+        self.durable().await?;
+        Ok(true)
+    }
+
+    async fn sweep_remembered(&self, now: i64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for item in self.once.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let expired = value.len() != 8
+                || i64::from_be_bytes(value.as_ref().try_into().expect("8 bytes")) <= now;
+            // Only if unchanged since read: a fresh remember is kept.
+            if expired
+                && self
+                    .once
+                    .compare_and_swap(&key, Some(value), None as Option<&[u8]>)
+                    .map_err(backend)?
+                    .is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

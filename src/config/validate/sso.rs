@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use super::Checker;
-use crate::config::file::{FileConfig, OidcSection};
+use crate::config::file::{FileConfig, OidcSection, SamlSection};
 
 /// `[sso]`, validated.
 #[derive(Debug, Clone)]
@@ -41,6 +41,57 @@ pub struct SsoConfig {
     pub token_cache_capacity: u64,
     /// The OpenID providers.
     pub oidc: Vec<OidcProviderConfig>,
+    /// Largest SAML response (XML bytes).
+    pub saml_max_response_bytes: usize,
+    /// The SAML identity providers.
+    pub saml: Vec<SamlProviderConfig>,
+    /// Things worth an operator's look that do not stop startup.
+    pub warnings: Vec<String>,
+}
+
+/// One `[[sso.saml]]`, validated.
+#[derive(Debug, Clone)]
+pub struct SamlProviderConfig {
+    /// Unique name.
+    pub name: String,
+    /// The IdP's entity id (`Issuer`).
+    pub idp_entity_id: String,
+    /// The IdP's SSO URL (HTTP-Redirect).
+    pub idp_sso_url: String,
+    /// Pinned signing certificates, DER.
+    pub idp_certs: Vec<Vec<u8>>,
+    /// costguard's entity id (the `Audience`).
+    pub sp_entity_id: String,
+    /// costguard's assertion consumer URL (`Recipient`, `Destination`).
+    pub acs_url: String,
+    /// NameID format.
+    pub name_id_format: String,
+    /// The one tenant of this IdP.
+    pub tenant: Option<String>,
+    /// Attribute with the tenant id.
+    pub tenant_attribute: Option<String>,
+    /// Lower-case email domain → tenant.
+    pub email_domains: BTreeMap<String, String>,
+    /// Attribute with role names.
+    pub roles_attribute: Option<String>,
+    /// Attribute with group names.
+    pub groups_attribute: Option<String>,
+    /// Group → roles.
+    pub group_roles: BTreeMap<String, Vec<String>>,
+    /// Roles everyone gets.
+    pub default_roles: Vec<String>,
+    /// Attribute with the email.
+    pub email_attribute: String,
+    /// Attribute that becomes the user id; `None`: the NameID.
+    pub user_attribute: Option<String>,
+    /// May grant `system_admin`.
+    pub allow_system_admin: bool,
+    /// IdP-initiated logins accepted.
+    pub allow_unsolicited: bool,
+    /// The Assertion itself must be signed.
+    pub require_signed_assertion: bool,
+    /// Leeway on validity times.
+    pub clock_skew: Duration,
 }
 
 /// One `[[sso.oidc]]`, validated.
@@ -277,6 +328,223 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
     }
 }
 
+/// The email-address NameID format (the seed's `configure_saml`).
+pub const NAME_ID_EMAIL: &str = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress";
+
+/// The certificates in PEM files, DER; problems reported under `key`.
+fn read_certs(
+    c: &mut Checker,
+    key: &str,
+    files: &[PathBuf],
+    warnings: &mut Vec<String>,
+) -> Vec<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut certs = Vec::new();
+    for file in files {
+        let bytes = match std::fs::read(file) {
+            Ok(b) => b,
+            Err(e) => {
+                c.fail(key, format!("{}: {e}", file.display()));
+                continue;
+            }
+        };
+        let mut found = 0;
+        for der in CertificateDer::pem_slice_iter(&bytes) {
+            let Ok(der) = der else {
+                c.fail(key, format!("{}: not PEM", file.display()));
+                break;
+            };
+            match openssl::x509::X509::from_der(&der) {
+                Ok(x509) => {
+                    found += 1;
+                    let now = openssl::asn1::Asn1Time::days_from_now(0).ok();
+                    if now.is_some_and(|now| x509.not_after() < now) {
+                        warnings.push(format!(
+                            "{key}: certificate in {} expired on {} (still trusted: SAML IdPs often sign with expired certificates; the pin is what counts)",
+                            file.display(),
+                            x509.not_after()
+                        ));
+                    }
+                    certs.push(der.to_vec());
+                }
+                Err(e) => c.fail(
+                    key,
+                    format!("{}: not an X.509 certificate: {e}", file.display()),
+                ),
+            }
+        }
+        if found == 0 {
+            c.fail(key, format!("{}: no certificate in it", file.display()));
+        }
+    }
+    certs
+}
+
+fn saml_provider(
+    c: &mut Checker,
+    i: usize,
+    p: &SamlSection,
+    default_skew: Duration,
+    warnings: &mut Vec<String>,
+) -> SamlProviderConfig {
+    let key = |k: &str| format!("sso.saml[{i}].{k}");
+    if !crate::sso::claims::is_plain_name(&p.name) {
+        c.fail(key("name"), "must be 1-128 of [A-Za-z0-9_.:-]");
+    }
+    if p.idp_entity_id.trim().is_empty() {
+        c.fail(
+            key("idp_entity_id"),
+            "must be set (the Issuer of the IdP's assertions)",
+        );
+    }
+    check_url(c, &key("idp_sso_url"), &p.idp_sso_url);
+    if p.sp_entity_id.trim().is_empty() {
+        c.fail(
+            key("sp_entity_id"),
+            "must be set (costguard's entity id at the IdP)",
+        );
+    }
+    if check_url(c, &key("acs_url"), &p.acs_url).is_some_and(|u| u.path() != "/auth/saml/acs") {
+        c.fail(key("acs_url"), "its path must be /auth/saml/acs");
+    }
+    let mut files: Vec<PathBuf> = p.idp_cert_files.clone();
+    if !p.idp_cert_file.as_os_str().is_empty() {
+        files.insert(0, p.idp_cert_file.clone());
+    }
+    if files.is_empty() {
+        c.fail(
+            key("idp_cert_file"),
+            "must be set: the IdP's signing certificate is pinned",
+        );
+    }
+    let idp_certs = read_certs(c, &key("idp_cert_file"), &files, warnings);
+    let tenant = non_empty(&p.tenant);
+    let tenant_attribute = non_empty(&p.tenant_attribute);
+    let email_domains: BTreeMap<String, String> = p
+        .email_domains
+        .iter()
+        .map(|(d, t)| (d.trim().to_ascii_lowercase(), t.trim().to_string()))
+        .collect();
+    if tenant.is_none() && tenant_attribute.is_none() && email_domains.is_empty() {
+        c.fail(
+            key("tenant"),
+            "set tenant (one tenant), tenant_attribute or email_domains: a login must name its tenant",
+        );
+    }
+    for t in tenant.iter().chain(email_domains.values()) {
+        if !crate::model::is_tenant_id(t) {
+            c.fail(key("tenant"), format!("not a tenant id: {t:?}"));
+        }
+    }
+    if let Some(t) = &tenant
+        && email_domains.values().any(|d| d != t)
+    {
+        c.fail(
+            key("email_domains"),
+            "a provider pinned to one tenant cannot map domains to another",
+        );
+    }
+    for r in p
+        .default_roles
+        .iter()
+        .chain(p.group_roles.values().flatten())
+    {
+        if !crate::sso::claims::is_plain_name(r) {
+            c.fail(key("group_roles"), format!("not a role name: {r:?}"));
+        }
+    }
+    if p.allow_system_admin && tenant.is_some() {
+        c.fail(
+            key("allow_system_admin"),
+            "a provider pinned to one tenant may not grant system_admin",
+        );
+    }
+    let clock_skew = p.clock_skew.unwrap_or(default_skew);
+    if clock_skew > Duration::from_secs(600) {
+        c.fail(key("clock_skew"), "must be at most 10m");
+    }
+    SamlProviderConfig {
+        name: p.name.clone(),
+        idp_entity_id: p.idp_entity_id.trim().to_string(),
+        idp_sso_url: p.idp_sso_url.trim().to_string(),
+        idp_certs,
+        sp_entity_id: p.sp_entity_id.trim().to_string(),
+        acs_url: p.acs_url.trim().to_string(),
+        name_id_format: non_empty(&p.name_id_format).unwrap_or_else(|| NAME_ID_EMAIL.into()),
+        tenant,
+        tenant_attribute,
+        email_domains,
+        roles_attribute: non_empty(&p.roles_attribute),
+        groups_attribute: non_empty(&p.groups_attribute),
+        group_roles: p.group_roles.clone(),
+        default_roles: p.default_roles.clone(),
+        email_attribute: non_empty(&p.email_attribute).unwrap_or_else(|| "email".into()),
+        user_attribute: non_empty(&p.user_attribute),
+        allow_system_admin: p.allow_system_admin,
+        allow_unsolicited: p.allow_unsolicited,
+        require_signed_assertion: p.require_signed_assertion.unwrap_or(true),
+        clock_skew,
+    }
+}
+
+/// Rules between SAML providers, and between them and the OpenID ones.
+fn check_saml_set(c: &mut Checker, saml: &[SamlProviderConfig], oidc: &[OidcProviderConfig]) {
+    let mut names: HashSet<&str> = oidc.iter().map(|p| p.name.as_str()).collect();
+    for p in saml {
+        if !names.insert(p.name.as_str()) {
+            c.fail("sso.saml", format!("two providers are named {:?}", p.name));
+        }
+    }
+    for (i, a) in saml.iter().enumerate() {
+        for b in &saml[i + 1..] {
+            // The audience is what keeps two configurations of one IdP apart.
+            if a.idp_entity_id == b.idp_entity_id && a.sp_entity_id == b.sp_entity_id {
+                c.fail(
+                    "sso.saml",
+                    format!(
+                        "providers {:?} and {:?} are the same IdP and the same sp_entity_id: give each its own sp_entity_id",
+                        a.name, b.name
+                    ),
+                );
+            }
+            if a.sp_entity_id == b.sp_entity_id && a.acs_url != b.acs_url {
+                c.fail(
+                    "sso.saml",
+                    format!(
+                        "providers {:?} and {:?} share an sp_entity_id but not its acs_url",
+                        a.name, b.name
+                    ),
+                );
+            }
+        }
+    }
+    let pinned = |t: &str| {
+        oidc.iter().any(|o| o.tenant.as_deref() == Some(t))
+            || saml.iter().any(|s| s.tenant.as_deref() == Some(t))
+    };
+    for p in saml.iter().filter(|p| p.tenant.is_none()) {
+        for (domain, t) in &p.email_domains {
+            if pinned(t) {
+                c.fail(
+                    format!("sso.saml.{}.email_domains", p.name),
+                    format!("{domain:?} maps to {t}, which has its own provider"),
+                );
+            }
+        }
+    }
+    for p in oidc.iter().filter(|p| p.tenant.is_none()) {
+        for (domain, t) in &p.email_domains {
+            if saml.iter().any(|s| s.tenant.as_deref() == Some(t)) {
+                c.fail(
+                    format!("sso.oidc.{}.email_domains", p.name),
+                    format!("{domain:?} maps to {t}, which has its own SAML provider"),
+                );
+            }
+        }
+    }
+}
+
 /// Validates `[sso]`.
 pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
     let s = &file.sso;
@@ -347,6 +615,14 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
             );
         }
     }
+    let mut warnings = Vec::new();
+    let saml: Vec<_> = s
+        .saml
+        .iter()
+        .enumerate()
+        .map(|(i, p)| saml_provider(c, i, p, s.clock_skew, &mut warnings))
+        .collect();
+    check_saml_set(c, &saml, &oidc);
     let lifetime = c.duration("sso.session_lifetime", s.session_lifetime);
     let idle = c.duration("sso.session_idle_timeout", s.session_idle_timeout);
     SsoConfig {
@@ -388,5 +664,13 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
             100_000_000,
         ),
         oidc,
+        saml_max_response_bytes: c.bounded(
+            "sso.saml_max_response_bytes",
+            s.saml_max_response_bytes,
+            4096,
+            16 << 20,
+        ) as usize,
+        saml,
+        warnings,
     }
 }

@@ -1,0 +1,315 @@
+//! A small, strict XML tree for SAML messages, on quick-xml.
+//!
+//! Refused outright: a DOCTYPE (so no DTD, no internal or external
+//! entities, no entity expansion), any entity reference other than the
+//! five predefined ones and character references, unbound namespace
+//! prefixes, text outside the root, and trees deeper or larger than the
+//! limits. Comments and processing instructions are dropped, so an
+//! element's [`Element::text`] is all of its text: `a<!---->b` reads
+//! `ab`, never `a`.
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::reader::NsReader;
+
+/// The SAML 2.0 protocol namespace.
+pub const PROTOCOL: &str = "urn:oasis:names:tc:SAML:2.0:protocol";
+/// The SAML 2.0 assertion namespace.
+pub const ASSERTION: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+/// The XML signature namespace.
+pub const DSIG: &str = "http://www.w3.org/2000/09/xmldsig#";
+
+/// Deepest nesting accepted (a SAML response is about 8 deep).
+const MAX_DEPTH: usize = 64;
+/// Most elements accepted.
+const MAX_ELEMENTS: usize = 20_000;
+
+/// An element: its namespace, local name, attributes and children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// Namespace URI, if bound.
+    pub ns: Option<String>,
+    /// Local name.
+    pub name: String,
+    /// Attributes other than namespace declarations.
+    pub attrs: Vec<Attr>,
+    /// Child elements and text, in order.
+    pub children: Vec<Node>,
+}
+
+/// An attribute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    /// Namespace URI (unprefixed attributes have none).
+    pub ns: Option<String>,
+    /// Local name.
+    pub name: String,
+    /// The value, entities resolved.
+    pub value: String,
+}
+
+/// A child of an element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// An element.
+    Element(Element),
+    /// Text (CDATA included).
+    Text(String),
+}
+
+/// Why a document was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum XmlError {
+    /// A DOCTYPE declaration.
+    #[error("DOCTYPE declarations are refused")]
+    Doctype,
+    /// An entity reference other than the predefined ones.
+    #[error("entity references are refused")]
+    Entity,
+    /// Too deep or too many elements.
+    #[error("document too deep or too large")]
+    TooLarge,
+    /// Not well-formed, or a prefix without a namespace.
+    #[error("malformed XML: {0}")]
+    Malformed(String),
+}
+
+impl Element {
+    /// Whether this is `{ns}name`.
+    pub fn is(&self, ns: &str, name: &str) -> bool {
+        self.ns.as_deref() == Some(ns) && self.name == name
+    }
+
+    /// An unqualified attribute's value.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|a| a.ns.is_none() && a.name == name)
+            .map(|a| a.value.as_str())
+    }
+
+    /// The child elements.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The child elements `{ns}name`.
+    pub fn children_named<'a>(
+        &'a self,
+        ns: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Element> {
+        self.elements().filter(move |e| e.is(ns, name))
+    }
+
+    /// The first child element `{ns}name`.
+    pub fn child(&self, ns: &str, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.is(ns, name))
+    }
+
+    /// This element and every element below it, depth first.
+    pub fn descendants(&self) -> Vec<&Element> {
+        let mut out = Vec::new();
+        let mut stack = vec![self];
+        while let Some(e) = stack.pop() {
+            out.push(e);
+            let before = stack.len();
+            stack.extend(e.elements());
+            stack[before..].reverse();
+        }
+        out
+    }
+
+    /// All text inside the element, in document order (comments and
+    /// processing instructions do not cut it short).
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        fn walk(e: &Element, out: &mut String) {
+            for n in &e.children {
+                match n {
+                    Node::Text(t) => out.push_str(t),
+                    Node::Element(c) => walk(c, out),
+                }
+            }
+        }
+        walk(self, &mut out);
+        out
+    }
+}
+
+fn namespace(r: ResolveResult<'_>) -> Result<Option<String>, XmlError> {
+    match r {
+        ResolveResult::Unbound => Ok(None),
+        ResolveResult::Bound(ns) => Ok(Some(String::from_utf8_lossy(ns.as_ref()).into_owned())),
+        ResolveResult::Unknown(p) => Err(XmlError::Malformed(format!(
+            "unbound prefix {:?}",
+            String::from_utf8_lossy(&p)
+        ))),
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> XmlError {
+    XmlError::Malformed(e.to_string())
+}
+
+fn start(
+    reader: &NsReader<&[u8]>,
+    ns: Option<String>,
+    e: &BytesStart<'_>,
+) -> Result<Element, XmlError> {
+    let mut attrs = Vec::new();
+    for a in e.attributes() {
+        let a = a.map_err(malformed)?;
+        let key = a.key;
+        if key.as_namespace_binding().is_some() {
+            continue;
+        }
+        let (ans, local) = reader.resolver().resolve_attribute(key);
+        let value = a
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|_| XmlError::Entity)?;
+        attrs.push(Attr {
+            ns: namespace(ans)?,
+            name: String::from_utf8_lossy(local.as_ref()).into_owned(),
+            value: value.into_owned(),
+        });
+    }
+    Ok(Element {
+        ns,
+        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
+        attrs,
+        children: Vec::new(),
+    })
+}
+
+/// Parses a whole document into its root element.
+pub fn parse(xml: &str) -> Result<Element, XmlError> {
+    let mut reader = NsReader::from_str(xml);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut count = 0usize;
+    let push_text = |stack: &mut Vec<Element>, text: &str| -> Result<(), XmlError> {
+        match stack.last_mut() {
+            Some(top) => {
+                if let Some(Node::Text(t)) = top.children.last_mut() {
+                    t.push_str(text);
+                } else {
+                    top.children.push(Node::Text(text.to_string()));
+                }
+                Ok(())
+            }
+            None if text.trim().is_empty() => Ok(()),
+            None => Err(XmlError::Malformed("text outside the root".into())),
+        }
+    };
+    loop {
+        let (ns, event) = reader.read_resolved_event().map_err(malformed)?;
+        let ns = match &event {
+            Event::Start(_) | Event::Empty(_) => namespace(ns)?,
+            _ => None,
+        };
+        match event {
+            Event::DocType(_) => return Err(XmlError::Doctype),
+            Event::Start(e) | Event::Empty(e) if root.is_some() => {
+                let _ = e;
+                return Err(XmlError::Malformed("more than one root".into()));
+            }
+            Event::Start(e) => {
+                count += 1;
+                if stack.len() >= MAX_DEPTH || count > MAX_ELEMENTS {
+                    return Err(XmlError::TooLarge);
+                }
+                let el = start(&reader, ns, &e)?;
+                stack.push(el);
+            }
+            Event::Empty(e) => {
+                count += 1;
+                if stack.len() >= MAX_DEPTH || count > MAX_ELEMENTS {
+                    return Err(XmlError::TooLarge);
+                }
+                let el = start(&reader, ns, &e)?;
+                match stack.last_mut() {
+                    Some(top) => top.children.push(Node::Element(el)),
+                    None => root = Some(el),
+                }
+            }
+            Event::End(_) => {
+                let el = stack.pop().ok_or_else(|| malformed("unbalanced end tag"))?;
+                match stack.last_mut() {
+                    Some(top) => top.children.push(Node::Element(el)),
+                    None => root = Some(el),
+                }
+            }
+            Event::Text(t) => push_text(&mut stack, &t.decode().map_err(malformed)?)?,
+            Event::CData(t) => push_text(&mut stack, &t.decode().map_err(malformed)?)?,
+            Event::GeneralRef(r) => {
+                let c = if r.is_char_ref() {
+                    r.resolve_char_ref()
+                        .map_err(|_| XmlError::Entity)?
+                        .ok_or(XmlError::Entity)?
+                } else {
+                    match r.decode().map_err(malformed)?.as_ref() {
+                        "lt" => '<',
+                        "gt" => '>',
+                        "amp" => '&',
+                        "apos" => '\'',
+                        "quot" => '"',
+                        _ => return Err(XmlError::Entity),
+                    }
+                };
+                push_text(&mut stack, c.encode_utf8(&mut [0; 4]))?;
+            }
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(malformed("unclosed element"));
+    }
+    root.ok_or_else(|| malformed("no root element"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_namespaces_attributes_and_whole_text() {
+        let doc = parse(
+            r#"<?xml version="1.0"?><a:R xmlns:a="urn:a" ID="x&amp;y"><a:N>victim@corp.com<!---->.evil.tld</a:N><b xmlns="urn:b">&#65;<![CDATA[<c>]]></b></a:R>"#,
+        )
+        .unwrap();
+        assert!(doc.is("urn:a", "R"));
+        assert_eq!(doc.attr("ID"), Some("x&y"));
+        assert_eq!(
+            doc.child("urn:a", "N").unwrap().text(),
+            "victim@corp.com.evil.tld"
+        );
+        assert_eq!(doc.child("urn:b", "b").unwrap().text(), "A<c>");
+        assert_eq!(doc.descendants().len(), 3);
+    }
+
+    #[test]
+    fn refuses_dtds_entities_and_junk() {
+        assert_eq!(
+            parse(r#"<!DOCTYPE r [<!ENTITY e "x">]><r>&e;</r>"#),
+            Err(XmlError::Doctype)
+        );
+        assert_eq!(parse("<r>&e;</r>"), Err(XmlError::Entity));
+        assert_eq!(parse(r#"<r a="&e;"/>"#), Err(XmlError::Entity));
+        assert!(matches!(parse("<p:r/>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(parse("<r/><r/>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(parse("<r>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(parse("<r></s>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(parse("x<r/>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(
+            parse(r#"<r a="1" a="2"/>"#),
+            Err(XmlError::Malformed(_))
+        ));
+        let deep = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert_eq!(parse(&deep), Err(XmlError::TooLarge));
+    }
+}
