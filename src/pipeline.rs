@@ -303,12 +303,9 @@ impl Proxy {
         let body = match http_body_util::Limited::new(body, limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return error::json_error(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the SAML response is too large",
-                    request_id,
-                );
+                return sso
+                    .acs_refused("response_too_large", client, request_id)
+                    .await;
             }
             Err(_) => {
                 return error::json_error(

@@ -1103,6 +1103,24 @@ impl Sso {
         }
     }
 
+    /// A response refused before it could be read (too large): 401 and
+    /// `auth.login_failed`, like every other refused response.
+    pub async fn acs_refused(
+        &self,
+        reason: &str,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Reply {
+        let f = LoginFailure::saml(StatusCode::UNAUTHORIZED, reason);
+        self.audit_failure(&f, client).await;
+        json_error(
+            f.status,
+            "login_failed",
+            &format!("login failed: {reason}"),
+            request_id,
+        )
+    }
+
     /// The ACS's checks in order; the new session's cookie and where to go.
     async fn finish_saml(
         &self,

@@ -194,9 +194,10 @@ roles_attribute = "roles"
     assert!(p.require_signed_assertion && !p.allow_unsolicited);
     // A wrong ACS path, plain http off loopback, a file that is not a
     // certificate: each refused under its key.
-    let bad = text
-        .replace("/auth/saml/acs", "/saml/acs")
-        .replace("https://idp.example.com/saml/sso", "http://idp.example.com/sso");
+    let bad = text.replace("/auth/saml/acs", "/saml/acs").replace(
+        "https://idp.example.com/saml/sso",
+        "http://idp.example.com/sso",
+    );
     let err = validate::validate(parse(&bad, "t.toml", &Env::default()).unwrap()).unwrap_err();
     let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"sso.saml[0].acs_url"), "{keys:?}");

@@ -127,6 +127,11 @@ pub enum SamlError {
     /// No usable NameID, or another format than configured.
     #[error("no usable NameID")]
     NameId,
+    /// A comment or processing instruction inside a value that names
+    /// someone (NameID, attribute, issuer, audience): no IdP writes one,
+    /// and it is the trick that truncates names in other parsers.
+    #[error("comment inside an identity value")]
+    CommentInValue,
     /// A required element is missing or unreadable.
     #[error("missing {0}")]
     Missing(&'static str),
@@ -156,6 +161,7 @@ impl SamlError {
             SamlError::UnknownInResponseTo => "unknown_in_response_to".into(),
             SamlError::Unsolicited => "unsolicited".into(),
             SamlError::NameId => "bad_name_id".into(),
+            SamlError::CommentInValue => "comment_in_value".into(),
             SamlError::Missing(what) => format!("missing_{what}"),
         }
     }
@@ -171,6 +177,7 @@ impl SamlError {
                 | SamlError::SignatureShape(_)
                 | SamlError::BadSignature
                 | SamlError::UnknownInResponseTo
+                | SamlError::CommentInValue
         )
     }
 }
@@ -314,6 +321,14 @@ impl SamlProvider {
         let c = &self.config;
         let doc = xml::parse(response_xml)?;
         let (assertion_id, response_id, response_signed, assertion_signed) = check_shape(&doc)?;
+        let valued = ["NameID", "AttributeValue", "Issuer", "Audience"];
+        if doc.descendants().iter().any(|e| {
+            e.ns.as_deref() == Some(ASSERTION)
+                && valued.contains(&e.name.as_str())
+                && e.has_marker()
+        }) {
+            return Err(SamlError::CommentInValue);
+        }
         if !(assertion_signed || (response_signed && !c.require_signed_assertion)) {
             return Err(SamlError::Unsigned);
         }

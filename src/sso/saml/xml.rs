@@ -55,6 +55,8 @@ pub enum Node {
     Element(Element),
     /// Text (CDATA included).
     Text(String),
+    /// Where a comment or processing instruction was (its content dropped).
+    Marker,
 }
 
 /// Why a document was refused.
@@ -92,7 +94,7 @@ impl Element {
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
-            Node::Text(_) => None,
+            Node::Text(_) | Node::Marker => None,
         })
     }
 
@@ -123,6 +125,15 @@ impl Element {
         out
     }
 
+    /// Whether a comment or processing instruction is inside the element.
+    pub fn has_marker(&self) -> bool {
+        self.children.iter().any(|n| match n {
+            Node::Marker => true,
+            Node::Element(e) => e.has_marker(),
+            Node::Text(_) => false,
+        })
+    }
+
     /// All text inside the element, in document order (comments and
     /// processing instructions do not cut it short).
     pub fn text(&self) -> String {
@@ -132,6 +143,7 @@ impl Element {
                 match n {
                     Node::Text(t) => out.push_str(t),
                     Node::Element(c) => walk(c, out),
+                    Node::Marker => {}
                 }
             }
         }
@@ -262,7 +274,12 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 };
                 push_text(&mut stack, c.encode_utf8(&mut [0; 4]))?;
             }
-            Event::Comment(_) | Event::PI(_) | Event::Decl(_) => {}
+            Event::Comment(_) | Event::PI(_) => {
+                if let Some(top) = stack.last_mut() {
+                    top.children.push(Node::Marker);
+                }
+            }
+            Event::Decl(_) => {}
             Event::Eof => break,
         }
     }
@@ -284,10 +301,9 @@ mod tests {
         .unwrap();
         assert!(doc.is("urn:a", "R"));
         assert_eq!(doc.attr("ID"), Some("x&y"));
-        assert_eq!(
-            doc.child("urn:a", "N").unwrap().text(),
-            "victim@corp.com.evil.tld"
-        );
+        let n = doc.child("urn:a", "N").unwrap();
+        assert_eq!(n.text(), "victim@corp.com.evil.tld");
+        assert!(n.has_marker() && doc.has_marker());
         assert_eq!(doc.child("urn:b", "b").unwrap().text(), "A<c>");
         assert_eq!(doc.descendants().len(), 3);
     }
