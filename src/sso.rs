@@ -136,7 +136,13 @@ type Reply = Response<Full<Bytes>>;
 /// The SAML login cookie: the signed AuthnRequest id (and where to go
 /// after) that the ACS checks `InResponseTo` against. `SameSite=None`: the
 /// IdP's answer is a cross-site POST, which carries no `Lax` cookie.
-pub const SAML_COOKIE: &str = "costguard_saml";
+/// `__Host-` (so `Path=/`, no `Domain`): a sibling subdomain cannot plant
+/// its own login state in the browser. Stripped before forwarding.
+pub const SAML_COOKIE: &str = "__Host-costguard_saml";
+
+/// Longest a SAML response may take to verify (libxml2 + xmlsec run on a
+/// blocking thread; this bounds what a request waits for).
+const SAML_VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A provider of either kind.
 #[derive(Clone, Copy)]
@@ -1023,7 +1029,7 @@ impl Sso {
             expires: unix_now() + self.login_timeout.as_secs() as i64,
         };
         let cookie = format!(
-            "{SAML_COOKIE}={}; Path=/auth/saml/; Max-Age={}; Secure; HttpOnly; SameSite=None",
+            "{SAML_COOKIE}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=None",
             self.signer.seal(&state),
             self.login_timeout.as_secs()
         );
@@ -1087,8 +1093,7 @@ impl Sso {
         client: &Client,
         request_id: &HeaderValue,
     ) -> Reply {
-        let clear =
-            format!("{SAML_COOKIE}=; Path=/auth/saml/; Max-Age=0; Secure; HttpOnly; SameSite=None");
+        let clear = format!("{SAML_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=None");
         match self.finish_saml(form, headers, client).await {
             Ok((rd, cookie)) => redirect(&rd, &[clear, cookie]),
             Err(f) => {
@@ -1160,6 +1165,13 @@ impl Sso {
                 }
                 LoginStateError::Expired => LoginFailure::saml(S::UNAUTHORIZED, "login_expired"),
             })?),
+            // Two of them is not "none": it must not fall back to the
+            // IdP-initiated path.
+            None if cookie_named(headers, SAML_COOKIE) => {
+                return Err(
+                    LoginFailure::saml(S::UNAUTHORIZED, "invalid_login_cookie").suspicious()
+                );
+            }
             None => None,
         };
         let p = match &login {
@@ -1182,10 +1194,18 @@ impl Sso {
         let now = self.sessions.now();
         let verified = {
             let p = p.clone();
-            tokio::task::spawn_blocking(move || p.verify(&xml, expected.as_deref(), now))
-                .await
-                .map_err(|_| LoginFailure::saml(S::INTERNAL_SERVER_ERROR, "internal"))?
-                .map_err(|e| refused(e, name))?
+            let work =
+                tokio::task::spawn_blocking(move || p.verify(&xml, expected.as_deref(), now));
+            match tokio::time::timeout(SAML_VERIFY_TIMEOUT, work).await {
+                Ok(Ok(result)) => result.map_err(|e| refused(e, name))?,
+                Ok(Err(_)) => return Err(LoginFailure::saml(S::INTERNAL_SERVER_ERROR, "internal")),
+                Err(_) => {
+                    tracing::warn!(provider = name, "SAML response verification timed out.");
+                    return Err(
+                        LoginFailure::saml(S::UNAUTHORIZED, "verification_timeout").suspicious()
+                    );
+                }
+            }
         };
         let fail = |status, reason: &str| {
             let mut f = LoginFailure::saml(status, reason);
@@ -1431,6 +1451,16 @@ impl Query<'_> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     }
+}
+
+/// Whether any cookie is called `name`.
+fn cookie_named(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|pair| pair.split_once('=').is_some_and(|(k, _)| k.trim() == name))
 }
 
 /// The value of cookie `name`, if it appears exactly once.

@@ -8,6 +8,7 @@ mod idp;
 mod saml_idp;
 mod support;
 
+use base64::Engine as _;
 use idp::*;
 use saml_idp::*;
 use serde_json::{Value, json};
@@ -194,8 +195,8 @@ async fn hostile_responses_are_refused_and_audited() {
     let rd = costs(&w.tenant);
     let pending = start_saml_login(&w.cg, &format!("rd={rd}")).await;
     // The login cookie: signed, Secure, HttpOnly, SameSite=None (the IdP's
-    // POST is cross-site), scoped to the SAML endpoints.
-    for attr in ["Secure", "HttpOnly", "SameSite=None", "Path=/auth/saml/"] {
+    // POST is cross-site), __Host- (no sibling subdomain can set it).
+    for attr in ["Secure", "HttpOnly", "SameSite=None", "Path=/;"] {
         assert!(pending.set_cookie.contains(attr), "{}", pending.set_cookie);
     }
     let acs = format!("http://127.0.0.1:{}/auth/saml/acs", w.port);
@@ -377,9 +378,38 @@ async fn hostile_responses_are_refused_and_audited() {
         assert!(body.contains(reason), "{what}: {body}");
         expected.push(reason.to_string());
     }
+    // A declared encoding other than UTF-8 (UTF-7 hides markup from one XML
+    // parser and not the other), and the login cookie twice.
+    let valid = w.idp.response(base.clone()).await;
+    let xml = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&valid)
+            .unwrap(),
+    )
+    .unwrap();
+    let body_start = if xml.starts_with("<?xml") {
+        xml.find("?>").unwrap() + 2
+    } else {
+        0
+    };
+    let utf7 = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-7\"?>{}",
+        &xml[body_start..]
+    );
+    let utf7 = base64::engine::general_purpose::STANDARD.encode(utf7);
+    let (status, _, body) = post_acs(&w.cg, &utf7, Some(&pending.cookie)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bad_encoding"), "{body}");
+    let twice = format!("{}; {}", pending.cookie, pending.cookie);
+    let (status, _, body) = post_acs(&w.cg, &valid, Some(&twice)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_login_cookie"), "{body}");
+    expected.extend([
+        "bad_encoding".to_string(),
+        "invalid_login_cookie".to_string(),
+    ]);
     // Without the browser's login cookie (a response injected into another
     // browser) nothing is accepted, even a valid one.
-    let valid = w.idp.response(base.clone()).await;
     let (status, _, body) = post_acs(&w.cg, &valid, None).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("missing_login_cookie"), "{body}");

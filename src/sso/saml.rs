@@ -127,6 +127,10 @@ pub enum SamlError {
     /// No usable NameID, or another format than configured.
     #[error("no usable NameID")]
     NameId,
+    /// Not UTF-8 XML 1.0 (another declared encoding would let the two
+    /// XML parsers involved read different documents).
+    #[error("only UTF-8 XML 1.0 is accepted")]
+    Encoding,
     /// A comment or processing instruction inside a value that names
     /// someone (NameID, attribute, issuer, audience): no IdP writes one,
     /// and it is the trick that truncates names in other parsers.
@@ -162,6 +166,7 @@ impl SamlError {
             SamlError::Unsolicited => "unsolicited".into(),
             SamlError::NameId => "bad_name_id".into(),
             SamlError::CommentInValue => "comment_in_value".into(),
+            SamlError::Encoding => "bad_encoding".into(),
             SamlError::Missing(what) => format!("missing_{what}"),
         }
     }
@@ -178,6 +183,7 @@ impl SamlError {
                 | SamlError::BadSignature
                 | SamlError::UnknownInResponseTo
                 | SamlError::CommentInValue
+                | SamlError::Encoding
         )
     }
 }
@@ -186,6 +192,7 @@ impl From<XmlError> for SamlError {
     fn from(e: XmlError) -> Self {
         match e {
             XmlError::Doctype | XmlError::Entity => SamlError::Dtd,
+            XmlError::Encoding => SamlError::Encoding,
             XmlError::TooLarge => SamlError::TooLarge,
             XmlError::Malformed(m) => SamlError::Malformed(m),
         }
@@ -474,7 +481,11 @@ impl SamlProvider {
             name_id: name_id_text,
             attributes,
             session_not_on_or_after,
-            valid_until: valid_until + skew,
+            // Whole seconds, rounded up, for the replay cache: it must
+            // outlive the last instant the assertion is accepted.
+            valid_until: valid_until
+                .checked_add(skew + time::Duration::seconds(1))
+                .unwrap_or(valid_until),
         })
     }
 

@@ -137,7 +137,7 @@ pub fn saml_user(password: &str, name_id: &str, tenant: &str, roles: &[&str]) ->
 /// An SP-initiated login started by hand: the SAML login cookie and the
 /// AuthnRequest as the IdP would read it.
 pub struct Pending {
-    /// `costguard_saml=…`, for the ACS post.
+    /// `__Host-costguard_saml=…`, for the ACS post.
     pub cookie: String,
     /// The AuthnRequest's ID.
     pub request_id: String,
@@ -173,12 +173,14 @@ pub async fn start_saml_login(cg: &Sidecar, query: &str) -> Pending {
         .unwrap()
         .to_string();
     let cookies = set_cookies(&headers);
-    let value = cookies.get("costguard_saml").expect("SAML login cookie");
+    let value = cookies
+        .get("__Host-costguard_saml")
+        .expect("SAML login cookie");
     Pending {
-        cookie: format!("costguard_saml={value}"),
+        cookie: format!("__Host-costguard_saml={value}"),
         request_id,
         request_xml,
-        set_cookie: crate::idp::set_cookie_line(&headers, "costguard_saml").unwrap(),
+        set_cookie: crate::idp::set_cookie_line(&headers, "__Host-costguard_saml").unwrap(),
     }
 }
 

@@ -68,6 +68,10 @@ pub enum XmlError {
     /// An entity reference other than the predefined ones.
     #[error("entity references are refused")]
     Entity,
+    /// An XML declaration naming an encoding other than UTF-8, or a
+    /// version other than 1.0.
+    #[error("only UTF-8 XML 1.0 is accepted")]
+    Encoding,
     /// Too deep or too many elements.
     #[error("document too deep or too large")]
     TooLarge,
@@ -279,7 +283,21 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                     top.children.push(Node::Marker);
                 }
             }
-            Event::Decl(_) => {}
+            Event::Decl(d) => {
+                // The text is UTF-8 (it is a Rust string). A declaration
+                // naming another encoding would make libxml2 (which checks
+                // the signatures) read a different document than this
+                // parser: UTF-7 hides markup from one and not the other.
+                if let Some(enc) = d.encoding() {
+                    let enc = enc.map_err(malformed)?;
+                    if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8") {
+                        return Err(XmlError::Encoding);
+                    }
+                }
+                if d.version().map_err(malformed)?.as_ref() != b"1.0" {
+                    return Err(XmlError::Encoding);
+                }
+            }
             Event::Eof => break,
         }
     }
@@ -325,6 +343,14 @@ mod tests {
             parse(r#"<r a="1" a="2"/>"#),
             Err(XmlError::Malformed(_))
         ));
+        for decl in [
+            r#"<?xml version="1.0" encoding="UTF-7"?><r/>"#,
+            r#"<?xml version="1.0" encoding="ISO-8859-1"?><r/>"#,
+            r#"<?xml version="1.1"?><r/>"#,
+        ] {
+            assert_eq!(parse(decl), Err(XmlError::Encoding), "{decl}");
+        }
+        assert!(parse(r#"<?xml version="1.0" encoding="utf-8"?><r/>"#).is_ok());
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert_eq!(parse(&deep), Err(XmlError::TooLarge));
     }
