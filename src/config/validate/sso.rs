@@ -192,6 +192,61 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// The tenant and role mapping both kinds of provider share, checked:
+/// returns (pinned tenant, tenant claim/attribute, lower-case email domains).
+/// `source` names the claim/attribute key (`tenant_claim`, `tenant_attribute`).
+#[allow(clippy::too_many_arguments)]
+fn mapping(
+    c: &mut Checker,
+    key: &dyn Fn(&str) -> String,
+    source: &str,
+    tenant: &str,
+    tenant_source: &str,
+    email_domains: &BTreeMap<String, String>,
+    roles: &[&String],
+    allow_system_admin: bool,
+) -> (Option<String>, Option<String>, BTreeMap<String, String>) {
+    let tenant = non_empty(tenant);
+    let tenant_source = non_empty(tenant_source);
+    let email_domains: BTreeMap<String, String> = email_domains
+        .iter()
+        .map(|(d, t)| (d.trim().to_ascii_lowercase(), t.trim().to_string()))
+        .collect();
+    if tenant.is_none() && tenant_source.is_none() && email_domains.is_empty() {
+        c.fail(
+            key("tenant"),
+            format!(
+                "set tenant (one tenant), {source} or email_domains: a login must name its tenant"
+            ),
+        );
+    }
+    for t in tenant.iter().chain(email_domains.values()) {
+        if !crate::model::is_tenant_id(t) {
+            c.fail(key("tenant"), format!("not a tenant id: {t:?}"));
+        }
+    }
+    if let Some(t) = &tenant
+        && email_domains.values().any(|d| d != t)
+    {
+        c.fail(
+            key("email_domains"),
+            "a provider pinned to one tenant cannot map domains to another",
+        );
+    }
+    for r in roles {
+        if !crate::sso::claims::is_plain_name(r) {
+            c.fail(key("group_roles"), format!("not a role name: {r:?}"));
+        }
+    }
+    if allow_system_admin && tenant.is_some() {
+        c.fail(
+            key("allow_system_admin"),
+            "a provider pinned to one tenant may not grant system_admin",
+        );
+    }
+    (tenant, tenant_source, email_domains)
+}
+
 fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
     let key = |k: &str| format!("sso.oidc[{i}].{k}");
     if !crate::sso::claims::is_plain_name(&p.name) {
@@ -219,47 +274,21 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         c.fail(key("scopes"), "must include \"openid\"");
     }
     scopes.retain(|s| s != "openid");
-    let tenant = non_empty(&p.tenant);
-    let tenant_claim = non_empty(&p.tenant_claim);
-    let email_domains: BTreeMap<String, String> = p
-        .email_domains
-        .iter()
-        .map(|(d, t)| (d.trim().to_ascii_lowercase(), t.trim().to_string()))
-        .collect();
-    if tenant.is_none() && tenant_claim.is_none() && email_domains.is_empty() {
-        c.fail(
-            key("tenant"),
-            "set tenant (one tenant), tenant_claim or email_domains: a login must name its tenant",
-        );
-    }
-    for t in tenant.iter().chain(email_domains.values()) {
-        if !crate::model::is_tenant_id(t) {
-            c.fail(key("tenant"), format!("not a tenant id: {t:?}"));
-        }
-    }
-    if let Some(t) = &tenant
-        && email_domains.values().any(|d| d != t)
-    {
-        c.fail(
-            key("email_domains"),
-            "a provider pinned to one tenant cannot map domains to another",
-        );
-    }
-    let all_roles = p
+    let roles: Vec<&String> = p
         .default_roles
         .iter()
-        .chain(p.group_roles.values().flatten());
-    for r in all_roles {
-        if !crate::sso::claims::is_plain_name(r) {
-            c.fail(key("group_roles"), format!("not a role name: {r:?}"));
-        }
-    }
-    if p.allow_system_admin && tenant.is_some() {
-        c.fail(
-            key("allow_system_admin"),
-            "a provider pinned to one tenant may not grant system_admin",
-        );
-    }
+        .chain(p.group_roles.values().flatten())
+        .collect();
+    let (tenant, tenant_claim, email_domains) = mapping(
+        c,
+        &key,
+        "tenant_claim",
+        &p.tenant,
+        &p.tenant_claim,
+        &p.email_domains,
+        &roles,
+        p.allow_system_admin,
+    );
     let names = if p.algorithms.is_empty() {
         vec!["RS256".to_string(), "ES256".to_string()]
     } else {
@@ -419,47 +448,21 @@ fn saml_provider(
         );
     }
     let idp_certs = read_certs(c, &key("idp_cert_file"), &files, warnings);
-    let tenant = non_empty(&p.tenant);
-    let tenant_attribute = non_empty(&p.tenant_attribute);
-    let email_domains: BTreeMap<String, String> = p
-        .email_domains
-        .iter()
-        .map(|(d, t)| (d.trim().to_ascii_lowercase(), t.trim().to_string()))
-        .collect();
-    if tenant.is_none() && tenant_attribute.is_none() && email_domains.is_empty() {
-        c.fail(
-            key("tenant"),
-            "set tenant (one tenant), tenant_attribute or email_domains: a login must name its tenant",
-        );
-    }
-    for t in tenant.iter().chain(email_domains.values()) {
-        if !crate::model::is_tenant_id(t) {
-            c.fail(key("tenant"), format!("not a tenant id: {t:?}"));
-        }
-    }
-    if let Some(t) = &tenant
-        && email_domains.values().any(|d| d != t)
-    {
-        c.fail(
-            key("email_domains"),
-            "a provider pinned to one tenant cannot map domains to another",
-        );
-    }
-    for r in p
+    let roles: Vec<&String> = p
         .default_roles
         .iter()
         .chain(p.group_roles.values().flatten())
-    {
-        if !crate::sso::claims::is_plain_name(r) {
-            c.fail(key("group_roles"), format!("not a role name: {r:?}"));
-        }
-    }
-    if p.allow_system_admin && tenant.is_some() {
-        c.fail(
-            key("allow_system_admin"),
-            "a provider pinned to one tenant may not grant system_admin",
-        );
-    }
+        .collect();
+    let (tenant, tenant_attribute, email_domains) = mapping(
+        c,
+        &key,
+        "tenant_attribute",
+        &p.tenant,
+        &p.tenant_attribute,
+        &p.email_domains,
+        &roles,
+        p.allow_system_admin,
+    );
     let clock_skew = p.clock_skew.unwrap_or(default_skew);
     if clock_skew > Duration::from_secs(600) {
         c.fail(key("clock_skew"), "must be at most 10m");
