@@ -196,8 +196,7 @@ impl AuthnError {
                 | AuthnError::RevokedKey
                 | AuthnError::ExpiredKey
                 | AuthnError::Token(_)
-                | AuthnError::Claims(_)
-        )
+        ) || matches!(self, AuthnError::Claims(e) if *e != crate::sso::claims::ClaimError::UserDisabled)
     }
 }
 

@@ -179,14 +179,32 @@ impl Authz {
         policy: &Policy,
         principal: &Principal,
     ) -> Result<Permissions, Arc<StoreError>> {
+        let perms = self
+            .roles_permissions(policy, &principal.tenant_id, &principal.roles)
+            .await?;
+        Ok(match principal.scopes {
+            Some(scopes) => perms.intersect(scopes),
+            None => perms,
+        })
+    }
+
+    /// The union of `roles`' permissions in `tenant_id` under `policy`
+    /// (policy roles, else the tenant's custom roles; unknown names grant
+    /// nothing).
+    pub async fn roles_permissions(
+        &self,
+        policy: &Policy,
+        tenant_id: &str,
+        roles: &[String],
+    ) -> Result<Permissions, Arc<StoreError>> {
         let mut perms = Permissions::NONE;
         let mut custom: Option<Arc<HashMap<String, Permissions>>> = None;
-        for role in principal.roles.iter() {
+        for role in roles {
             match policy.role(role) {
                 Some(p) => perms = perms.union(p),
                 None => {
                     if custom.is_none() {
-                        custom = Some(self.tenant_roles(&principal.tenant_id).await?);
+                        custom = Some(self.tenant_roles(tenant_id).await?);
                     }
                     if let Some(p) = custom.as_ref().and_then(|c| c.get(role.as_str())) {
                         perms = perms.union(*p);
@@ -194,10 +212,7 @@ impl Authz {
                 }
             }
         }
-        Ok(match principal.scopes {
-            Some(scopes) => perms.intersect(scopes),
-            None => perms,
-        })
+        Ok(perms)
     }
 
     /// Decides an authenticated request on a matched route. Returns the

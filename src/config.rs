@@ -21,7 +21,7 @@ use toml::{Table, Value};
 pub use file::FileConfig;
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
+    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig, RoleSource,
     SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 

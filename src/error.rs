@@ -90,6 +90,11 @@ pub fn authn(e: &AuthnError) -> (StatusCode, &'static str, &'static str) {
             "expired_key",
             "the API key has expired",
         ),
+        A::Claims(crate::sso::claims::ClaimError::UserDisabled) => (
+            StatusCode::UNAUTHORIZED,
+            "user_disabled",
+            "the user has been disabled or deleted",
+        ),
         A::Token(_) | A::Claims(_) => (
             StatusCode::UNAUTHORIZED,
             "invalid_token",

@@ -387,7 +387,7 @@ async fn demo(
          Roles and routes come from {policy} (edits apply within a second).\n\
          Try the viewer key on /costs/export (403), or on another tenant's path (403).\n\
          Every decision is in the audit log: costguard audit verify {audit}\n\
-         Not in this build yet: single sign-on. Ctrl-C stops.\n",
+         Single sign-on (OIDC, SAML) needs an identity provider: see the README. Ctrl-C stops.\n",
         policy = config.policy.dir.display(),
         audit = config.audit.dir.display(),
     ));

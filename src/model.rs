@@ -27,6 +27,8 @@ impl Tier {
                 max_users: 5,
                 max_monthly_cost: 100.0,
                 retention_days: 30,
+                rate_limit_per_minute: None,
+                max_api_keys: None,
             },
             Tier::Standard => TenantLimits {
                 max_requests_per_day: 100_000,
@@ -34,6 +36,8 @@ impl Tier {
                 max_users: 50,
                 max_monthly_cost: 10_000.0,
                 retention_days: 90,
+                rate_limit_per_minute: None,
+                max_api_keys: None,
             },
             Tier::Enterprise => TenantLimits {
                 max_requests_per_day: -1,
@@ -41,6 +45,8 @@ impl Tier {
                 max_users: -1,
                 max_monthly_cost: -1.0,
                 retention_days: 365,
+                rate_limit_per_minute: None,
+                max_api_keys: None,
             },
         }
     }
@@ -59,6 +65,15 @@ pub struct TenantLimits {
     pub max_monthly_cost: f64,
     /// Days audit records are kept.
     pub retention_days: i64,
+    /// The tenant's request rate per key, set by a system admin; `None`:
+    /// its tier's configured rate (`[rate_limit]`). A key's own
+    /// `rate_limit_per_minute` can only lower it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Live (not revoked) API keys, set by a system admin; `None`: its
+    /// tier's configured bound (`[auth] max_keys_*`); -1: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_api_keys: Option<i64>,
 }
 
 /// Active tenants work; suspended tenants' keys get 403.
@@ -185,9 +200,30 @@ pub struct User {
     pub email: String,
     /// Role names.
     pub roles: Vec<String>,
+    /// Active, disabled (cannot log in or use a session or token), or
+    /// deleted (a tombstone the admin API no longer shows, kept so the
+    /// identity provider cannot log the user straight back in).
+    #[serde(default)]
+    pub status: UserStatus,
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// Whether a user may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    /// Signs in; admin-assigned roles apply.
+    #[default]
+    Active,
+    /// Refused at login and on every request with an existing session or
+    /// token.
+    Disabled,
+    /// Removed through the admin API: refused like a disabled user,
+    /// hidden from listings and not counted against `max_users`; a new
+    /// `PUT` brings the user back.
+    Deleted,
 }
 
 /// A tenant's own role, built from existing permissions.

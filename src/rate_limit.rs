@@ -71,6 +71,13 @@ impl Rate {
         }
     }
 
+    /// Whether this rate's sustained throughput is at most `other`'s
+    /// (`a/p ≤ b/q` as `a·q ≤ b·p`, exact).
+    pub fn at_most(&self, other: &Rate) -> bool {
+        u128::from(self.limit.get()) * other.period.as_nanos()
+            <= u128::from(other.limit.get()) * self.period.as_nanos()
+    }
+
     /// Time between two requests at the sustained rate.
     pub fn interval(&self) -> Duration {
         self.period / self.limit.get()

@@ -30,6 +30,7 @@ use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
 use crate::sso::Sso;
+use crate::sso::users::Directory;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
@@ -133,6 +134,12 @@ impl Server {
                     &config.sso,
                     store.clone(),
                     keys.clone(),
+                    Arc::new(Directory::new(
+                        store.clone(),
+                        authz.clone(),
+                        config.auth.key_cache_capacity,
+                        config.auth.key_cache_ttl,
+                    )),
                     audit.clone(),
                     crate::sso::session::system_clock(),
                 )
@@ -145,7 +152,8 @@ impl Server {
             keys.clone(),
             authz.clone(),
             usage.clone(),
-            config.auth.rotation_grace,
+            config.auth.clone(),
+            config.rate_limit.clone(),
         )
         .with_sso(sso.clone());
         let access_log = config

@@ -30,6 +30,7 @@ pub mod oidc;
 pub mod saml;
 pub mod session;
 pub mod token;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ use crate::store::Store;
 use claims::{ClaimError, Identity};
 use login_state::{LoginState, LoginStateError, Signer};
 use oidc::{Provider, ProviderError, unix_now};
-use session::{Clock, Live, NewSession, Sessions};
+use session::{BuiltPrincipal, Clock, Live, NewSession, Sessions};
 use token::TokenError;
 
 /// Single sign-on. Cheap to share (`Arc`).
@@ -67,6 +68,8 @@ pub struct Sso {
     cookie_lifetime: std::time::Duration,
     login_timeout: std::time::Duration,
     keys: ApiKeys,
+    /// The admin API's users: disabled/deleted users refused, their roles.
+    directory: Arc<users::Directory>,
     audit: Option<Audit>,
     /// `state` values already used at the callback (replays are suspicious).
     used_states: moka::sync::Cache<String, ()>,
@@ -201,6 +204,8 @@ struct VerifiedBearer {
     exp: i64,
     provider: usize,
     key_generation: u64,
+    /// The user epoch it was resolved under (see [`users::Directory`]).
+    user_epoch: u64,
 }
 
 impl Sso {
@@ -210,6 +215,7 @@ impl Sso {
         config: &SsoConfig,
         store: Arc<dyn Store>,
         keys: ApiKeys,
+        directory: Arc<users::Directory>,
         audit: Option<Audit>,
         clock: Clock,
     ) -> Result<Arc<Self>, String> {
@@ -252,6 +258,7 @@ impl Sso {
             cookie_lifetime: config.session_lifetime,
             login_timeout: config.login_timeout,
             keys,
+            directory,
             audit,
             used_states: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
@@ -329,6 +336,7 @@ impl Sso {
             && let Some(hit) = cache.get(&digest)
             && now <= hit.exp
             && self.providers[hit.provider].jwks.generation() == hit.key_generation
+            && self.directory.epoch() == hit.user_epoch
         {
             let tenant = self.tenant(&hit.principal.tenant_id).await?;
             return Ok(Authenticated {
@@ -355,6 +363,7 @@ impl Sso {
             (None, _) => return Err(AuthnError::Token(TokenError::Issuer)),
         };
         let key_generation = p.jwks.generation();
+        let user_epoch = self.directory.epoch();
         let (auth, exp) = self.bearer_with(p, raw).await?;
         if let Some(cache) = &self.verified {
             cache.insert(
@@ -364,6 +373,7 @@ impl Sso {
                     exp,
                     provider: index,
                     key_generation,
+                    user_epoch,
                 }),
             );
         }
@@ -380,8 +390,9 @@ impl Sso {
             .verify_bearer(raw, &header)
             .await
             .map_err(AuthnError::Token)?;
-        let identity =
-            claims::identity(&p.config.mapping(), &verified.claims).map_err(AuthnError::Claims)?;
+        let mapping = p.config.mapping();
+        let identity = claims::identity(&mapping, &verified.claims).map_err(AuthnError::Claims)?;
+        let identity = self.directory.resolve(&mapping, identity).await?;
         let tenant = self
             .tenant_for(p.config.tenant.is_some(), &identity.tenant_id)
             .await?;
@@ -398,25 +409,31 @@ impl Sso {
             .map_err(|e| AuthnError::Store(Arc::new(e)))?
             .ok_or(AuthnError::NoSession)?;
         self.refresh_if_due(&live).await?;
+        let epoch = self.directory.epoch();
         let principal = match live.principal.load_full() {
-            Some(p) => p,
-            None => {
-                let built = {
-                    let s = live.session.lock().unwrap_or_else(|e| e.into_inner());
-                    let method = if s.auth_method == "saml" {
-                        AuthMethod::Saml
-                    } else {
-                        AuthMethod::Oidc
-                    };
-                    let identity = Identity {
-                        tenant_id: s.tenant_id.clone(),
-                        user_id: s.user_id.clone(),
-                        email: s.email.clone(),
-                        roles: s.roles.clone(),
-                    };
-                    principal(&identity, method)?
+            Some(built) if built.epoch == epoch => built.principal.clone(),
+            _ => {
+                let s = live.snapshot();
+                let method = if s.auth_method == "saml" {
+                    AuthMethod::Saml
+                } else {
+                    AuthMethod::Oidc
                 };
-                live.principal.store(Some(built.clone()));
+                let identity = Identity {
+                    tenant_id: s.tenant_id,
+                    user_id: s.user_id,
+                    email: s.email,
+                    roles: s.roles,
+                };
+                // A provider removed from the configuration takes its
+                // sessions with it.
+                let mapping = self.mapping_of(&s.provider).ok_or(AuthnError::NoSession)?;
+                let identity = self.directory.resolve(&mapping, identity).await?;
+                let built = principal(&identity, method)?;
+                live.principal.store(Some(Arc::new(BuiltPrincipal {
+                    epoch,
+                    principal: built.clone(),
+                })));
                 built
             }
         };
@@ -506,6 +523,20 @@ impl Sso {
 
     fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.config.name == name)
+    }
+
+    /// The identity mapping of the provider (OIDC or SAML) named `name`.
+    fn mapping_of(&self, name: &str) -> Option<claims::Mapping<'_>> {
+        match self.provider(name) {
+            Some(p) => Some(p.config.mapping()),
+            None => self.saml_provider(name).map(|p| p.config.mapping()),
+        }
+    }
+
+    /// Forgets what is cached of a user the admin API changed: their
+    /// sessions and tokens are checked against the store again.
+    pub async fn forget_user(&self, tenant_id: &str, user_id: &str) {
+        self.directory.forget(tenant_id, user_id).await;
     }
 
     /// The tenant, which must exist and be active.
@@ -848,6 +879,20 @@ impl Sso {
         {
             return Err(fail(S::FORBIDDEN, "tenant_mismatch"));
         }
+        // The admin API's word on this user: disabled or deleted users do
+        // not get a session. The session keeps the provider's roles; the
+        // user's effective roles are resolved again on every use.
+        let mapping = self
+            .mapping_of(login.provider)
+            .ok_or_else(|| fail(S::UNAUTHORIZED, "unknown_provider"))?;
+        let effective = self
+            .directory
+            .resolve(&mapping, identity.clone())
+            .await
+            .map_err(|e| match e {
+                AuthnError::Claims(c) => fail(S::FORBIDDEN, c.reason()),
+                _ => fail(S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            })?;
         self.tenant_for(login.pinned, &identity.tenant_id)
             .await
             .map_err(|e| {
@@ -889,7 +934,7 @@ impl Sso {
                 "auth_method": login.method,
                 "provider": login.provider,
                 "session_id": session.session_id,
-                "roles": session.roles,
+                "roles": effective.roles,
             }),
             client,
         )

@@ -108,8 +108,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes a tenant and everything it owns (keys, projects, users, roles, usage).
     async fn delete_tenant(&self, tenant_id: &str) -> Result<Removed, StoreError>;
 
-    /// Adds a key and indexes its hash.
-    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// Adds a key and indexes its hash, unless the tenant already has
+    /// `max` live (not revoked) keys (-1: no limit).
+    async fn insert_key(&self, key: &ApiKey, max: i64) -> Result<(), StoreError>;
     /// One key of a tenant by id.
     async fn get_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError>;
     /// The key whose current or previous hash is `hash`.
@@ -131,12 +132,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         project_id: &str,
     ) -> Result<Option<Project>, StoreError>;
 
-    /// Creates or replaces a user; creating fails when the tenant already
-    /// has `max` users. Returns whether the user was created.
+    /// Creates or replaces a user; creating (also over a deleted user's
+    /// tombstone) fails when the tenant already has `max` users (-1: no
+    /// limit). Returns whether the user was created.
     async fn put_user(&self, user: &User, max: i64) -> Result<bool, StoreError>;
-    /// A tenant's users, by id.
+    /// A tenant's users, by id (never the deleted ones).
     async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError>;
-    /// Removes a user; returns whether it existed.
+    /// One user, including a deleted user's tombstone (status `deleted`),
+    /// so single sign-on can refuse a user the admin API removed.
+    async fn get_user(&self, tenant_id: &str, user_id: &str) -> Result<Option<User>, StoreError>;
+    /// Deletes a user, leaving a tombstone (status `deleted`, no roles);
+    /// returns whether a live user existed.
     async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError>;
 
     /// Creates or replaces a tenant's custom role; returns whether it was created.

@@ -160,9 +160,7 @@ impl Throttle {
         target: Option<&Tenant>,
     ) -> Result<Option<RateStatus>, Limited> {
         let principal = &auth.principal;
-        let rate = self
-            .rates
-            .rate_for(principal.rate_per_minute, auth.tenant.tier);
+        let rate = self.rates.rate_for(principal.rate_per_minute, &auth.tenant);
         let status = match rate {
             Some(rate) => {
                 let status = self.limiter.check(&principal.rate_key, rate).await?;

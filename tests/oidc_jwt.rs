@@ -947,3 +947,94 @@ async fn extreme_time_claims_are_refused_not_a_dropped_connection() {
     }
     assert!(!w.cg.logs().contains("panicked"), "the proxy panicked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_apis_user_is_authoritative_over_token_roles() {
+    // A policy that also has a role granting everything under another name.
+    let policy = tempfile::tempdir().unwrap();
+    let dir = support::test_policy(policy.path());
+    std::fs::write(
+        dir.join("zz-superuser.toml"),
+        "[roles.superuser]\ndescription = \"everything\"\npermissions = [\"*\"]\n",
+    )
+    .unwrap();
+    let w = world(&format!("[policy]\ndir = \"{}\"\n", dir.display()), "", "").await;
+    let export = format!("/v1/tenants/{}/costs/export", w.tenant);
+    let c = claims(&w.idp.issuer, "cg", &w.tenant, &["viewer"]);
+    let token = w.idp.mint(c, json!({}), "RS256", None).await;
+    let (status, _, body) = call(&w.cg, "GET", &export, &token).await;
+    assert_eq!(status, 403, "a viewer cannot export: {body}");
+
+    // The admin API assigns alice `analyst`: the same token now exports.
+    let user = format!("/admin/v1/tenants/{}/users/alice", w.tenant);
+    let (status, body) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["analyst"]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _, body) = call(&w.cg, "GET", &export, &token).await;
+    assert_eq!(status, 200, "admin-assigned roles apply: {body}");
+    assert_eq!(w.up.last().headers["x-costops-roles"], "analyst");
+
+    // Disabled: the token stops working at once.
+    let (status, body) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["analyst"], "disabled": true})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let before = w.up.count();
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &token).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&body).as_str()),
+        (401, "user_disabled"),
+        "{body}"
+    );
+    // Enabled again, then deleted: deleted users stay out, with old and
+    // new tokens alike.
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["viewer"]})),
+    );
+    assert_eq!(status, 200);
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &token).await;
+    assert_eq!(status, 200, "{body}");
+    let before_delete = w.up.count();
+    let (status, body) = w.cg.admin("DELETE", &user, None);
+    assert_eq!(status, 200, "{body}");
+    let c = claims(&w.idp.issuer, "cg", &w.tenant, &["viewer"]);
+    let fresh = w.idp.mint(c, json!({}), "RS256", None).await;
+    for t in [&token, &fresh] {
+        let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), t).await;
+        assert_eq!(
+            (status.as_u16(), error_code(&body).as_str()),
+            (401, "user_disabled"),
+            "{body}"
+        );
+    }
+    assert_eq!(w.up.count(), before_delete);
+    assert!(before < before_delete);
+    let (_, users) = w.cg.admin(
+        "GET",
+        &format!("/admin/v1/tenants/{}/users", w.tenant),
+        None,
+    );
+    assert_eq!(users["users"], json!([]), "a deleted user is not listed");
+
+    // A role resolving to system_admin under another name is dropped like
+    // system_admin itself (corp may not grant it).
+    let mut c = claims(&w.idp.issuer, "cg", &w.tenant, &["superuser", "viewer"]);
+    c["sub"] = json!("bob");
+    let bob = w.idp.mint(c, json!({}), "RS256", None).await;
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.other), &bob).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&body).as_str()),
+        (403, "tenant_mismatch"),
+        "{body}"
+    );
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &bob).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.up.last().headers["x-costops-roles"], "viewer");
+}

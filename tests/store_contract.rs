@@ -21,7 +21,7 @@ async fn acknowledged_writes_survive_a_reopen() {
     {
         let store = SledStore::open(&path).unwrap();
         store.insert_tenant(&tenant).await.unwrap();
-        store.insert_key(&key).await.unwrap();
+        store.insert_key(&key, -1).await.unwrap();
     }
     let store = SledStore::open(&path).unwrap();
     assert_eq!(

@@ -16,10 +16,12 @@ use super::requests::{
 use crate::authn::AuthnError;
 use crate::authn::api_key::{self, ApiKeys};
 use crate::authz::Authz;
+use crate::config::{AuthConfig, RateLimitConfig};
 use crate::model::{
     self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantLimits, TenantSettings,
-    TenantStatus, User,
+    TenantStatus, User, UserStatus,
 };
+use crate::rate_limit::Rate;
 use crate::roles::{Permission, Permissions};
 use crate::store::{Store, StoreError};
 use crate::usage::{self, Usage};
@@ -36,7 +38,10 @@ pub struct AdminOps {
     keys: ApiKeys,
     authz: Authz,
     usage: Usage,
-    rotation_grace: Duration,
+    /// Rotation grace and live keys per tier.
+    auth: AuthConfig,
+    /// The tier rates a key's own rate may only lower.
+    rates: RateLimitConfig,
     /// Single sign-on's sessions, when configured.
     sso: Option<Arc<crate::sso::Sso>>,
 }
@@ -76,21 +81,24 @@ fn store_error(e: StoreError) -> ApiError {
 }
 
 impl AdminOps {
-    /// `rotation_grace`: how long an old secret works after a rotation
-    /// unless the request says otherwise.
+    /// `auth`: how long an old secret works after a rotation unless the
+    /// request says otherwise, and how many keys a tenant may hold;
+    /// `rates`: the tenants' rates, which a key's own may only lower.
     pub fn new(
         store: Arc<dyn Store>,
         keys: ApiKeys,
         authz: Authz,
         usage: Usage,
-        rotation_grace: Duration,
+        auth: AuthConfig,
+        rates: RateLimitConfig,
     ) -> Self {
         Self {
             store,
             keys,
             authz,
             usage,
-            rotation_grace,
+            auth,
+            rates,
             sso: None,
         }
     }
@@ -110,6 +118,72 @@ impl AdminOps {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ApiError::NotFound("tenant not found".into()))
+    }
+
+    /// The permissions `roles` grant in `tenant_id` now.
+    async fn roles_permissions(
+        &self,
+        tenant_id: &str,
+        roles: &[String],
+    ) -> Result<Permissions, ApiError> {
+        self.authz
+            .roles_permissions(&self.authz.policy(), tenant_id, roles)
+            .await
+            .map_err(|e| ApiError::Authn(AuthnError::Store(e)))
+    }
+
+    /// A key's effective permissions now: its roles', narrowed by its scopes.
+    async fn key_permissions(&self, key: &ApiKey) -> Result<Permissions, ApiError> {
+        let perms = self.roles_permissions(&key.tenant_id, &key.roles).await?;
+        Ok(match api_key::scopes(key) {
+            Some(scopes) => perms.intersect(scopes),
+            None => perms,
+        })
+    }
+
+    /// The rule for every action on an existing key, user, session or
+    /// custom role: the caller holds at least the target's effective
+    /// permissions, so nobody can take over (rotate), silence (revoke) or
+    /// reshape (roles) an identity more powerful than their own.
+    fn may_act_on(caller: &Caller, target: Permissions, what: &str) -> Result<(), ApiError> {
+        if caller.permissions().includes(target) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this {what} has permissions you do not hold"
+            )))
+        }
+    }
+
+    /// Refuses a change to `role` while a key or user of the tenant holding
+    /// it has permissions the caller does not.
+    async fn may_change_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        role: &str,
+    ) -> Result<(), ApiError> {
+        if caller.permissions().includes(Permissions::ALL) {
+            return Ok(());
+        }
+        for key in self.store.list_keys(tenant_id).await.map_err(store_error)? {
+            if key.status != KeyStatus::Revoked && key.roles.iter().any(|r| r == role) {
+                let held = self.key_permissions(&key).await?;
+                Self::may_act_on(caller, held, "role is held by a key that")?;
+            }
+        }
+        for user in self
+            .store
+            .list_users(tenant_id)
+            .await
+            .map_err(store_error)?
+        {
+            if user.roles.iter().any(|r| r == role) {
+                let held = self.roles_permissions(tenant_id, &user.roles).await?;
+                Self::may_act_on(caller, held, "role is held by a user who")?;
+            }
+        }
+        Ok(())
     }
 
     // === tenants ===
@@ -323,6 +397,7 @@ impl AdminOps {
                 "a role cannot hold permissions you do not have",
             ));
         }
+        self.may_change_role(caller, tenant_id, name).await?;
         let role = CustomRole {
             tenant_id: tenant.tenant_id.clone(),
             name: name.to_string(),
@@ -374,6 +449,9 @@ impl AdminOps {
     ) -> Result<(), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
+        if req::is_id(name) {
+            self.may_change_role(caller, tenant_id, name).await?;
+        }
         if !req::is_id(name)
             || !self
                 .store
@@ -422,6 +500,22 @@ impl AdminOps {
                 "rate_limit_per_minute must be between 1 and 1000000",
             ));
         }
+        // A key's own rate may only lower its tenant's, unless a system
+        // admin sets it (their per-key override).
+        if !caller.permissions().contains(Permission::SystemAdmin)
+            && let (Some(own), Some(ceiling)) = (
+                body.rate_limit_per_minute
+                    .and_then(std::num::NonZeroU32::new)
+                    .map(Rate::per_minute),
+                self.rates.tenant_rate(&tenant),
+            )
+            && !own.at_most(&ceiling)
+        {
+            return Err(ApiError::bad(format!(
+                "rate_limit_per_minute can only lower the tenant's rate of {ceiling}; a system admin can raise the tenant's"
+            )));
+        }
+        let max_keys = self.auth.max_keys_of(&tenant);
         if body
             .expires_at
             .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
@@ -454,7 +548,10 @@ impl AdminOps {
             rotated_at: None,
             created_by: caller.actor(),
         };
-        self.store.insert_key(&key).await.map_err(store_error)?;
+        self.store
+            .insert_key(&key, max_keys)
+            .await
+            .map_err(store_error)?;
         self.keys.forget_hashes([&key.hash]).await;
         tracing::info!(tenant_id = %key.tenant_id, key_id = %key.key_id, actor = %caller.actor(), "API key created.");
         Ok((key, secret))
@@ -494,6 +591,7 @@ impl AdminOps {
     ) -> Result<ApiKey, ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageApiKeys])?;
         let mut key = self.key_of(tenant_id, key_id).await?;
+        Self::may_act_on(caller, self.key_permissions(&key).await?, "key")?;
         let hashes: Vec<String> = std::iter::once(key.hash.clone())
             .chain(key.previous_hash.clone())
             .collect();
@@ -524,9 +622,10 @@ impl AdminOps {
                 )));
             }
             Some(s) => Duration::from_secs(s),
-            None => self.rotation_grace,
+            None => self.auth.rotation_grace,
         };
         let mut key = self.key_of(tenant_id, key_id).await?;
+        Self::may_act_on(caller, self.key_permissions(&key).await?, "key")?;
         if key.status == KeyStatus::Revoked {
             return Err(ApiError::Conflict("a revoked key cannot be rotated".into()));
         }
@@ -618,6 +717,15 @@ impl AdminOps {
         }
         let tenant = self.tenant(tenant_id).await?;
         let email = req::email("email", &body.email)?;
+        if let Some(old) = self
+            .store
+            .get_user(tenant_id, user_id)
+            .await
+            .map_err(store_error)?
+        {
+            let held = self.roles_permissions(tenant_id, &old.roles).await?;
+            Self::may_act_on(caller, held, "user")?;
+        }
         let roles = self
             .assign_roles(caller, tenant_id, user_id, &body.roles)
             .await?;
@@ -626,6 +734,11 @@ impl AdminOps {
             tenant_id: tenant.tenant_id.clone(),
             email,
             roles,
+            status: if body.disabled {
+                UserStatus::Disabled
+            } else {
+                UserStatus::Active
+            },
             updated_at: model::now(),
         };
         let created = self
@@ -633,6 +746,9 @@ impl AdminOps {
             .put_user(&user, tenant.limits.max_users)
             .await
             .map_err(store_error)?;
+        if let Some(sso) = &self.sso {
+            sso.forget_user(tenant_id, user_id).await;
+        }
         Ok((user, created))
     }
 
@@ -656,17 +772,30 @@ impl AdminOps {
     ) -> Result<(), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
-        if !req::is_id(user_id)
-            || !self
+        let user = match req::is_id(user_id) {
+            true => self
                 .store
-                .delete_user(tenant_id, user_id)
+                .get_user(tenant_id, user_id)
                 .await
-                .map_err(store_error)?
+                .map_err(store_error)?,
+            false => None,
+        }
+        .filter(|u| u.status != UserStatus::Deleted)
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+        let held = self.roles_permissions(tenant_id, &user.roles).await?;
+        Self::may_act_on(caller, held, "user")?;
+        if !self
+            .store
+            .delete_user(tenant_id, user_id)
+            .await
+            .map_err(store_error)?
         {
             return Err(ApiError::NotFound("user not found".into()));
         }
-        // A deleted user's browser sessions end with them.
+        // A deleted user's browser sessions end with them; cached tokens
+        // are checked against the store again.
         if let Some(sso) = &self.sso {
+            sso.forget_user(tenant_id, user_id).await;
             let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
             for s in sessions.iter().filter(|s| s.user_id == user_id) {
                 sso.sessions
@@ -723,11 +852,17 @@ impl AdminOps {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
         let ended = match &self.sso {
-            Some(sso) if req::is_id(session_id) => sso
-                .sessions
-                .end(tenant_id, session_id)
-                .await
-                .map_err(store_error)?,
+            Some(sso) if req::is_id(session_id) => {
+                let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
+                if let Some(s) = sessions.iter().find(|s| s.session_id == session_id) {
+                    let held = self.roles_permissions(tenant_id, &s.roles).await?;
+                    Self::may_act_on(caller, held, "session")?;
+                }
+                sso.sessions
+                    .end(tenant_id, session_id)
+                    .await
+                    .map_err(store_error)?
+            }
             _ => false,
         };
         if !ended {
@@ -837,6 +972,17 @@ fn apply_limits(limits: &mut TenantLimits, patch: Option<&LimitsPatch>) -> Resul
             ));
         }
         limits.retention_days = v;
+    }
+    if let Some(v) = p.rate_limit_per_minute {
+        if v > 1_000_000 {
+            return Err(ApiError::bad(
+                "limits.rate_limit_per_minute must be at most 1000000 (0: the tier's rate)",
+            ));
+        }
+        limits.rate_limit_per_minute = (v > 0).then_some(v);
+    }
+    if let Some(v) = p.max_api_keys {
+        limits.max_api_keys = Some(req::limit("max_api_keys", v)?);
     }
     Ok(())
 }

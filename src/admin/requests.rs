@@ -69,6 +69,11 @@ pub struct LimitsPatch {
     pub max_monthly_cost: Option<f64>,
     /// Audit retention in days.
     pub retention_days: Option<i64>,
+    /// The rate every key of the tenant is held to, per minute (0: back to
+    /// the tier's rate). Keys can only lower it.
+    pub rate_limit_per_minute: Option<u32>,
+    /// Live API keys (-1: unlimited).
+    pub max_api_keys: Option<i64>,
 }
 
 /// Settings overrides.
@@ -142,6 +147,10 @@ pub struct PutUser {
     pub email: String,
     /// Roles.
     pub roles: Vec<String>,
+    /// A disabled user cannot log in, and their sessions and tokens stop
+    /// working.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 /// `PUT /admin/v1/tenants/{id}/roles/{name}`

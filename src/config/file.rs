@@ -197,6 +197,14 @@ pub struct AuthSection {
     /// rotate request says otherwise. "0s": it stops at once.
     #[serde(with = "duration")]
     pub rotation_grace: Duration,
+    /// Most live (not revoked) API keys a free-tier tenant may hold; -1:
+    /// no bound. A system admin can set a tenant's own
+    /// (`limits.max_api_keys`).
+    pub max_keys_free: i64,
+    /// The same for standard-tier tenants.
+    pub max_keys_standard: i64,
+    /// The same for enterprise-tier tenants.
+    pub max_keys_enterprise: i64,
 }
 
 impl Default for AuthSection {
@@ -205,6 +213,9 @@ impl Default for AuthSection {
             key_cache_capacity: 100_000,
             key_cache_ttl: Duration::from_secs(30),
             rotation_grace: Duration::ZERO,
+            max_keys_free: 10,
+            max_keys_standard: 100,
+            max_keys_enterprise: 1_000,
         }
     }
 }
@@ -517,6 +528,13 @@ pub struct OidcSection {
     /// Whether this provider may grant `system_admin` (crosses tenants).
     /// Never for a provider pinned to one tenant.
     pub allow_system_admin: bool,
+    /// Where a user's roles come from when the admin API knows the user
+    /// (`PUT …/users/{id}`): "admin" (the default: exactly the roles
+    /// assigned there; users it does not know get the provider's), "idp"
+    /// (the provider's claims only), or "both" (the union). Either way a
+    /// user disabled or deleted through the admin API cannot log in, and
+    /// their sessions and tokens stop working.
+    pub role_source: String,
 }
 
 /// `[[sso.saml]]`: one SAML 2.0 identity provider (costguard is the
@@ -564,6 +582,13 @@ pub struct SamlSection {
     pub user_attribute: String,
     /// Whether this IdP may grant `system_admin`. Never with `tenant`.
     pub allow_system_admin: bool,
+    /// Where a user's roles come from when the admin API knows the user
+    /// (`PUT …/users/{id}`): "admin" (the default: exactly the roles
+    /// assigned there; users it does not know get the provider's), "idp"
+    /// (the provider's claims only), or "both" (the union). Either way a
+    /// user disabled or deleted through the admin API cannot log in, and
+    /// their sessions and tokens stop working.
+    pub role_source: String,
     /// Accept IdP-initiated logins (no AuthnRequest, no `InResponseTo`).
     /// Off: every response must answer a request this browser started.
     pub allow_unsolicited: bool,

@@ -251,27 +251,39 @@ fn rate_limits_and_budget_are_validated() {
     .unwrap();
     let free = c
         .rate_limit
-        .rate_for(None, crate::model::Tier::Free)
+        .rate_for(None, &tenant(crate::model::Tier::Free))
         .unwrap();
     assert_eq!((free.limit.get(), free.period.as_secs()), (60, 60));
     let standard = c
         .rate_limit
-        .rate_for(None, crate::model::Tier::Standard)
+        .rate_for(None, &tenant(crate::model::Tier::Standard))
         .unwrap();
     assert_eq!((standard.limit.get(), standard.period.as_secs()), (5, 1));
     assert!(
         c.rate_limit
-            .rate_for(None, crate::model::Tier::Enterprise)
+            .rate_for(None, &tenant(crate::model::Tier::Enterprise))
             .is_none()
     );
     let own = c
         .rate_limit
-        .rate_for(Some(7), crate::model::Tier::Enterprise)
+        .rate_for(Some(7), &tenant(crate::model::Tier::Enterprise))
         .unwrap();
     assert_eq!(
         (own.limit.get(), own.period.as_secs()),
         (7, 60),
-        "a key's own rate wins"
+        "a key's own rate applies when the tier has none"
+    );
+    let mut overridden = tenant(crate::model::Tier::Free);
+    overridden.limits.rate_limit_per_minute = Some(600);
+    let rate = c.rate_limit.rate_for(None, &overridden).unwrap();
+    assert_eq!(
+        (rate.limit.get(), rate.period.as_secs()),
+        (600, 60),
+        "a system admin's tenant rate replaces the tier's"
+    );
+    assert!(
+        !crate::rate_limit::Rate::per_minute(std::num::NonZeroU32::new(61).unwrap()).at_most(&free),
+        "61/minute is more than the free tier's 60/minute"
     );
     assert_eq!(c.budget.cost_header.unwrap(), "x-litellm-response-cost");
 
@@ -334,4 +346,8 @@ fn providers_of_one_issuer_cannot_take_each_others_tokens() {
     ))
     .unwrap_err();
     assert!(bad.to_string().contains("system_admin"), "{bad}");
+}
+
+fn tenant(tier: crate::model::Tier) -> crate::model::Tenant {
+    crate::store::conformance::sample_tenant(tier)
 }

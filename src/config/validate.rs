@@ -13,12 +13,12 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod sso;
 
-pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, SamlProviderConfig, SsoConfig};
+pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, RoleSource, SamlProviderConfig, SsoConfig};
 
 use super::file::FileConfig;
 use super::{ConfigError, Problem};
 use crate::forward::headers::HeaderPattern;
-use crate::model::Tier;
+use crate::model::Tenant;
 use crate::rate_limit::Rate;
 
 /// The validated configuration the server runs on.
@@ -124,6 +124,18 @@ pub struct AuthConfig {
     pub key_cache_ttl: Duration,
     /// Default rotation grace period.
     pub rotation_grace: Duration,
+    /// Live keys per tenant by tier (free, standard, enterprise); -1: no bound.
+    pub max_keys: [i64; 3],
+}
+
+impl AuthConfig {
+    /// How many live keys `tenant` may hold: its own bound, else its tier's.
+    pub fn max_keys_of(&self, tenant: &crate::model::Tenant) -> i64 {
+        tenant
+            .limits
+            .max_api_keys
+            .unwrap_or(self.max_keys[tenant.tier as usize])
+    }
 }
 
 /// `[rate_limit]`, validated.
@@ -142,15 +154,30 @@ pub struct RateLimitConfig {
 }
 
 impl RateLimitConfig {
-    /// The rate of a key: its own per-minute rate, else its tier's default;
-    /// `None`: not limited.
-    pub fn rate_for(&self, own_per_minute: Option<u32>, tier: Tier) -> Option<Rate> {
+    /// The rate every key of `tenant` is held to: a system admin's
+    /// override for the tenant, else its tier's default; `None`: unlimited.
+    pub fn tenant_rate(&self, tenant: &Tenant) -> Option<Rate> {
+        match tenant
+            .limits
+            .rate_limit_per_minute
+            .and_then(NonZeroU32::new)
+        {
+            Some(n) => Some(Rate::per_minute(n)),
+            None => self.tier_defaults[tenant.tier as usize],
+        }
+    }
+
+    /// The rate of a key of `tenant`: its own per-minute rate, else the
+    /// tenant's; `None`: not limited. (Only a system admin can give a key
+    /// a rate above its tenant's: the admin API checks it when the key is
+    /// made.)
+    pub fn rate_for(&self, own_per_minute: Option<u32>, tenant: &Tenant) -> Option<Rate> {
         if !self.enabled {
             return None;
         }
         let rate = match own_per_minute.and_then(NonZeroU32::new) {
             Some(n) => Rate::per_minute(n),
-            None => self.tier_defaults[tier as usize]?,
+            None => self.tenant_rate(tenant)?,
         };
         Some(rate.with_burst_percent(self.burst_percent))
     }
@@ -384,6 +411,17 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         ),
         key_cache_ttl: c.duration("auth.key_cache_ttl", file.auth.key_cache_ttl),
         rotation_grace: file.auth.rotation_grace,
+        max_keys: [
+            ("auth.max_keys_free", file.auth.max_keys_free),
+            ("auth.max_keys_standard", file.auth.max_keys_standard),
+            ("auth.max_keys_enterprise", file.auth.max_keys_enterprise),
+        ]
+        .map(|(key, n)| {
+            if !(-1..=1_000_000).contains(&n) {
+                c.fail(key, "must be -1 (no bound) or 0 to 1000000");
+            }
+            n
+        }),
     };
     if file.auth.rotation_grace > Duration::from_secs(7 * 24 * 3600) {
         c.fail("auth.rotation_grace", "must be at most 7 days");

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::OidcProviderConfig;
+use crate::config::{OidcProviderConfig, RoleSource};
 
 /// Who a token says the user is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub enum ClaimError {
     /// The user claim is missing or unusable.
     #[error("no usable user id claim")]
     NoUser,
+    /// The admin API disabled or deleted this user.
+    #[error("the user is disabled")]
+    UserDisabled,
 }
 
 impl ClaimError {
@@ -47,6 +50,7 @@ impl ClaimError {
             ClaimError::NoTenant => "no_tenant",
             ClaimError::WrongTenant => "wrong_tenant",
             ClaimError::NoUser => "no_user",
+            ClaimError::UserDisabled => "user_disabled",
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Mapping<'a> {
     pub user_claim: &'a str,
     /// May grant `system_admin`.
     pub allow_system_admin: bool,
+    /// Where a user's roles come from when the admin API knows the user.
+    pub role_source: RoleSource,
 }
 
 impl OidcProviderConfig {
@@ -122,6 +128,7 @@ impl OidcProviderConfig {
             email_claim: &self.email_claim,
             user_claim: &self.user_claim,
             allow_system_admin: self.allow_system_admin,
+            role_source: self.role_source,
         }
     }
 }
@@ -145,6 +152,7 @@ impl crate::config::SamlProviderConfig {
             email_claim: &self.email_attribute,
             user_claim: self.user_attribute.as_deref().unwrap_or(NAME_ID),
             allow_system_admin: self.allow_system_admin,
+            role_source: self.role_source,
         }
     }
 }
@@ -230,6 +238,7 @@ mod tests {
             algorithms: vec![],
             hs256_secret: None,
             allow_system_admin: false,
+            role_source: RoleSource::Admin,
         }
     }
 

@@ -36,10 +36,20 @@ pub struct Live {
     /// One refresh at a time.
     pub refreshing: tokio::sync::Mutex<()>,
     /// The principal built from the record, reused by every request until
-    /// a refresh changes the record (which clears it).
-    pub principal: arc_swap::ArcSwapOption<crate::authn::Principal>,
+    /// a refresh changes the record (which clears it) or a user changes
+    /// through the admin API (a newer [`super::users::Directory::epoch`]).
+    pub principal: arc_swap::ArcSwapOption<BuiltPrincipal>,
     /// When `last_seen` was last written to the store.
     written: Mutex<OffsetDateTime>,
+}
+
+/// A session's principal and the user epoch it was built under.
+#[derive(Debug)]
+pub struct BuiltPrincipal {
+    /// [`super::users::Directory::epoch`] when it was built.
+    pub epoch: u64,
+    /// The principal.
+    pub principal: Arc<crate::authn::Principal>,
 }
 
 impl Live {

@@ -7,6 +7,7 @@ use time::Duration;
 use super::{Counter, Store, StoreError, UsageKey};
 use crate::model::{
     self, ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, TenantStatus, Tier, User,
+    UserStatus,
 };
 
 /// A tenant with fresh ids, for the suite.
@@ -56,6 +57,7 @@ pub async fn run(store: &dyn Store) {
     store.check().await.expect("check on an empty store");
     tenants(store).await;
     keys(store).await;
+    key_limit(store).await;
     projects_and_limits(store).await;
     users_and_limits(store).await;
     usage(store).await;
@@ -115,10 +117,10 @@ async fn keys(store: &dyn Store) {
     let t = sample_tenant(Tier::Free);
     store.insert_tenant(&t).await.unwrap();
     let mut k = sample_key(&t.tenant_id, "aa01");
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, -1).await.unwrap();
     assert!(
         matches!(
-            store.insert_key(&k).await,
+            store.insert_key(&k, -1).await,
             Err(StoreError::AlreadyExists(_))
         ),
         "duplicate key id"
@@ -176,7 +178,7 @@ async fn keys(store: &dyn Store) {
         store.update_key(&other).await,
         Err(StoreError::NotFound(_))
     ));
-    store.insert_key(&other).await.unwrap();
+    store.insert_key(&other, -1).await.unwrap();
     let listed = store.list_keys(&t.tenant_id).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(store.list_keys("org-00000000").await.unwrap().is_empty());
@@ -190,6 +192,34 @@ fn project(tenant_id: &str, name: &str) -> Project {
         budget: 100.0,
         created_at: model::now(),
     }
+}
+
+async fn key_limit(store: &dyn Store) {
+    let t = sample_tenant(Tier::Free);
+    store.insert_tenant(&t).await.unwrap();
+    let first = sample_key(&t.tenant_id, "limit01");
+    store.insert_key(&first, 2).await.unwrap();
+    store
+        .insert_key(&sample_key(&t.tenant_id, "limit02"), 2)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store
+                .insert_key(&sample_key(&t.tenant_id, "limit03"), 2)
+                .await,
+            Err(StoreError::LimitReached { what: "key", .. })
+        ),
+        "a third live key over a bound of 2"
+    );
+    assert!(store.key_by_hash("limit03").await.unwrap().is_none());
+    let mut revoked = first.clone();
+    revoked.status = KeyStatus::Revoked;
+    store.update_key(&revoked).await.unwrap();
+    store
+        .insert_key(&sample_key(&t.tenant_id, "limit04"), 2)
+        .await
+        .expect("a revoked key makes room");
 }
 
 async fn projects_and_limits(store: &dyn Store) {
@@ -244,6 +274,7 @@ async fn users_and_limits(store: &dyn Store) {
         tenant_id: t.tenant_id.clone(),
         email: format!("{id}@example.com"),
         roles: vec!["viewer".into()],
+        status: UserStatus::Active,
         updated_at: model::now(),
     };
     assert!(store.put_user(&user("u1"), 2).await.unwrap(), "created");
@@ -260,9 +291,43 @@ async fn users_and_limits(store: &dyn Store) {
     assert_eq!(store.list_users(&t.tenant_id).await.unwrap().len(), 2);
     assert!(store.delete_user(&t.tenant_id, "u1").await.unwrap());
     assert!(!store.delete_user(&t.tenant_id, "u1").await.unwrap());
+    let tombstone = store.get_user(&t.tenant_id, "u1").await.unwrap().unwrap();
+    assert_eq!(
+        tombstone.status,
+        UserStatus::Deleted,
+        "a deleted user is remembered"
+    );
+    assert!(tombstone.roles.is_empty());
+    assert!(
+        !store
+            .list_users(&t.tenant_id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|u| u.user_id == "u1"),
+        "but not listed"
+    );
     assert!(
         store.put_user(&user("u3"), 2).await.unwrap(),
         "room again after a delete"
+    );
+    assert!(
+        matches!(
+            store.put_user(&user("u1"), 2).await,
+            Err(StoreError::LimitReached { .. })
+        ),
+        "bringing a deleted user back counts as a creation"
+    );
+    assert!(store.delete_user(&t.tenant_id, "u3").await.unwrap());
+    assert!(store.put_user(&user("u1"), 2).await.unwrap(), "back");
+    assert_eq!(
+        store
+            .get_user(&t.tenant_id, "u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        UserStatus::Active
     );
 }
 
@@ -379,7 +444,7 @@ async fn cascade(store: &dyn Store) {
     store.insert_tenant(&t).await.unwrap();
     let mut k = sample_key(&t.tenant_id, "cc01");
     k.previous_hash = Some("cc00".into());
-    store.insert_key(&k).await.unwrap();
+    store.insert_key(&k, -1).await.unwrap();
     store.update_key(&k).await.unwrap();
     store
         .insert_project(&project(&t.tenant_id, "p"), -1)

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Removed, Store, StoreError, UsageKey};
-use crate::model::{ApiKey, CustomRole, Project, Session, Tenant, User};
+use crate::model::{ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, User, UserStatus};
 
 /// sled-backed [`Store`].
 #[derive(Debug)]
@@ -165,6 +165,13 @@ impl SledStore {
             .collect()
     }
 
+    /// A tenant's users without the deleted ones' tombstones.
+    fn live_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError> {
+        let mut users: Vec<User> = Self::scan(&self.users, tenant_id)?;
+        users.retain(|u| u.status != UserStatus::Deleted);
+        Ok(users)
+    }
+
     fn count(tree: &Tree, tenant_id: &str) -> u64 {
         tree.scan_prefix(prefix(tenant_id)).keys().count() as u64
     }
@@ -259,21 +266,35 @@ impl Store for SledStore {
         Ok(removed)
     }
 
-    async fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+    async fn insert_key(&self, key: &ApiKey, max: i64) -> Result<(), StoreError> {
         let value = encode(key)?;
         let id = scoped(&key.tenant_id, &key.key_id);
-        (&self.keys, &self.key_hashes)
-            .transaction(|(keys, hashes)| {
-                if keys.get(id.as_slice())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::AlreadyExists("key"),
-                    ));
+        // The count and the insert under one lock: of N+1 racing creations
+        // against a bound of N, exactly N succeed.
+        {
+            let _guard = self.lock();
+            if max >= 0 {
+                let live = Self::scan::<ApiKey>(&self.keys, &key.tenant_id)?
+                    .iter()
+                    .filter(|k| k.status != KeyStatus::Revoked)
+                    .count() as u64;
+                if live >= max as u64 {
+                    return Err(StoreError::LimitReached { what: "key", max });
                 }
-                keys.insert(id.as_slice(), value.as_slice())?;
-                hashes.insert(key.hash.as_bytes(), id.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx_error)?;
+            }
+            (&self.keys, &self.key_hashes)
+                .transaction(|(keys, hashes)| {
+                    if keys.get(id.as_slice())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AlreadyExists("key"),
+                        ));
+                    }
+                    keys.insert(id.as_slice(), value.as_slice())?;
+                    hashes.insert(key.hash.as_bytes(), id.as_slice())?;
+                    Ok(())
+                })
+                .map_err(tx_error)?;
+        }
         self.durable().await
     }
 
@@ -368,8 +389,12 @@ impl Store for SledStore {
         {
             let _guard = self.lock();
             let key = scoped(&user.tenant_id, &user.user_id);
-            created = !self.users.contains_key(&key).map_err(backend)?;
-            if created && max >= 0 && Self::count(&self.users, &user.tenant_id) >= max as u64 {
+            let old: Option<User> = match self.users.get(&key).map_err(backend)? {
+                Some(v) => Some(decode(&v)?),
+                None => None,
+            };
+            created = old.is_none_or(|u| u.status == UserStatus::Deleted);
+            if created && max >= 0 && self.live_users(&user.tenant_id)?.len() as u64 >= max as u64 {
                 return Err(StoreError::LimitReached { what: "user", max });
             }
             self.users.insert(key, encode(user)?).map_err(backend)?;
@@ -379,15 +404,38 @@ impl Store for SledStore {
     }
 
     async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, StoreError> {
-        Self::scan(&self.users, tenant_id)
+        self.live_users(tenant_id)
+    }
+
+    async fn get_user(&self, tenant_id: &str, user_id: &str) -> Result<Option<User>, StoreError> {
+        self.users
+            .get(scoped(tenant_id, user_id))
+            .map_err(backend)?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     async fn delete_user(&self, tenant_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        let existed = self
-            .users
-            .remove(scoped(tenant_id, user_id))
-            .map_err(backend)?
-            .is_some();
+        let existed;
+        {
+            let _guard = self.lock();
+            let key = scoped(tenant_id, user_id);
+            let old: Option<User> = match self.users.get(&key).map_err(backend)? {
+                Some(v) => Some(decode(&v)?),
+                None => None,
+            };
+            existed = old
+                .as_ref()
+                .is_some_and(|u| u.status != UserStatus::Deleted);
+            if let Some(mut tombstone) = old.filter(|_| existed) {
+                tombstone.status = UserStatus::Deleted;
+                tombstone.roles.clear();
+                tombstone.updated_at = crate::model::now();
+                self.users
+                    .insert(key, encode(&tombstone)?)
+                    .map_err(backend)?;
+            }
+        }
         self.durable().await?;
         Ok(existed)
     }

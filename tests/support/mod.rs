@@ -180,8 +180,12 @@ pub struct Sidecar {
     _dir: tempfile::TempDir,
 }
 
+/// The binary under test: this build's, or `TEST_COSTGUARD_BINARY` (to show
+/// that a new test fails on an older build).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_costguard"))
+    std::env::var_os("TEST_COSTGUARD_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_costguard")))
 }
 
 impl Sidecar {

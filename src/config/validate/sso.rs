@@ -86,6 +86,8 @@ pub struct SamlProviderConfig {
     pub user_attribute: Option<String>,
     /// May grant `system_admin`.
     pub allow_system_admin: bool,
+    /// Where a known user's roles come from.
+    pub role_source: RoleSource,
     /// IdP-initiated logins accepted.
     pub allow_unsolicited: bool,
     /// The Assertion itself must be signed.
@@ -137,6 +139,8 @@ pub struct OidcProviderConfig {
     pub hs256_secret: Option<Vec<u8>>,
     /// May grant `system_admin`.
     pub allow_system_admin: bool,
+    /// Where a known user's roles come from.
+    pub role_source: RoleSource,
 }
 
 impl std::fmt::Debug for OidcProviderConfig {
@@ -354,6 +358,35 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         algorithms,
         hs256_secret,
         allow_system_admin: p.allow_system_admin,
+        role_source: role_source(c, &key, &p.role_source),
+    }
+}
+
+/// Where the roles of a user the admin API knows come from (`role_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoleSource {
+    /// The roles assigned through the admin API; a user it does not know
+    /// gets the provider's.
+    #[default]
+    Admin,
+    /// The provider's claims only.
+    Idp,
+    /// Both, united.
+    Both,
+}
+
+fn role_source(c: &mut Checker, key: &dyn Fn(&str) -> String, value: &str) -> RoleSource {
+    match value.trim() {
+        "" | "admin" => RoleSource::Admin,
+        "idp" => RoleSource::Idp,
+        "both" => RoleSource::Both,
+        other => {
+            c.fail(
+                key("role_source"),
+                format!("{other:?}: expected \"admin\", \"idp\" or \"both\""),
+            );
+            RoleSource::Admin
+        }
     }
 }
 
@@ -485,6 +518,7 @@ fn saml_provider(
         email_attribute: non_empty(&p.email_attribute).unwrap_or_else(|| "email".into()),
         user_attribute: non_empty(&p.user_attribute),
         allow_system_admin: p.allow_system_admin,
+        role_source: role_source(c, &key, &p.role_source),
         allow_unsolicited: p.allow_unsolicited,
         require_signed_assertion: p.require_signed_assertion.unwrap_or(true),
         clock_skew,
