@@ -641,3 +641,76 @@ async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_e
     assert_eq!(status, 400, "{body}");
     assert_eq!(error_code(&body), "bad_request");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_answer_to_the_admin_apis_user() {
+    let w = world("", "", None).await;
+    let session = login(
+        &w.cg,
+        &format!("rd={}", costs(&w.tenant)),
+        "alice",
+        "alice-pw",
+    )
+    .await;
+    let (status, _, body) = get_with_session(&w.cg, &costs(&w.tenant), &session).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.up.last().headers["x-costops-roles"], "analyst,viewer");
+
+    // The admin API's roles replace the provider's for a user it knows.
+    let user = format!("/admin/v1/tenants/{}/users/alice", w.tenant);
+    let (status, body) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["budget_manager"]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, _, body) = get_with_session(&w.cg, &costs(&w.tenant), &session).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.up.last().headers["x-costops-roles"], "budget_manager");
+
+    // Disabled: the live session stops at once, and no new login.
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["viewer"], "disabled": true})),
+    );
+    assert_eq!(status, 200);
+    let before = w.up.count();
+    let (status, _, body) = get_with_session(&w.cg, &costs(&w.tenant), &session).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&body).as_str()),
+        (401, "user_disabled"),
+        "{body}"
+    );
+    let started = start_login(&w.cg, &format!("rd={}", costs(&w.tenant))).await;
+    let cb = authorize(&started.authorize_url, "alice", "alice-pw").await;
+    let (status, headers, body) = callback(&cb, &started.login_cookie).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("user_disabled"), "{body}");
+    assert!(!set_cookies(&headers).contains_key("costguard_session"));
+
+    // Deleted: still no login (the provider still vouches for alice).
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &user,
+        Some(json!({"email": "alice@acme.example", "roles": ["viewer"]})),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = w.cg.admin("DELETE", &user, None);
+    assert_eq!(status, 200);
+    let started = start_login(&w.cg, &format!("rd={}", costs(&w.tenant))).await;
+    let cb = authorize(&started.authorize_url, "alice", "alice-pw").await;
+    let (status, _, body) = callback(&cb, &started.login_cookie).await;
+    assert_eq!(
+        status, 403,
+        "a deleted user cannot log straight back in: {body}"
+    );
+    assert_eq!(w.up.count(), before);
+    let failed = audit_events(&w.cg, "auth.login_failed");
+    assert!(
+        failed
+            .iter()
+            .any(|r| r["details"]["reason"] == "user_disabled"),
+        "{failed:?}"
+    );
+}
