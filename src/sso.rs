@@ -28,6 +28,7 @@ pub mod jwks;
 pub mod login_state;
 pub mod oidc;
 pub mod saml;
+pub mod sealed;
 pub mod session;
 pub mod token;
 pub mod users;
