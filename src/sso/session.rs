@@ -193,8 +193,27 @@ impl Sessions {
                 };
             }
         };
-        if self.ended.contains_key(&hash) {
-            self.cache.invalidate(&hash).await;
+        self.settle(&hash, live).await
+    }
+
+    /// Like [`Sessions::get`], from the cache only: `Ok(None)` also when the
+    /// session is not cached (no store read to find it).
+    pub async fn get_cached(&self, cookie: &str) -> Result<Option<Arc<Live>>, StoreError> {
+        if cookie.len() != 43 {
+            return Ok(None);
+        }
+        let hash = token_hash(cookie);
+        match self.cache.get(&hash).await {
+            Some(live) => self.settle(&hash, live).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A found session, unless it ended (then it is removed); its activity
+    /// is noted.
+    async fn settle(&self, hash: &str, live: Arc<Live>) -> Result<Option<Arc<Live>>, StoreError> {
+        if self.ended.contains_key(hash) {
+            self.cache.invalidate(hash).await;
             return Ok(None);
         }
         let now = self.now();
@@ -212,7 +231,7 @@ impl Sessions {
             (ended.then(|| s.clone()), (due && !ended).then(|| s.clone()))
         };
         if let Some(s) = ended {
-            self.cache.invalidate(&hash).await;
+            self.cache.invalidate(hash).await;
             self.store
                 .delete_session(&s.tenant_id, &s.session_id)
                 .await?;
