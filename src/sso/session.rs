@@ -382,4 +382,41 @@ mod tests {
         assert!(sessions.get(&c2).await.unwrap().is_some());
         assert!(sessions.get("not-a-cookie").await.unwrap().is_none());
     }
+
+    /// What a source blocked for failed authentications may still use: a
+    /// session this instance holds in its cache, never one only the store knows.
+    #[tokio::test]
+    async fn cache_only_lookup_finds_cached_live_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let sessions = Sessions::new(
+            store,
+            Duration::from_secs(8 * 3600),
+            Duration::from_secs(3600),
+            100,
+            system_clock(),
+        );
+        let id = identity();
+        let (cookie, s) = sessions
+            .create(NewSession {
+                identity: &id,
+                method: "oidc",
+                provider: "corp",
+                refresh_token: None,
+                refresh_at: None,
+                id_token: None,
+                ends_by: None,
+            })
+            .await
+            .unwrap();
+        assert!(
+            sessions.get_cached(&cookie).await.unwrap().is_none(),
+            "in the store, not yet in the cache"
+        );
+        assert!(sessions.get(&cookie).await.unwrap().is_some());
+        assert!(sessions.get_cached(&cookie).await.unwrap().is_some());
+        assert!(sessions.end("org-aaaaaaaa", &s.session_id).await.unwrap());
+        assert!(sessions.get_cached(&cookie).await.unwrap().is_none());
+        assert!(sessions.get_cached("not-a-cookie").await.unwrap().is_none());
+    }
 }
