@@ -249,7 +249,9 @@ pub struct RateLimitSection {
     pub burst_percent: u64,
     /// Failed authentications (bad keys or tokens) one client address may
     /// make per minute; further attempts get 429 without a key lookup until
-    /// one is allowed again. IPv6 addresses count per /64.
+    /// one is allowed again, except with a credential the caches already
+    /// hold as valid. IPv6 addresses count per /64. The admin port keeps
+    /// its own count, checked before the admin token.
     pub failed_auth_per_minute: u64,
     /// Client addresses tracked for failed authentications; beyond it, new
     /// addresses share one counter.
