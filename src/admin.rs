@@ -27,7 +27,7 @@ use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::request_id;
 use crate::store::StoreError;
-use crate::throttle::{self, Throttle};
+use crate::throttle::{self, Port, Throttle};
 use auth::AdminAuth;
 use ops::{AdminOps, key_view};
 
@@ -161,10 +161,12 @@ impl Admin {
         if !allowed.split(", ").any(|m| m == req.method().as_str()) {
             return Err(ApiError::MethodNotAllowed(allowed));
         }
-        // Guessing admin tokens or keys here counts against the same
-        // failed-authentication limit as on the proxy port.
+        // Guessing admin tokens or keys is limited per source, in the admin
+        // port's own table: checked before the token, so a blocked source
+        // cannot go on guessing it, and apart from the proxy port's, so bad
+        // keys sent through a shared ingress address do not lock admins out.
         let throttle = &self.0.throttle;
-        throttle.before_authentication(client)?;
+        throttle.before_authentication(Port::Admin, client)?;
         let audited = AdminFacts {
             client,
             user_agent: crate::audit::user_agent(req.headers()),
@@ -175,7 +177,7 @@ impl Admin {
         let caller = match self.0.auth.caller(req.headers()).await {
             Ok(caller) => caller,
             Err(e) => {
-                throttle.authentication_failed(client, &e);
+                throttle.authentication_failed(Port::Admin, client, &e);
                 if e.is_bad_credential() {
                     self.audit_denied(&audited, &e).await;
                 }
@@ -461,7 +463,7 @@ impl Handler for Admin {
         let mut resp = match self
             .0
             .readiness
-            .respond(req.method(), req.uri().path())
+            .respond(req.method(), req.uri().path(), true)
             .await
         {
             Some(resp) => resp,

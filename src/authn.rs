@@ -242,6 +242,27 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The request's principal if the caches alone prove it (API key
+    /// lookup, verified JWT, live session), else `None`; never reads the
+    /// store nor calls an identity provider. Used for sources blocked for
+    /// failed authentications: a credential this instance already verified
+    /// is not a guess, while anything else from them waits out the block.
+    pub async fn authenticate_cached(&self, headers: &HeaderMap) -> Option<Authenticated> {
+        match (credential(headers).ok()?, &self.sso) {
+            (Some(Credential::ApiKey(key)), _) => self.keys.authenticate_cached(key).await,
+            (Some(Credential::Bearer(token)), Some(sso)) if crate::sso::looks_like_jwt(token) => {
+                sso.bearer_cached(token).await
+            }
+            (None, Some(sso)) => {
+                let cookie = sso.session_cookie(headers)?;
+                sso.session_cached(cookie).await
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The single credential a request carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credential<'a> {

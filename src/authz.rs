@@ -54,6 +54,16 @@ pub enum BadTarget {
     /// An absolute-form target whose authority is not the Host header.
     #[error("the request target's authority differs from the Host header")]
     Authority,
+    /// More than one `Host` field (RFC 9112 §3.2: 400): which one a
+    /// component reads decides where the request goes.
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// A `Transfer-Encoding` other than one field saying `chunked` (RFC
+    /// 9112 §6.1): stacked or repeated codings are read differently by
+    /// different parsers (request smuggling); costguard decodes none but
+    /// chunked.
+    #[error("Transfer-Encoding must be exactly \"chunked\"")]
+    TransferCoding,
 }
 
 /// Proof that a request may be forwarded; `forward` requires one.
@@ -72,8 +82,23 @@ pub struct Permit {
     pub route: Arc<str>,
 }
 
-/// Checks the request target: authority (absolute form vs Host) and path.
+/// Checks the request head: one Host, no transfer coding but a single
+/// `chunked`, the authority (absolute form vs Host) and the path.
 pub fn check_target<B>(req: &Request<B>) -> Result<(), BadTarget> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(BadTarget::DuplicateHost);
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some()
+            || !first
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")))
+    {
+        return Err(BadTarget::TransferCoding);
+    }
     if let (Some(authority), Some(host)) = (req.uri().authority(), req.headers().get(header::HOST))
         && !host
             .as_bytes()

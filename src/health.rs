@@ -1,5 +1,6 @@
 //! `/health` (the process answers) and `/ready` (configuration loaded, store
-//! open, not draining), served locally on both ports.
+//! open, not draining), served locally on both ports; `/ready`'s details
+//! only on the admin port.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,16 +37,41 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Answers `/health` and `/ready` (GET or HEAD); `None` for anything else.
-    pub async fn respond(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+    /// Answers `/health` and `/ready` (GET or HEAD); `None` for anything
+    /// else. Only with `detailed` (the admin port) does `/ready` say why:
+    /// policy file names, the last policy error and store errors tell an
+    /// attacker on the public port how the deployment is laid out and what
+    /// is failing.
+    pub async fn respond(
+        &self,
+        method: &Method,
+        path: &str,
+        detailed: bool,
+    ) -> Option<Response<Full<Bytes>>> {
         if method != Method::GET && method != Method::HEAD {
             return None;
         }
         match path {
             "/health" => Some(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-            "/ready" => Some(self.ready().await),
+            "/ready" if detailed => Some(self.ready().await),
+            "/ready" => Some(self.ready_status().await),
             _ => None,
         }
+    }
+
+    /// Whether the process should receive traffic.
+    async fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.store.check().await.is_ok()
+    }
+
+    /// `/ready` with the status only.
+    async fn ready_status(&self) -> Response<Full<Bytes>> {
+        let (status, word) = if self.is_ready().await {
+            (StatusCode::OK, "ready")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+        };
+        json_response(status, &json!({ "status": word }))
     }
 
     async fn ready(&self) -> Response<Full<Bytes>> {

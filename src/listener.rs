@@ -6,13 +6,21 @@
 //! it closes. That one semaphore bounds concurrent connections (the accept
 //! loop waits for a permit, so excess clients queue in the kernel backlog)
 //! and tells the drain when the last connection is gone.
+//!
+//! So that one client cannot take every permit, connections are also counted
+//! per source address (IPv6: per /64): one over `max_connections_per_source`
+//! is closed at once (trusted proxies, which carry many clients, are exempt),
+//! and every connection is asked to close gracefully at
+//! `max_connection_age`. The idle timeout counts request progress, not bytes
+//! (see `activity`).
 
 mod activity;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
@@ -21,13 +29,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use activity::{Activity, TrackedIo};
+use activity::{Activity, OpenBody, TrackedIo};
 
 /// What a request handler knows about the connection it arrived on.
 #[derive(Debug, Clone)]
@@ -75,7 +84,54 @@ pub struct Listener<H> {
     limits: Limits,
     /// One permit per open connection; see the module docs.
     connections: Arc<Semaphore>,
+    /// Open connections per source.
+    sources: Arc<Sources>,
+    /// Peers not held to the per-source cap.
+    exempt: Vec<IpNet>,
     name: &'static str,
+}
+
+/// Open connections per source address (IPv4, or IPv6 /64), for the
+/// per-source cap.
+#[derive(Debug, Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+impl Sources {
+    /// The address connections are counted under: IPv4 (also when mapped
+    /// into IPv6), or the /64 of an IPv6 address (one host may own a /64).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            v4 => v4,
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at the cap.
+    fn take(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
+        let key = Self::key(ip);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), key))
+    }
+}
+
+/// One connection's place in [`Sources`], given back on drop.
+struct SourceSlot(Arc<Sources>, IpAddr);
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
 }
 
 impl<H: Handler> Listener<H> {
@@ -97,9 +153,17 @@ impl<H: Handler> Listener<H> {
             tls: tls.map(TlsAcceptor::from),
             handler,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            sources: Arc::default(),
+            exempt: Vec::new(),
             limits,
             name,
         })
+    }
+
+    /// Exempts these peers (trusted proxies) from the per-source cap.
+    pub fn exempt_sources(mut self, nets: Vec<IpNet>) -> Self {
+        self.exempt = nets;
+        self
     }
 
     /// The address actually bound.
@@ -129,6 +193,22 @@ impl<H: Handler> Listener<H> {
                 },
                 _ = stopped(&mut shutdown) => break,
             };
+            let canonical = peer.ip().to_canonical();
+            let slot = if self.exempt.iter().any(|net| net.contains(&canonical)) {
+                None
+            } else {
+                match self
+                    .sources
+                    .take(peer.ip(), self.limits.max_connections_per_source)
+                {
+                    Some(slot) => Some(slot),
+                    None => {
+                        // Closed at once: the permit goes back with it.
+                        tracing::debug!(listener = self.name, peer = %peer, "Too many connections from this source; closed.");
+                        continue;
+                    }
+                }
+            };
             let conn = Connection {
                 stream,
                 peer,
@@ -137,10 +217,12 @@ impl<H: Handler> Listener<H> {
                 builder: builder.clone(),
                 header_read_timeout: self.limits.header_read_timeout,
                 idle_timeout: self.limits.idle_timeout,
+                max_age: self.limits.max_connection_age,
                 shutdown: shutdown.clone(),
             };
             tokio::spawn(async move {
                 conn.run().await;
+                drop(slot);
                 drop(permit);
             });
         }
@@ -200,6 +282,7 @@ struct Connection<H> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    max_age: Duration,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -213,6 +296,7 @@ impl<H: Handler> Connection<H> {
             builder,
             header_read_timeout,
             idle_timeout,
+            max_age,
             shutdown,
         } = self;
         let _ = stream.set_nodelay(true);
@@ -229,6 +313,7 @@ impl<H: Handler> Connection<H> {
             handler,
             activity,
             idle_timeout,
+            closes_at: tokio::time::Instant::now() + max_age,
             shutdown,
         };
         match tls {
@@ -250,7 +335,16 @@ struct Serve<H> {
     handler: H,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    /// When the connection reaches `max_connection_age`.
+    closes_at: tokio::time::Instant,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Why a connection is being closed.
+enum Closing {
+    Idle,
+    Aged,
+    Draining,
 }
 
 impl<H: Handler> Serve<H> {
@@ -263,6 +357,7 @@ impl<H: Handler> Serve<H> {
             handler,
             activity,
             idle_timeout,
+            closes_at,
             mut shutdown,
         } = self;
         let peer = info.peer;
@@ -270,16 +365,16 @@ impl<H: Handler> Serve<H> {
         let service = service_fn(move |req| {
             let handler = handler.clone();
             let info = info.clone();
-            let guard = in_flight.request_started();
+            let (guard, open) = in_flight.request_started();
             async move {
                 let resp = handler.handle(req, &info).await;
                 drop(guard);
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)))
             }
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
-        let graceful = tokio::select! {
+        let closing = tokio::select! {
             // Fixed order: the connection first (it is what usually woke us),
             // and no random branch choice per poll.
             biased;
@@ -289,14 +384,37 @@ impl<H: Handler> Serve<H> {
                 }
                 return;
             }
-            _ = activity.idle(idle_timeout) => Duration::from_secs(1),
-            _ = stopped(&mut shutdown) => Duration::MAX,
+            _ = activity.idle(idle_timeout) => Closing::Idle,
+            _ = tokio::time::sleep_until(closes_at) => Closing::Aged,
+            _ = stopped(&mut shutdown) => Closing::Draining,
         };
-        // Idle or draining: finish the request in progress (if any), then close.
-        // HTTP/1.1 stops keep-alive, HTTP/2 sends GOAWAY. A drain is bounded by
-        // the listener's grace period; an idle close by one second.
+        // Finish the requests in progress (if any), then close: HTTP/1.1
+        // stops keep-alive, HTTP/2 sends GOAWAY. A drain is bounded by the
+        // listener's grace period; an idle close by one second; an aged
+        // connection's requests run on while they make progress (bounded
+        // by the idle timeout as ever), then get one second.
         conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(graceful, conn).await;
+        match closing {
+            Closing::Idle => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            }
+            Closing::Draining => {
+                let _ = conn.await;
+            }
+            Closing::Aged => {
+                tracing::debug!(peer = %peer, "Connection reached its maximum age; closing it.");
+                tokio::select! {
+                    biased;
+                    _ = conn.as_mut() => return,
+                    _ = activity.idle(idle_timeout) => {}
+                    _ = stopped(&mut shutdown) => {
+                        let _ = conn.await;
+                        return;
+                    }
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            }
+        }
     }
 }
 

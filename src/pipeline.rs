@@ -3,9 +3,9 @@
 //! ```text
 //! request id → local endpoints → size limits → target check (path safety,
 //! authority) → [/auth/*: single sign-on endpoints, never proxied] → route
-//! match → [public route: no authn] failed-auth block (per client address)
-//! → authn (API key, JWT or session → Principal; cross-site session writes
-//! refused) → authz (route,
+//! match → [public route: no authn] authn (API key, JWT or session →
+//! Principal; from a source blocked for failed authentications only what the
+//! caches already vouch for, else 429; cross-site session writes refused) → authz (route,
 //! tenant, project, permission → Permit) → shadow policy (logged) → limits
 //! (key rate, budget, daily quota) → forward (header hygiene, credentials
 //! out, identity headers in, pooled upstream client) → response hygiene,
@@ -39,7 +39,7 @@ use crate::health::Readiness;
 use crate::listener::{ConnInfo, Handler};
 use crate::rate_limit::RateStatus;
 use crate::request_id;
-use crate::throttle::Throttle;
+use crate::throttle::{Port, Throttle};
 
 /// The proxy port's handler. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -160,8 +160,15 @@ impl Proxy {
         trail: &mut Trail,
     ) -> Result<Response<ResponseBody>, Error> {
         let this = &*self.0;
-        // Probes are answered here and never reach the upstream.
-        if let Some(resp) = this.readiness.respond(req.method(), req.uri().path()).await {
+        this.hygiene
+            .notice_untrusted_proxy(conn.peer.ip(), req.headers());
+        // Probes are answered here and never reach the upstream; the public
+        // port's `/ready` says ready or not, the details are on the admin port.
+        if let Some(resp) = this
+            .readiness
+            .respond(req.method(), req.uri().path(), false)
+            .await
+        {
             return Ok(resp.map(Either::Right));
         }
         // Bounds first: nothing below reads an oversized request.
@@ -224,7 +231,7 @@ impl Proxy {
         let path = req.uri().path();
         // A source out of attempts cannot make costguard call the provider.
         let guarded = matches!(path, "/auth/callback" | "/auth/userinfo" | "/auth/saml/acs");
-        if guarded && let Err(limited) = this.throttle.before_authentication(ip) {
+        if guarded && let Err(limited) = this.throttle.before_authentication(Port::Proxy, ip) {
             return error::rescue(&Error::Limited(limited), request_id);
         }
         if path == "/auth/userinfo" {
@@ -237,7 +244,7 @@ impl Proxy {
                     crate::sso::Sso::userinfo(&auth, session.as_ref())
                 }
                 Err(e) => {
-                    this.throttle.authentication_failed(ip, &e);
+                    this.throttle.authentication_failed(Port::Proxy, ip, &e);
                     error::rescue(&Error::Authn(e), request_id)
                 }
             };
@@ -250,7 +257,7 @@ impl Proxy {
         if path == "/auth/saml/acs" && req.method() == http::Method::POST {
             let resp = self.saml_acs(sso, req, &client, request_id).await;
             if resp.status().is_client_error() {
-                this.throttle.count_failure(ip);
+                this.throttle.count_failure(Port::Proxy, ip);
             }
             return resp;
         }
@@ -265,7 +272,7 @@ impl Proxy {
             )
             .await;
         if guarded && resp.status().is_client_error() {
-            this.throttle.count_failure(ip);
+            this.throttle.count_failure(Port::Proxy, ip);
         }
         resp
     }
@@ -349,17 +356,28 @@ impl Proxy {
             };
             return Ok((permit, None));
         }
-        // A source out of attempts is refused before any key lookup.
         let client = this.hygiene.client_ip(conn.peer.ip(), req.headers());
         trail.client = Some(client);
-        this.throttle.before_authentication(client)?;
-        // Who is calling: exactly one valid credential, or 401.
-        let auth = match this.authn.authenticate(req.headers()).await {
-            Ok(auth) => auth,
-            Err(e) => {
-                this.throttle.authentication_failed(client, &e);
-                return Err(e.into());
-            }
+        // Who is calling: exactly one valid credential, or 401. A source out
+        // of attempts is refused before any store lookup, except for a
+        // credential the caches already hold as valid: behind an ingress
+        // every client may share one address, and one client's bad keys must
+        // not lock out everyone else's good ones.
+        let auth = match this.throttle.blocked(Port::Proxy, client) {
+            Ok(()) => match this.authn.authenticate(req.headers()).await {
+                Ok(auth) => auth,
+                Err(e) => {
+                    this.throttle.authentication_failed(Port::Proxy, client, &e);
+                    return Err(e.into());
+                }
+            },
+            Err(limited) => match this.authn.authenticate_cached(req.headers()).await {
+                Some(auth) => auth,
+                None => {
+                    this.throttle.refuse(&limited);
+                    return Err(limited.into());
+                }
+            },
         };
         let principal = &auth.principal;
         trail.principal = Some(principal.clone());

@@ -176,7 +176,9 @@ impl Server {
             proxy,
             config.limits.clone(),
         )
-        .await?;
+        .await?
+        .exempt_sources(config.proxy.trusted_proxies.clone());
+        warn_about_exposure(config);
         if config.admin.token_hash.is_none() {
             tracing::warn!(
                 "No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants."
@@ -307,6 +309,31 @@ impl Server {
         }
         tracing::info!(drained, "Stopped.");
         drained
+    }
+}
+
+/// Warns at startup about settings that expose more than they seem to:
+/// trusting every address's forwarding headers (any client then picks the
+/// address its failed authentications, rate limits and audit records are
+/// kept under), and an admin port reachable off the host in clear text.
+fn warn_about_exposure(config: &Config) {
+    if let Some(net) = config
+        .proxy
+        .trusted_proxies
+        .iter()
+        .find(|net| net.prefix_len() == 0)
+    {
+        tracing::warn!(
+            trusted_proxy = %net,
+            "proxy.trusted_proxies trusts EVERY address: any client can forge X-Forwarded-For and so choose the address its failed-authentication blocks, per-source limits and audit records are kept under. List only your ingress or load balancer's addresses."
+        );
+    }
+    let admin = config.admin.listen.ip();
+    if !admin.is_loopback() {
+        tracing::warn!(
+            admin = %config.admin.listen,
+            "The admin port listens on a non-loopback address without TLS: the admin token and API keys cross the network in clear text. Bind it to 127.0.0.1 (kubectl port-forward reaches it), or keep it behind a NetworkPolicy and a TLS-terminating proxy."
+        );
     }
 }
 

@@ -401,6 +401,52 @@ impl Sso {
         Ok((Authenticated { principal, tenant }, verified.exp))
     }
 
+    /// A bearer JWT from the verified-token cache only (see
+    /// [`crate::authn::Authenticator::authenticate_cached`]).
+    pub async fn bearer_cached(&self, raw: &str) -> Option<Authenticated> {
+        let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        let hit = self.verified.as_ref()?.get(&digest)?;
+        if unix_now() > hit.exp
+            || self.providers[hit.provider].jwks.generation() != hit.key_generation
+            || self.directory.epoch() != hit.user_epoch
+        {
+            return None;
+        }
+        let tenant = self.cached_tenant(&hit.principal.tenant_id).await?;
+        Some(Authenticated {
+            principal: hit.principal.clone(),
+            tenant,
+        })
+    }
+
+    /// A session cookie from the session cache only, and only while no
+    /// token refresh is due (that would call the provider).
+    pub async fn session_cached(&self, cookie: &str) -> Option<Authenticated> {
+        let live = self.sessions.get_cached(cookie).await.ok()??;
+        if self.refresh_due(&live) {
+            return None;
+        }
+        // Only a principal built under the current user epoch: rebuilding
+        // one would read the store.
+        let principal = live
+            .principal
+            .load_full()
+            .filter(|b| b.epoch == self.directory.epoch())?
+            .principal
+            .clone();
+        let tenant = self.cached_tenant(&principal.tenant_id).await?;
+        Some(Authenticated { principal, tenant })
+    }
+
+    /// An active tenant from the cache only.
+    async fn cached_tenant(&self, tenant_id: &str) -> Option<Arc<crate::model::Tenant>> {
+        self.keys
+            .cached_tenant(tenant_id)
+            .await
+            .flatten()
+            .filter(|t| t.status != TenantStatus::Suspended)
+    }
+
     /// Authenticates a session cookie, refreshing the provider's tokens when due.
     pub async fn session(&self, cookie: &str) -> Result<Authenticated, AuthnError> {
         let live = self
@@ -410,6 +456,21 @@ impl Sso {
             .map_err(|e| AuthnError::Store(Arc::new(e)))?
             .ok_or(AuthnError::NoSession)?;
         self.refresh_if_due(&live).await?;
+        let principal = self.session_principal(&live).await?;
+        let tenant = self.tenant(&principal.tenant_id).await?;
+        Ok(Authenticated { principal, tenant })
+    }
+
+    /// Whether the session's provider tokens are due for a refresh.
+    fn refresh_due(&self, live: &Live) -> bool {
+        let s = live.session.lock().unwrap_or_else(|e| e.into_inner());
+        s.refresh_token.is_some() && s.refresh_at.is_some_and(|at| self.sessions.now() >= at)
+    }
+
+    /// The session's principal, built from its record and the admin API's
+    /// user, reused until a refresh changes the record or a user changes
+    /// (a newer user epoch).
+    async fn session_principal(&self, live: &Live) -> Result<Arc<Principal>, AuthnError> {
         let epoch = self.directory.epoch();
         let principal = match live.principal.load_full() {
             Some(built) if built.epoch == epoch => built.principal.clone(),
@@ -438,17 +499,13 @@ impl Sso {
                 built
             }
         };
-        let tenant = self.tenant(&principal.tenant_id).await?;
-        Ok(Authenticated { principal, tenant })
+        Ok(principal)
     }
 
     /// Uses the session's refresh token once its provider tokens expired
     /// (one refresh at a time per session; the others wait and reuse it).
     async fn refresh_if_due(&self, live: &Live) -> Result<(), AuthnError> {
-        let due = || {
-            let s = live.session.lock().unwrap_or_else(|e| e.into_inner());
-            s.refresh_token.is_some() && s.refresh_at.is_some_and(|at| self.sessions.now() >= at)
-        };
+        let due = || self.refresh_due(live);
         if !due() {
             return Ok(());
         }

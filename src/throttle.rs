@@ -7,6 +7,11 @@
 //! Before authentication it also refuses sources that sent too many bad
 //! credentials (429, no key lookup), and after the response it adds the
 //! cost the upstream reported to the tenant's and project's spend.
+//!
+//! The proxy port and the admin port count failed authentications in
+//! separate tables ([`Port`]): behind an ingress every proxy client may
+//! share one address, and a flood of bad keys there must not lock the
+//! operators out of the admin port (nor the other way round).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -49,12 +54,23 @@ impl From<LimiterError> for Limited {
     }
 }
 
+/// Which listener a failed authentication happened on: each has its own
+/// failed-authentication table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The proxy port (API keys, JWTs, sessions, single sign-on endpoints).
+    Proxy,
+    /// The admin port (admin token, admin-capable API keys).
+    Admin,
+}
+
 /// The limits stage. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Throttle {
     limiter: Arc<dyn RateLimiter>,
     rates: Arc<RateLimitConfig>,
     failed_auth: FailedAuth,
+    admin_failed_auth: FailedAuth,
     usage: Usage,
     cost_header: Option<http::HeaderName>,
     refused: Arc<Refused>,
@@ -96,6 +112,10 @@ impl Throttle {
                 rates.failed_auth_per_minute,
                 rates.failed_auth_max_sources,
             ),
+            admin_failed_auth: FailedAuth::new(
+                rates.failed_auth_per_minute,
+                rates.failed_auth_max_sources,
+            ),
             rates: Arc::new(rates.clone()),
             usage,
             cost_header: budget.cost_header.clone(),
@@ -103,33 +123,52 @@ impl Throttle {
         }
     }
 
-    /// Refuses a source that is out of authentication attempts.
-    pub fn before_authentication(&self, client: IpAddr) -> Result<(), Limited> {
+    fn table(&self, port: Port) -> &FailedAuth {
+        match port {
+            Port::Proxy => &self.failed_auth,
+            Port::Admin => &self.admin_failed_auth,
+        }
+    }
+
+    /// Refuses a source that is out of authentication attempts on `port`.
+    pub fn before_authentication(&self, port: Port, client: IpAddr) -> Result<(), Limited> {
+        self.blocked(port, client)
+            .inspect_err(|limited| self.refuse(limited))
+    }
+
+    /// Whether `client` is out of authentication attempts on `port`, without
+    /// counting a refusal: the caller may still let a credential the caches
+    /// already vouch for through, and calls [`Throttle::refuse`] if not.
+    pub fn blocked(&self, port: Port, client: IpAddr) -> Result<(), Limited> {
         if !self.rates.enabled {
             return Ok(());
         }
-        self.failed_auth.check(client).map_err(|blocked| {
-            let limited = Limited::AuthFailures(blocked);
-            self.refused.count(&limited);
-            limited
-        })
+        self.table(port)
+            .check(client)
+            .map_err(Limited::AuthFailures)
     }
 
-    /// Counts a failed authentication against its source.
-    pub fn authentication_failed(&self, client: IpAddr, error: &AuthnError) {
+    /// Counts a request held back (for `/metrics`).
+    pub fn refuse(&self, limited: &Limited) {
+        self.refused.count(limited);
+    }
+
+    /// Counts a failed authentication against its source on `port`.
+    pub fn authentication_failed(&self, port: Port, client: IpAddr, error: &AuthnError) {
         if error.is_bad_credential() {
-            self.count_failure(client);
+            self.count_failure(port, client);
         }
     }
 
     /// Counts a failure that is not a credential, such as a refused single
     /// sign-on callback (each one may cost the identity provider a call).
-    pub fn count_failure(&self, client: IpAddr) {
+    pub fn count_failure(&self, port: Port, client: IpAddr) {
         if self.rates.enabled
-            && let Some(blocked) = self.failed_auth.failed(client)
+            && let Some(blocked) = self.table(port).failed(client)
         {
             tracing::warn!(
                 client = %client,
+                port = ?port,
                 retry_after = blocked.retry_after,
                 "Too many failed authentications; refusing this source's attempts for a while."
             );
@@ -248,6 +287,7 @@ impl Throttle {
     pub fn cleanup(&self) {
         self.limiter.cleanup();
         self.failed_auth.cleanup();
+        self.admin_failed_auth.cleanup();
     }
 
     /// The stage's Prometheus metrics (text exposition format).
@@ -275,11 +315,15 @@ impl Throttle {
             "# HELP costguard_rate_limit_buckets Per-key rate-limit buckets held in memory.\n\
              # TYPE costguard_rate_limit_buckets gauge\n\
              costguard_rate_limit_buckets {}\n\
-             # HELP costguard_failed_auth_sources Client addresses tracked for failed authentications.\n\
+             # HELP costguard_failed_auth_sources Client addresses tracked for failed authentications on the proxy port.\n\
              # TYPE costguard_failed_auth_sources gauge\n\
-             costguard_failed_auth_sources {}",
+             costguard_failed_auth_sources {}\n\
+             # HELP costguard_admin_failed_auth_sources Client addresses tracked for failed authentications on the admin port.\n\
+             # TYPE costguard_admin_failed_auth_sources gauge\n\
+             costguard_admin_failed_auth_sources {}",
             self.limiter.buckets(),
-            self.failed_auth.sources()
+            self.failed_auth.sources(),
+            self.admin_failed_auth.sources()
         );
     }
 }

@@ -38,6 +38,12 @@ struct World {
 /// `sso_extra`: keys of `[sso]`; `corp_extra`: keys of the corp table;
 /// `more`: further `[[sso.oidc]]` tables (`{issuer}` and `{port}` replaced).
 async fn world(sso_extra: &str, corp_extra: &str, more: &str) -> World {
+    world_throttled(NO_AUTH_THROTTLE, sso_extra, corp_extra, more).await
+}
+
+/// [`world`] with `throttle` (a `[rate_limit]` section) instead of no
+/// failed-authentication throttle.
+async fn world_throttled(throttle: &str, sso_extra: &str, corp_extra: &str, more: &str) -> World {
     let (store, tenants) = tenants_in_store(&["enterprise", "enterprise"]);
     let port = free_port();
     let idp = Idp::start(&json!({"clients": [client("cg", None, "RS256", port)], "users": {}}));
@@ -46,7 +52,7 @@ async fn world(sso_extra: &str, corp_extra: &str, more: &str) -> World {
         .replace("{issuer}", &idp.issuer)
         .replace("{port}", &port.to_string());
     let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n{NO_AUTH_THROTTLE}[sso]\n{sso_extra}\n{}{more}",
+        "[proxy]\nupstream = \"{}\"\n{throttle}[sso]\n{sso_extra}\n{}{more}",
         up.url(),
         provider_toml(
             "corp",
@@ -1037,4 +1043,31 @@ async fn the_admin_apis_user_is_authoritative_over_token_roles() {
     let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &bob).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.up.last().headers["x-costops-roles"], "viewer");
+}
+
+/// Issue 15 §4a: behind an ingress every client shares one address. Once it
+/// is blocked for bad tokens, a token this instance already verified (in
+/// the verified-token cache) still passes; a token it has not seen waits
+/// out the block, valid or not, without a key-set fetch or a verification.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_cached_token_passes_a_blocked_source() {
+    let w = world_throttled("[rate_limit]\nfailed_auth_per_minute = 3\n", "", "", "").await;
+    let fresh = || claims(&w.idp.issuer, "cg", &w.tenant, &["viewer"]);
+    let known = token(fresh(), &w.idp).await;
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &known).await;
+    assert_eq!(status, 200, "verified and cached: {body}");
+    let forged = attacker_es256(json!({"kid": "nope"}), &fresh(), true);
+    for i in 0..3 {
+        let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &forged).await;
+        assert_eq!(status, 401, "attempt {i}: {body}");
+    }
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &forged).await;
+    assert_eq!(status, 429, "the address is blocked: {body}");
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &known).await;
+    assert_eq!(status, 200, "a cached verified token passes: {body}");
+    let unseen = token(fresh(), &w.idp).await;
+    let (status, _, body) = call(&w.cg, "GET", &costs(&w.tenant), &unseen).await;
+    assert_eq!(status, 429, "a token not in the cache waits: {body}");
+    assert_eq!(error_code(&body), "rate_limited");
+    assert_eq!(w.up.count(), 2);
 }

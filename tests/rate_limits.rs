@@ -487,10 +487,51 @@ async fn failed_authentications_block_the_source_not_others() {
     assert_eq!(attempt(&cg, &key, Some("203.0.113.8")).status, 200);
     assert_eq!(attempt(&cg, BAD_KEY, Some("203.0.113.8")).status, 401);
     // The client cannot escape by prepending addresses: the rightmost
-    // untrusted entry is the source.
-    let resp = attempt(&cg, &key, Some("192.0.2.1, 203.0.113.7"));
+    // untrusted entry is the source. (A bad key: the valid one is cached
+    // by now, and a cached valid key passes a blocked source.)
+    let resp = attempt(&cg, BAD_KEY, Some("192.0.2.1, 203.0.113.7"));
     assert_eq!(resp.status, 429);
     assert_eq!(up.count(), 1);
+}
+
+/// Issue 15 §4a. Behind an ingress or SNAT every client shares one address
+/// (here, as in such a deployment, no proxy is trusted): one client's bad
+/// keys must not lock out the valid keys the instance already knows, while
+/// anything it does not know from that source waits out the block.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_source_still_passes_with_a_cached_valid_key() {
+    let up = Upstream::start().await;
+    let cg = sidecar(&up, "[rate_limit]\nfailed_auth_per_minute = 5\n");
+    let t = cg.create_tenant("enterprise");
+    let (_, warm) = cg.create_key(&t, &["viewer"]);
+    let (_, cold) = cg.create_key(&t, &["viewer"]);
+    assert_eq!(attempt(&cg, &warm, None).status, 200, "warms the key cache");
+    for i in 0..5 {
+        let resp = attempt(&cg, BAD_KEY, None);
+        assert_eq!(resp.status, 401, "attempt {i}: {resp:?}");
+    }
+    let resp = attempt(&cg, BAD_KEY, None);
+    assert_eq!(resp.status, 429, "the shared address is blocked: {resp:?}");
+    for _ in 0..3 {
+        let resp = attempt(&cg, &warm, None);
+        assert_eq!(resp.status, 200, "a cached valid key passes: {resp:?}");
+    }
+    // Not in the caches: refused before any store lookup, valid or not.
+    let unknown = "costops_0123456789abcdef0123456789abcdef";
+    for k in [unknown, cold.as_str(), "not-even-a-key"] {
+        let resp = attempt(&cg, k, None);
+        assert_eq!(resp.status, 429, "{k}: {resp:?}");
+        assert_eq!(error_code(&resp.body), "rate_limited");
+    }
+    // The admin port keeps its own table: the operators are not locked out.
+    let (status, body) = cg.admin("GET", "/admin/v1/tenants", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(up.count(), 4);
+    let (_, _, metrics) = support::get(&format!("http://{}/metrics", cg.admin)).await;
+    assert!(
+        metrics.contains("costguard_limited_requests_total{reason=\"failed_auth_blocked\"} 4"),
+        "only refused requests count: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -601,10 +642,15 @@ async fn a_hundred_thousand_keys_keep_memory_bounded() {
     println!("idle buckets dropped after {:?}", started.elapsed());
 }
 
+/// Issue 15 §4b: the admin port counts its failures in its own table, and
+/// checks it before the admin token (a blocked source cannot go on guessing
+/// the token, even with the right one); the proxy port is not affected.
 #[tokio::test(flavor = "multi_thread")]
-async fn admin_credential_guessing_is_limited_too() {
+async fn admin_credential_guessing_is_limited_in_its_own_table() {
     let up = Upstream::start().await;
     let cg = sidecar(&up, "[rate_limit]\nfailed_auth_per_minute = 3\n");
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key(&t, &["viewer"]);
     for _ in 0..3 {
         let (status, body) =
             cg.admin_call("GET", "/admin/v1/tenants", "not-the-admin-token-0123", None);
@@ -613,12 +659,17 @@ async fn admin_credential_guessing_is_limited_too() {
     let (status, body) = cg.admin("GET", "/admin/v1/tenants", None);
     assert_eq!(status, 429, "even the right token waits: {body}");
     assert_eq!(body["error"]["code"], "rate_limited");
-    // The proxy port shares the address's count.
-    let resp = attempt(&cg, BAD_KEY, None);
-    assert_eq!(resp.status, 429);
+    // The proxy port keeps its own count: a key never seen before is looked
+    // up, and a bad one is a plain 401.
+    assert_eq!(attempt(&cg, &key, None).status, 200);
+    assert_eq!(attempt(&cg, BAD_KEY, None).status, 401);
     let (_, _, metrics) = support::get(&format!("http://{}/metrics", cg.admin)).await;
     assert!(
-        metrics.contains("costguard_limited_requests_total{reason=\"failed_auth_blocked\"} 2"),
+        metrics.contains("costguard_limited_requests_total{reason=\"failed_auth_blocked\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("costguard_admin_failed_auth_sources 1"),
         "{metrics}"
     );
 }

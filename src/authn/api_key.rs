@@ -113,6 +113,25 @@ impl ApiKeys {
         let Some(entry) = cached else {
             return Err(AuthnError::UnknownKey);
         };
+        let tenant = self.tenant(&entry.principal.tenant_id).await?;
+        Self::accept(&entry, tenant)
+    }
+
+    /// Checks a presented API key against the caches only: the key's
+    /// lookup and its tenant must both be cached, or `None` (never a store
+    /// read). For sources blocked for failed authentications, which may
+    /// still use a key this instance already knows to be valid.
+    pub async fn authenticate_cached(&self, key: &str) -> Option<Authenticated> {
+        if !is_well_formed(key) {
+            return None;
+        }
+        let entry = self.keys.get(&hash(key)).await.flatten()?;
+        let tenant = self.cached_tenant(&entry.principal.tenant_id).await?;
+        Self::accept(&entry, tenant).ok()
+    }
+
+    /// A known key's verdict, given its tenant as it is now (`None`: deleted).
+    fn accept(entry: &CachedKey, tenant: Option<Arc<Tenant>>) -> Result<Authenticated, AuthnError> {
         if entry.revoked {
             return Err(AuthnError::RevokedKey);
         }
@@ -125,7 +144,7 @@ impl ApiKeys {
                 return Err(AuthnError::ExpiredKey);
             }
         }
-        match self.tenant(&entry.principal.tenant_id).await? {
+        match tenant {
             None => Err(AuthnError::UnknownKey),
             Some(t) if t.status == TenantStatus::Suspended => Err(AuthnError::TenantSuspended),
             Some(tenant) => Ok(Authenticated {
@@ -133,6 +152,12 @@ impl ApiKeys {
                 tenant,
             }),
         }
+    }
+
+    /// A tenant from the cache only: `None` when not cached, `Some(None)`
+    /// when cached as deleted.
+    pub async fn cached_tenant(&self, tenant_id: &str) -> Option<Option<Arc<Tenant>>> {
+        self.tenants.get(tenant_id).await
     }
 
     /// A tenant (status, tier, limits), through the cache; `None`: deleted.

@@ -98,7 +98,10 @@ impl Default for ProxySection {
 }
 
 /// Identity headers other auth proxies set (oauth2-proxy, Pomerium, Apache
-/// `REMOTE_USER`, home-grown gateways) that an upstream might believe.
+/// `REMOTE_USER`, home-grown gateways) that an upstream might believe, and
+/// target rewrites some frameworks honour (IIS/Symfony/Laravel
+/// `X-Original-URL`, `X-Rewrite-URL`; `X-Original-Method`): the path and
+/// method costguard authorized are the ones the upstream must act on.
 pub fn default_strip_headers() -> Vec<String> {
     [
         "X-Tenant-Id",
@@ -107,6 +110,9 @@ pub fn default_strip_headers() -> Vec<String> {
         "X-Forwarded-Email",
         "X-Auth-Request-*",
         "Remote-User",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Original-Method",
     ]
     .into_iter()
     .map(String::from)
@@ -121,10 +127,21 @@ pub struct LimitsSection {
     /// TLS handshake (slowloris defence). Then the connection is closed.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
-    /// A connection with no request in progress and no bytes moving for this
-    /// long is closed (HTTP/2 gets a GOAWAY).
+    /// A connection is closed (HTTP/2 gets a GOAWAY) when for this long
+    /// either no request was open or started (whatever bytes moved: HTTP/2
+    /// PINGs and SETTINGS do not keep it open), or no bytes moved while no
+    /// request waited for its response.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// A connection older than this is asked to close gracefully (HTTP/1.1:
+    /// `Connection: close` on the next response; HTTP/2: GOAWAY, open
+    /// streams finish), so no client holds a connection slot for ever.
+    #[serde(with = "duration")]
+    pub max_connection_age: Duration,
+    /// Most simultaneous connections from one client address (IPv6: per
+    /// /64) per listener; a connection over it is closed at once. Peers in
+    /// `proxy.trusted_proxies` (an ingress carrying many clients) are exempt.
+    pub max_connections_per_source: u64,
     /// Most bytes of request header names and values (then 431).
     pub max_header_bytes: u64,
     /// Most request header fields (then 431).
@@ -143,6 +160,8 @@ impl Default for LimitsSection {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(3600),
+            max_connections_per_source: 256,
             max_header_bytes: 32 * 1024,
             max_header_count: 100,
             max_body_bytes: 10 * 1024 * 1024,
@@ -241,7 +260,9 @@ pub struct RateLimitSection {
     pub burst_percent: u64,
     /// Failed authentications (bad keys or tokens) one client address may
     /// make per minute; further attempts get 429 without a key lookup until
-    /// one is allowed again. IPv6 addresses count per /64.
+    /// one is allowed again, except with a credential the caches already
+    /// hold as valid. IPv6 addresses count per /64. The admin port keeps
+    /// its own count, checked before the admin token.
     pub failed_auth_per_minute: u64,
     /// Client addresses tracked for failed authentications; beyond it, new
     /// addresses share one counter.

@@ -92,6 +92,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Idle connection lifetime.
     pub idle_timeout: Duration,
+    /// Connection lifetime, after which it is closed gracefully.
+    pub max_connection_age: Duration,
+    /// Connections per client address (per listener).
+    pub max_connections_per_source: usize,
     /// Bytes of header names and values.
     pub max_header_bytes: usize,
     /// Header fields.
@@ -377,6 +381,13 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let limits = Limits {
         header_read_timeout: c.duration("limits.header_read_timeout", l.header_read_timeout),
         idle_timeout: c.duration("limits.idle_timeout", l.idle_timeout),
+        max_connection_age: c.duration("limits.max_connection_age", l.max_connection_age),
+        max_connections_per_source: c.bounded(
+            "limits.max_connections_per_source",
+            l.max_connections_per_source,
+            1,
+            1_000_000,
+        ) as usize,
         max_header_bytes: c.bounded("limits.max_header_bytes", l.max_header_bytes, 1024, 1 << 20)
             as usize,
         max_header_count: c.bounded("limits.max_header_count", l.max_header_count, 8, 1000)

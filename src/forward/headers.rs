@@ -108,6 +108,18 @@ fn is_method_override(name: &str) -> bool {
         || canon_eq(n, b"x-method-override")
 }
 
+/// Credential headers spelled another way (`X_API_KEY`, `x.api-key`,
+/// `AUTHORIZATION` with `_`…): never a credential costguard checked, but a
+/// CGI/WSGI-style upstream folds `_` into `-` and would read it as one. The
+/// exact spellings are handled by authentication (credentials are removed,
+/// non-session cookies pass).
+fn is_credential_lookalike(name: &str) -> bool {
+    let n = name.as_bytes();
+    [b"authorization".as_slice(), b"x-api-key", b"cookie"]
+        .iter()
+        .any(|c| canon_eq(n, c) && n != *c)
+}
+
 /// `X-Forwarded-*`, `Forwarded`, `X-Real-IP`: believed only from trusted proxies.
 fn is_forwarding(name: &str) -> bool {
     let n = name.as_bytes();
@@ -119,6 +131,8 @@ fn is_forwarding(name: &str) -> bool {
 pub struct Hygiene {
     strip: Vec<HeaderPattern>,
     trusted_proxies: Vec<IpNet>,
+    /// Whether the "peers look like proxies" warning was logged.
+    warned_untrusted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What hygiene needs to know about the connection a request came on.
@@ -138,6 +152,35 @@ impl Hygiene {
         Self {
             strip,
             trusted_proxies,
+            warned_untrusted: Default::default(),
+        }
+    }
+
+    /// Logs once when no proxy is trusted but a request arrives with
+    /// forwarding headers from a private or loopback peer: most likely an
+    /// ingress (or mesh sidecar) that `proxy.trusted_proxies` should name,
+    /// or every client shares the ingress's address for per-source limits.
+    pub fn notice_untrusted_proxy(&self, peer: IpAddr, headers: &HeaderMap) {
+        use std::sync::atomic::Ordering;
+        if !self.trusted_proxies.is_empty() || self.warned_untrusted.load(Ordering::Relaxed) {
+            return;
+        }
+        let peer = peer.to_canonical();
+        let private = match peer {
+            // RFC 1918, loopback, and carrier-grade NAT (100.64.0.0/10, some
+            // clusters' pod networks).
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                v4.is_private() || v4.is_loopback() || (o[0] == 100 && o[1] & 0xc0 == 64)
+            }
+            IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+        };
+        let forwarded = headers.contains_key(&X_FORWARDED_FOR) || headers.contains_key("forwarded");
+        if private && forwarded && !self.warned_untrusted.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                peer = %peer,
+                "A request came with X-Forwarded-For/Forwarded from a private address, but proxy.trusted_proxies is empty: if an ingress or load balancer sits in front, every client shares its address (failed-authentication blocks, per-source connection caps, audit records). Set proxy.trusted_proxies to its CIDR (see the README)."
+            );
         }
     }
 
@@ -194,6 +237,7 @@ impl Hygiene {
             let s = name.as_str();
             if is_costops_lookalike(s)
                 || is_method_override(s)
+                || is_credential_lookalike(s)
                 || self.strip.iter().any(|p| p.matches(s))
                 || (!trusted && is_forwarding(s))
             {

@@ -1,12 +1,20 @@
-//! Per-connection activity: whether bytes moved and how many requests are
-//! waiting for a response head. A connection with neither for a whole idle
-//! period is closed. hyper has no idle timeout of its own, and its header
-//! timer does not run while hyper-util sniffs the protocol, so a client
-//! that connects and sends nothing would otherwise be held forever.
+//! Per-connection activity: whether bytes moved, and whether requests made
+//! progress (one started or ended, or one is still open). A connection is
+//! closed after a whole idle period with either
+//! - no request open and none started or ended, whatever bytes moved: an
+//!   HTTP/2 client sending only PINGs (or SETTINGS, or WINDOW_UPDATEs) would
+//!   otherwise hold its connection slot for ever, and ~170 PINGs a second
+//!   could hold all of them; or
+//! - no bytes moving while no request waits for its response head (a
+//!   response body the client stopped reading, a silent keep-alive).
+//!
+//! hyper has no idle timeout of its own, and its header timer does not run
+//! while hyper-util sniffs the protocol, so a client that connects and
+//! sends nothing would otherwise be held forever.
 //!
 //! The IO path only bumps a counter (no clock read per read or write); the
-//! connection task compares the counter across idle periods, so a silent
-//! connection closes between one and two idle timeouts after its last byte.
+//! connection task compares the counters across idle periods, so an idle
+//! connection closes between one and two idle timeouts after it went idle.
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Shared by the IO wrapper (bumps `ops`) and the connection task.
@@ -24,6 +33,10 @@ pub(super) struct Activity {
     ops: AtomicU64,
     /// Requests whose response head is not yet produced.
     in_flight: AtomicUsize,
+    /// Requests whose response is not yet fully sent (or dropped).
+    open: AtomicUsize,
+    /// Requests started and ended, ever: progress, unlike bytes.
+    progress: AtomicU64,
 }
 
 impl Activity {
@@ -35,23 +48,35 @@ impl Activity {
         self.ops.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a request until the guard drops.
-    pub(super) fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+    fn advance(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Resolves once a whole `timeout` passed with no bytes moving and no
-    /// request waiting for its response.
+    /// Counts a request: in flight until the first guard drops (its
+    /// response head is produced), open until the second drops (held by
+    /// the response body, so until the body is sent or abandoned).
+    pub(super) fn request_started(self: &Arc<Self>) -> (InFlight, Open) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.advance();
+        (InFlight(self.clone()), Open(self.clone()))
+    }
+
+    /// Resolves once a whole `timeout` passed idle (see the module docs).
     pub(super) async fn idle(&self, timeout: Duration) {
-        let mut seen = self.ops.load(Ordering::Relaxed);
+        let mut seen_ops = self.ops.load(Ordering::Relaxed);
+        let mut seen_progress = self.progress.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(timeout).await;
-            let now = self.ops.load(Ordering::Relaxed);
-            if now == seen && self.in_flight.load(Ordering::Relaxed) == 0 {
+            let ops = self.ops.load(Ordering::Relaxed);
+            let progress = self.progress.load(Ordering::Relaxed);
+            let silent = ops == seen_ops && self.in_flight.load(Ordering::Relaxed) == 0;
+            let no_requests = progress == seen_progress && self.open.load(Ordering::Relaxed) == 0;
+            if silent || no_requests {
                 return;
             }
-            seen = now;
+            seen_ops = ops;
+            seen_progress = progress;
         }
     }
 }
@@ -64,6 +89,60 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.advance();
+    }
+}
+
+/// Decrements the open count on drop.
+pub(super) struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.advance();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request open until it is sent or dropped.
+    pub(super) struct OpenBody<B> {
+        #[pin]
+        inner: B,
+        open: Option<Open>,
+    }
+}
+
+impl<B> OpenBody<B> {
+    pub(super) fn new(inner: B, open: Open) -> Self {
+        Self {
+            inner,
+            open: Some(open),
+        }
+    }
+}
+
+impl<B: Body> Body for OpenBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.open.take();
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

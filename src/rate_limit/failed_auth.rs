@@ -1,6 +1,8 @@
 //! Failed authentications per client address: after `N` bad keys or tokens
 //! in a minute from one source, its further attempts get 429 before any key
-//! lookup, so a guessing or flooding client costs a map read.
+//! lookup, so a guessing or flooding client costs a map read (and a cache
+//! read: the pipeline still lets through credentials its caches hold as
+//! valid, since behind an ingress one address may carry many clients).
 //!
 //! Each source holds one GCRA timestamp (its "theoretical arrival time"):
 //! a failure moves it `60 s / N` later, and the source is blocked while it

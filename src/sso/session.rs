@@ -203,8 +203,27 @@ impl Sessions {
                 };
             }
         };
-        if self.ended.contains_key(&hash) {
-            self.cache.invalidate(&hash).await;
+        self.settle(&hash, live).await
+    }
+
+    /// Like [`Sessions::get`], from the cache only: `Ok(None)` also when the
+    /// session is not cached (no store read to find it).
+    pub async fn get_cached(&self, cookie: &str) -> Result<Option<Arc<Live>>, StoreError> {
+        if cookie.len() != 43 {
+            return Ok(None);
+        }
+        let hash = token_hash(cookie);
+        match self.cache.get(&hash).await {
+            Some(live) => self.settle(&hash, live).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A found session, unless it ended (then it is removed); its activity
+    /// is noted.
+    async fn settle(&self, hash: &str, live: Arc<Live>) -> Result<Option<Arc<Live>>, StoreError> {
+        if self.ended.contains_key(hash) {
+            self.cache.invalidate(hash).await;
             return Ok(None);
         }
         let now = self.now();
@@ -222,7 +241,7 @@ impl Sessions {
             (ended.then(|| s.clone()), (due && !ended).then(|| s.clone()))
         };
         if let Some(s) = ended {
-            self.cache.invalidate(&hash).await;
+            self.cache.invalidate(hash).await;
             self.store
                 .delete_session(&s.tenant_id, &s.session_id)
                 .await?;
@@ -372,5 +391,42 @@ mod tests {
         assert!(sessions.get(&c1).await.unwrap().is_none());
         assert!(sessions.get(&c2).await.unwrap().is_some());
         assert!(sessions.get("not-a-cookie").await.unwrap().is_none());
+    }
+
+    /// What a source blocked for failed authentications may still use: a
+    /// session this instance holds in its cache, never one only the store knows.
+    #[tokio::test]
+    async fn cache_only_lookup_finds_cached_live_sessions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let sessions = Sessions::new(
+            store,
+            Duration::from_secs(8 * 3600),
+            Duration::from_secs(3600),
+            100,
+            system_clock(),
+        );
+        let id = identity();
+        let (cookie, s) = sessions
+            .create(NewSession {
+                identity: &id,
+                method: "oidc",
+                provider: "corp",
+                refresh_token: None,
+                refresh_at: None,
+                id_token: None,
+                ends_by: None,
+            })
+            .await
+            .unwrap();
+        assert!(
+            sessions.get_cached(&cookie).await.unwrap().is_none(),
+            "in the store, not yet in the cache"
+        );
+        assert!(sessions.get(&cookie).await.unwrap().is_some());
+        assert!(sessions.get_cached(&cookie).await.unwrap().is_some());
+        assert!(sessions.end("org-aaaaaaaa", &s.session_id).await.unwrap());
+        assert!(sessions.get_cached(&cookie).await.unwrap().is_none());
+        assert!(sessions.get_cached("not-a-cookie").await.unwrap().is_none());
     }
 }
