@@ -73,6 +73,9 @@ pub enum ApiError {
     /// The action could not be recorded in the audit log (503).
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// A bounded resource is in use (429, `Retry-After: 1`).
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 impl ApiError {
@@ -386,7 +389,10 @@ impl Admin {
                 let params = audit_query::query_params(query);
                 match rest {
                     [] => ok(audit_query::query(audit, caller, &params).await?),
-                    _ => ok(audit_query::report(audit, caller, &params).await?),
+                    _ => {
+                        let _slot = self.0.ops.report_slot()?;
+                        ok(audit_query::report(audit, caller, &params).await?)
+                    }
                 }
             }
             _ => Err(ApiError::NoRoute),

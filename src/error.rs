@@ -241,6 +241,7 @@ pub fn classify_admin(e: &ApiError) -> (StatusCode, &'static str, Cow<'_, str>) 
         ),
         ApiError::LimitReached(m) => (StatusCode::CONFLICT, "limit_reached", m.as_str().into()),
         ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.as_str().into()),
+        ApiError::Busy(m) => (StatusCode::TOO_MANY_REQUESTS, "busy", (*m).into()),
         ApiError::Store(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
@@ -308,6 +309,10 @@ pub fn rescue(err: &Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
             blocked.status().apply(resp.headers_mut());
         }
         _ => {}
+    }
+    if let Error::Admin(ApiError::Busy(_)) = err {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if let Error::Admin(ApiError::MethodNotAllowed(allow)) = err {
         resp.headers_mut()

@@ -25,7 +25,7 @@
 //! - [`rate_limit`]: GCRA buckets behind the `RateLimiter` trait; failed authentications per source.
 //! - [`usage`]: persisted counters: requests per tenant per day, spend per tenant and project per month.
 //! - [`echo`]: the demo's echo upstream; [`demo`]: the demo's seed data.
-//! - [`telemetry`]: log setup.
+//! - [`telemetry`]: log setup; [`private_files`]: what costguard writes is 0600/0700.
 //!
 //! # Request flow
 //! 1. `listener` accepts under the connection semaphore, finishes TLS, and
@@ -67,6 +67,7 @@ pub mod limits;
 pub mod listener;
 pub mod model;
 pub mod pipeline;
+pub mod private_files;
 pub mod rate_limit;
 pub mod request_id;
 pub mod roles;

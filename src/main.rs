@@ -243,6 +243,9 @@ fn random_bytes() -> [u8; 16] {
 }
 
 fn main() -> ExitCode {
+    // Before any file is created: the store, audit files and keys are
+    // this user's alone.
+    costguard::private_files::set_private_umask();
     let cli = Cli::parse();
     let cli = match cli.command {
         Command::Policy { command } => return policy_command(command),

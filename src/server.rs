@@ -155,7 +155,8 @@ impl Server {
             config.auth.clone(),
             config.rate_limit.clone(),
         )
-        .with_sso(sso.clone());
+        .with_sso(sso.clone())
+        .with_report_limit(config.admin.max_concurrent_reports);
         let access_log = config
             .log
             .access_log

@@ -253,6 +253,7 @@ impl Sso {
                 config.session_idle_timeout,
                 config.session_cache_capacity,
                 clock,
+                sealed::Sealer::new(&key),
             ),
             signer: Signer::new(&key),
             cookie_name: config.session_cookie.clone(),

@@ -44,6 +44,9 @@ pub struct AdminOps {
     rates: RateLimitConfig,
     /// Single sign-on's sessions, when configured.
     sso: Option<Arc<crate::sso::Sso>>,
+    /// Slots for audit reports (each may read a million index entries):
+    /// bounded so a few callers cannot occupy the blocking pool.
+    report_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A key as the API shows it: never the secret, never a hash.
@@ -100,7 +103,22 @@ impl AdminOps {
             auth,
             rates,
             sso: None,
+            report_slots: Arc::new(tokio::sync::Semaphore::new(2)),
         }
+    }
+
+    /// At most `n` audit reports at once.
+    pub fn with_report_limit(mut self, n: usize) -> Self {
+        self.report_slots = Arc::new(tokio::sync::Semaphore::new(n));
+        self
+    }
+
+    /// A slot for one audit report, held while it runs; 429 when all are taken.
+    pub fn report_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.report_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Busy("other audit reports are running; try again shortly"))
     }
 
     /// Lets the admin API list and revoke single sign-on sessions.

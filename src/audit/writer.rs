@@ -179,6 +179,7 @@ const HASH_CACHE: usize = 4096;
 /// thread (a few `write`s per batch).
 pub fn start(config: WriterConfig, index: Option<Arc<Index>>) -> io::Result<(Audit, Writer)> {
     fs::create_dir_all(&config.dir)?;
+    crate::private_files::restrict_tree(&config.dir)?;
     let (file_no, seq, hash, last_micros) = recover(&config.dir)?;
     let path = config.dir.join(file_name(file_no));
     let file = OpenOptions::new().create(true).append(true).open(&path)?;

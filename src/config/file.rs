@@ -188,6 +188,9 @@ pub struct AdminSection {
     pub token: Option<String>,
     /// Most bytes of an admin request body (then 413).
     pub max_body_bytes: u64,
+    /// Most audit reports (`/admin/v1/audit/report`, up to a million index
+    /// entries each) computed at once; more get 429 with `Retry-After`.
+    pub max_concurrent_reports: u64,
 }
 
 impl Default for AdminSection {
@@ -197,6 +200,7 @@ impl Default for AdminSection {
             token_file: None,
             token: None,
             max_body_bytes: 64 * 1024,
+            max_concurrent_reports: 2,
         }
     }
 }

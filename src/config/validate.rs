@@ -117,6 +117,8 @@ pub struct AdminConfig {
     pub token_hash: Option<[u8; 32]>,
     /// Admin request body bound.
     pub max_body_bytes: usize,
+    /// Audit reports computed at once.
+    pub max_concurrent_reports: usize,
 }
 
 /// `[auth]`, validated.
@@ -411,6 +413,12 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             file.admin.max_body_bytes,
             1024,
             16 << 20,
+        ) as usize,
+        max_concurrent_reports: c.bounded(
+            "admin.max_concurrent_reports",
+            file.admin.max_concurrent_reports,
+            1,
+            64,
         ) as usize,
     };
     let auth = AuthConfig {

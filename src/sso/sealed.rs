@@ -72,7 +72,8 @@ impl Sealer {
         if bytes.len() < NONCE_LEN {
             return Err(Unsealable);
         }
-        let nonce = Nonce::try_assume_unique_for_key(&bytes[..NONCE_LEN]).map_err(|_| Unsealable)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&bytes[..NONCE_LEN]).map_err(|_| Unsealable)?;
         let plain = self
             .key
             .open_in_place(
@@ -96,13 +97,20 @@ mod tests {
         assert!(sealed.starts_with(PREFIX));
         assert!(!sealed.contains("refresh-token-value"));
         assert_eq!(s.open("sess-1", &sealed).unwrap(), "refresh-token-value");
-        assert_ne!(sealed, s.seal("sess-1", "refresh-token-value"), "fresh nonce");
+        assert_ne!(
+            sealed,
+            s.seal("sess-1", "refresh-token-value"),
+            "fresh nonce"
+        );
         assert!(s.open("sess-2", &sealed).is_err(), "bound to its session");
         assert!(Sealer::new(&[8u8; 32]).open("sess-1", &sealed).is_err());
         let mut flipped = sealed.clone().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
-        assert!(s.open("sess-1", std::str::from_utf8(&flipped).unwrap()).is_err());
+        assert!(
+            s.open("sess-1", std::str::from_utf8(&flipped).unwrap())
+                .is_err()
+        );
         assert_eq!(s.open("sess-1", "legacy-plain").unwrap(), "legacy-plain");
     }
 }

@@ -17,6 +17,7 @@ use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::claims::Identity;
+use super::sealed::Sealer;
 use crate::model::{self, Session};
 use crate::store::{Store, StoreError};
 
@@ -73,6 +74,8 @@ pub struct Sessions {
     lifetime: Duration,
     idle: Duration,
     clock: Clock,
+    /// Seals the provider's tokens before they reach the store.
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -116,6 +119,7 @@ impl Sessions {
         idle: Duration,
         cache_capacity: u64,
         clock: Clock,
+        sealer: Sealer,
     ) -> Self {
         Self {
             store,
@@ -131,7 +135,41 @@ impl Sessions {
             lifetime,
             idle,
             clock,
+            sealer,
         }
+    }
+
+    /// The record as stored: provider tokens sealed.
+    fn sealed(&self, s: &Session) -> Session {
+        let mut out = s.clone();
+        out.refresh_token = s
+            .refresh_token
+            .as_deref()
+            .map(|t| self.sealer.seal(&s.session_id, t));
+        out.id_token = s
+            .id_token
+            .as_deref()
+            .map(|t| self.sealer.seal(&s.session_id, t));
+        out
+    }
+
+    /// A stored record with its provider tokens opened; a token that does
+    /// not open (another cookie key) is dropped: the session lives on
+    /// without refresh or logout hint.
+    fn opened(&self, mut s: Session) -> Session {
+        let id = s.session_id.clone();
+        let open = |t: Option<String>| {
+            t.and_then(|t| match self.sealer.open(&id, &t) {
+                Ok(plain) => Some(plain),
+                Err(e) => {
+                    tracing::warn!(session_id = %id, error = %e, "Provider token dropped.");
+                    None
+                }
+            })
+        };
+        s.refresh_token = open(s.refresh_token.take());
+        s.id_token = open(s.id_token.take());
+        s
     }
 
     /// Now, by the manager's clock.
@@ -166,7 +204,7 @@ impl Sessions {
             refresh_token: new.refresh_token,
             id_token: new.id_token,
         };
-        self.store.put_session(&session).await?;
+        self.store.put_session(&self.sealed(&session)).await?;
         Ok((cookie, session))
     }
 
@@ -185,7 +223,7 @@ impl Sessions {
                 match self.store.session_by_token(&hash).await {
                     Ok(Some(session)) => Ok(Arc::new(Live {
                         written: Mutex::new(session.last_seen),
-                        session: Mutex::new(session),
+                        session: Mutex::new(self.opened(session)),
                         refreshing: tokio::sync::Mutex::new(()),
                         principal: arc_swap::ArcSwapOption::empty(),
                     })),
@@ -267,7 +305,7 @@ impl Sessions {
     /// Saves a changed session (after a refresh); `false` if it ended meanwhile.
     pub async fn save(&self, live: &Live) -> Result<bool, StoreError> {
         let s = live.snapshot();
-        self.store.update_session(&s).await
+        self.store.update_session(&self.sealed(&s)).await
     }
 
     /// Ends the session of a cookie (logout). Returns it, if there was one.
@@ -277,6 +315,7 @@ impl Sessions {
         let Some(s) = self.store.session_by_token(&hash).await? else {
             return Ok(None);
         };
+        let s = self.opened(s);
         self.store
             .delete_session(&s.tenant_id, &s.session_id)
             .await?;
@@ -347,6 +386,7 @@ mod tests {
             Duration::from_secs(3600),
             100,
             clock,
+            Sealer::new(&[9u8; 32]),
         );
         let id = identity();
         let new = || NewSession {
@@ -405,6 +445,7 @@ mod tests {
             Duration::from_secs(3600),
             100,
             system_clock(),
+            Sealer::new(&[9u8; 32]),
         );
         let id = identity();
         let (cookie, s) = sessions
@@ -428,5 +469,53 @@ mod tests {
         assert!(sessions.end("org-aaaaaaaa", &s.session_id).await.unwrap());
         assert!(sessions.get_cached(&cookie).await.unwrap().is_none());
         assert!(sessions.get_cached("not-a-cookie").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn provider_tokens_are_sealed_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let sessions = Sessions::new(
+            store.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            100,
+            system_clock(),
+            Sealer::new(&[9u8; 32]),
+        );
+        let id = identity();
+        let (cookie, s) = sessions
+            .create(NewSession {
+                identity: &id,
+                method: "oidc",
+                provider: "corp",
+                refresh_token: Some("rt-secret-value".into()),
+                refresh_at: None,
+                id_token: Some("id-token-value".into()),
+                ends_by: None,
+            })
+            .await
+            .unwrap();
+        let stored = store
+            .session_by_token(&s.token_hash)
+            .await
+            .unwrap()
+            .unwrap();
+        let raw = format!(
+            "{stored:?} {:?} {:?}",
+            stored.refresh_token, stored.id_token
+        );
+        assert!(!raw.contains("rt-secret-value") && !raw.contains("id-token-value"));
+        assert!(stored.refresh_token.unwrap().starts_with("sealed.v1."));
+        let live = sessions.get(&cookie).await.unwrap().unwrap();
+        let opened = live.snapshot();
+        assert_eq!(opened.refresh_token.as_deref(), Some("rt-secret-value"));
+        assert_eq!(opened.id_token.as_deref(), Some("id-token-value"));
+        let ended = sessions.end_by_cookie(&cookie).await.unwrap().unwrap();
+        assert_eq!(
+            ended.id_token.as_deref(),
+            Some("id-token-value"),
+            "the logout hint"
+        );
     }
 }

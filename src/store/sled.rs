@@ -97,6 +97,8 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(backend)?;
+        // Key hashes, sessions and users: nobody else's to read.
+        crate::private_files::restrict_tree(path).map_err(backend)?;
         let tree = |name: &str| db.open_tree(name).map_err(backend);
         Ok(Self {
             tenants: tree("tenants")?,
