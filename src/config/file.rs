@@ -236,9 +236,9 @@ impl Default for AuthSection {
             key_cache_capacity: 100_000,
             key_cache_ttl: Duration::from_secs(30),
             rotation_grace: Duration::ZERO,
-            max_keys_free: 10,
-            max_keys_standard: 100,
-            max_keys_enterprise: 1_000,
+            max_keys_free: 20,
+            max_keys_standard: 200,
+            max_keys_enterprise: 2_000,
         }
     }
 }
