@@ -640,6 +640,31 @@ mod tests {
         }
     }
 
+    /// Long strings are cut on a UTF-8 boundary, end with the marker, and
+    /// never pass the bound; short ones are untouched.
+    #[test]
+    fn bound_cuts_on_a_char_boundary_with_a_marker() {
+        for max in [0, 5, 17, 18, 19, 64, 512] {
+            let mut s = "é".repeat(300);
+            bound(&mut s, max);
+            assert!(s.len() <= max.max(marker(600).len()), "{max}: {}", s.len());
+            assert!(s.ends_with(" bytes]"), "{s}");
+            let kept = s.len() - marker(600 - s.find('…').unwrap()).len();
+            assert_eq!(kept % 2, 0, "whole characters only");
+        }
+        let mut short = "short".to_string();
+        bound(&mut short, 5);
+        assert_eq!(short, "short");
+        let mut event = Event::new("x", json!({"a": ["y".repeat(100)]}));
+        event.user_agent = "u".repeat(100);
+        event.bound(40);
+        assert!(event.user_agent.len() <= 40);
+        match &event.details {
+            Details::Json(v) => assert!(v["a"][0].as_str().unwrap().len() <= 40),
+            Details::Request(_) => unreachable!(),
+        }
+    }
+
     /// A typed request record is written byte for byte as the same JSON
     /// object would be, so its hash is what `verify` recomputes from the
     /// line it reads back.
