@@ -438,7 +438,11 @@ impl Audit {
     /// Records `event` and waits until it is `durability`; returns the seq
     /// of the last record written with it.
     /// Waits while the channel is full.
-    pub async fn record(&self, mut event: Event, durability: Durability) -> Result<u64, AuditError> {
+    pub async fn record(
+        &self,
+        mut event: Event,
+        durability: Durability,
+    ) -> Result<u64, AuditError> {
         event.bound(self.max_field_bytes);
         let (ack, done) = oneshot::channel();
         self.tx

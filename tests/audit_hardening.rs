@@ -126,7 +126,10 @@ async fn kill9_under_load_loses_no_answered_request() {
         .filter(|r| r["event_type"] == "request.allowed")
         .map(|r| r["request_id"].as_str().unwrap().to_string())
         .collect();
-    let lost: Vec<&String> = answered.iter().filter(|id| !on_file.contains(*id)).collect();
+    let lost: Vec<&String> = answered
+        .iter()
+        .filter(|id| !on_file.contains(*id))
+        .collect();
     assert!(
         lost.is_empty(),
         "{} of {} answered requests have no record after kill -9: {:?}",
@@ -178,8 +181,14 @@ async fn anonymous_denials_cannot_exhaust_the_disk() {
         let resp = get(&cg, &path, &format!("User-Agent: {ua}\r\n{credential}"));
         statuses.push(resp.status);
     }
-    assert!(statuses.iter().all(|s| [401, 429].contains(s)), "{statuses:?}");
-    assert!(statuses.contains(&429), "the failed-auth block: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&429),
+        "the failed-auth block: {statuses:?}"
+    );
     // The window closes within a second; its counts are then written.
     let started = Instant::now();
     let (all, denials) = loop {
@@ -227,9 +236,15 @@ async fn anonymous_denials_cannot_exhaust_the_disk() {
         .expect("the first denial's own record");
     let agent = first["user_agent"].as_str().unwrap();
     assert!(agent.len() <= 256, "{}", agent.len());
-    assert!(agent.starts_with("agent-éé") && agent.ends_with(" bytes]"), "{agent}");
+    assert!(
+        agent.starts_with("agent-éé") && agent.ends_with(" bytes]"),
+        "{agent}"
+    );
     let p = first["details"]["path"].as_str().unwrap();
-    assert!(p.len() <= 256 && p.starts_with("/v1/ppp") && p.ends_with(" bytes]"), "{p}");
+    assert!(
+        p.len() <= 256 && p.starts_with("/v1/ppp") && p.ends_with(" bytes]"),
+        "{p}"
+    );
     assert!(all.iter().all(|r| r.to_string().len() < 4096));
     assert_eq!(verify(&log).0, 0);
     // A gauge before the disk fills.
@@ -306,14 +321,16 @@ async fn refused_admin_calls_forge_nothing() {
     );
     let refused: Vec<&Value> = all
         .iter()
-        .filter(|r| {
-            r["event_type"] == "security.access_denied" && r["details"]["port"] == "admin"
-        })
+        .filter(|r| r["event_type"] == "security.access_denied" && r["details"]["port"] == "admin")
         .filter(|r| r["user_id"].as_str().unwrap().starts_with("key:"))
         .collect();
     assert_eq!(refused.len(), 4, "{refused:#?}");
     assert!(refused.iter().all(|r| r["tenant_id"] == a.as_str()));
-    assert!(refused.iter().all(|r| r["details"].get("changes").is_none()));
+    assert!(
+        refused
+            .iter()
+            .all(|r| r["details"].get("changes").is_none())
+    );
     assert!(
         refused
             .iter()
@@ -351,10 +368,16 @@ async fn refused_admin_calls_forge_nothing() {
         assert!((400..500).contains(&status), "{status}");
     }
     barrier();
-    assert_eq!(index_files(), files_before, "index files for invented tenants");
-    assert!(records(&log).iter().all(|r| !r["tenant_id"]
-        .as_str()
-        .unwrap()
-        .starts_with("org-doesnotexist")));
+    assert_eq!(
+        index_files(),
+        files_before,
+        "index files for invented tenants"
+    );
+    assert!(records(&log).iter().all(|r| {
+        !r["tenant_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("org-doesnotexist")
+    }));
     assert_eq!(verify(&log).0, 0);
 }

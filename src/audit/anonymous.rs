@@ -119,7 +119,11 @@ mod tests {
         assert!(!w.first("10.0.0.3", "invalid_key", 401));
         let mut closed = w.close();
         closed.sort_by(|a, b| a.ip_address.cmp(&b.ip_address));
-        assert_eq!(closed.len(), 2, "keys with only their first are not repeated");
+        assert_eq!(
+            closed.len(),
+            2,
+            "keys with only their first are not repeated"
+        );
         let counts: Vec<(&str, u64)> = closed
             .iter()
             .map(|e| match &e.details {

@@ -512,7 +512,8 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         fail_open: a.fail_open,
         stdout: a.stdout,
         retention_interval: c.duration("audit.retention_interval", a.retention_interval),
-        max_field_bytes: c.bounded("audit.max_field_bytes", a.max_field_bytes, 64, 1 << 20) as usize,
+        max_field_bytes: c.bounded("audit.max_field_bytes", a.max_field_bytes, 64, 1 << 20)
+            as usize,
         anonymous_window: c.duration("audit.anonymous_window", a.anonymous_window),
         anonymous_max_sources: c.bounded(
             "audit.anonymous_max_sources",
