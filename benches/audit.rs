@@ -1,6 +1,7 @@
 //! The audit log off the request path and its queries:
 //! - one record through the writer (channel → batch → chain → write → ack),
-//!   alone and 64 at once;
+//!   alone and 64 at once; the same for proxied requests' records with the
+//!   default writer (no gathering: what a response waits for);
 //! - the writer's per-record work (serialize once, SHA-256);
 //! - the query index: a batch append, and queries on 1,000,000 records
 //!   (100 tenants): a tenant's page, a filtered page, the newest records,
@@ -68,6 +69,55 @@ fn bench(c: &mut Criterion) {
                         let a = audit.clone();
                         let e = event();
                         tokio::spawn(async move { a.record(e, Durability::Written).await })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap().unwrap();
+                }
+            })
+        })
+    });
+    g.finish();
+
+    // A proxied request's path with the default writer (no gathering):
+    // hand the record over, then wait for its write, as a response does.
+    let dir0 = tempfile::tempdir().unwrap();
+    let (proxied, _w0) = rt.block_on(async {
+        writer::start(
+            WriterConfig {
+                dir: dir0.path().join("audit"),
+                key: b"bench-key-0123456789abcdef".to_vec(),
+                max_file_bytes: 256 << 20,
+                rotate_interval: Duration::from_secs(86_400),
+                capacity: 65_536,
+                batch_interval: Duration::ZERO,
+                stdout: false,
+                fail_open: false,
+            },
+            None,
+        )
+        .unwrap()
+    });
+    let mut g = c.benchmark_group("audit_request");
+    g.bench_function("one_request_record_written", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let receipt = proxied.record_request(event()).await.unwrap().unwrap();
+                receipt.written().await.unwrap()
+            })
+        })
+    });
+    g.bench_function("64_concurrent_request_records_written", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        let a = proxied.clone();
+                        let e = event();
+                        tokio::spawn(async move {
+                            let receipt = a.record_request(e).await.unwrap().unwrap();
+                            receipt.written().await
+                        })
                     })
                     .collect();
                 for t in tasks {

@@ -190,21 +190,31 @@ impl Admin {
         let method = req.method().clone();
         let query = req.uri().query().map(str::to_string);
         let body = self.body(req).await?;
-        let result = self
-            .dispatch(&caller, &method, &segments, &body, query.as_deref())
-            .await;
+        let (result, authorized) = auth::tracking_authorization(self.dispatch(
+            &caller,
+            &method,
+            &segments,
+            &body,
+            query.as_deref(),
+        ))
+        .await;
         if method != Method::GET {
-            self.audit_action(&audited, &caller, &segments, &body, &result)
+            let done = Done {
+                result: &result,
+                authorized,
+            };
+            self.audit_action(&audited, &caller, &segments, &body, done)
                 .await?;
         }
         let (status, value) = result?;
         Ok(json_response(status, &value))
     }
 
-    /// Records a refused admin credential.
+    /// Records a refused admin credential (nobody authenticated: aggregated
+    /// per source like the proxy's anonymous denials).
     async fn audit_denied(&self, facts: &AdminFacts, e: &AuthnError) {
         let Some(audit) = &self.0.audit else { return };
-        let (_, code, _) = error::authn(e);
+        let (status, code, _) = error::authn(e);
         let event = Event {
             event_type: "security.access_denied",
             details: Details::Json(json!({
@@ -215,9 +225,48 @@ impl Admin {
             })),
             ..facts.event()
         };
-        if let Err(e) = audit.record(event, Durability::Written).await {
+        let written = match audit
+            .record_anonymous_denial(event, code, status.as_u16())
+            .await
+        {
+            Ok(Some(receipt)) => receipt.written().await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, "Refused admin credential not recorded in the audit log.");
         }
+    }
+
+    /// Records an admin call refused before its caller was authorized for
+    /// it, or naming a tenant that does not exist: under the caller's own
+    /// tenant (none for the admin token), as a denial, without the body.
+    /// Whatever a refused caller sends, no record appears in another
+    /// tenant's log, nothing it invented is written, and no index file is
+    /// made for a tenant that does not exist.
+    async fn audit_refused(
+        &self,
+        audit: &Audit,
+        facts: &AdminFacts,
+        caller: &auth::Caller,
+        e: &ApiError,
+    ) -> Result<(), ApiError> {
+        let (status, code, _) = error::classify_admin(e);
+        let event = Event {
+            event_type: "security.access_denied",
+            tenant_id: caller.tenant_id().to_string(),
+            details: Details::Json(json!({
+                "action": facts.action(),
+                "actor": caller.actor(),
+                "decision": "deny",
+                "reason": code,
+                "status": status.as_u16(),
+                "port": "admin",
+            })),
+            ..facts.event_as(caller)
+        };
+        audit.record(event, Durability::Written).await?;
+        Ok(())
     }
 
     /// Records an admin mutation, successful or not: actor, target, what
@@ -229,11 +278,25 @@ impl Admin {
         caller: &auth::Caller,
         segments: &[&str],
         body: &Bytes,
-        result: &Result<(StatusCode, Value), ApiError>,
+        done: Done<'_>,
     ) -> Result<(), ApiError> {
         let Some(audit) = &self.0.audit else {
             return Ok(());
         };
+        let result = done.result;
+        if let Err(e) = result {
+            let named = match segments {
+                ["tenants", t, ..] => Some(*t),
+                _ => None,
+            };
+            let exists = match named {
+                Some(t) => self.0.ops.tenant_exists(t).await,
+                None => true,
+            };
+            if !done.authorized || !exists {
+                return self.audit_refused(audit, facts, caller, e).await;
+            }
+        }
         let (status, outcome, error_code) = match result {
             Ok((status, _)) => (*status, "success", None),
             Err(e) => {
@@ -483,6 +546,13 @@ impl Handler for Admin {
         let status = resp.status();
         resp.map(|body| LoggedBody::new(body, entry, status))
     }
+}
+
+/// How an admin operation ended, for its record.
+struct Done<'a> {
+    result: &'a Result<(StatusCode, Value), ApiError>,
+    /// Its caller passed the operation's authorization.
+    authorized: bool,
 }
 
 /// The request facts an admin audit record carries.

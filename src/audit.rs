@@ -10,18 +10,34 @@
 //! removed record, a truncated tail and a deleted file are all detected by
 //! [`verify`].
 //!
-//! What a caller waits for:
-//! - a proxied request's record is queued (the request waits only while
-//!   the queue is full); the writer writes whatever is queued as soon as
-//!   it can, so a crash of the process loses at most the records queued in
-//!   the last `audit.batch_interval` (10 ms) plus one write;
-//! - an admin action's record is *synced* (fdatasync) before its 2xx.
+//! What a caller waits for, and what a crash can lose:
+//! - a proxied request's record is handed to the writer when the decision
+//!   is made and the request goes on at once (the write overlaps the
+//!   upstream round trip); its [`Receipt`] is awaited just before the
+//!   response head goes out (and before a denial is answered), so **a
+//!   response the client received always has its record written** to the
+//!   operating system (`write(2)` done): killing the process (`kill -9`,
+//!   OOM) loses no answered request's record;
+//! - a power failure can lose what the kernel had not yet put on disk: the
+//!   records written since the last `fdatasync`, which the writer does at
+//!   least once a second (and for every admin action, whose record is
+//!   synced before its 2xx);
+//! - anonymous denials (no authenticated caller: missing or bad credential,
+//!   the failed-authentication block, malformed targets) are aggregated per
+//!   source address, reason and `audit.anonymous_window`: the first is
+//!   recorded like any denial, the others are counted and written as one
+//!   record with `count` when the window closes (a crash loses the count
+//!   of the open window, never a first record);
+//! - every stored string is bounded by `audit.max_field_bytes` (cut on a
+//!   UTF-8 boundary, with a marker), so no caller decides how large a
+//!   record is.
 //!
 //! If the files cannot be written, the writer keeps the batch and retries;
 //! meanwhile proxied requests get 503 (fail closed) unless
 //! `audit.fail_open` is set, which lets them through unrecorded and counts
 //! them.
 
+pub mod anonymous;
 pub mod index;
 pub mod retention;
 pub mod verify;
@@ -157,6 +173,31 @@ pub struct Event {
 }
 
 impl Event {
+    /// Cuts every string of the event to at most `max` bytes (see
+    /// [`bound`]): whatever a caller sends, a record stays small.
+    pub fn bound(&mut self, max: usize) {
+        for s in [
+            &mut self.user_id,
+            &mut self.tenant_id,
+            &mut self.ip_address,
+            &mut self.user_agent,
+            &mut self.request_id,
+        ] {
+            bound(s, max);
+        }
+        match &mut self.details {
+            Details::Json(v) => bound_json(v, max),
+            Details::Request(r) => {
+                bound(&mut r.path, max);
+                if r.route.as_ref().is_some_and(|x| x.len() > max) {
+                    let mut route = r.route.as_deref().unwrap_or_default().to_string();
+                    bound(&mut route, max);
+                    r.route = Some(route.into());
+                }
+            }
+        }
+    }
+
     /// An event of `event_type` with `details`; the rest filled by setters.
     pub fn new(event_type: &'static str, details: Value) -> Self {
         Self {
@@ -239,6 +280,41 @@ impl<'de> Deserialize<'de> for Details {
     }
 }
 
+/// Cuts `s` to at most `max` bytes on a UTF-8 boundary, ending with a
+/// marker saying how many bytes were cut (`…[+N bytes]`), so a reader sees
+/// that the field was longer. `max` below the marker's length cuts to the
+/// marker alone.
+pub fn bound(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    // The marker counts the bytes cut, which depend on where the cut falls:
+    // size it for the largest count (the whole string).
+    let room = max.saturating_sub(marker(s.len()).len());
+    let mut cut = room.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mark = marker(s.len() - cut);
+    s.truncate(cut);
+    s.push_str(&mark);
+}
+
+fn marker(cut: usize) -> String {
+    format!("…[+{cut} bytes]")
+}
+
+/// [`bound`] for every string in a JSON value (object keys are kept: admin
+/// bodies are parsed into known fields before they are recorded).
+fn bound_json(v: &mut Value, max: usize) {
+    match v {
+        Value::String(s) => bound(s, max),
+        Value::Array(a) => a.iter_mut().for_each(|x| bound_json(x, max)),
+        Value::Object(o) => o.values_mut().for_each(|x| bound_json(x, max)),
+        _ => {}
+    }
+}
+
 /// Runs file work (index reads and rewrites, retention) on the blocking
 /// pool, off the async workers.
 pub async fn off_runtime<T: Send + 'static>(
@@ -284,8 +360,34 @@ pub enum AuditError {
 pub(crate) struct Message {
     pub(crate) event: Event,
     pub(crate) durability: Durability,
-    /// `None`: nobody waits (a proxied request's record).
+    /// `None`: nobody waits (an aggregated count).
     pub(crate) ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    /// A proxied request's record: under `fail_open`, given up with its
+    /// batch when the files cannot be written (and counted).
+    pub(crate) proxied: bool,
+}
+
+/// A proxied request's record on its way to the file: await
+/// [`Receipt::written`] before the response goes out.
+#[derive(Debug)]
+#[must_use = "a response may only go out once its record is written"]
+pub struct Receipt {
+    done: oneshot::Receiver<Result<u64, AuditError>>,
+    fail_open: bool,
+}
+
+impl Receipt {
+    /// Waits until the record is written (handed to the kernel). Under
+    /// `fail_open` a record the writer gave up on is `Ok` (the writer
+    /// counted it in `failed_open`).
+    pub async fn written(self) -> Result<(), AuditError> {
+        match self.done.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) if self.fail_open => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(AuditError::Closed),
+        }
+    }
 }
 
 /// Sends records to the writer. Cheap to clone.
@@ -296,6 +398,13 @@ pub struct Audit {
     index: Option<Arc<index::Index>>,
     fail_open: bool,
     stats: Arc<Stats>,
+    /// Longest stored string (`audit.max_field_bytes`).
+    max_field_bytes: usize,
+    /// Anonymous denials counted in the current window.
+    anonymous: Arc<anonymous::Window>,
+    /// Below this much free space in `dir`, `/metrics` says so and the log
+    /// warns (`audit.min_free_bytes`; 0: never).
+    min_free_bytes: u64,
 }
 
 /// Counters for `/metrics`.
@@ -309,6 +418,10 @@ pub struct Stats {
     pub failed_open: AtomicU64,
     /// Batches the query index missed.
     pub index_failures: AtomicU64,
+    /// Bytes appended to the log files.
+    pub bytes_written: AtomicU64,
+    /// Anonymous denials counted instead of recorded one by one.
+    pub anonymous_aggregated: AtomicU64,
     /// Set while the files cannot be written.
     pub unwritable: std::sync::atomic::AtomicBool,
 }
@@ -325,46 +438,102 @@ impl Audit {
     /// Records `event` and waits until it is `durability`; returns the seq
     /// of the last record written with it.
     /// Waits while the channel is full.
-    pub async fn record(&self, event: Event, durability: Durability) -> Result<u64, AuditError> {
+    pub async fn record(
+        &self,
+        mut event: Event,
+        durability: Durability,
+    ) -> Result<u64, AuditError> {
+        event.bound(self.max_field_bytes);
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Message {
                 event,
                 durability,
                 ack: Some(ack),
+                proxied: false,
             })
             .await
             .map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// For a proxied request: queues its record (waiting only while the
-    /// queue is full) and lets the request go on. While the log cannot be
-    /// written, the request is refused (fail closed) unless `fail_open`,
-    /// which lets it through unrecorded and counts it.
-    pub async fn record_request(&self, event: Event) -> Result<(), AuditError> {
+    /// For a proxied request: hands its record to the writer (waiting only
+    /// while the queue is full) and lets the request go on; the response
+    /// waits on the returned [`Receipt`]. While the log cannot be written,
+    /// the request is refused (fail closed) unless `fail_open`, which lets
+    /// it through unrecorded and counts it (`None`: nothing to wait for).
+    pub async fn record_request(&self, mut event: Event) -> Result<Option<Receipt>, AuditError> {
         if self.stats.unwritable.load(Ordering::Relaxed) {
             if self.fail_open {
                 self.stats.failed_open.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                return Ok(None);
             }
             return Err(AuditError::Unwritable(
                 "the last write failed; retrying".into(),
             ));
         }
+        event.bound(self.max_field_bytes);
+        let (ack, done) = oneshot::channel();
         self.tx
             .send(Message {
                 event,
                 durability: Durability::Written,
-                ack: None,
+                ack: Some(ack),
+                proxied: true,
             })
             .await
-            .map_err(|_| AuditError::Closed)
+            .map_err(|_| AuditError::Closed)?;
+        Ok(Some(Receipt {
+            done,
+            fail_open: self.fail_open,
+        }))
+    }
+
+    /// For a denial of a caller nobody authenticated (`event.ip_address`
+    /// is its source): the first per source, `reason` and `status` in the
+    /// current `audit.anonymous_window` is recorded like
+    /// [`Audit::record_request`]; the others are only counted (`None`) and
+    /// written as one record with the count when the window closes. One
+    /// address cannot fill the disk with failed attempts.
+    pub async fn record_anonymous_denial(
+        &self,
+        event: Event,
+        reason: &'static str,
+        status: u16,
+    ) -> Result<Option<Receipt>, AuditError> {
+        if !self.anonymous.first(&event.ip_address, reason, status) {
+            self.stats
+                .anonymous_aggregated
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        }
+        self.record_request(event).await
+    }
+
+    /// Writes the counts of the closing anonymous-denial window (one
+    /// record per source and reason with more than one denial) and opens
+    /// the next window.
+    pub(crate) async fn close_anonymous_window(&self) -> Result<(), AuditError> {
+        for mut event in self.anonymous.close() {
+            event.bound(self.max_field_bytes);
+            self.tx
+                .send(Message {
+                    event,
+                    durability: Durability::Written,
+                    ack: None,
+                    proxied: false,
+                })
+                .await
+                .map_err(|_| AuditError::Closed)?;
+        }
+        Ok(())
     }
 
     /// Waits until everything queued before this call is written and
     /// synced (shutdown, and tests).
+    /// The open anonymous-denial window's counts are written first.
     pub async fn flush(&self) -> Result<(), AuditError> {
+        self.close_anonymous_window().await?;
         self.record(Event::default(), Durability::Synced)
             .await
             .map(|_| ())
@@ -385,6 +554,21 @@ impl Audit {
         &self.stats
     }
 
+    /// Free bytes (for unprivileged writers) on the file system of the
+    /// log's directory, if it can be read.
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        disk_free_bytes(&self.dir)
+    }
+
+    /// Whether the log's file system has less free space than
+    /// `audit.min_free_bytes`.
+    pub fn disk_low(&self) -> bool {
+        self.min_free_bytes > 0
+            && self
+                .disk_free_bytes()
+                .is_some_and(|free| free < self.min_free_bytes)
+    }
+
     /// Prometheus text for the audit log.
     pub fn metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
@@ -402,13 +586,39 @@ impl Audit {
              costguard_audit_failed_open_total {}\n\
              # HELP costguard_audit_index_failures_total Batches the query index could not take (a restart re-indexes them).\n\
              # TYPE costguard_audit_index_failures_total counter\n\
-             costguard_audit_index_failures_total {}",
+             costguard_audit_index_failures_total {}\n\
+             # HELP costguard_audit_bytes_written_total Bytes appended to the audit log files.\n\
+             # TYPE costguard_audit_bytes_written_total counter\n\
+             costguard_audit_bytes_written_total {}\n\
+             # HELP costguard_audit_anonymous_aggregated_total Anonymous denials counted into a per-window record instead of one record each.\n\
+             # TYPE costguard_audit_anonymous_aggregated_total counter\n\
+             costguard_audit_anonymous_aggregated_total {}",
             s.written.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
             s.failed_open.load(Ordering::Relaxed),
             s.index_failures.load(Ordering::Relaxed),
+            s.bytes_written.load(Ordering::Relaxed),
+            s.anonymous_aggregated.load(Ordering::Relaxed),
         );
+        if let Some(free) = self.disk_free_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP costguard_audit_disk_free_bytes Free space on the audit directory's file system.\n\
+                 # TYPE costguard_audit_disk_free_bytes gauge\n\
+                 costguard_audit_disk_free_bytes {free}\n\
+                 # HELP costguard_audit_disk_low 1 while that free space is below audit.min_free_bytes.\n\
+                 # TYPE costguard_audit_disk_low gauge\n\
+                 costguard_audit_disk_low {}",
+                u8::from(self.min_free_bytes > 0 && free < self.min_free_bytes),
+            );
+        }
     }
+}
+
+/// Free bytes for unprivileged writers on `dir`'s file system.
+pub fn disk_free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 #[cfg(test)]
@@ -431,6 +641,31 @@ mod tests {
             request_id: "r".into(),
             prev_hash: GENESIS.into(),
             hash: String::new(),
+        }
+    }
+
+    /// Long strings are cut on a UTF-8 boundary, end with the marker, and
+    /// never pass the bound; short ones are untouched.
+    #[test]
+    fn bound_cuts_on_a_char_boundary_with_a_marker() {
+        for max in [0, 5, 17, 18, 19, 64, 512] {
+            let mut s = "é".repeat(300);
+            bound(&mut s, max);
+            assert!(s.len() <= max.max(marker(600).len()), "{max}: {}", s.len());
+            assert!(s.ends_with(" bytes]"), "{s}");
+            let kept = s.len() - marker(600 - s.find('…').unwrap()).len();
+            assert_eq!(kept % 2, 0, "whole characters only");
+        }
+        let mut short = "short".to_string();
+        bound(&mut short, 5);
+        assert_eq!(short, "short");
+        let mut event = Event::new("x", json!({"a": ["y".repeat(100)]}));
+        event.user_agent = "u".repeat(100);
+        event.bound(40);
+        assert!(event.user_agent.len() <= 40);
+        match &event.details {
+            Details::Json(v) => assert!(v["a"][0].as_str().unwrap().len() <= 40),
+            Details::Request(_) => unreachable!(),
         }
     }
 

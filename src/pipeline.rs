@@ -14,9 +14,11 @@
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
 //! Every decision is recorded in the audit log: an allowed request's record
-//! is queued before it is forwarded, a denial's before it is answered;
-//! while the log cannot be written, requests are refused (503) unless
-//! `audit.fail_open`.
+//! is handed to the writer before it is forwarded (the write overlaps the
+//! upstream round trip) and the response head waits until it is written; a
+//! denial's is written before it is answered (anonymous denials aggregated
+//! per source, see [`crate::audit::anonymous`]). While the log cannot be
+//! written, requests are refused (503) unless `audit.fail_open`.
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Details, Event, RequestDetails};
+use crate::audit::{Audit, Details, Event, Receipt, RequestDetails};
 use crate::authn::{AuthMethod, Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -66,6 +68,8 @@ struct Trail {
     principal: Option<Arc<Principal>>,
     route: Option<Arc<str>>,
     permission: Option<&'static str>,
+    /// The allowed request's record, being written while it is forwarded.
+    receipt: Option<Receipt>,
 }
 
 /// The request as the audit record shows it (captured before the body is
@@ -188,7 +192,7 @@ impl Proxy {
         }
         if let (Some(audit), Some(facts)) = (&this.audit, facts.take()) {
             let event = facts.event(trail, conn, request_id, None);
-            audit.record_request(event).await?;
+            trail.receipt = audit.record_request(event).await?;
         }
         let upstream_req = forward::prepare(
             req,
@@ -476,14 +480,36 @@ impl Handler for Proxy {
                     let (status, code, _) = error::classify(&e);
                     let event =
                         facts.event(&trail, conn, &request_id, Some((code, status.as_u16())));
+                    // Nobody authenticated: aggregated per source.
+                    let recorded = if trail.principal.is_none() {
+                        audit
+                            .record_anonymous_denial(event, code, status.as_u16())
+                            .await
+                    } else {
+                        audit.record_request(event).await
+                    };
+                    let written = match recorded {
+                        Ok(Some(receipt)) => receipt.written().await,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    };
                     // The denial stands whether or not it could be recorded.
-                    if let Err(audit_error) = audit.record_request(event).await {
+                    if let Err(audit_error) = written {
                         tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
                     }
                 }
                 error::rescue(&e, &request_id).map(Either::Right)
             }
         };
+        // A forwarded request's answer (or its upstream failure) goes out
+        // only once its record is written: a crash cannot lose the record
+        // of a response the client has.
+        if let Some(receipt) = trail.receipt.take()
+            && let Err(e) = receipt.written().await
+        {
+            tracing::error!(error = %e, "Allowed request not recorded in the audit log; refusing its response.");
+            resp = error::rescue(&Error::Audit(e), &request_id).map(Either::Right);
+        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status();
         resp.map(|body| LoggedBody::new(body, entry, status))

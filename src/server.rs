@@ -18,7 +18,7 @@ use crate::admin::ops::AdminOps;
 use crate::audit::Audit;
 use crate::audit::index::Index;
 use crate::audit::retention;
-use crate::audit::writer::{self, WriterConfig};
+use crate::audit::writer::{self, Bounds, WriterConfig};
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
 use crate::authz::Authz;
@@ -101,7 +101,7 @@ impl Server {
                 .map_err(StartError::Audit)?;
             // Opening the index adds whatever the files hold beyond it.
             let index = Index::open(&config.audit.dir).map_err(StartError::Audit)?;
-            let (audit, _writer) = writer::start(
+            let (audit, _writer) = writer::start_bounded(
                 WriterConfig {
                     dir: config.audit.dir.clone(),
                     key: key.clone(),
@@ -111,6 +111,12 @@ impl Server {
                     batch_interval: config.audit.batch_interval,
                     stdout: config.audit.stdout,
                     fail_open: config.audit.fail_open,
+                },
+                Bounds {
+                    max_field_bytes: config.audit.max_field_bytes,
+                    anonymous_window: config.audit.anonymous_window,
+                    anonymous_max_sources: config.audit.anonymous_max_sources,
+                    min_free_bytes: config.audit.min_free_bytes,
                 },
                 Some(Arc::new(index)),
             )

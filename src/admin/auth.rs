@@ -41,13 +41,30 @@ impl Caller {
         }
     }
 
+    /// The caller's own tenant: the key's, or empty for the admin token.
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            Caller::Root => "",
+            Caller::Key(p, _) => &p.tenant_id,
+        }
+    }
+
     fn is_system_admin(&self) -> bool {
         self.permissions().contains(Permission::SystemAdmin)
     }
 
     /// Allows the call when the caller is `system_admin`, or belongs to
-    /// `tenant` and holds one of `any_of`.
+    /// `tenant` and holds one of `any_of`. A success is noted for
+    /// [`tracking_authorization`].
     pub fn authorize(&self, tenant: Option<&str>, any_of: &[Permission]) -> Result<(), ApiError> {
+        let verdict = self.check(tenant, any_of);
+        if verdict.is_ok() {
+            let _ = AUTHORIZED.try_with(|a| a.set(true));
+        }
+        verdict
+    }
+
+    fn check(&self, tenant: Option<&str>, any_of: &[Permission]) -> Result<(), ApiError> {
         if self.is_system_admin() {
             return Ok(());
         }
@@ -69,6 +86,26 @@ impl Caller {
             )))
         }
     }
+}
+
+tokio::task_local! {
+    /// Whether [`Caller::authorize`] let the current admin call through.
+    static AUTHORIZED: std::cell::Cell<bool>;
+}
+
+/// Runs one admin operation and says whether its caller was authorized
+/// for it (a [`Caller::authorize`] succeeded while it ran). The audit
+/// record of a call refused before that (bad body, unknown tenant, wrong
+/// tenant, missing permission) must not carry what the caller asked for:
+/// checks run in each operation, some after its body is parsed, so the
+/// operation itself is asked rather than a copy of its rules.
+pub async fn tracking_authorization<T>(op: impl Future<Output = T>) -> (T, bool) {
+    AUTHORIZED
+        .scope(std::cell::Cell::new(false), async {
+            let out = op.await;
+            (out, AUTHORIZED.with(std::cell::Cell::get))
+        })
+        .await
 }
 
 /// Authenticates admin callers.

@@ -127,6 +127,12 @@ impl AdminOps {
         self
     }
 
+    /// Whether `tenant_id` names a tenant (a store failure counts as no:
+    /// the caller is then recorded as refused, under its own tenant).
+    pub async fn tenant_exists(&self, tenant_id: &str) -> bool {
+        self.tenant(tenant_id).await.is_ok()
+    }
+
     async fn tenant(&self, tenant_id: &str) -> Result<Tenant, ApiError> {
         if !req::is_id(tenant_id) {
             return Err(ApiError::NotFound("tenant not found".into()));

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::anonymous::Window;
 use super::index::{Entry, Index};
 use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, Stats};
 
@@ -47,13 +48,41 @@ pub struct WriterConfig {
     pub rotate_interval: Duration,
     /// Queued records before callers wait.
     pub capacity: usize,
-    /// How long a batch gathers after its first record: what a crash can
-    /// lose beyond the records still queued.
+    /// How long a batch gathers after its first record before it is
+    /// written (0: written as soon as the writer is free; records queued
+    /// meanwhile form the next batch). Every proxied response waits for
+    /// its record's write, so this is added to their latency.
     pub batch_interval: Duration,
     /// Also print every record on stdout (for the cluster's log collector).
     pub stdout: bool,
     /// Let proxied requests through when the log cannot be written.
     pub fail_open: bool,
+}
+
+/// What keeps the log small whoever calls: bounds beside [`WriterConfig`]
+/// (`[audit]`'s `max_field_bytes`, `anonymous_window`,
+/// `anonymous_max_sources`, `min_free_bytes`).
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// Longest stored string, in bytes.
+    pub max_field_bytes: usize,
+    /// Anonymous denials are aggregated per source and reason over this.
+    pub anonymous_window: Duration,
+    /// Sources tracked per window before they share one entry.
+    pub anonymous_max_sources: usize,
+    /// Warn (and say so on `/metrics`) below this much free space; 0: never.
+    pub min_free_bytes: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_field_bytes: 512,
+            anonymous_window: Duration::from_secs(10),
+            anonymous_max_sources: 10_000,
+            min_free_bytes: 1 << 30,
+        }
+    }
 }
 
 /// The signed head: the last record written, so a cut tail or a removed
@@ -178,6 +207,15 @@ const HASH_CACHE: usize = 4096;
 /// With an `index`, every written batch is added to it on the writer
 /// thread (a few `write`s per batch).
 pub fn start(config: WriterConfig, index: Option<Arc<Index>>) -> io::Result<(Audit, Writer)> {
+    start_bounded(config, Bounds::default(), index)
+}
+
+/// [`start`] with `bounds`.
+pub fn start_bounded(
+    config: WriterConfig,
+    bounds: Bounds,
+    index: Option<Arc<Index>>,
+) -> io::Result<(Audit, Writer)> {
     fs::create_dir_all(&config.dir)?;
     crate::private_files::restrict_tree(&config.dir)?;
     let (file_no, seq, hash, last_micros) = recover(&config.dir)?;
@@ -198,7 +236,14 @@ pub fn start(config: WriterConfig, index: Option<Arc<Index>>) -> io::Result<(Aud
         index: index.clone(),
         fail_open: config.fail_open,
         stats: stats.clone(),
+        max_field_bytes: bounds.max_field_bytes,
+        anonymous: Arc::new(Window::new(
+            bounds.anonymous_window,
+            bounds.anonymous_max_sources,
+        )),
+        min_free_bytes: bounds.min_free_bytes,
     };
+    watch_windows_and_disk(&audit)?;
     let now = Instant::now();
     let mut state = State {
         config,
@@ -226,6 +271,63 @@ pub fn start(config: WriterConfig, index: Option<Arc<Index>>) -> io::Result<(Aud
             thread: Some(thread),
         },
     ))
+}
+
+/// Starts the thread that closes anonymous-denial windows (writing their
+/// counts) and watches the directory's free space. It holds no sender: it
+/// stops once every [`Audit`] is gone, and never keeps the writer alive.
+fn watch_windows_and_disk(audit: &Audit) -> io::Result<()> {
+    /// The free-space check's period, and the longest between warnings.
+    const DISK_CHECK: Duration = Duration::from_secs(10);
+    const WARN_EVERY: Duration = Duration::from_secs(60);
+    let weak = audit.tx.downgrade();
+    let window = audit.anonymous.clone();
+    let (dir, min_free, max_field) = (
+        audit.dir.clone(),
+        audit.min_free_bytes,
+        audit.max_field_bytes,
+    );
+    let tick = window.length().min(DISK_CHECK);
+    std::thread::Builder::new()
+        .name("costguard-audit-watch".into())
+        .spawn(move || {
+            let mut opened = Instant::now();
+            let mut warned: Option<Instant> = None;
+            loop {
+                std::thread::sleep(tick);
+                let Some(tx) = weak.upgrade() else { return };
+                if opened.elapsed() >= window.length() {
+                    opened = Instant::now();
+                    for mut event in window.close() {
+                        event.bound(max_field);
+                        let m = Message {
+                            event,
+                            durability: Durability::Written,
+                            ack: None,
+                            proxied: false,
+                        };
+                        if tx.blocking_send(m).is_err() {
+                            return;
+                        }
+                    }
+                }
+                drop(tx);
+                let free = super::disk_free_bytes(&dir);
+                if min_free > 0
+                    && let Some(free) = free.filter(|f| *f < min_free)
+                    && warned.is_none_or(|w| w.elapsed() >= WARN_EVERY)
+                {
+                    warned = Some(Instant::now());
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        free_bytes = free,
+                        min_free_bytes = min_free,
+                        "Audit log disk space is low: once it is full, proxied requests are refused (503) unless audit.fail_open."
+                    );
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Where the chain ends: (file number to append to, last seq, last hash,
@@ -274,10 +376,13 @@ impl State {
         let mut batch: Vec<Message> = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
-            // Let a batch gather: one wake-up and one write per interval
-            // under load instead of one per record (on a busy core each
-            // wake-up is a context switch the proxy pays for).
-            std::thread::sleep(self.config.batch_interval);
+            // Optionally let a batch gather (fewer wake-ups and writes per
+            // record); by default not, since every proxied response waits
+            // for its record's write: under load batches form by
+            // themselves from what queues while the last one is written.
+            if !self.config.batch_interval.is_zero() {
+                std::thread::sleep(self.config.batch_interval);
+            }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
@@ -392,8 +497,10 @@ impl State {
                 self.stats.unwritable.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, records = batch.len(), "Audit batch could not be written.");
                 let err = AuditError::Unwritable(e.to_string());
-                // Proxied requests' records: nobody waits for them.
-                let unacknowledged = batch.iter().filter(|m| m.ack.is_none()).count();
+                let proxied = batch.iter().filter(|m| m.proxied).count();
+                // Everyone waiting is told: admin actions answer 503;
+                // proxied responses are refused (503), or go out under
+                // `fail_open` (their receipts accept the error).
                 for m in batch.iter_mut() {
                     if let Some(ack) = m.ack.take() {
                         let _ = ack.send(Err(err.clone()));
@@ -401,11 +508,10 @@ impl State {
                 }
                 if self.config.fail_open {
                     // Fail open: the batch is given up; its proxied
-                    // requests (nobody waits for their records) are
-                    // counted, the waiting admin actions were told above.
+                    // requests are counted as let through unrecorded.
                     self.stats
                         .failed_open
-                        .fetch_add(unacknowledged as u64, Ordering::Relaxed);
+                        .fetch_add(proxied as u64, Ordering::Relaxed);
                     self.seq = seq0;
                     self.hash = hash0;
                     batch.clear();
@@ -508,6 +614,7 @@ impl State {
             return Err(e);
         }
         self.file_bytes += len;
+        self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
         let synced = !sync || self.file.sync_data().is_ok();
         if sync && synced {
             self.last_sync = Instant::now();

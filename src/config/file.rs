@@ -324,9 +324,10 @@ pub struct AuditSection {
     pub rotate_interval: Duration,
     /// Records queued for the writer before requests wait for it.
     pub channel_capacity: u64,
-    /// How long the writer lets a batch gather before one write: longer
-    /// costs less CPU per record, and is what a crash can lose of proxied
-    /// requests' records (admin actions are always synced before their 2xx).
+    /// How long the writer lets a batch gather before one write. Every
+    /// proxied response waits for its record's write, so this adds to
+    /// their latency; 0 (default): write as soon as the writer is free
+    /// (under load, records queued meanwhile form the next batch).
     #[serde(with = "duration")]
     pub batch_interval: Duration,
     /// When the log cannot be written: false (default) refuses proxied
@@ -338,6 +339,21 @@ pub struct AuditSection {
     /// (from the index; files once every tenant's retention has passed).
     #[serde(with = "duration")]
     pub retention_interval: Duration,
+    /// Longest string a record stores (user agent, path, ids, reason,
+    /// every string in `details`), in bytes; longer ones are cut on a
+    /// UTF-8 boundary and end with `…[+N bytes]`.
+    pub max_field_bytes: u64,
+    /// Denials of callers nobody authenticated (missing or bad credential,
+    /// the failed-authentication block, malformed requests) are recorded
+    /// once per source address and reason per window; the rest are counted
+    /// into one record (`details.count`) when the window closes.
+    #[serde(with = "duration")]
+    pub anonymous_window: Duration,
+    /// Source addresses tracked per window; beyond, they share one entry.
+    pub anonymous_max_sources: u64,
+    /// Below this much free space in the audit directory, `/metrics` shows
+    /// `costguard_audit_disk_low 1` and the log warns. 0: never.
+    pub min_free_bytes: u64,
 }
 
 impl Default for AuditSection {
@@ -349,10 +365,14 @@ impl Default for AuditSection {
             max_file_bytes: 64 << 20,
             rotate_interval: Duration::from_secs(24 * 3600),
             channel_capacity: 65_536,
-            batch_interval: Duration::from_millis(10),
+            batch_interval: Duration::ZERO,
             fail_open: false,
             stdout: false,
             retention_interval: Duration::from_secs(3600),
+            max_field_bytes: 512,
+            anonymous_window: Duration::from_secs(10),
+            anonymous_max_sources: 10_000,
+            min_free_bytes: 1 << 30,
         }
     }
 }

@@ -219,6 +219,14 @@ pub struct AuditConfig {
     pub stdout: bool,
     /// Retention pass period.
     pub retention_interval: Duration,
+    /// Longest stored string.
+    pub max_field_bytes: usize,
+    /// Anonymous denials' aggregation window.
+    pub anonymous_window: Duration,
+    /// Sources tracked per window.
+    pub anonymous_max_sources: usize,
+    /// Free-space warning threshold (0: none).
+    pub min_free_bytes: u64,
 }
 
 /// `[store]`, validated.
@@ -299,8 +307,8 @@ impl Checker {
     }
 
     fn batch_interval(&mut self, d: Duration) -> Duration {
-        if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
-            self.fail("audit.batch_interval", "must be between 1ms and 1s");
+        if d > Duration::from_secs(1) {
+            self.fail("audit.batch_interval", "must be between 0 and 1s");
         }
         d
     }
@@ -561,6 +569,16 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         fail_open: a.fail_open,
         stdout: a.stdout,
         retention_interval: c.duration("audit.retention_interval", a.retention_interval),
+        max_field_bytes: c.bounded("audit.max_field_bytes", a.max_field_bytes, 64, 1 << 20)
+            as usize,
+        anonymous_window: c.duration("audit.anonymous_window", a.anonymous_window),
+        anonymous_max_sources: c.bounded(
+            "audit.anonymous_max_sources",
+            a.anonymous_max_sources,
+            1,
+            10_000_000,
+        ) as usize,
+        min_free_bytes: a.min_free_bytes,
     };
     let sso = sso::validate(&mut c, &file);
     let warnings = sso.warnings.clone();
