@@ -293,7 +293,10 @@ impl Admin {
                 Some(t) => self.0.ops.tenant_exists(t).await,
                 None => true,
             };
-            if !done.authorized || !exists {
+            // Refused on the target too (a key or user more powerful than
+            // the caller): as unauthorised as a refusal for the tenant.
+            let forbidden = matches!(e, ApiError::Forbidden(_) | ApiError::TenantMismatch);
+            if !done.authorized || !exists || forbidden {
                 return self.audit_refused(audit, facts, caller, e).await;
             }
         }
