@@ -15,6 +15,7 @@
 #
 #   benches/proxy-bench.sh [run.sh options, e.g. -r 3 -d 10]
 #   PLAIN_BIN=/path/to/costguard-without-auth benches/proxy-bench.sh   # adds that build as "costguard-plain"
+#   BEFORE_BIN=/path/to/older/costguard benches/proxy-bench.sh          # adds that build as "costguard-before" (A/B)
 #   BENCH_CANDIDATES="costguard costguard-noaudit" benches/proxy-bench.sh -c 64 -r 6   # only those
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,11 @@ if [[ -n ${BENCH_CANDIDATES:-} ]]; then
     fi
   done
   args=("${kept[@]}")
+fi
+if [[ -n ${BEFORE_BIN:-} ]]; then
+  cp -r "$WORK/store" "$WORK/store6"
+  args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store6 COSTGUARD_LOG_ACCESS_LOG=false $BEFORE_BIN serve --config $CONFIG"
+    --port 18096 --name costguard-before)
 fi
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
