@@ -225,15 +225,10 @@ impl Admin {
             })),
             ..facts.event()
         };
-        let written = match audit
+        if let Err(e) = audit
             .record_anonymous_denial(event, code, status.as_u16())
             .await
         {
-            Ok(Some(receipt)) => receipt.written().await,
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
             tracing::error!(error = %e, "Refused admin credential not recorded in the audit log.");
         }
     }

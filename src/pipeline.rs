@@ -14,9 +14,8 @@
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
 //! Every decision is recorded in the audit log: an allowed request's record
-//! is handed to the writer before it is forwarded (the write overlaps the
-//! upstream round trip) and the response head waits until it is written; a
-//! denial's is written before it is answered (anonymous denials aggregated
+//! is written (to the OS) before it is forwarded, a denial's before it is
+//! answered (anonymous denials aggregated
 //! per source, see [`crate::audit::anonymous`]). While the log cannot be
 //! written, requests are refused (503) unless `audit.fail_open`.
 
@@ -27,7 +26,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Details, Event, Receipt, RequestDetails};
+use crate::audit::{Audit, Details, Event, RequestDetails};
 use crate::authn::{AuthMethod, Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -68,8 +67,6 @@ struct Trail {
     principal: Option<Arc<Principal>>,
     route: Option<Arc<str>>,
     permission: Option<&'static str>,
-    /// The allowed request's record, being written while it is forwarded.
-    receipt: Option<Receipt>,
 }
 
 /// The request as the audit record shows it (captured before the body is
@@ -192,7 +189,7 @@ impl Proxy {
         }
         if let (Some(audit), Some(facts)) = (&this.audit, facts.take()) {
             let event = facts.event(trail, conn, request_id, None);
-            trail.receipt = audit.record_request(event).await?;
+            audit.record_request(event).await?;
         }
         let upstream_req = forward::prepare(
             req,
@@ -488,28 +485,14 @@ impl Handler for Proxy {
                     } else {
                         audit.record_request(event).await
                     };
-                    let written = match recorded {
-                        Ok(Some(receipt)) => receipt.written().await,
-                        Ok(None) => Ok(()),
-                        Err(e) => Err(e),
-                    };
                     // The denial stands whether or not it could be recorded.
-                    if let Err(audit_error) = written {
+                    if let Err(audit_error) = recorded {
                         tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
                     }
                 }
                 error::rescue(&e, &request_id).map(Either::Right)
             }
         };
-        // A forwarded request's answer (or its upstream failure) goes out
-        // only once its record is written: a crash cannot lose the record
-        // of a response the client has.
-        if let Some(receipt) = trail.receipt.take()
-            && let Err(e) = receipt.written().await
-        {
-            tracing::error!(error = %e, "Allowed request not recorded in the audit log; refusing its response.");
-            resp = error::rescue(&Error::Audit(e), &request_id).map(Either::Right);
-        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status();
         resp.map(|body| LoggedBody::new(body, entry, status))

@@ -1,11 +1,13 @@
-//! The writer thread: batches, chains, appends, rotates, signs the head.
+//! The writer: chains, appends, rotates, signs the head.
 //!
-//! One OS thread owns the files, so record order is the chain order and no
-//! lock is shared with the request path. Each turn it takes everything
-//! queued (up to [`MAX_BATCH`]), gives each record its `seq`, `prev_hash`
-//! and `hash`, appends the batch with one `write`, syncs when a record in
-//! it asked for it (or a second has passed), then replaces `audit.head`,
-//! and only then answers the callers.
+//! The files' [`State`] sits behind one mutex, so record order is the
+//! chain order. A proxied request appends its own record under it
+//! ([`State::write_inline`]: no sync, never waits for a retry); the writer
+//! thread takes everything else queued (admin actions, aggregated counts,
+//! sync requests; up to [`MAX_BATCH`]), gives each record its `seq`,
+//! `prev_hash` and `hash`, appends the batch with one `write`, syncs when a
+//! record in it asked for it (or a second has passed), then replaces
+//! `audit.head`, and only then answers the callers.
 //!
 //! Files are `audit-000001.jsonl`, `audit-000002.jsonl`, …; a new one
 //! starts when the current one would pass `max_file_bytes` or is older
@@ -17,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -177,7 +179,8 @@ impl Writer {
     }
 }
 
-struct State {
+/// The files and the chain's end, behind the writer's mutex.
+pub struct State {
     config: WriterConfig,
     file: File,
     file_no: u64,
@@ -231,22 +234,9 @@ pub fn start_bounded(
     sync_dir(&config.dir)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
-    let audit = Audit {
-        tx,
-        dir: Arc::new(config.dir.clone()),
-        index: index.clone(),
-        fail_open: config.fail_open,
-        stats: stats.clone(),
-        max_field_bytes: bounds.max_field_bytes,
-        anonymous: Arc::new(Window::new(
-            bounds.anonymous_window,
-            bounds.anonymous_max_sources,
-        )),
-        min_free_bytes: bounds.min_free_bytes,
-    };
-    watch_windows_and_disk(&audit)?;
+    let (dir, fail_open) = (config.dir.clone(), config.fail_open);
     let now = Instant::now();
-    let mut state = State {
+    let state = Arc::new(std::sync::Mutex::new(State {
         config,
         file,
         file_no,
@@ -256,16 +246,33 @@ pub fn start_bounded(
         seq,
         hash,
         last_micros,
-        stats,
+        stats: stats.clone(),
         out: Vec::with_capacity(1 << 16),
         entries: Vec::with_capacity(MAX_BATCH),
-        index,
+        index: index.clone(),
         hashes: std::collections::HashMap::new(),
         head,
+    }));
+    let sync_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let audit = Audit {
+        tx,
+        writer: state.clone(),
+        sync_queued: sync_queued.clone(),
+        dir: Arc::new(dir),
+        index,
+        fail_open,
+        stats: stats.clone(),
+        max_field_bytes: bounds.max_field_bytes,
+        anonymous: Arc::new(Window::new(
+            bounds.anonymous_window,
+            bounds.anonymous_max_sources,
+        )),
+        min_free_bytes: bounds.min_free_bytes,
     };
+    watch_windows_and_disk(&audit)?;
     let thread = std::thread::Builder::new()
         .name("costguard-audit".into())
-        .spawn(move || state.run(rx))?;
+        .spawn(move || run(&state, &sync_queued, rx))?;
     Ok((
         audit,
         Writer {
@@ -372,41 +379,67 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-impl State {
-    fn run(&mut self, mut rx: mpsc::Receiver<Message>) {
-        let mut batch: Vec<Message> = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            let drain = |batch: &mut Vec<Message>, rx: &mut mpsc::Receiver<Message>| {
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
-                    }
+/// The writer thread: everything but proxied records, batch by batch.
+fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::Receiver<Message>) {
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let batch_interval = lock().config.batch_interval;
+    let mut batch: Vec<Message> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        let drain = |batch: &mut Vec<Message>, rx: &mut mpsc::Receiver<Message>| {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
                 }
-            };
-            drain(&mut batch, &mut rx);
-            // Under load, let the batch grow a moment: one write and one
-            // wake-up for many records (measured: a write per record cost a
-            // third of the throughput). A lone record goes out at once.
-            if batch.len() > 1 && !self.config.batch_interval.is_zero() {
-                std::thread::sleep(self.config.batch_interval);
-                drain(&mut batch, &mut rx);
             }
-            self.write_batch(&mut batch);
+        };
+        drain(&mut batch, &mut rx);
+        // Under load, let the batch grow a moment: one write for many.
+        if batch.len() > 1 && !batch_interval.is_zero() {
+            std::thread::sleep(batch_interval);
+            drain(&mut batch, &mut rx);
         }
-        let _ = self.file.sync_data();
-        tracing::info!(
-            records = self.seq,
-            "Audit writer stopped; everything queued was written."
-        );
+        // A sync request is in this batch: the next one may be queued.
+        sync_queued.store(false, Ordering::Release);
+        lock().write_batch(&mut batch, false);
+    }
+    let mut s = lock();
+    let _ = s.file.sync_data();
+    tracing::info!(
+        records = s.seq,
+        "Audit writer stopped; everything queued was written."
+    );
+    s.out.clear();
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("file_no", &self.file_no)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Appends a proxied request's record (`batch` holds that one message)
+    /// on the caller's thread: never syncs, never holds a failed write for
+    /// a retry (the caller is refused or, under `fail_open`, counted).
+    /// Returns whether a sync is due (a second since the last one).
+    pub(crate) fn write_inline(&mut self, batch: &mut Vec<Message>) -> bool {
+        self.write_batch(batch, true);
+        self.last_sync.elapsed() >= Duration::from_secs(1)
     }
 
-    fn write_batch(&mut self, batch: &mut Vec<Message>) {
+    /// `inline`: a proxied record on the request path (no sync; a failed
+    /// write is given up at once rather than held and retried).
+    fn write_batch(&mut self, batch: &mut Vec<Message>, inline: bool) {
         self.entries.clear();
         let (seq0, hash0) = (self.seq, self.hash.clone());
-        let sync = batch.iter().any(|m| m.durability == Durability::Synced)
-            || self.last_sync.elapsed() >= Duration::from_secs(1);
+        let sync = !inline
+            && (batch.iter().any(|m| m.durability == Durability::Synced)
+                || self.last_sync.elapsed() >= Duration::from_secs(1));
         self.out.clear();
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
         let micros = now.max(self.last_micros);
@@ -510,12 +543,16 @@ impl State {
                         let _ = ack.send(Err(err.clone()));
                     }
                 }
-                if self.config.fail_open {
-                    // Fail open: the batch is given up; its proxied
+                if self.config.fail_open || inline {
+                    // Fail open, or a request's own record (its caller is
+                    // refused now, and the next request tries again): the
+                    // batch is given up; under fail_open its proxied
                     // requests are counted as let through unrecorded.
-                    self.stats
-                        .failed_open
-                        .fetch_add(proxied as u64, Ordering::Relaxed);
+                    if self.config.fail_open {
+                        self.stats
+                            .failed_open
+                            .fetch_add(proxied as u64, Ordering::Relaxed);
+                    }
                     self.seq = seq0;
                     self.hash = hash0;
                     batch.clear();
