@@ -494,6 +494,9 @@ impl State {
         if self.out.is_empty() {
             // Only flush barriers: sync what is written, answer them.
             let result = self.file.sync_data();
+            if result.is_ok() {
+                self.last_sync = Instant::now();
+            }
             for m in batch.drain(..) {
                 if let Some(ack) = m.ack {
                     let _ = ack.send(match &result {
