@@ -531,6 +531,16 @@ impl Audit {
             .map(|_| ())
     }
 
+    /// Brings the query index (and the head) up to the last record written:
+    /// proxied records leave theirs to the writer thread, so a query calls
+    /// this first and sees every record written before it.
+    pub fn catch_up(&self) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .catch_up();
+    }
+
     /// The directory of the files (queries read records back from it).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir

@@ -106,6 +106,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn index_of(audit: &Audit) -> Result<Arc<Index>, ApiError> {
+    audit.catch_up();
     audit
         .index()
         .cloned()

@@ -201,6 +201,15 @@ pub struct State {
     /// Recent ids' index hashes (tenants, keys and event types repeat).
     hashes: std::collections::HashMap<String, u64>,
     head: File,
+    /// Set while a request's own record is written: its index entry and
+    /// the head are left to the writer thread (they are derived: the index
+    /// catches up from the files, and the head may lag the files, never
+    /// lead), keeping the request path to one `write(2)`.
+    defer: bool,
+    /// Index entries written but not yet in the index (in seq order).
+    pending: Vec<Entry>,
+    /// The head names an earlier record than the last one written.
+    head_stale: bool,
 }
 
 /// Ids whose index hash the writer remembers.
@@ -252,6 +261,9 @@ pub fn start_bounded(
         index: index.clone(),
         hashes: std::collections::HashMap::new(),
         head,
+        defer: false,
+        pending: Vec::new(),
+        head_stale: false,
     }));
     let sync_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let audit = Audit {
@@ -405,6 +417,7 @@ fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::
         lock().write_batch(&mut batch, false);
     }
     let mut s = lock();
+    s.catch_up();
     let _ = s.file.sync_data();
     tracing::info!(
         records = s.seq,
@@ -428,8 +441,19 @@ impl State {
     /// a retry (the caller is refused or, under `fail_open`, counted).
     /// Returns whether a sync is due (a second since the last one).
     pub(crate) fn write_inline(&mut self, batch: &mut Vec<Message>) -> bool {
+        self.defer = true;
         self.write_batch(batch, true);
+        self.defer = false;
         self.last_sync.elapsed() >= Duration::from_secs(1)
+    }
+
+    /// Brings the index and the head up to the last record written (the
+    /// writer thread at each turn; a query before it reads the index).
+    pub(crate) fn catch_up(&mut self) {
+        self.index_batch();
+        if self.head_stale && self.write_head(false).is_ok() {
+            self.head_stale = false;
+        }
     }
 
     /// `inline`: a proxied record on the request path (no sync; a failed
@@ -493,6 +517,7 @@ impl State {
         }
         if self.out.is_empty() {
             // Only flush barriers: sync what is written, answer them.
+            self.catch_up();
             let result = self.file.sync_data();
             if result.is_ok() {
                 self.last_sync = Instant::now();
@@ -601,14 +626,18 @@ impl State {
     /// the files (which hold the records either way).
     fn index_batch(&mut self) {
         let Some(index) = &self.index else { return };
-        match index.append(&self.entries) {
+        self.pending.append(&mut self.entries);
+        if self.defer || self.pending.is_empty() {
+            return;
+        }
+        match index.append(&self.pending) {
             Ok(()) => {}
             Err(e) => {
                 self.stats.index_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "Audit index not written; queries miss new records until a restart re-indexes them from the files.");
             }
         }
-        self.entries.clear();
+        self.pending.clear();
     }
 
     /// The index hash of `id`, remembered for the next records.
@@ -663,6 +692,11 @@ impl State {
         if sync && synced {
             self.last_sync = Instant::now();
         }
+        if self.defer {
+            self.head_stale = true;
+            return Ok(synced);
+        }
+        self.head_stale = false;
         match self.write_head(sync) {
             Ok(()) => Ok(synced),
             Err(e) => {
