@@ -186,17 +186,21 @@ pub enum AuthnError {
 impl AuthnError {
     /// Whether the caller presented a credential that did not verify (what
     /// the failed-authentication limit counts). Missing credentials, store
-    /// outages and suspended tenants are not guesses.
+    /// outages, suspended tenants and users the admin API disabled are not
+    /// guesses.
     pub fn is_bad_credential(&self) -> bool {
-        matches!(
-            self,
-            AuthnError::Malformed
-                | AuthnError::UnsupportedToken
-                | AuthnError::UnknownKey
-                | AuthnError::RevokedKey
-                | AuthnError::ExpiredKey
-                | AuthnError::Token(_)
-        ) || matches!(self, AuthnError::Claims(e) if *e != crate::sso::claims::ClaimError::UserDisabled)
+        match self {
+            AuthnError::Claims(e) => *e != crate::sso::claims::ClaimError::UserDisabled,
+            other => matches!(
+                other,
+                AuthnError::Malformed
+                    | AuthnError::UnsupportedToken
+                    | AuthnError::UnknownKey
+                    | AuthnError::RevokedKey
+                    | AuthnError::ExpiredKey
+                    | AuthnError::Token(_)
+            ),
+        }
     }
 }
 

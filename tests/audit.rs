@@ -12,64 +12,14 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use support::audit::{get, of_type, records, start, verify};
 use support::{Sidecar, Upstream, binary, raw_request};
 
-fn records(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON record per line"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["event_type"] == t).collect()
-}
-
-/// `costguard audit verify DIR`: (exit code, stdout).
-fn verify(dir: &Path) -> (i32, String) {
-    let out = Command::new(binary())
-        .args(["audit", "verify"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Proxied requests' records are queued, not awaited: an admin action
-/// (recorded and synced in order after them) is the barrier a test waits on.
+/// An admin action (recorded and synced in order after the proxied
+/// records) is the barrier a test waits on before reading the files.
 fn flush(cg: &Sidecar) {
     let (status, _) = cg.admin("DELETE", "/admin/v1/tenants/org-ffffffff", None);
     assert_eq!(status, 404);
-}
-
-fn start(up: &Upstream, store: &Path, extra: &str) -> Sidecar {
-    Sidecar::start_with_store(
-        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
-        &[],
-        Some(store),
-    )
-}
-
-fn get(cg: &Sidecar, path: &str, headers: &str) -> support::RawResponse {
-    raw_request(
-        cg.proxy,
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

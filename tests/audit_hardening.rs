@@ -15,39 +15,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use support::audit::{get, records, start, verify};
 use support::{Sidecar, Upstream, raw_request};
-
-fn records(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON record per line"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// `costguard audit verify DIR`: (exit code, stdout).
-fn verify(dir: &Path) -> (i32, String) {
-    let out = std::process::Command::new(support::binary())
-        .args(["audit", "verify"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 
 /// Bytes under `dir`, recursively (log files, head, index).
 fn dir_bytes(dir: &Path) -> u64 {
@@ -63,14 +32,6 @@ fn dir_bytes(dir: &Path) -> u64 {
             }
         })
         .sum()
-}
-
-fn start(up: &Upstream, store: &Path, extra: &str) -> Sidecar {
-    Sidecar::start_with_store(
-        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
-        &[],
-        Some(store),
-    )
 }
 
 /// Every response a client received has its record on file, even when the
@@ -139,13 +100,6 @@ async fn kill9_under_load_loses_no_answered_request() {
     );
     let (code, out) = verify(&log);
     assert_eq!(code, 0, "after kill -9: {out}");
-}
-
-fn get(cg: &Sidecar, path: &str, headers: &str) -> support::RawResponse {
-    raw_request(
-        cg.proxy,
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
-    )
 }
 
 /// Anonymous callers cannot fill the disk: huge fields are cut, and their

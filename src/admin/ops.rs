@@ -796,13 +796,13 @@ impl AdminOps {
     ) -> Result<(), ApiError> {
         caller.authorize(Some(tenant_id), &[P::ManageUsers])?;
         self.tenant(tenant_id).await?;
-        let user = match req::is_id(user_id) {
-            true => self
-                .store
+        let user = if req::is_id(user_id) {
+            self.store
                 .get_user(tenant_id, user_id)
                 .await
-                .map_err(store_error)?,
-            false => None,
+                .map_err(store_error)?
+        } else {
+            None
         }
         .filter(|u| u.status != UserStatus::Deleted)
         .ok_or_else(|| ApiError::NotFound("user not found".into()))?;

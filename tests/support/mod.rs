@@ -2,6 +2,8 @@
 //! and a recording upstream in the test process.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod audit;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,62 @@
+//! Reading the audit log a test's costguard wrote.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{RawResponse, Sidecar, Upstream, binary, raw_request};
+
+/// Every record in `dir`'s log files, in order.
+pub fn records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON record per line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The records of one event type.
+pub fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["event_type"] == t).collect()
+}
+
+/// `costguard audit verify DIR`: (exit code, stdout).
+pub fn verify(dir: &Path) -> (i32, String) {
+    let out = std::process::Command::new(binary())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// costguard in front of `up` with its store (and audit log) in `store`.
+pub fn start(up: &Upstream, store: &Path, extra: &str) -> Sidecar {
+    Sidecar::start_with_store(
+        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
+        &[],
+        Some(store),
+    )
+}
+
+/// `GET path` on the proxy over a fresh connection, with extra header lines.
+pub fn get(cg: &Sidecar, path: &str, headers: &str) -> RawResponse {
+    raw_request(
+        cg.proxy,
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{headers}\r\n").as_bytes(),
+    )
+}
