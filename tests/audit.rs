@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::audit::{get, of_type, records, start, verify};
-use support::{Sidecar, Upstream, binary, raw_request};
+use support::{Sidecar, Upstream};
 
 /// An admin action (recorded and synced in order after the proxied
 /// records) is the barrier a test waits on before reading the files.

@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use support::Upstream;
 use support::audit::{get, records, start, verify};
-use support::{Sidecar, Upstream, raw_request};
 
 /// Bytes under `dir`, recursively (log files, head, index).
 fn dir_bytes(dir: &Path) -> u64 {
