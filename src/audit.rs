@@ -451,17 +451,17 @@ impl Audit {
     /// `fail_open`, which lets it through unrecorded and counts it.
     pub async fn record_request(&self, mut event: Event) -> Result<(), AuditError> {
         event.bound(self.max_field_bytes);
-        let (ack, mut done) = oneshot::channel();
         let mut batch = vec![Message {
             event,
             durability: Durability::Written,
-            ack: Some(ack),
+            ack: None,
             proxied: true,
         }];
-        let sync_due = {
-            let mut state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            state.write_inline(&mut batch)
-        };
+        let (result, sync_due) = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_inline(&mut batch);
         if sync_due && !self.sync_queued.swap(true, Ordering::AcqRel) {
             // The writer thread syncs (off the request path); a full queue
             // means it is busy writing and will sync soon anyway.
@@ -475,11 +475,11 @@ impl Audit {
                 self.sync_queued.store(false, Ordering::Release);
             }
         }
-        match done.try_recv() {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) if self.fail_open => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(AuditError::Closed),
+        match result {
+            Ok(_) => Ok(()),
+            // Counted by the writer as let through unrecorded.
+            Err(_) if self.fail_open => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -545,6 +545,24 @@ async fn an_unwritable_log_fails_closed_or_open_as_configured() {
             );
             let resp = get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n"));
             assert_eq!(support::error_code(&resp.body), "audit_unavailable");
+            // An admin action whose record cannot be written either: it is
+            // answered 503 and its record held for the writer's retry,
+            // which never makes proxied requests wait: they are still
+            // refused at once (a retry under the shared lock hung them).
+            let (status, _) = cg.admin(
+                "POST",
+                &format!("/admin/v1/tenants/{t}/projects"),
+                Some(json!({"name": "held", "budget": 1.0})),
+            );
+            assert_eq!(status, 503);
+            for _ in 0..3 {
+                // (A request stuck behind the retry would end at the test
+                // client's read timeout without a status.)
+                let resp = get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n"));
+                assert_eq!(resp.status, 503, "refused at once: {}", resp.body);
+            }
+            let (status, _) = cg.admin("GET", "/admin/v1/tenants", None);
+            assert_eq!(status, 200, "the admin port answers reads meanwhile");
         }
     }
 }

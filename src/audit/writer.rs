@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use super::anonymous::Window;
 use super::index::{Entry, Index};
-use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Severity, Stats};
+use super::{Audit, AuditError, Durability, Event, GENESIS, Message, Record, Severity, Stats};
 
 /// Most records per write.
 pub const MAX_BATCH: usize = 4096;
@@ -201,15 +201,20 @@ pub struct State {
     /// Recent ids' index hashes (tenants, keys and event types repeat).
     hashes: std::collections::HashMap<String, u64>,
     head: File,
-    /// Set while a request's own record is written: its index entry and
-    /// the head are left to the writer thread (they are derived: the index
-    /// catches up from the files, and the head may lag the files, never
-    /// lead), keeping the request path to one `write(2)`.
+    /// Set while a request's own record is written: its index entry is
+    /// left to the writer thread's next turn (or the next query), keeping
+    /// the request path to one `write(2)`.
     defer: bool,
     /// Index entries written but not yet in the index (in seq order).
     pending: Vec<Entry>,
-    /// The head names an earlier record than the last one written.
-    head_stale: bool,
+    /// A batch that could not be written (fail closed) and waits in `out`
+    /// for the writer thread's retry, with its number of records: its
+    /// records are in the chain, so nothing else is appended before it.
+    held: Option<usize>,
+    /// The seq the signed head names. The head is only replaced after the
+    /// records it names are synced, so it may lag the files, never lead
+    /// (not even after a power loss).
+    head_seq: u64,
 }
 
 /// Ids whose index hash the writer remembers.
@@ -263,7 +268,8 @@ pub fn start_bounded(
         head,
         defer: false,
         pending: Vec::new(),
-        head_stale: false,
+        held: None,
+        head_seq: seq,
     }));
     let sync_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let audit = Audit {
@@ -300,22 +306,41 @@ fn watch_windows_and_disk(audit: &Audit) -> io::Result<()> {
     /// The free-space check's period, and the longest between warnings.
     const DISK_CHECK: Duration = Duration::from_secs(10);
     const WARN_EVERY: Duration = Duration::from_secs(60);
+    /// Records written since the last turn are synced (and the head
+    /// replaced) within this, even when no more traffic comes.
+    const SYNC_EVERY: Duration = Duration::from_secs(1);
     let weak = audit.tx.downgrade();
+    let (stats, sync_queued) = (audit.stats.clone(), audit.sync_queued.clone());
     let window = audit.anonymous.clone();
     let (dir, min_free, max_field) = (
         audit.dir.clone(),
         audit.min_free_bytes,
         audit.max_field_bytes,
     );
-    let tick = window.length().min(DISK_CHECK);
+    let tick = window.length().min(SYNC_EVERY);
     std::thread::Builder::new()
         .name("costguard-audit-watch".into())
         .spawn(move || {
             let mut opened = Instant::now();
             let mut warned: Option<Instant> = None;
+            let mut checked = Instant::now();
+            let mut written = stats.written.load(Ordering::Relaxed);
             loop {
                 std::thread::sleep(tick);
                 let Some(tx) = weak.upgrade() else { return };
+                let now_written = stats.written.load(Ordering::Relaxed);
+                if now_written != written && !sync_queued.swap(true, Ordering::AcqRel) {
+                    written = now_written;
+                    let barrier = Message {
+                        event: Event::default(),
+                        durability: Durability::Synced,
+                        ack: None,
+                        proxied: false,
+                    };
+                    if tx.try_send(barrier).is_err() {
+                        sync_queued.store(false, Ordering::Release);
+                    }
+                }
                 if opened.elapsed() >= window.length() {
                     opened = Instant::now();
                     for mut event in window.close() {
@@ -332,6 +357,10 @@ fn watch_windows_and_disk(audit: &Audit) -> io::Result<()> {
                     }
                 }
                 drop(tx);
+                if checked.elapsed() < DISK_CHECK {
+                    continue;
+                }
+                checked = Instant::now();
                 let free = super::disk_free_bytes(&dir);
                 if min_free > 0
                     && let Some(free) = free.filter(|f| *f < min_free)
@@ -391,7 +420,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The writer thread: everything but proxied records, batch by batch.
+/// The writer thread: everything but proxied records, batch by batch. It
+/// never waits for the disk under the lock that requests append under:
+/// fsync and the retry of a failed batch happen outside it.
 fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::Receiver<Message>) {
     let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
     let batch_interval = lock().config.batch_interval;
@@ -414,45 +445,88 @@ fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::
         }
         // A sync request is in this batch: the next one may be queued.
         sync_queued.store(false, Ordering::Release);
-        if batch.iter().all(|m| m.event.event_type.is_empty()) {
-            sync_outside_the_lock(state, &mut batch);
-        } else {
-            lock().write_batch(&mut batch, false);
+        // Callers that asked for a sync (admin actions, flushes) are
+        // answered after it; the others once their records are written.
+        let wants_sync = batch.iter().any(|m| m.durability == Durability::Synced)
+            || lock().last_sync.elapsed() >= Duration::from_secs(1);
+        let synced: Vec<_> = batch
+            .iter_mut()
+            .filter(|m| m.durability == Durability::Synced)
+            .filter_map(|m| m.ack.take())
+            .collect();
+        let mut result = lock().write_batch(&mut batch, false);
+        if wants_sync && result.is_ok() {
+            result = sync_outside_the_lock(state);
+        }
+        for ack in synced {
+            let _ = ack.send(result.clone());
+        }
+        // A batch that could not be written is retried before the next
+        // one (its callers were told it failed; its records stay due).
+        if lock().held.is_some() {
+            let _ = retry_held(state);
         }
     }
-    let mut s = lock();
-    s.catch_up();
-    let _ = s.file.sync_data();
+    let _ = sync_outside_the_lock(state);
+    let s = lock();
     tracing::info!(
         records = s.seq,
         "Audit writer stopped; everything queued was written."
     );
-    s.out.clear();
 }
 
-/// Answers a batch of sync requests (the once-a-second sync of proxied
-/// records, flushes): catches the index and head up under the lock, then
-/// syncs a second handle of the file *outside* it, so requests appending
-/// meanwhile never wait for the disk.
-fn sync_outside_the_lock(state: &std::sync::Mutex<State>, batch: &mut Vec<Message>) {
-    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
-    let (file, seq) = {
-        let mut s = lock();
-        s.catch_up();
-        (s.file.try_clone(), s.seq)
-    };
-    let result = file.and_then(|f| f.sync_data());
-    if result.is_ok() {
-        lock().last_sync = Instant::now();
-    }
-    for m in batch.drain(..) {
-        if let Some(ack) = m.ack {
-            let _ = ack.send(match &result {
-                Ok(()) => Ok(seq),
-                Err(e) => Err(AuditError::Unwritable(e.to_string())),
-            });
+/// Retries the held batch every 200 ms until it is written, sleeping
+/// outside the lock (requests meanwhile are refused at once, or let
+/// through and counted under `fail_open`).
+fn retry_held(state: &std::sync::Mutex<State>) -> Result<u64, AuditError> {
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(records) = s.held else {
+            return Ok(s.seq);
+        };
+        if s.append().is_ok() {
+            s.held = None;
+            s.written(records);
+            s.stats.unwritable.store(false, Ordering::Relaxed);
+            tracing::info!(
+                records,
+                "Audit log writable again; the held batch is written."
+            );
+            return Ok(s.seq);
         }
     }
+}
+
+/// Syncs what is written and then replaces the signed head with the last
+/// record synced: the data file's fsync runs on a second handle outside
+/// the lock, so requests appending meanwhile never wait for the disk, and
+/// the head never names a record that a power loss could take back.
+fn sync_outside_the_lock(state: &std::sync::Mutex<State>) -> Result<u64, AuditError> {
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    let unwritable = |e: io::Error| AuditError::Unwritable(e.to_string());
+    let (file, head, file_no, seq, hash) = {
+        let mut s = lock();
+        s.catch_up();
+        (
+            s.file.try_clone(),
+            s.head.try_clone(),
+            s.file_no,
+            s.seq,
+            s.hash.clone(),
+        )
+    };
+    file.and_then(|f| f.sync_data()).map_err(unwritable)?;
+    {
+        let mut s = lock();
+        s.last_sync = Instant::now();
+        if seq > s.head_seq {
+            s.write_head(file_no, seq, hash).map_err(unwritable)?;
+            s.head_seq = seq;
+        }
+    }
+    head.and_then(|h| h.sync_data()).map_err(unwritable)?;
+    Ok(seq)
 }
 
 impl std::fmt::Debug for State {
@@ -467,32 +541,49 @@ impl std::fmt::Debug for State {
 impl State {
     /// Appends a proxied request's record (`batch` holds that one message)
     /// on the caller's thread: never syncs, never holds a failed write for
-    /// a retry (the caller is refused or, under `fail_open`, counted).
-    /// Returns whether a sync is due (a second since the last one).
-    pub(crate) fn write_inline(&mut self, batch: &mut Vec<Message>) -> bool {
+    /// a retry. Returns the write's result and whether a sync is due (a
+    /// second since the last one).
+    pub(crate) fn write_inline(
+        &mut self,
+        batch: &mut Vec<Message>,
+    ) -> (Result<u64, AuditError>, bool) {
         self.defer = true;
-        self.write_batch(batch, true);
+        let result = self.write_batch(batch, true);
         self.defer = false;
-        self.last_sync.elapsed() >= Duration::from_secs(1)
+        (result, self.last_sync.elapsed() >= Duration::from_secs(1))
     }
 
-    /// Brings the index and the head up to the last record written (the
-    /// writer thread at each turn; a query before it reads the index).
+    /// Brings the index up to the last record written (the writer thread
+    /// at each sync; a query before it reads the index).
     pub(crate) fn catch_up(&mut self) {
         self.index_batch();
-        if self.head_stale && self.write_head(false).is_ok() {
-            self.head_stale = false;
-        }
     }
 
-    /// `inline`: a proxied record on the request path (no sync; a failed
-    /// write is given up at once rather than held and retried).
-    fn write_batch(&mut self, batch: &mut Vec<Message>, inline: bool) {
+    /// Chains and appends the batch's records (never syncs: the writer
+    /// thread does, outside the lock) and answers the callers still
+    /// holding their acks. `inline`: a proxied record on the request path,
+    /// given up at once when it cannot be written (its caller is refused,
+    /// or counted under `fail_open`); the writer thread's batches are held
+    /// for a retry instead (fail closed). Returns what the callers are told.
+    fn write_batch(&mut self, batch: &mut Vec<Message>, inline: bool) -> Result<u64, AuditError> {
+        if self.held.is_some() {
+            // A held batch goes first; until it is written, nothing else is.
+            let err = AuditError::Unwritable("the log cannot be written; retrying".into());
+            if self.config.fail_open {
+                let proxied = batch.iter().filter(|m| m.proxied).count();
+                self.stats
+                    .failed_open
+                    .fetch_add(proxied as u64, Ordering::Relaxed);
+            }
+            for m in batch.drain(..) {
+                if let Some(ack) = m.ack {
+                    let _ = ack.send(Err(err.clone()));
+                }
+            }
+            return Err(err);
+        }
         self.entries.clear();
         let (seq0, hash0) = (self.seq, self.hash.clone());
-        let sync = !inline
-            && (batch.iter().any(|m| m.durability == Durability::Synced)
-                || self.last_sync.elapsed() >= Duration::from_secs(1));
         self.out.clear();
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
         let micros = now.max(self.last_micros);
@@ -545,46 +636,28 @@ impl State {
             self.out.push(b'\n');
         }
         if self.out.is_empty() {
-            // Only flush barriers: sync what is written, answer them.
-            self.catch_up();
-            let result = self.file.sync_data();
-            if result.is_ok() {
-                self.last_sync = Instant::now();
-            }
+            // Only sync requests: nothing to append.
             for m in batch.drain(..) {
                 if let Some(ack) = m.ack {
-                    let _ = ack.send(match &result {
-                        Ok(()) => Ok(self.seq),
-                        Err(e) => Err(AuditError::Unwritable(e.to_string())),
-                    });
+                    let _ = ack.send(Ok(self.seq));
                 }
             }
-            return;
+            return Ok(self.seq);
         }
-        let result = self.append(sync);
-        match result {
-            Ok(true) => {
-                self.written(batch.len());
+        let records = batch
+            .iter()
+            .filter(|m| !m.event.event_type.is_empty())
+            .count();
+        match self.append() {
+            Ok(()) => {
+                self.written(records);
                 self.stats.unwritable.store(false, Ordering::Relaxed);
                 for m in batch.drain(..) {
                     if let Some(ack) = m.ack {
                         let _ = ack.send(Ok(self.seq));
                     }
                 }
-            }
-            Ok(false) => {
-                // Written, but the head could not be replaced: the records
-                // stand (the chain goes on from them), the callers are told
-                // it failed (fail closed). The records are indexed and
-                // copied to stdout like any written ones.
-                self.written(batch.len());
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let err = AuditError::Unwritable("the audit head could not be written".into());
-                for m in batch.drain(..) {
-                    if let Some(ack) = m.ack {
-                        let _ = ack.send(Err(err.clone()));
-                    }
-                }
+                Ok(self.seq)
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -612,15 +685,17 @@ impl State {
                     }
                     self.seq = seq0;
                     self.hash = hash0;
-                    batch.clear();
+                    self.entries.clear();
                 } else {
                     // Fail closed: nothing of the batch is in the file and
                     // its records stay valid (the chain is where they left
                     // it), so the same bytes are written once the files
-                    // can be; new requests are refused meanwhile.
-                    self.retry_until_written(batch.len());
-                    batch.clear();
+                    // can be (the writer thread retries, outside the lock);
+                    // new requests are refused meanwhile.
+                    self.held = Some(records);
                 }
+                batch.clear();
+                Err(err)
             }
         }
     }
@@ -683,26 +758,9 @@ impl State {
         h
     }
 
-    /// Retries the batch in `self.out` every 200 ms until it is written.
-    fn retry_until_written(&mut self, records: usize) {
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            if let Ok(_head_written) = self.append(true) {
-                self.written(records);
-                self.stats.unwritable.store(false, Ordering::Relaxed);
-                tracing::info!(
-                    records,
-                    "Audit log writable again; the held batch is written."
-                );
-                return;
-            }
-        }
-    }
-
-    /// Appends `self.out` (rotating first if due), syncs if asked, and
-    /// replaces the head. On a failed append the file is cut back to where
-    /// it was (`Err`); `Ok(false)`: appended, but the head was not replaced.
-    fn append(&mut self, sync: bool) -> io::Result<bool> {
+    /// Appends `self.out` (rotating first if due). On a failed append the
+    /// file is cut back to where it was.
+    fn append(&mut self) -> io::Result<()> {
         let len = self.out.len() as u64;
         if self.file_bytes > 0
             && (self.file_bytes + len > self.config.max_file_bytes
@@ -717,22 +775,7 @@ impl State {
         }
         self.file_bytes += len;
         self.stats.bytes_written.fetch_add(len, Ordering::Relaxed);
-        let synced = !sync || self.file.sync_data().is_ok();
-        if sync && synced {
-            self.last_sync = Instant::now();
-        }
-        if self.defer {
-            self.head_stale = true;
-            return Ok(synced);
-        }
-        self.head_stale = false;
-        match self.write_head(sync) {
-            Ok(()) => Ok(synced),
-            Err(e) => {
-                tracing::error!(error = %e, "Audit head could not be written.");
-                Ok(false)
-            }
-        }
+        Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -751,21 +794,14 @@ impl State {
     /// Overwrites the head in place: one `pwrite` of a fixed-size block
     /// (the JSON padded with spaces), which a killed process cannot tear,
     /// instead of a create-and-rename per batch (hundreds of microseconds).
-    fn write_head(&self, sync: bool) -> io::Result<()> {
+    /// Replaces the signed head with one naming record `seq` (in file
+    /// `file_no`, with `hash`); the caller syncs it.
+    fn write_head(&self, file_no: u64, seq: u64, hash: String) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let head = Head::signed(
-            &self.config.key,
-            file_name(self.file_no),
-            self.seq,
-            self.hash.clone(),
-        );
+        let head = Head::signed(&self.config.key, file_name(file_no), seq, hash);
         let mut block = serde_json::to_vec(&head).expect("a head serializes");
         block.resize(HEAD_BYTES.max(block.len()), b' ');
-        self.head.write_all_at(&block, 0)?;
-        if sync {
-            self.head.sync_data()?;
-        }
-        Ok(())
+        self.head.write_all_at(&block, 0)
     }
 }
 
