@@ -130,6 +130,11 @@ impl Permissions {
         Self(self.0 & other.0)
     }
 
+    /// The set without `p`.
+    pub const fn without(self, p: Permission) -> Self {
+        Self(self.0 & !p.bit())
+    }
+
     /// The permissions in the set, in the seed's order.
     pub fn iter(self) -> impl Iterator<Item = Permission> {
         Permission::ALL

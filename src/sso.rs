@@ -338,7 +338,7 @@ impl Sso {
             && let Some(hit) = cache.get(&digest)
             && now <= hit.exp
             && self.providers[hit.provider].jwks.generation() == hit.key_generation
-            && self.directory.epoch() == hit.user_epoch
+            && self.directory.epoch(&hit.principal.tenant_id) == hit.user_epoch
         {
             let tenant = self.tenant(&hit.principal.tenant_id).await?;
             return Ok(Authenticated {
@@ -365,8 +365,7 @@ impl Sso {
             (None, _) => return Err(AuthnError::Token(TokenError::Issuer)),
         };
         let key_generation = p.jwks.generation();
-        let user_epoch = self.directory.epoch();
-        let (auth, exp) = self.bearer_with(p, raw).await?;
+        let (auth, exp, user_epoch) = self.bearer_with(p, raw).await?;
         if let Some(cache) = &self.verified {
             cache.insert(
                 digest,
@@ -386,7 +385,7 @@ impl Sso {
         &self,
         p: &Provider,
         raw: &str,
-    ) -> Result<(Authenticated, i64), AuthnError> {
+    ) -> Result<(Authenticated, i64, u64), AuthnError> {
         let header = token::header(raw, &p.config.algorithms).map_err(AuthnError::Token)?;
         let verified = p
             .verify_bearer(raw, &header)
@@ -394,12 +393,16 @@ impl Sso {
             .map_err(AuthnError::Token)?;
         let mapping = p.config.mapping();
         let identity = claims::identity(&mapping, &verified.claims).map_err(AuthnError::Claims)?;
-        let identity = self.directory.resolve(&mapping, identity).await?;
+        let (identity, user_epoch) = self.directory.resolve(&mapping, identity).await?;
         let tenant = self
             .tenant_for(p.config.tenant.is_some(), &identity.tenant_id)
             .await?;
         let principal = principal(&identity, AuthMethod::Jwt)?;
-        Ok((Authenticated { principal, tenant }, verified.exp))
+        Ok((
+            Authenticated { principal, tenant },
+            verified.exp,
+            user_epoch,
+        ))
     }
 
     /// A bearer JWT from the verified-token cache only (see
@@ -409,7 +412,7 @@ impl Sso {
         let hit = self.verified.as_ref()?.get(&digest)?;
         if unix_now() > hit.exp
             || self.providers[hit.provider].jwks.generation() != hit.key_generation
-            || self.directory.epoch() != hit.user_epoch
+            || self.directory.epoch(&hit.principal.tenant_id) != hit.user_epoch
         {
             return None;
         }
@@ -432,7 +435,7 @@ impl Sso {
         let principal = live
             .principal
             .load_full()
-            .filter(|b| b.epoch == self.directory.epoch())?
+            .filter(|b| b.epoch == self.directory.epoch(&b.principal.tenant_id))?
             .principal
             .clone();
         let tenant = self.cached_tenant(&principal.tenant_id).await?;
@@ -472,9 +475,10 @@ impl Sso {
     /// user, reused until a refresh changes the record or a user changes
     /// (a newer user epoch).
     async fn session_principal(&self, live: &Live) -> Result<Arc<Principal>, AuthnError> {
-        let epoch = self.directory.epoch();
         let principal = match live.principal.load_full() {
-            Some(built) if built.epoch == epoch => built.principal.clone(),
+            Some(built) if built.epoch == self.directory.epoch(&built.principal.tenant_id) => {
+                built.principal.clone()
+            }
             _ => {
                 let s = live.snapshot();
                 let method = if s.auth_method == "saml" {
@@ -491,7 +495,7 @@ impl Sso {
                 // A provider removed from the configuration takes its
                 // sessions with it.
                 let mapping = self.mapping_of(&s.provider).ok_or(AuthnError::NoSession)?;
-                let identity = self.directory.resolve(&mapping, identity).await?;
+                let (identity, epoch) = self.directory.resolve(&mapping, identity).await?;
                 let built = principal(&identity, method)?;
                 live.principal.store(Some(Arc::new(BuiltPrincipal {
                     epoch,
@@ -948,6 +952,7 @@ impl Sso {
             .directory
             .resolve(&mapping, identity.clone())
             .await
+            .map(|(effective, _)| effective)
             .map_err(|e| match e {
                 AuthnError::Claims(c) => fail(S::FORBIDDEN, c.reason()),
                 _ => fail(S::SERVICE_UNAVAILABLE, "store_unavailable"),

@@ -656,8 +656,43 @@ async fn sessions_answer_to_the_admin_apis_user() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.up.last().headers["x-costops-roles"], "analyst,viewer");
 
-    // The admin API's roles replace the provider's for a user it knows.
+    // A key that may manage users but holds less than alice (a signed-in
+    // analyst) can neither take her identity over nor end her session.
     let user = format!("/admin/v1/tenants/{}/users/alice", w.tenant);
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
+        Some(json!({"description": "users only", "permissions": ["manage_users", "view_costs"]})),
+    );
+    assert_eq!(status, 201);
+    let (_, manager) = w.cg.create_key(&w.tenant, &["user_manager"]);
+    let (status, body) = w.cg.admin_call(
+        "PUT",
+        &user,
+        &manager,
+        Some(&json!({"email": "alice@acme.example", "roles": [], "disabled": true})),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (_, sessions) = w.cg.admin(
+        "GET",
+        &format!("/admin/v1/tenants/{}/sessions", w.tenant),
+        None,
+    );
+    let sid = sessions["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = w.cg.admin_call(
+        "DELETE",
+        &format!("/admin/v1/tenants/{}/sessions/{sid}", w.tenant),
+        &manager,
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = get_with_session(&w.cg, &costs(&w.tenant), &session).await;
+    assert_eq!(status, 200, "untouched: {body}");
+
+    // The admin API's roles replace the provider's for a user it knows.
     let (status, body) = w.cg.admin(
         "PUT",
         &user,

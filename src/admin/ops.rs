@@ -179,6 +179,35 @@ impl AdminOps {
         }
     }
 
+    /// What an identity of the tenant can do now: its stored roles and,
+    /// under single sign-on, the roles its live sessions carry from the
+    /// provider. `takeover`: the caller would create or replace the
+    /// identity's record; a user id the admin API does not hold (or holds
+    /// only as a tombstone) may be a single sign-on identity whose provider
+    /// roles are unknown until it logs in, so taking it over needs every
+    /// tenant permission.
+    async fn identity_permissions(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        stored: Option<&User>,
+        takeover: bool,
+    ) -> Result<Permissions, ApiError> {
+        let stored = stored.filter(|u| u.status != UserStatus::Deleted);
+        let mut roles: Vec<String> = stored.map(|u| u.roles.clone()).unwrap_or_default();
+        let mut perms = Permissions::NONE;
+        if let Some(sso) = &self.sso {
+            let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
+            for s in sessions.into_iter().filter(|s| s.user_id == user_id) {
+                roles.extend(s.roles);
+            }
+            if takeover && stored.is_none() {
+                perms = Permissions::ALL.without(Permission::SystemAdmin);
+            }
+        }
+        Ok(perms.union(self.roles_permissions(tenant_id, &roles).await?))
+    }
+
     /// Refuses a change to `role` while a key or user of the tenant holding
     /// it has permissions the caller does not.
     async fn may_change_role(
@@ -741,15 +770,15 @@ impl AdminOps {
         }
         let tenant = self.tenant(tenant_id).await?;
         let email = req::email("email", &body.email)?;
-        if let Some(old) = self
+        let old = self
             .store
             .get_user(tenant_id, user_id)
             .await
-            .map_err(store_error)?
-        {
-            let held = self.roles_permissions(tenant_id, &old.roles).await?;
-            Self::may_act_on(caller, held, "user")?;
-        }
+            .map_err(store_error)?;
+        let held = self
+            .identity_permissions(tenant_id, user_id, old.as_ref(), true)
+            .await?;
+        Self::may_act_on(caller, held, "user")?;
         let roles = self
             .assign_roles(caller, tenant_id, user_id, &body.roles)
             .await?;
@@ -806,7 +835,9 @@ impl AdminOps {
         }
         .filter(|u| u.status != UserStatus::Deleted)
         .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
-        let held = self.roles_permissions(tenant_id, &user.roles).await?;
+        let held = self
+            .identity_permissions(tenant_id, user_id, Some(&user), false)
+            .await?;
         Self::may_act_on(caller, held, "user")?;
         if !self
             .store
@@ -879,7 +910,14 @@ impl AdminOps {
             Some(sso) if req::is_id(session_id) => {
                 let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
                 if let Some(s) = sessions.iter().find(|s| s.session_id == session_id) {
-                    let held = self.roles_permissions(tenant_id, &s.roles).await?;
+                    let stored = self
+                        .store
+                        .get_user(tenant_id, &s.user_id)
+                        .await
+                        .map_err(store_error)?;
+                    let held = self
+                        .identity_permissions(tenant_id, &s.user_id, stored.as_ref(), false)
+                        .await?;
                     Self::may_act_on(caller, held, "session")?;
                 }
                 sso.sessions

@@ -9,13 +9,14 @@
 //! current policy, not by its name.
 //!
 //! Lookups are cached (bounded, TTL); every change through the admin API
-//! forgets the user and bumps [`Directory::epoch`], so principals built
-//! before it (session and bearer-token caches) are rebuilt.
+//! bumps its tenant's [`Directory::epoch`], so that tenant's principals
+//! built before it (session and bearer-token caches) and user lookups
+//! loaded before it are rebuilt; other tenants' are untouched.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use moka::future::Cache;
 
 use super::claims::{ClaimError, Identity, Mapping};
@@ -26,16 +27,24 @@ use crate::model::{User, UserStatus};
 use crate::roles::Permission;
 use crate::store::{Store, StoreError};
 
+/// A cached user lookup: the tenant's epoch when it started, and the
+/// stored user (`None`: unknown to the admin API).
+type Lookup = (u64, Option<Arc<User>>);
+
 /// Users as the admin API set them, cached.
 #[derive(Debug)]
 pub struct Directory {
     store: Arc<dyn Store>,
     authz: Authz,
-    /// (tenant, user) → the stored user, or `None` (unknown to the admin API).
-    users: Cache<(String, String), Option<Arc<User>>>,
-    /// Bumped on every user change: a principal built under an older epoch
-    /// is rebuilt before it is used again.
-    epoch: AtomicU64,
+    /// (tenant, user) → the tenant's epoch when the lookup started, and the
+    /// stored user or `None` (unknown to the admin API). A value from an
+    /// older epoch is read again: a lookup racing a change cannot keep the
+    /// user as it was before.
+    users: Cache<(String, String), Lookup>,
+    /// Tenant → bumped on each of its user changes: a principal built
+    /// under an older epoch is rebuilt before it is used again. One entry
+    /// per tenant whose users changed since the start.
+    epochs: DashMap<String, u64>,
 }
 
 impl Directory {
@@ -49,44 +58,61 @@ impl Directory {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            epoch: AtomicU64::new(0),
+            epochs: DashMap::new(),
         }
     }
 
-    /// The current epoch (see the module doc).
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    /// The tenant's current epoch (see the module doc).
+    pub fn epoch(&self, tenant_id: &str) -> u64 {
+        self.epochs.get(tenant_id).map_or(0, |e| *e)
     }
 
-    /// Forgets a changed user; cached principals are rebuilt.
+    /// Forgets a changed user (call after the store has the change): the
+    /// tenant's cached principals are rebuilt.
     pub async fn forget(&self, tenant_id: &str, user_id: &str) {
+        *self.epochs.entry(tenant_id.to_string()).or_insert(0) += 1;
         self.users
             .invalidate(&(tenant_id.to_string(), user_id.to_string()))
             .await;
-        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    async fn user(&self, tenant_id: &str, user_id: &str) -> Result<Option<Arc<User>>, AuthnError> {
+    async fn user(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        epoch: u64,
+    ) -> Result<Option<Arc<User>>, AuthnError> {
         let key = (tenant_id.to_string(), user_id.to_string());
-        let store = self.store.clone();
-        self.users
-            .try_get_with(key, async move {
-                Ok::<_, StoreError>(store.get_user(tenant_id, user_id).await?.map(Arc::new))
-            })
+        if let Some((at, user)) = self.users.get(&key).await
+            && at == epoch
+        {
+            return Ok(user);
+        }
+        let user = self
+            .store
+            .get_user(tenant_id, user_id)
             .await
-            .map_err(AuthnError::Store)
+            .map_err(|e: StoreError| AuthnError::Store(Arc::new(e)))?
+            .map(Arc::new);
+        self.users.insert(key, (epoch, user.clone())).await;
+        Ok(user)
     }
 
     /// The identity costguard acts on for what the provider (`mapping`)
     /// said: refused when the admin API disabled or deleted the user; roles
     /// per the provider's `role_source`; provider-given roles that resolve
-    /// to `system_admin` dropped unless the provider may grant it.
+    /// to `system_admin` dropped unless the provider may grant it. Also
+    /// returns the tenant's epoch it was resolved under (read before the
+    /// lookup), for the caller's cache.
     pub async fn resolve(
         &self,
         mapping: &Mapping<'_>,
         mut identity: Identity,
-    ) -> Result<Identity, AuthnError> {
-        let user = self.user(&identity.tenant_id, &identity.user_id).await?;
+    ) -> Result<(Identity, u64), AuthnError> {
+        let epoch = self.epoch(&identity.tenant_id);
+        let user = self
+            .user(&identity.tenant_id, &identity.user_id, epoch)
+            .await?;
         if let Some(u) = &user
             && u.status != UserStatus::Active
         {
@@ -109,6 +135,6 @@ impl Directory {
             identity.roles.sort();
             identity.roles.dedup();
         }
-        Ok(identity)
+        Ok((identity, epoch))
     }
 }
