@@ -109,7 +109,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn delete_tenant(&self, tenant_id: &str) -> Result<Removed, StoreError>;
 
     /// Adds a key and indexes its hash, unless the tenant already has
-    /// `max` live (not revoked) keys (-1: no limit).
+    /// `max` live (neither revoked nor expired) keys (-1: no limit).
     async fn insert_key(&self, key: &ApiKey, max: i64) -> Result<(), StoreError>;
     /// One key of a tenant by id.
     async fn get_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<ApiKey>, StoreError>;

@@ -51,8 +51,9 @@ impl Window {
     /// Whether this denial is the first of its key in the window (record
     /// it); otherwise it is counted.
     pub fn first(&self, source: &str, reason: &'static str, status: u16) -> bool {
+        let source = network_of(source);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (source.to_string(), reason, status);
+        let key = (source, reason, status);
         if let Some(n) = counts.get_mut(&key) {
             *n += 1;
             return false;
@@ -133,5 +134,35 @@ mod tests {
             .collect();
         assert_eq!(counts, [("*", 1), ("10.0.0.1", 2)]);
         assert!(w.first("10.0.0.1", "invalid_key", 401), "a new window");
+    }
+}
+
+/// The source a denial counts against: the address, or for IPv6 its /64
+/// (one host usually holds a whole /64, and must not get a first record
+/// per address in it).
+fn network_of(source: &str) -> String {
+    match source.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            format!("{}/64", std::net::Ipv6Addr::from(s))
+        }
+        _ => source.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::network_of;
+
+    #[test]
+    fn ipv6_sources_count_per_64() {
+        assert_eq!(network_of("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            network_of("2001:db8:1:2:ffff::9"),
+            network_of("2001:db8:1:2::7")
+        );
+        assert_eq!(network_of("10.1.2.3"), "10.1.2.3");
+        assert_eq!(network_of("*"), "*");
     }
 }

@@ -276,9 +276,11 @@ impl Store for SledStore {
         {
             let _guard = self.lock();
             if max >= 0 {
+                let now = time::OffsetDateTime::now_utc();
                 let live = Self::scan::<ApiKey>(&self.keys, &key.tenant_id)?
                     .iter()
                     .filter(|k| k.status != KeyStatus::Revoked)
+                    .filter(|k| k.expires_at.is_none_or(|t| t > now))
                     .count() as u64;
                 if live >= max as u64 {
                     return Err(StoreError::LimitReached { what: "key", max });
