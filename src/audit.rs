@@ -1,14 +1,15 @@
 //! The audit log: one record per decision (allowed or denied) and per admin
 //! action, tamper-evident and never dropped.
 //!
-//! Callers hand records to [`Audit`], which queues them for one writer
-//! thread ([`writer`]) over a bounded channel: a full channel makes callers
-//! wait (backpressure), never drops. The writer appends batches to
-//! JSON-lines files, chains every record to the previous one with SHA-256
-//! (`prev_hash`, `hash`), and after each batch replaces a signed head
-//! (`audit.head`, HMAC-SHA256) naming the last record, so a flipped byte, a
-//! removed record, a truncated tail and a deleted file are all detected by
-//! [`verify`].
+//! Proxied requests append their own record under the writer's lock;
+//! everything else goes to one writer thread ([`writer`]) over a bounded
+//! channel: a full channel makes callers wait (backpressure), never drops.
+//! Records go to JSON-lines files, each chained to the previous one with
+//! SHA-256 (`prev_hash`, `hash`); after each sync (at least once a second
+//! while records are written) the writer replaces a signed head
+//! (`audit.head`, HMAC-SHA256) naming the last record synced, so a flipped
+//! byte, a removed record, a truncated tail and a deleted file are all
+//! detected by [`verify`].
 //!
 //! What a caller waits for, and what a crash can lose:
 //! - a proxied request's record is appended to the file on the request
