@@ -14,4 +14,4 @@ demo: deps
 	cargo run --release -- demo
 
 test:
-	bash scripts/test.sh
+	bash .ci/run
