@@ -749,3 +749,53 @@ async fn sessions_answer_to_the_admin_apis_user() {
         "{failed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_role_a_signed_in_user_holds_from_the_provider_is_guarded() {
+    // Everyone the provider signs in also gets the tenant's custom role
+    // `ops_custom` (default_roles): alice (an analyst) holds it.
+    let w = world("", "default_roles = [\"ops_custom\"]\n", None).await;
+    let role = format!("/admin/v1/tenants/{}/roles/ops_custom", w.tenant);
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &role,
+        Some(json!({"description": "ops", "permissions": ["view_costs"]})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
+        Some(json!({"description": "users", "permissions": ["manage_users", "view_costs"]})),
+    );
+    assert_eq!(status, 201);
+    let (_, manager) = w.cg.create_key(&w.tenant, &["user_manager"]);
+    // Nobody holds it yet: the manager may reshape it.
+    let (status, body) = w.cg.admin_call(
+        "PUT",
+        &role,
+        &manager,
+        Some(&json!({"description": "ops", "permissions": ["view_costs"]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let session = login(
+        &w.cg,
+        &format!("rd={}", costs(&w.tenant)),
+        "alice",
+        "alice-pw",
+    )
+    .await;
+    let (status, _, body) = get_with_session(&w.cg, &costs(&w.tenant), &session).await;
+    assert_eq!(status, 200, "{body}");
+    // Now a signed-in analyst holds it: not the manager's to change.
+    let (status, body) = w.cg.admin_call(
+        "PUT",
+        &role,
+        &manager,
+        Some(&json!({"description": "grown", "permissions": ["view_costs", "manage_users"]})),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = w.cg.admin_call("DELETE", &role, &manager, None);
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = w.cg.admin("DELETE", &role, None);
+    assert_eq!(status, 200, "the root token may");
+}

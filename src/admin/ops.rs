@@ -18,7 +18,7 @@ use crate::authn::api_key::{self, ApiKeys};
 use crate::authz::Authz;
 use crate::config::{AuthConfig, RateLimitConfig};
 use crate::model::{
-    self, ApiKey, CustomRole, KeyStatus, Project, Tenant, TenantLimits, TenantSettings,
+    self, ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, TenantLimits, TenantSettings,
     TenantStatus, User, UserStatus,
 };
 use crate::rate_limit::Rate;
@@ -179,37 +179,45 @@ impl AdminOps {
         }
     }
 
-    /// What an identity of the tenant can do now: its stored roles and,
-    /// under single sign-on, the roles its live sessions carry from the
+    /// The tenant's live single sign-on sessions (none without SSO).
+    async fn live_sessions(&self, tenant_id: &str) -> Result<Vec<Session>, ApiError> {
+        match &self.sso {
+            Some(sso) => sso.sessions.list(tenant_id).await.map_err(store_error),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// What an identity of the tenant can do now: its stored roles and the
+    /// roles its live sessions (`sessions`, the tenant's) carry from the
     /// provider. `takeover`: the caller would create or replace the
-    /// identity's record; a user id the admin API does not hold (or holds
-    /// only as a tombstone) may be a single sign-on identity whose provider
-    /// roles are unknown until it logs in, so taking it over needs every
-    /// tenant permission.
+    /// identity's record; under single sign-on a user id the admin API does
+    /// not hold (or holds only as a tombstone) may be an identity whose
+    /// provider roles are unknown until it logs in, so taking it over needs
+    /// every tenant permission.
     async fn identity_permissions(
         &self,
         tenant_id: &str,
         user_id: &str,
         stored: Option<&User>,
+        sessions: &[Session],
         takeover: bool,
     ) -> Result<Permissions, ApiError> {
         let stored = stored.filter(|u| u.status != UserStatus::Deleted);
         let mut roles: Vec<String> = stored.map(|u| u.roles.clone()).unwrap_or_default();
-        let mut perms = Permissions::NONE;
-        if let Some(sso) = &self.sso {
-            let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
-            for s in sessions.into_iter().filter(|s| s.user_id == user_id) {
-                roles.extend(s.roles);
-            }
-            if takeover && stored.is_none() {
-                perms = Permissions::ALL.without(Permission::SystemAdmin);
-            }
+        for s in sessions.iter().filter(|s| s.user_id == user_id) {
+            roles.extend(s.roles.iter().cloned());
         }
+        let perms = if takeover && stored.is_none() && self.sso.is_some() {
+            Permissions::ALL.without(Permission::SystemAdmin)
+        } else {
+            Permissions::NONE
+        };
         Ok(perms.union(self.roles_permissions(tenant_id, &roles).await?))
     }
 
-    /// Refuses a change to `role` while a key or user of the tenant holding
-    /// it has permissions the caller does not.
+    /// Refuses a change to `role` while a key, a user, or a signed-in user
+    /// (whose provider gave them the role) holding it has permissions the
+    /// caller does not.
     async fn may_change_role(
         &self,
         caller: &Caller,
@@ -225,16 +233,31 @@ impl AdminOps {
                 Self::may_act_on(caller, held, "role is held by a key that")?;
             }
         }
-        for user in self
+        let sessions = self.live_sessions(tenant_id).await?;
+        let users = self
             .store
             .list_users(tenant_id)
             .await
-            .map_err(store_error)?
-        {
-            if user.roles.iter().any(|r| r == role) {
-                let held = self.roles_permissions(tenant_id, &user.roles).await?;
-                Self::may_act_on(caller, held, "role is held by a user who")?;
-            }
+            .map_err(store_error)?;
+        let mut holders: Vec<&str> = users
+            .iter()
+            .filter(|u| u.roles.iter().any(|r| r == role))
+            .map(|u| u.user_id.as_str())
+            .collect();
+        holders.extend(
+            sessions
+                .iter()
+                .filter(|s| s.roles.iter().any(|r| r == role))
+                .map(|s| s.user_id.as_str()),
+        );
+        holders.sort_unstable();
+        holders.dedup();
+        for user_id in holders {
+            let stored = users.iter().find(|u| u.user_id == user_id);
+            let held = self
+                .identity_permissions(tenant_id, user_id, stored, &sessions, false)
+                .await?;
+            Self::may_act_on(caller, held, "role is held by a user who")?;
         }
         Ok(())
     }
@@ -775,8 +798,9 @@ impl AdminOps {
             .get_user(tenant_id, user_id)
             .await
             .map_err(store_error)?;
+        let sessions = self.live_sessions(tenant_id).await?;
         let held = self
-            .identity_permissions(tenant_id, user_id, old.as_ref(), true)
+            .identity_permissions(tenant_id, user_id, old.as_ref(), &sessions, true)
             .await?;
         Self::may_act_on(caller, held, "user")?;
         let roles = self
@@ -835,8 +859,9 @@ impl AdminOps {
         }
         .filter(|u| u.status != UserStatus::Deleted)
         .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+        let sessions = self.live_sessions(tenant_id).await?;
         let held = self
-            .identity_permissions(tenant_id, user_id, Some(&user), false)
+            .identity_permissions(tenant_id, user_id, Some(&user), &sessions, false)
             .await?;
         Self::may_act_on(caller, held, "user")?;
         if !self
@@ -851,7 +876,6 @@ impl AdminOps {
         // are checked against the store again.
         if let Some(sso) = &self.sso {
             sso.forget_user(tenant_id, user_id).await;
-            let sessions = sso.sessions.list(tenant_id).await.map_err(store_error)?;
             for s in sessions.iter().filter(|s| s.user_id == user_id) {
                 sso.sessions
                     .end(tenant_id, &s.session_id)
@@ -916,7 +940,13 @@ impl AdminOps {
                         .await
                         .map_err(store_error)?;
                     let held = self
-                        .identity_permissions(tenant_id, &s.user_id, stored.as_ref(), false)
+                        .identity_permissions(
+                            tenant_id,
+                            &s.user_id,
+                            stored.as_ref(),
+                            &sessions,
+                            false,
+                        )
                         .await?;
                     Self::may_act_on(caller, held, "session")?;
                 }
