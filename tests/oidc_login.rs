@@ -75,6 +75,17 @@ async fn world(extra_sso: &str, extra_provider: &str, ttl: Option<Value>) -> Wor
     }
 }
 
+/// A key of the tenant that may manage users (and view costs), nothing more.
+fn user_manager_key(w: &World) -> String {
+    let (status, _) = w.cg.admin(
+        "PUT",
+        &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
+        Some(json!({"description": "users only", "permissions": ["manage_users", "view_costs"]})),
+    );
+    assert_eq!(status, 201);
+    w.cg.create_key(&w.tenant, &["user_manager"]).1
+}
+
 fn costs(tenant: &str) -> String {
     format!("/v1/tenants/{tenant}/costs")
 }
@@ -659,13 +670,7 @@ async fn sessions_answer_to_the_admin_apis_user() {
     // A key that may manage users but holds less than alice (a signed-in
     // analyst) can neither take her identity over nor end her session.
     let user = format!("/admin/v1/tenants/{}/users/alice", w.tenant);
-    let (status, _) = w.cg.admin(
-        "PUT",
-        &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
-        Some(json!({"description": "users only", "permissions": ["manage_users", "view_costs"]})),
-    );
-    assert_eq!(status, 201);
-    let (_, manager) = w.cg.create_key(&w.tenant, &["user_manager"]);
+    let manager = user_manager_key(&w);
     let (status, body) = w.cg.admin_call(
         "PUT",
         &user,
@@ -762,13 +767,7 @@ async fn a_custom_role_a_signed_in_user_holds_from_the_provider_is_guarded() {
         Some(json!({"description": "ops", "permissions": ["view_costs"]})),
     );
     assert_eq!(status, 201);
-    let (status, _) = w.cg.admin(
-        "PUT",
-        &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
-        Some(json!({"description": "users", "permissions": ["manage_users", "view_costs"]})),
-    );
-    assert_eq!(status, 201);
-    let (_, manager) = w.cg.create_key(&w.tenant, &["user_manager"]);
+    let manager = user_manager_key(&w);
     // Nobody holds it yet: the manager may reshape it.
     let (status, body) = w.cg.admin_call(
         "PUT",

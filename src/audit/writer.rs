@@ -447,14 +447,21 @@ fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::
         sync_queued.store(false, Ordering::Release);
         // Callers that asked for a sync (admin actions, flushes) are
         // answered after it; the others once their records are written.
-        let wants_sync = batch.iter().any(|m| m.durability == Durability::Synced)
-            || lock().last_sync.elapsed() >= Duration::from_secs(1);
+        let asked = batch.iter().any(|m| m.durability == Durability::Synced);
         let synced: Vec<_> = batch
             .iter_mut()
             .filter(|m| m.durability == Durability::Synced)
             .filter_map(|m| m.ack.take())
             .collect();
-        let mut result = lock().write_batch(&mut batch, false);
+        let (mut result, wants_sync, held) = {
+            let mut s = lock();
+            let wants_sync = asked || s.last_sync.elapsed() >= Duration::from_secs(1);
+            (
+                s.write_batch(&mut batch, false),
+                wants_sync,
+                s.held.is_some(),
+            )
+        };
         if wants_sync && result.is_ok() {
             result = sync_outside_the_lock(state);
         }
@@ -463,7 +470,7 @@ fn run(state: &std::sync::Mutex<State>, sync_queued: &AtomicBool, mut rx: mpsc::
         }
         // A batch that could not be written is retried before the next
         // one (its callers were told it failed; its records stay due).
-        if lock().held.is_some() {
+        if held {
             let _ = retry_held(state);
         }
     }

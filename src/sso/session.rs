@@ -362,6 +362,18 @@ mod tests {
     use crate::store::sled::SledStore;
     use std::sync::atomic::{AtomicI64, Ordering};
 
+    /// A manager over `store`: 8 h lifetime, 1 h idle timeout.
+    fn manager(store: Arc<dyn Store>, clock: Clock) -> Sessions {
+        Sessions::new(
+            store,
+            Duration::from_secs(8 * 3600),
+            Duration::from_secs(3600),
+            100,
+            clock,
+            Sealer::new(&[9u8; 32]),
+        )
+    }
+
     fn identity() -> Identity {
         Identity {
             tenant_id: "org-aaaaaaaa".into(),
@@ -380,14 +392,7 @@ mod tests {
             let t = t.clone();
             Arc::new(move || OffsetDateTime::from_unix_timestamp(t.load(Ordering::SeqCst)).unwrap())
         };
-        let sessions = Sessions::new(
-            store.clone(),
-            Duration::from_secs(8 * 3600),
-            Duration::from_secs(3600),
-            100,
-            clock,
-            Sealer::new(&[9u8; 32]),
-        );
+        let sessions = manager(store.clone(), clock);
         let id = identity();
         let new = || NewSession {
             identity: &id,
@@ -439,14 +444,7 @@ mod tests {
     async fn cache_only_lookup_finds_cached_live_sessions_only() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let sessions = Sessions::new(
-            store,
-            Duration::from_secs(8 * 3600),
-            Duration::from_secs(3600),
-            100,
-            system_clock(),
-            Sealer::new(&[9u8; 32]),
-        );
+        let sessions = manager(store, system_clock());
         let id = identity();
         let (cookie, s) = sessions
             .create(NewSession {
@@ -475,14 +473,7 @@ mod tests {
     async fn provider_tokens_are_sealed_in_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let sessions = Sessions::new(
-            store.clone(),
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-            100,
-            system_clock(),
-            Sealer::new(&[9u8; 32]),
-        );
+        let sessions = manager(store.clone(), system_clock());
         let id = identity();
         let (cookie, s) = sessions
             .create(NewSession {
