@@ -21,10 +21,11 @@ use std::time::Duration;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::config::LogFormat;
+use crate::request_id::{self, X_REQUEST_ID};
 
 /// How often the writer thread writes the buffered lines.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -204,6 +205,39 @@ pub struct Entry {
     pub peer: std::net::IpAddr,
     /// When the request arrived.
     pub start: Instant,
+}
+
+/// What every handler does around a request, on both ports: keep or make
+/// the request id, start the access-log line, and at the end echo the id
+/// and hand the body to the line. Written once here.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The request's id (kept from the client when valid).
+    pub request_id: HeaderValue,
+    entry: Option<Entry>,
+}
+
+impl Exchange {
+    /// At the start of a request on `listener` from `peer`.
+    pub fn begin<B>(
+        log: Option<&AccessLog>,
+        listener: &'static str,
+        req: &Request<B>,
+        peer: std::net::IpAddr,
+    ) -> Self {
+        let request_id = request_id::take_or_generate(req.headers());
+        let entry = log.map(|log| log.entry(listener, req, &request_id, peer));
+        Self { request_id, entry }
+    }
+
+    /// The response as it goes out: `X-Request-Id` set, the line written
+    /// when its body is done.
+    pub fn finish<B>(self, mut resp: Response<B>) -> Response<LoggedBody<B>> {
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), self.request_id);
+        let status = resp.status();
+        resp.map(|body| LoggedBody::new(body, self.entry, status))
+    }
 }
 
 pin_project_lite::pin_project! {

@@ -18,16 +18,14 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::access_log::{AccessLog, LoggedBody};
+use crate::access_log::{Exchange, LoggedBody};
 use crate::audit::{Audit, Details, Durability, Event};
 use crate::authn::AuthnError;
-use crate::error::{self, Error, json_response};
-use crate::forward::headers::X_REQUEST_ID;
-use crate::health::Readiness;
+use crate::context::Context;
 use crate::listener::{ConnInfo, Handler};
-use crate::request_id;
+use crate::response::{self, ErrorResponse, Problem, json_response};
 use crate::store::StoreError;
-use crate::throttle::{self, Port, Throttle};
+use crate::throttle::{self, Port};
 use auth::AdminAuth;
 use ops::{AdminOps, key_view};
 
@@ -78,6 +76,60 @@ pub enum ApiError {
     Busy(&'static str),
 }
 
+impl ErrorResponse for ApiError {
+    fn problem(&self) -> Problem<'_> {
+        use StatusCode as S;
+        let fixed = |status, code, message: &'static str| Problem::new(status, code, message);
+        let told = |status, code, message: &str| Problem {
+            status,
+            code,
+            message: message.to_owned().into(),
+        };
+        match self {
+            ApiError::BadRequest(m) => told(S::BAD_REQUEST, "invalid_request", m),
+            ApiError::Forbidden(m) => told(S::FORBIDDEN, "forbidden", m),
+            ApiError::TenantMismatch => fixed(
+                S::FORBIDDEN,
+                "tenant_mismatch",
+                "the caller belongs to another tenant",
+            ),
+            ApiError::NotFound(m) => told(S::NOT_FOUND, "not_found", m),
+            ApiError::NoRoute => fixed(S::NOT_FOUND, "not_found", "no such endpoint"),
+            ApiError::MethodNotAllowed(_) => fixed(
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            ),
+            ApiError::LimitReached(m) => told(S::CONFLICT, "limit_reached", m),
+            ApiError::Conflict(m) => told(S::CONFLICT, "conflict", m),
+            ApiError::Busy(m) => fixed(S::TOO_MANY_REQUESTS, "busy", m),
+            ApiError::Store(_) => fixed(
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the store failed; nothing was changed",
+            ),
+            ApiError::Audit(e) => e.problem(),
+            ApiError::TooLarge => response::BODY_TOO_LARGE,
+            ApiError::Limited(l) => l.problem(),
+            ApiError::Authn(e) => e.problem(),
+        }
+    }
+
+    fn add_headers(&self, headers: &mut http::HeaderMap) {
+        match self {
+            ApiError::Authn(e) => e.add_headers(headers),
+            ApiError::Limited(l) => l.add_headers(headers),
+            ApiError::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+    }
+}
+
 impl ApiError {
     /// A 400 with this message.
     pub fn bad(message: impl Into<String>) -> Self {
@@ -96,34 +148,20 @@ pub struct Admin(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    readiness: Arc<Readiness>,
+    context: Context,
     auth: AdminAuth,
     ops: AdminOps,
     max_body: usize,
-    access_log: Option<AccessLog>,
-    throttle: Throttle,
-    audit: Option<Audit>,
 }
 
 impl Admin {
     /// Builds the admin router.
-    pub fn new(
-        readiness: Arc<Readiness>,
-        auth: AdminAuth,
-        ops: AdminOps,
-        max_body: usize,
-        access_log: Option<AccessLog>,
-        throttle: Throttle,
-        audit: Option<Audit>,
-    ) -> Self {
+    pub fn new(context: Context, auth: AdminAuth, ops: AdminOps, max_body: usize) -> Self {
         Self(Arc::new(Inner {
-            readiness,
+            context,
             auth,
             ops,
             max_body,
-            access_log,
-            throttle,
-            audit,
         }))
     }
 
@@ -132,8 +170,8 @@ impl Admin {
     /// unless configured otherwise).
     fn metrics(&self) -> Response<Full<Bytes>> {
         let mut text = String::new();
-        self.0.throttle.metrics(&mut text);
-        if let Some(audit) = &self.0.audit {
+        self.0.context.throttle.metrics(&mut text);
+        if let Some(audit) = &self.0.context.audit {
             audit.metrics(&mut text);
         }
         let mut resp = Response::new(Full::new(Bytes::from(text)));
@@ -168,7 +206,7 @@ impl Admin {
         // port's own table: checked before the token, so a blocked source
         // cannot go on guessing it, and apart from the proxy port's, so bad
         // keys sent through a shared ingress address do not lock admins out.
-        let throttle = &self.0.throttle;
+        let throttle = &self.0.context.throttle;
         throttle.before_authentication(Port::Admin, client)?;
         let audited = AdminFacts {
             client,
@@ -213,8 +251,10 @@ impl Admin {
     /// Records a refused admin credential (nobody authenticated: aggregated
     /// per source like the proxy's anonymous denials).
     async fn audit_denied(&self, facts: &AdminFacts, e: &AuthnError) {
-        let Some(audit) = &self.0.audit else { return };
-        let (status, code, _) = error::authn(e);
+        let Some(audit) = &self.0.context.audit else {
+            return;
+        };
+        let Problem { status, code, .. } = e.problem();
         let event = Event {
             event_type: "security.access_denied",
             details: Details::Json(json!({
@@ -246,7 +286,7 @@ impl Admin {
         caller: &auth::Caller,
         e: &ApiError,
     ) -> Result<(), ApiError> {
-        let (status, code, _) = error::classify_admin(e);
+        let Problem { status, code, .. } = e.problem();
         let event = Event {
             event_type: "security.access_denied",
             tenant_id: caller.tenant_id().to_string(),
@@ -275,7 +315,7 @@ impl Admin {
         body: &Bytes,
         done: Done<'_>,
     ) -> Result<(), ApiError> {
-        let Some(audit) = &self.0.audit else {
+        let Some(audit) = &self.0.context.audit else {
             return Ok(());
         };
         let result = done.result;
@@ -298,7 +338,7 @@ impl Admin {
         let (status, outcome, error_code) = match result {
             Ok((status, _)) => (*status, "success", None),
             Err(e) => {
-                let (status, code, _) = error::classify_admin(e);
+                let Problem { status, code, .. } = e.problem();
                 (status, "failure", Some(code))
             }
         };
@@ -442,7 +482,7 @@ impl Admin {
                 ok(json!({"name": r, "deleted": true}))
             }
             (Method::GET, ["audit", rest @ ..]) => {
-                let Some(audit) = &self.0.audit else {
+                let Some(audit) = &self.0.context.audit else {
                     return Err(ApiError::NotFound(
                         "the audit log is disabled (audit.enabled)".into(),
                     ));
@@ -521,28 +561,22 @@ impl Handler for Admin {
     type Body = LoggedBody<Full<Bytes>>;
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
-        let request_id = request_id::take_or_generate(req.headers());
-        let entry = self
-            .0
-            .access_log
-            .as_ref()
-            .map(|log| log.entry("admin", &req, &request_id, conn.peer.ip()));
-        let mut resp = match self
-            .0
+        let context = &self.0.context;
+        let exchange = Exchange::begin(context.access_log.as_ref(), "admin", &req, conn.peer.ip());
+        let request_id = &exchange.request_id;
+        let resp = match context
             .readiness
             .respond(req.method(), req.uri().path(), true)
             .await
         {
             Some(resp) => resp,
             None if req.method() == Method::GET && req.uri().path() == "/metrics" => self.metrics(),
-            None => match self.route(req, conn.peer.ip(), &request_id).await {
+            None => match self.route(req, conn.peer.ip(), request_id).await {
                 Ok(resp) => resp,
-                Err(e) => error::rescue(&Error::Admin(e), &request_id),
+                Err(e) => response::error(&e, request_id),
             },
         };
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        let status = resp.status();
-        resp.map(|body| LoggedBody::new(body, entry, status))
+        exchange.finish(resp)
     }
 }
 

@@ -345,6 +345,12 @@ pub enum Durability {
     Synced,
 }
 
+impl crate::response::ErrorResponse for AuditError {
+    fn problem(&self) -> crate::response::Problem<'_> {
+        crate::response::AUDIT_UNAVAILABLE
+    }
+}
+
 /// The audit log could not take the record.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {

@@ -1,142 +1,34 @@
 //! Authentication: find the request's one credential and turn it into a
-//! [`Principal`]. API keys (`Authorization: Bearer costops_…` or
-//! `X-API-Key`) are checked by [`api_key::ApiKeys`]; IdP-issued JWTs and
-//! SSO sessions join the chain with their issues.
+//! [`Principal`](crate::principal::Principal). API keys (`Authorization: Bearer costops_…` or
+//! `X-API-Key`) are checked by [`api_key::ApiKeys`] on the fast path; any
+//! other credential goes down a chain of [`Loader`]s, which is where single
+//! sign-on plugs in its IdP-issued JWTs and session cookies (so this module
+//! never imports `sso`). Every reason a credential is refused is an
+//! [`AuthnError`] ([`refusal`] holds the token and claim reasons), so one
+//! place decides what the client is told.
 //!
 //! A request carries at most one credential: two `Authorization` headers,
 //! two `X-API-Key` headers, or both schemes at once are refused (400), so
 //! no component can disagree with costguard about who is calling.
 
 pub mod api_key;
+pub mod refusal;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::model::Tenant;
-use crate::roles::Permissions;
+use crate::principal::Authenticated;
+use crate::response::{ErrorResponse, Problem};
 use crate::store::StoreError;
+use refusal::{ClaimError, TokenError};
 
 /// `X-API-Key`.
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-
-/// How the caller proved who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    /// A costguard API key.
-    ApiKey,
-    /// An IdP-issued JWT bearer token.
-    Jwt,
-    /// A session from an OpenID Connect login.
-    Oidc,
-    /// A session from a SAML login.
-    Saml,
-}
-
-impl AuthMethod {
-    /// The `X-CostOps-Auth-Method` value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::ApiKey => "api_key",
-            AuthMethod::Jwt => "jwt",
-            AuthMethod::Oidc => "oidc",
-            AuthMethod::Saml => "saml",
-        }
-    }
-}
-
-/// Who is calling, as the upstream will be told.
-#[derive(Debug)]
-pub struct Principal {
-    /// The caller's tenant.
-    pub tenant_id: Arc<str>,
-    /// The user id; for API keys, the key id.
-    pub user_id: Arc<str>,
-    /// The key id, for API keys.
-    pub key_id: Option<Arc<str>>,
-    /// Whose rate bucket the requests fill: the key id, or for a user of
-    /// single sign-on `method:tenant:user` (user ids come from identity
-    /// providers and need not be unique across them).
-    pub rate_key: Arc<str>,
-    /// Role names (policy roles or the tenant's custom roles). Their
-    /// permissions are looked up per request, so policy reloads apply at once.
-    pub roles: Arc<[String]>,
-    /// The key's scopes, narrowing whatever the roles grant; `None`: none.
-    pub scopes: Option<Permissions>,
-    /// The key's own rate limit (`None`: its tier's default).
-    pub rate_per_minute: Option<u32>,
-    /// How they authenticated.
-    pub method: AuthMethod,
-    /// The identity headers, rendered once when the principal is built.
-    pub headers: IdentityHeaders,
-}
-
-/// A successful authentication: who, and their tenant as it is now (tier,
-/// limits) for the limits stage.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    /// Who is calling.
-    pub principal: Arc<Principal>,
-    /// Their tenant.
-    pub tenant: Arc<Tenant>,
-}
-
-/// `X-CostOps-*` values for one principal.
-#[derive(Debug, Clone)]
-pub struct IdentityHeaders {
-    tenant: HeaderValue,
-    user: HeaderValue,
-    key: Option<HeaderValue>,
-    roles: HeaderValue,
-    method: HeaderValue,
-}
-
-/// The identity headers sent upstream (design.md).
-pub mod names {
-    use http::HeaderName;
-    /// `X-CostOps-Tenant-Id`
-    pub static TENANT_ID: HeaderName = HeaderName::from_static("x-costops-tenant-id");
-    /// `X-CostOps-User-Id`
-    pub static USER_ID: HeaderName = HeaderName::from_static("x-costops-user-id");
-    /// `X-CostOps-Key-Id`
-    pub static KEY_ID: HeaderName = HeaderName::from_static("x-costops-key-id");
-    /// `X-CostOps-Roles`
-    pub static ROLES: HeaderName = HeaderName::from_static("x-costops-roles");
-    /// `X-CostOps-Auth-Method`
-    pub static AUTH_METHOD: HeaderName = HeaderName::from_static("x-costops-auth-method");
-}
-
-impl IdentityHeaders {
-    /// Renders the values; ids and role names are validated ASCII, so this
-    /// fails only on a corrupted store record.
-    pub fn new(
-        tenant_id: &str,
-        user_id: &str,
-        key_id: Option<&str>,
-        roles: &[String],
-        method: AuthMethod,
-    ) -> Result<Self, http::header::InvalidHeaderValue> {
-        Ok(Self {
-            tenant: HeaderValue::from_str(tenant_id)?,
-            user: HeaderValue::from_str(user_id)?,
-            key: key_id.map(HeaderValue::from_str).transpose()?,
-            roles: HeaderValue::from_str(&roles.join(","))?,
-            method: HeaderValue::from_static(method.as_str()),
-        })
-    }
-
-    /// Adds the headers to an outgoing request (after hygiene removed any
-    /// client-sent look-alikes).
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(names::TENANT_ID.clone(), self.tenant.clone());
-        headers.insert(names::USER_ID.clone(), self.user.clone());
-        if let Some(key) = &self.key {
-            headers.insert(names::KEY_ID.clone(), key.clone());
-        }
-        headers.insert(names::ROLES.clone(), self.roles.clone());
-        headers.insert(names::AUTH_METHOD.clone(), self.method.clone());
-    }
-}
 
 /// Why a request is not authenticated.
 #[derive(Debug, thiserror::Error)]
@@ -167,10 +59,10 @@ pub enum AuthnError {
     TenantSuspended,
     /// A JWT that did not verify.
     #[error("invalid token: {0}")]
-    Token(crate::sso::token::TokenError),
+    Token(TokenError),
     /// A verified token or login whose claims make no costguard user.
     #[error("token claims: {0}")]
-    Claims(crate::sso::claims::ClaimError),
+    Claims(ClaimError),
     /// A session cookie on a state-changing request from another site
     /// (cross-site request forgery), 403.
     #[error("cross-site request with a session cookie")]
@@ -190,7 +82,7 @@ impl AuthnError {
     /// guesses.
     pub fn is_bad_credential(&self) -> bool {
         match self {
-            AuthnError::Claims(e) => *e != crate::sso::claims::ClaimError::UserDisabled,
+            AuthnError::Claims(e) => *e != ClaimError::UserDisabled,
             other => matches!(
                 other,
                 AuthnError::Malformed
@@ -204,23 +96,124 @@ impl AuthnError {
     }
 }
 
-/// The authentication chain of the proxy port. Cheap to clone.
+/// `WWW-Authenticate` for a request without a credential, and for one with
+/// a bad credential (RFC 6750 §3).
+static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"costguard\"");
+static CHALLENGE_INVALID: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"costguard\", error=\"invalid_token\"");
+
+impl ErrorResponse for AuthnError {
+    fn problem(&self) -> Problem<'_> {
+        use AuthnError as A;
+        use StatusCode as S;
+        let (status, code, message) = match self {
+            A::Missing => (
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "credentials are required",
+            ),
+            A::Ambiguous => (
+                S::BAD_REQUEST,
+                "ambiguous_credentials",
+                "send exactly one credential (one Authorization or one X-API-Key header)",
+            ),
+            A::Malformed | A::UnknownKey => {
+                (S::UNAUTHORIZED, "invalid_key", "the API key is not valid")
+            }
+            A::UnsupportedToken | A::Token(_) => (
+                S::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is not valid",
+            ),
+            A::RevokedKey => (
+                S::UNAUTHORIZED,
+                "revoked_key",
+                "the API key has been revoked",
+            ),
+            A::ExpiredKey => (S::UNAUTHORIZED, "expired_key", "the API key has expired"),
+            A::Claims(ClaimError::UserDisabled) => (
+                S::UNAUTHORIZED,
+                "user_disabled",
+                "the user has been disabled or deleted",
+            ),
+            A::Claims(_) => (
+                S::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is not valid",
+            ),
+            A::CrossSite => (
+                S::FORBIDDEN,
+                "cross_site_request",
+                "a session may not be used for this request from another site",
+            ),
+            A::NoSession => (
+                S::UNAUTHORIZED,
+                "session_expired",
+                "the session has ended; log in again at /auth/login",
+            ),
+            A::TenantSuspended => (S::FORBIDDEN, "tenant_suspended", "the tenant is suspended"),
+            A::Store(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "credentials cannot be checked right now",
+            ),
+        };
+        Problem {
+            status,
+            code,
+            message: Cow::Borrowed(message),
+        }
+    }
+
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        if self.problem().status == StatusCode::UNAUTHORIZED {
+            let challenge = match self {
+                AuthnError::Missing => &CHALLENGE,
+                _ => &CHALLENGE_INVALID,
+            };
+            headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
+    }
+}
+
+/// A credential source beyond API keys, asked in turn for what the key
+/// path does not take: a bearer token that is not an API key, or a request
+/// with no credential header (a browser's session cookie). Single sign-on
+/// registers its loaders here.
+#[async_trait]
+pub trait Loader: Send + Sync + std::fmt::Debug {
+    /// The principal, or why not, if this loader owns the credential;
+    /// `None` hands the request to the next loader.
+    async fn load(
+        &self,
+        credential: Option<Credential<'_>>,
+        headers: &HeaderMap,
+    ) -> Option<Result<Authenticated, AuthnError>>;
+
+    /// The principal if this loader's caches alone prove it (no store read,
+    /// no call to an identity provider); `None` otherwise.
+    async fn load_cached(
+        &self,
+        credential: Option<Credential<'_>>,
+        headers: &HeaderMap,
+    ) -> Option<Authenticated>;
+}
+
+/// The authentication chain of the proxy port: API keys, then each
+/// [`Loader`] in order. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     keys: api_key::ApiKeys,
-    sso: Option<Arc<crate::sso::Sso>>,
+    loaders: Arc<[Arc<dyn Loader>]>,
 }
 
 impl Authenticator {
-    /// The chain: API keys, then (with single sign-on configured) JWTs from
-    /// the configured issuers and session cookies.
-    pub fn new(keys: api_key::ApiKeys, sso: Option<Arc<crate::sso::Sso>>) -> Self {
-        Self { keys, sso }
-    }
-
-    /// Single sign-on, when configured.
-    pub fn sso(&self) -> Option<&Arc<crate::sso::Sso>> {
-        self.sso.as_ref()
+    /// The chain: API keys, then the given loaders in order.
+    pub fn new(keys: api_key::ApiKeys, loaders: Vec<Arc<dyn Loader>>) -> Self {
+        Self {
+            keys,
+            loaders: loaders.into(),
+        }
     }
 
     /// A tenant, through the key cache (for limits of another tenant's route).
@@ -230,45 +223,42 @@ impl Authenticator {
 
     /// The request's principal, or why there is none.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthnError> {
-        match (credential(headers)?, &self.sso) {
-            (Some(Credential::ApiKey(key)), _) => self.keys.authenticate(key).await,
-            (Some(Credential::Bearer(token)), Some(sso)) if crate::sso::looks_like_jwt(token) => {
-                sso.bearer(token).await
-            }
-            (Some(Credential::Bearer(_)), _) => Err(AuthnError::UnsupportedToken),
-            // A browser's session cookie counts only when no header credential is sent.
-            (None, Some(sso)) => match sso.session_cookie(headers) {
-                Some(cookie) => sso.session(cookie).await,
-                None => Err(AuthnError::Missing),
-            },
-            (None, None) => Err(AuthnError::Missing),
+        let credential = credential(headers)?;
+        if let Some(Credential::ApiKey(key)) = credential {
+            return self.keys.authenticate(key).await;
         }
+        for loader in self.loaders.iter() {
+            if let Some(result) = loader.load(credential, headers).await {
+                return result;
+            }
+        }
+        Err(match credential {
+            Some(_) => AuthnError::UnsupportedToken,
+            None => AuthnError::Missing,
+        })
     }
-}
 
-impl Authenticator {
     /// The request's principal if the caches alone prove it (API key
     /// lookup, verified JWT, live session), else `None`; never reads the
     /// store nor calls an identity provider. Used for sources blocked for
     /// failed authentications: a credential this instance already verified
     /// is not a guess, while anything else from them waits out the block.
     pub async fn authenticate_cached(&self, headers: &HeaderMap) -> Option<Authenticated> {
-        match (credential(headers).ok()?, &self.sso) {
-            (Some(Credential::ApiKey(key)), _) => self.keys.authenticate_cached(key).await,
-            (Some(Credential::Bearer(token)), Some(sso)) if crate::sso::looks_like_jwt(token) => {
-                sso.bearer_cached(token).await
-            }
-            (None, Some(sso)) => {
-                let cookie = sso.session_cookie(headers)?;
-                sso.session_cached(cookie).await
-            }
-            _ => None,
+        let credential = credential(headers).ok()?;
+        if let Some(Credential::ApiKey(key)) = credential {
+            return self.keys.authenticate_cached(key).await;
         }
+        for loader in self.loaders.iter() {
+            if let Some(auth) = loader.load_cached(credential, headers).await {
+                return Some(auth);
+            }
+        }
+        None
     }
 }
 
 /// The single credential a request carries.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
     /// A costguard API key (format not yet checked).
     ApiKey(&'a str),

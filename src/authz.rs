@@ -21,7 +21,8 @@ use std::time::Duration;
 use http::{Request, header};
 use moka::future::Cache;
 
-use crate::authn::Principal;
+use crate::principal::Principal;
+use crate::response::{ErrorResponse, Problem};
 use crate::roles::{Permission, Permissions};
 use crate::store::{Store, StoreError};
 use matcher::{Access, Match};
@@ -66,20 +67,64 @@ pub enum BadTarget {
     TransferCoding,
 }
 
-/// Proof that a request may be forwarded; `forward` requires one.
+/// Proof that a request may be forwarded; `forward` requires one. Only
+/// this module makes one ([`Authz::authorize`], [`Permit::public`]): its
+/// fields are private, so no other stage can forge or widen it.
 #[derive(Debug)]
 pub struct Permit {
+    principal: Option<Arc<Principal>>,
+    cost: bool,
+    tenant: Option<Arc<str>>,
+    project: Option<(Arc<str>, f64)>,
+    route: Arc<str>,
+}
+
+impl Permit {
+    /// The permit of a public route: nobody authenticated, no tenant.
+    pub fn public(m: &Match<'_, '_>) -> Option<Self> {
+        (m.route.access == Access::Public).then(|| Self {
+            principal: None,
+            cost: m.route.cost,
+            tenant: None,
+            project: None,
+            route: m.route.origin.clone(),
+        })
+    }
+
     /// Who is calling; `None` on a public route.
-    pub principal: Option<Arc<Principal>>,
+    pub fn principal(&self) -> Option<&Arc<Principal>> {
+        self.principal.as_ref()
+    }
+
     /// Whether the route incurs cost.
-    pub cost: bool,
+    pub fn cost(&self) -> bool {
+        self.cost
+    }
+
     /// The tenant whose route it is: the `{tenant}` segment, else the
     /// caller's. `None` on a public route.
-    pub tenant: Option<Arc<str>>,
+    pub fn tenant(&self) -> Option<&Arc<str>> {
+        self.tenant.as_ref()
+    }
+
+    /// Whether the route's tenant is not the caller's (only a system admin
+    /// gets such a permit).
+    pub fn crosses_tenants(&self) -> bool {
+        match (&self.principal, &self.tenant) {
+            (Some(p), Some(t)) => *p.tenant_id != **t,
+            _ => false,
+        }
+    }
+
     /// The route's `{project}` and its monthly budget in USD, if it names one.
-    pub project: Option<(Arc<str>, f64)>,
+    pub fn project(&self) -> Option<&(Arc<str>, f64)> {
+        self.project.as_ref()
+    }
+
     /// The route that allowed it, `file:line`.
-    pub route: Arc<str>,
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
 }
 
 /// Checks the request head: one Host, no transfer coding but a single
@@ -246,15 +291,16 @@ impl Authz {
         &self,
         policy: &Policy,
         m: &Match<'_, '_>,
-        principal: &Principal,
-    ) -> Result<Option<f64>, AuthzOutcome> {
+        principal: &Arc<Principal>,
+    ) -> Result<Permit, AuthzOutcome> {
         let perms = self
             .permissions(policy, principal)
             .await
             .map_err(AuthzOutcome::Store)?;
-        let crosses = perms.contains(Permission::SystemAdmin);
+        // The one cross-tenant rule: a route naming another tenant is
+        // refused unless the caller is a system admin.
         let tenant = match m.param("tenant") {
-            Some(t) if t != &*principal.tenant_id && !crosses => {
+            Some(t) if t != &*principal.tenant_id && !perms.contains(Permission::SystemAdmin) => {
                 return Err(AuthzOutcome::Denied(Denied::TenantMismatch));
             }
             Some(t) => t,
@@ -281,10 +327,53 @@ impl Authz {
                 None => return Err(AuthzOutcome::Denied(Denied::ForeignProject)),
             }
         }
-        match m.route.access {
-            Access::Public => Ok(budget),
-            Access::Permission(p) if perms.contains(p) => Ok(budget),
-            Access::Permission(p) => Err(AuthzOutcome::Denied(Denied::Missing(p))),
+        if let Access::Permission(p) = m.route.access
+            && !perms.contains(p)
+        {
+            return Err(AuthzOutcome::Denied(Denied::Missing(p)));
+        }
+        Ok(Permit {
+            cost: m.route.cost,
+            route: m.route.origin.clone(),
+            tenant: Some(match m.param("tenant") {
+                Some(t) if t != &*principal.tenant_id => Arc::from(t),
+                _ => principal.tenant_id.clone(),
+            }),
+            project: m.param("project").zip(budget).map(|(p, b)| (p.into(), b)),
+            principal: Some(principal.clone()),
+        })
+    }
+}
+
+impl ErrorResponse for BadTarget {
+    fn problem(&self) -> Problem<'_> {
+        Problem {
+            status: http::StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: self.to_string().into(),
+        }
+    }
+}
+
+impl ErrorResponse for AuthzOutcome {
+    fn problem(&self) -> Problem<'_> {
+        let code = match self {
+            AuthzOutcome::Denied(Denied::TenantMismatch | Denied::ForeignProject) => {
+                "tenant_mismatch"
+            }
+            AuthzOutcome::Denied(Denied::NoRoute | Denied::Missing(_)) => "forbidden",
+            AuthzOutcome::Store(_) => {
+                return Problem::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "authorization data cannot be read right now",
+                );
+            }
+        };
+        Problem {
+            status: http::StatusCode::FORBIDDEN,
+            code,
+            message: self.to_string().into(),
         }
     }
 }

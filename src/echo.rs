@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::error::json_response;
+use crate::response::json_response;
 
 const ECHO_BODY_MAX: usize = 64 * 1024;
 

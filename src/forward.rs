@@ -16,10 +16,11 @@ use crate::authn;
 use crate::authz::Permit;
 use crate::config::UpstreamTarget;
 use crate::listener::ConnInfo;
+use crate::response::{self, ErrorResponse, Problem};
 use headers::{Hygiene, Origin};
 
 /// What goes upstream: the client's body, cut off at the configured limit.
-pub type UpstreamBody = Limited<Incoming>;
+pub type UpstreamBody<B = Incoming> = Limited<B>;
 
 /// What goes back to the client: the upstream's body as it streams in, or a
 /// small body costguard made itself (errors, health).
@@ -51,20 +52,50 @@ pub enum ForwardError {
     Timeout,
 }
 
+impl ErrorResponse for ForwardError {
+    fn problem(&self) -> Problem<'_> {
+        use http::StatusCode as S;
+        match self {
+            ForwardError::BadRequest(why) => Problem::new(S::BAD_REQUEST, "bad_request", why),
+            ForwardError::BodyTooLarge { .. } => response::BODY_TOO_LARGE,
+            ForwardError::BodyRead(_) => Problem::new(
+                S::BAD_REQUEST,
+                "bad_request",
+                "request body could not be read",
+            ),
+            ForwardError::Unavailable(_) => Problem::new(
+                S::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream service is unavailable",
+            ),
+            ForwardError::Failed(_) => Problem::new(
+                S::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream service failed to respond",
+            ),
+            ForwardError::Timeout => Problem::new(
+                S::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "the upstream service did not respond in time",
+            ),
+        }
+    }
+}
+
 /// Rewrites a permitted client request into the upstream request: same
 /// method, path and query byte for byte, headers cleaned by `hygiene`, the
 /// client's credentials removed and the permit's identity added, HTTP/1.1 to
 /// the upstream, body limited to `max_body` bytes. Without a [`Permit`]
 /// nothing is forwarded.
-pub fn prepare(
-    req: Request<Incoming>,
+pub fn prepare<B>(
+    req: Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     hygiene: &Hygiene,
     permit: &Permit,
     target: &UpstreamTarget,
     max_body: u64,
-) -> Result<Request<UpstreamBody>, ForwardError> {
+) -> Result<Request<UpstreamBody<B>>, ForwardError> {
     if req.method() == Method::CONNECT {
         return Err(ForwardError::BadRequest("CONNECT is not supported"));
     }
@@ -95,7 +126,7 @@ pub fn prepare(
     };
     hygiene.request(&mut parts.headers, origin, &host, request_id);
     authn::strip_credentials(&mut parts.headers);
-    if let Some(principal) = &permit.principal {
+    if let Some(principal) = permit.principal() {
         principal.headers.apply(&mut parts.headers);
     }
     parts.headers.insert(header::HOST, host);

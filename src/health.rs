@@ -11,7 +11,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::authz::reload::PolicyHandle;
-use crate::error::json_response;
+use crate::response::json_response;
 use crate::store::Store;
 
 /// Shared readiness state. `draining` flips once, on SIGTERM/SIGINT.

@@ -5,6 +5,7 @@
 use http::{HeaderMap, header};
 
 use crate::config::Limits;
+use crate::response::{self, ErrorResponse, Problem};
 
 /// A request over a configured bound.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,6 +24,19 @@ pub enum TooLarge {
         /// `limits.max_body_bytes`
         limit: u64,
     },
+}
+
+impl ErrorResponse for TooLarge {
+    fn problem(&self) -> Problem<'_> {
+        match self {
+            TooLarge::Headers { .. } => Problem::new(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "request headers are too large",
+            ),
+            TooLarge::Body { .. } => response::BODY_TOO_LARGE,
+        }
+    }
 }
 
 /// Checks header count and bytes (names plus values) and a declared

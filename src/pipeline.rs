@@ -10,7 +10,7 @@
 //! (key rate, budget, daily quota) → forward (header hygiene, credentials
 //! out, identity headers in, pooled upstream client) → response hygiene,
 //! cost recorded, RateLimit-* headers
-//!              any stage error → error::rescue → JSON error response
+//!              any stage error → response::error → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
 //! ```
 //! Every decision is recorded in the audit log: an allowed request's record
@@ -21,43 +21,118 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Details, Event, RequestDetails};
-use crate::authn::{AuthMethod, Authenticator, Principal};
+use crate::access_log::{Exchange, LoggedBody};
+use crate::audit::{AuditError, Details, Event, RequestDetails};
+use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
-use crate::authz::{self, Authz, AuthzOutcome, Denied, Permit};
+use crate::authz::{self, AuthzOutcome, BadTarget, Denied, Permit};
 use crate::config::{Config, Limits, UpstreamTarget};
-use crate::error::{self, Error};
-use crate::forward::headers::{self, Hygiene, X_REQUEST_ID};
+use crate::context::Context;
+use crate::forward::headers::{self, Hygiene};
 use crate::forward::upstream::Upstream;
-use crate::forward::{self, ResponseBody};
-use crate::health::Readiness;
+use crate::forward::{self, ForwardError, ResponseBody};
+use crate::limits::TooLarge;
 use crate::listener::{ConnInfo, Handler};
+use crate::principal::{AuthMethod, Principal};
 use crate::rate_limit::RateStatus;
-use crate::request_id;
-use crate::throttle::{Port, Throttle};
+use crate::response::{self, ErrorResponse, Problem};
+use crate::sso::Sso;
+use crate::sso::endpoints::Endpoints;
+use crate::throttle::{Limited, Port};
 
-/// The proxy port's handler. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Proxy(Arc<Inner>);
+/// Anything a proxied request can fail with: one stage's error each.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Over a size limit.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    /// Not authenticated.
+    #[error(transparent)]
+    Authn(#[from] AuthnError),
+    /// The request target could be read two ways.
+    #[error(transparent)]
+    BadTarget(#[from] BadTarget),
+    /// Authorization refused (or could not decide).
+    #[error(transparent)]
+    Authz(#[from] AuthzOutcome),
+    /// Held back by a rate, quota or budget.
+    #[error(transparent)]
+    Limited(#[from] Limited),
+    /// Forwarding failed.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// The audit log could not record the request (fail closed).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl Error {
+    /// The stage's own error.
+    fn stage(&self) -> &dyn ErrorResponse {
+        match self {
+            Error::TooLarge(e) => e,
+            Error::Authn(e) => e,
+            Error::BadTarget(e) => e,
+            Error::Authz(e) => e,
+            Error::Limited(e) => e,
+            Error::Forward(e) => e,
+            Error::Audit(e) => e,
+        }
+    }
+
+    /// Whether the error is an access decision (a denial the audit log
+    /// records), rather than a failure after the request was allowed.
+    pub fn is_denial(&self) -> bool {
+        matches!(
+            self,
+            Error::TooLarge(_)
+                | Error::Authn(_)
+                | Error::BadTarget(_)
+                | Error::Authz(AuthzOutcome::Denied(_))
+                | Error::Limited(_)
+        )
+    }
+}
+
+impl ErrorResponse for Error {
+    fn problem(&self) -> Problem<'_> {
+        self.stage().problem()
+    }
+
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        self.stage().add_headers(headers);
+    }
+}
+
+/// The proxy port's handler, for request bodies of type `B` (the
+/// listener's `Incoming`; tests drive it in-process with in-memory bodies).
+/// Cheap to clone.
+#[derive(Debug)]
+pub struct Proxy<B = Incoming>(Arc<Inner<B>>);
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 #[derive(Debug)]
-struct Inner {
+struct Inner<B> {
     limits: Limits,
     hygiene: Hygiene,
     target: UpstreamTarget,
-    upstream: Upstream,
-    readiness: Arc<Readiness>,
+    upstream: Upstream<B>,
+    context: Context,
     authn: Authenticator,
-    authz: Authz,
-    throttle: Throttle,
-    audit: Option<Audit>,
-    access_log: Option<AccessLog>,
+    /// Single sign-on, when configured: its `/auth/*` endpoints and cookies.
+    sso: Option<Arc<Sso>>,
 }
 
 /// What the pipeline learned about a request, for its audit record.
@@ -79,7 +154,7 @@ struct Facts {
 }
 
 impl Facts {
-    fn of(req: &Request<Incoming>) -> Self {
+    fn of<B>(req: &Request<B>) -> Self {
         Self {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
@@ -122,16 +197,17 @@ impl Facts {
     }
 }
 
-impl Proxy {
+impl<B> Proxy<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Builds the pipeline once from the configuration.
     pub fn new(
         config: &Config,
-        readiness: Arc<Readiness>,
+        context: Context,
         authn: Authenticator,
-        authz: Authz,
-        throttle: Throttle,
-        audit: Option<Audit>,
-        access_log: Option<AccessLog>,
+        sso: Option<Arc<Sso>>,
     ) -> Self {
         Self(Arc::new(Inner {
             limits: config.limits.clone(),
@@ -141,20 +217,61 @@ impl Proxy {
             ),
             target: config.proxy.upstream.clone(),
             upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
-            readiness,
+            context,
             authn,
-            authz,
-            throttle,
-            audit,
-            access_log,
+            sso,
         }))
     }
 
+    /// Answers one request: the stages, then the audit record of a denial
+    /// and the error response. What the listener calls for each request;
+    /// tests call it directly with an in-memory request.
+    pub async fn serve(
+        &self,
+        req: Request<B>,
+        conn: &ConnInfo,
+    ) -> Response<LoggedBody<ResponseBody>> {
+        let context = &self.0.context;
+        let exchange = Exchange::begin(context.access_log.as_ref(), "proxy", &req, conn.peer.ip());
+        let request_id = &exchange.request_id;
+        let mut facts = context.audit.as_ref().map(|_| Facts::of(&req));
+        let mut trail = Trail::default();
+        let resp = match self
+            .stages(req, conn, request_id, &mut facts, &mut trail)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                if let (Some(audit), Some(facts)) = (&context.audit, facts.take())
+                    && e.is_denial()
+                {
+                    let Problem { status, code, .. } = e.problem();
+                    let event =
+                        facts.event(&trail, conn, request_id, Some((code, status.as_u16())));
+                    // Nobody authenticated: aggregated per source.
+                    let recorded = if trail.principal.is_none() {
+                        audit
+                            .record_anonymous_denial(event, code, status.as_u16())
+                            .await
+                    } else {
+                        audit.record_request(event).await
+                    };
+                    // The denial stands whether or not it could be recorded.
+                    if let Err(audit_error) = recorded {
+                        tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
+                    }
+                }
+                response::error(&e, request_id).map(Either::Right)
+            }
+        };
+        exchange.finish(resp)
+    }
+
     /// The stages in order. Each returns early with an error, which
-    /// [`error::rescue`] turns into the response.
+    /// [`response::error`] turns into the response.
     async fn stages(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
         facts: &mut Option<Facts>,
@@ -166,6 +283,7 @@ impl Proxy {
         // Probes are answered here and never reach the upstream; the public
         // port's `/ready` says ready or not, the details are on the admin port.
         if let Some(resp) = this
+            .context
             .readiness
             .respond(req.method(), req.uri().path(), false)
             .await
@@ -177,17 +295,22 @@ impl Proxy {
         // One reading of the target, or 400: what is checked is forwarded.
         authz::check_target(&req)?;
         if req.uri().path().starts_with("/auth/") {
-            return Ok(self
-                .auth_endpoint(req, conn, request_id)
-                .await
-                .map(Either::Right));
+            let endpoints = Endpoints {
+                authn: &this.authn,
+                throttle: &this.context.throttle,
+            };
+            let ip = this.hygiene.client_ip(conn.peer.ip(), req.headers());
+            let resp = endpoints
+                .serve(this.sso.as_deref(), req, ip, request_id)
+                .await;
+            return Ok(resp.map(Either::Right));
         }
         let (permit, rate) = self.decide(&req, conn, trail).await?;
         let mut req = req;
-        if let Some(sso) = this.authn.sso() {
+        if let Some(sso) = &this.sso {
             sso.strip_cookies(req.headers_mut());
         }
-        if let (Some(audit), Some(facts)) = (&this.audit, facts.take()) {
+        if let (Some(audit), Some(facts)) = (&this.context.audit, facts.take()) {
             let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
         }
@@ -202,8 +325,11 @@ impl Proxy {
         )?;
         let mut resp = this.upstream.send(upstream_req).await?;
         headers::response(resp.headers_mut());
-        if permit.principal.is_some() {
-            this.throttle.record_cost(resp.headers(), &permit).await;
+        if permit.principal().is_some() {
+            this.context
+                .throttle
+                .record_cost(resp.headers(), &permit)
+                .await;
         }
         if let Some(rate) = rate {
             rate.apply(resp.headers_mut());
@@ -211,132 +337,19 @@ impl Proxy {
         Ok(resp.map(Either::Left))
     }
 
-    /// `/auth/*`: single sign-on's endpoints, answered here, never proxied.
-    async fn auth_endpoint(
-        &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        request_id: &HeaderValue,
-    ) -> Response<http_body_util::Full<bytes::Bytes>> {
-        let this = &*self.0;
-        let Some(sso) = this.authn.sso() else {
-            return error::json_error(
-                http::StatusCode::NOT_FOUND,
-                "not_found",
-                "single sign-on is not configured",
-                request_id,
-            );
-        };
-        let headers = req.headers();
-        let ip = this.hygiene.client_ip(conn.peer.ip(), headers);
-        let path = req.uri().path();
-        // A source out of attempts cannot make costguard call the provider.
-        let guarded = matches!(path, "/auth/callback" | "/auth/userinfo" | "/auth/saml/acs");
-        if guarded && let Err(limited) = this.throttle.before_authentication(Port::Proxy, ip) {
-            return error::rescue(&Error::Limited(limited), request_id);
-        }
-        if path == "/auth/userinfo" {
-            return match this.authn.authenticate(headers).await {
-                Ok(auth) => {
-                    let session = match auth.principal.method {
-                        AuthMethod::Oidc | AuthMethod::Saml => sso.session_record(headers).await,
-                        _ => None,
-                    };
-                    crate::sso::Sso::userinfo(&auth, session.as_ref())
-                }
-                Err(e) => {
-                    this.throttle.authentication_failed(Port::Proxy, ip, &e);
-                    error::rescue(&Error::Authn(e), request_id)
-                }
-            };
-        }
-        let client = crate::sso::Client {
-            ip: ip.to_string(),
-            user_agent: crate::audit::user_agent(headers),
-            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-        };
-        if path == "/auth/saml/acs" && req.method() == http::Method::POST {
-            let resp = self.saml_acs(sso, req, &client, request_id).await;
-            if resp.status().is_client_error() {
-                this.throttle.count_failure(Port::Proxy, ip);
-            }
-            return resp;
-        }
-        let resp = sso
-            .respond(
-                req.method(),
-                path,
-                req.uri().query(),
-                headers,
-                &client,
-                request_id,
-            )
-            .await;
-        if guarded && resp.status().is_client_error() {
-            this.throttle.count_failure(Port::Proxy, ip);
-        }
-        resp
-    }
-
-    /// `POST /auth/saml/acs`: the form body, bounded (the response's size
-    /// bound, base64 and URL-encoded, plus room for RelayState), then the
-    /// SAML checks.
-    async fn saml_acs(
-        &self,
-        sso: &crate::sso::Sso,
-        req: Request<Incoming>,
-        client: &crate::sso::Client,
-        request_id: &HeaderValue,
-    ) -> Response<http_body_util::Full<bytes::Bytes>> {
-        use http_body_util::BodyExt as _;
-        let form = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| {
-                v.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            });
-        if !form {
-            return error::json_error(
-                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the SAML response must be posted as application/x-www-form-urlencoded",
-                request_id,
-            );
-        }
-        let (parts, body) = req.into_parts();
-        let limit = sso.acs_body_limit();
-        let body = match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return sso
-                    .acs_refused("response_too_large", client, request_id)
-                    .await;
-            }
-            Err(_) => {
-                return error::json_error(
-                    http::StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the request body could not be read",
-                    request_id,
-                );
-            }
-        };
-        sso.acs(&body, &parts.headers, client, request_id).await
-    }
-
     /// Route, authentication, authorization, limits: a [`Permit`] (and the
     /// rate status for the response headers) or the reason not.
     async fn decide(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         conn: &ConnInfo,
         trail: &mut Trail,
     ) -> Result<(Permit, Option<RateStatus>), Error> {
         let this = &*self.0;
-        let policy = this.authz.policy();
+        let Context {
+            authz, throttle, ..
+        } = &this.context;
+        let policy = authz.policy();
         let (method, path) = (req.method(), req.uri().path());
         let matched = policy.enforce.find(method, path);
         if let Some(m) = &matched {
@@ -345,16 +358,7 @@ impl Proxy {
                 trail.permission = Some(p.as_str());
             }
         }
-        if let Some(m) = &matched
-            && m.route.access == Access::Public
-        {
-            let permit = Permit {
-                principal: None,
-                cost: m.route.cost,
-                route: m.route.origin.clone(),
-                tenant: None,
-                project: None,
-            };
+        if let Some(permit) = matched.as_ref().and_then(Permit::public) {
             return Ok((permit, None));
         }
         let client = this.hygiene.client_ip(conn.peer.ip(), req.headers());
@@ -364,18 +368,18 @@ impl Proxy {
         // credential the caches already hold as valid: behind an ingress
         // every client may share one address, and one client's bad keys must
         // not lock out everyone else's good ones.
-        let auth = match this.throttle.blocked(Port::Proxy, client) {
+        let auth = match throttle.blocked(Port::Proxy, client) {
             Ok(()) => match this.authn.authenticate(req.headers()).await {
                 Ok(auth) => auth,
                 Err(e) => {
-                    this.throttle.authentication_failed(Port::Proxy, client, &e);
+                    throttle.authentication_failed(Port::Proxy, client, &e);
                     return Err(e.into());
                 }
             },
             Err(limited) => match this.authn.authenticate_cached(req.headers()).await {
                 Some(auth) => auth,
                 None => {
-                    this.throttle.refuse(&limited);
+                    throttle.refuse(&limited);
                     return Err(limited.into());
                 }
             },
@@ -385,43 +389,21 @@ impl Proxy {
         if matches!(principal.method, AuthMethod::Oidc | AuthMethod::Saml)
             && crate::sso::cross_site_write(req.method(), req.headers())
         {
-            return Err(crate::authn::AuthnError::CrossSite.into());
+            return Err(AuthnError::CrossSite.into());
         }
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
-            Some(m) => this
-                .authz
-                .authorize(&policy, m, principal)
-                .await
-                .map(|budget| (m, budget)),
+            Some(m) => authz.authorize(&policy, m, principal).await,
         };
         self.shadow(&policy, req, principal, decision.is_ok()).await;
-        let (m, budget) = decision?;
-        // Whose route it is: the caller's own tenant, unless a system admin
-        // addressed another one (whose budget then applies).
-        let foreign = m
-            .param("tenant")
-            .filter(|t| *t != &*principal.tenant_id)
-            .map(Arc::<str>::from);
-        let permit = Permit {
-            cost: m.route.cost,
-            route: m.route.origin.clone(),
-            tenant: Some(
-                foreign
-                    .clone()
-                    .unwrap_or_else(|| principal.tenant_id.clone()),
-            ),
-            project: m.param("project").zip(budget).map(|(p, b)| (p.into(), b)),
-            principal: Some(principal.clone()),
-        };
-        let target = match &foreign {
-            Some(t) if permit.cost => this.authn.tenant(t).await?,
+        let permit = decision?;
+        // A system admin's call on another tenant's cost route spends that
+        // tenant's budget.
+        let target = match permit.tenant() {
+            Some(t) if permit.cost() && permit.crosses_tenants() => this.authn.tenant(t).await?,
             _ => None,
         };
-        let rate = this
-            .throttle
-            .admit(&auth, &permit, target.as_deref())
-            .await?;
+        let rate = throttle.admit(&auth, &permit, target.as_deref()).await?;
         Ok((permit, rate))
     }
 
@@ -430,15 +412,15 @@ impl Proxy {
     async fn shadow(
         &self,
         policy: &Policy,
-        req: &Request<Incoming>,
-        principal: &Principal,
+        req: &Request<B>,
+        principal: &Arc<Principal>,
         enforced_allow: bool,
     ) {
         let Some(m): Option<Match<'_, '_>> = policy.shadow.find(req.method(), req.uri().path())
         else {
             return;
         };
-        let would = self.0.authz.authorize(policy, &m, principal).await;
+        let would = self.0.context.authz.authorize(policy, &m, principal).await;
         tracing::info!(
             route = %m.route.origin,
             tenant_id = %principal.tenant_id,
@@ -457,44 +439,6 @@ impl Handler for Proxy {
     type Body = LoggedBody<ResponseBody>;
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
-        let request_id = request_id::take_or_generate(req.headers());
-        let entry = self
-            .0
-            .access_log
-            .as_ref()
-            .map(|log| log.entry("proxy", &req, &request_id, conn.peer.ip()));
-        let mut facts = self.0.audit.as_ref().map(|_| Facts::of(&req));
-        let mut trail = Trail::default();
-        let mut resp = match self
-            .stages(req, conn, &request_id, &mut facts, &mut trail)
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => {
-                if let (Some(audit), Some(facts)) = (&self.0.audit, facts.take())
-                    && error::is_denial(&e)
-                {
-                    let (status, code, _) = error::classify(&e);
-                    let event =
-                        facts.event(&trail, conn, &request_id, Some((code, status.as_u16())));
-                    // Nobody authenticated: aggregated per source.
-                    let recorded = if trail.principal.is_none() {
-                        audit
-                            .record_anonymous_denial(event, code, status.as_u16())
-                            .await
-                    } else {
-                        audit.record_request(event).await
-                    };
-                    // The denial stands whether or not it could be recorded.
-                    if let Err(audit_error) = recorded {
-                        tracing::error!(error = %audit_error, "Denial not recorded in the audit log.");
-                    }
-                }
-                error::rescue(&e, &request_id).map(Either::Right)
-            }
-        };
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        let status = resp.status();
-        resp.map(|body| LoggedBody::new(body, entry, status))
+        self.serve(req, conn).await
     }
 }

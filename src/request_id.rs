@@ -1,9 +1,10 @@
 //! Request ids: keep a client's `X-Request-Id` when it is safe to log and
 //! forward, otherwise make a UUIDv7 (time-ordered, so ids sort by arrival).
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::forward::headers::X_REQUEST_ID;
+/// `X-Request-Id`: kept when valid, generated otherwise, sent both ways.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest inbound id kept.
 const MAX_LEN: usize = 128;

@@ -19,18 +19,19 @@ use crate::audit::Audit;
 use crate::audit::index::Index;
 use crate::audit::retention;
 use crate::audit::writer::{self, Bounds, WriterConfig};
-use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
+use crate::authn::{Authenticator, Loader};
 use crate::authz::Authz;
 use crate::authz::policy::PolicyError;
 use crate::authz::reload::{PolicyHandle, Source};
 use crate::config::Config;
+use crate::context::Context;
 use crate::health::Readiness;
 use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
-use crate::sso::Sso;
 use crate::sso::users::Directory;
+use crate::sso::{BearerTokens, SessionCookies, Sso};
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
@@ -167,14 +168,25 @@ impl Server {
             .log
             .access_log
             .then(|| AccessLog::start(config.log.format));
+        let context = Context {
+            readiness: readiness.clone(),
+            authz: authz.clone(),
+            throttle: throttle.clone(),
+            audit: audit.clone(),
+            access_log: access_log.clone(),
+        };
+        let loaders: Vec<Arc<dyn Loader>> = match &sso {
+            Some(sso) => vec![
+                Arc::new(BearerTokens(sso.clone())),
+                Arc::new(SessionCookies(sso.clone())),
+            ],
+            None => Vec::new(),
+        };
         let proxy = Proxy::new(
             config,
-            readiness.clone(),
-            Authenticator::new(keys.clone(), sso.clone()),
-            authz.clone(),
-            throttle.clone(),
-            audit.clone(),
-            access_log.clone(),
+            context.clone(),
+            Authenticator::new(keys.clone(), loaders),
+            sso.clone(),
         );
         let proxy = Listener::bind(
             "proxy",
@@ -192,13 +204,10 @@ impl Server {
             );
         }
         let admin = Admin::new(
-            readiness.clone(),
+            context,
             AdminAuth::new(config.admin.token_hash, keys, authz),
             ops.clone(),
             config.admin.max_body_bytes,
-            access_log.clone(),
-            throttle.clone(),
-            audit.clone(),
         );
         let admin = Listener::bind(
             "admin",

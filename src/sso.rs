@@ -23,6 +23,7 @@
 
 pub mod claims;
 pub mod crypto;
+pub mod endpoints;
 pub mod http;
 pub mod jwks;
 pub mod login_state;
@@ -45,10 +46,11 @@ use time::OffsetDateTime;
 
 use crate::audit::{Audit, Durability, Event};
 use crate::authn::api_key::ApiKeys;
-use crate::authn::{AuthMethod, Authenticated, AuthnError, IdentityHeaders, Principal};
+use crate::authn::{AuthnError, Credential, Loader};
 use crate::config::SsoConfig;
-use crate::error::{json_error, json_response};
 use crate::model::{Session, TenantStatus};
+use crate::principal::{AuthMethod, Authenticated, IdentityHeaders, Principal};
+use crate::response::{json_error, json_response};
 use crate::store::Store;
 use claims::{ClaimError, Identity};
 use login_state::{LoginState, LoginStateError, Signer};
@@ -645,50 +647,6 @@ impl Sso {
     }
 
     // ----- the /auth endpoints -----
-
-    /// Answers `/auth/*`.
-    pub async fn respond(
-        &self,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        client: &Client,
-        request_id: &HeaderValue,
-    ) -> Reply {
-        let q = Query(query.unwrap_or(""));
-        match (path, method) {
-            ("/auth/login", &Method::GET | &Method::HEAD) => self.login(&q, request_id),
-            ("/auth/callback", &Method::GET) => {
-                self.callback(&q, headers, client, request_id).await
-            }
-            ("/auth/logout", &Method::GET | &Method::POST) => {
-                self.logout(&q, headers, client).await
-            }
-            ("/auth/saml/metadata", &Method::GET | &Method::HEAD) => {
-                self.saml_metadata(&q, request_id)
-            }
-            (
-                "/auth/login"
-                | "/auth/callback"
-                | "/auth/logout"
-                | "/auth/saml/metadata"
-                | "/auth/saml/acs",
-                _,
-            ) => json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed here",
-                request_id,
-            ),
-            _ => json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-                request_id,
-            ),
-        }
-    }
 
     /// Every provider, OpenID first.
     fn all_providers(&self) -> impl Iterator<Item = Chosen<'_>> {
@@ -1477,6 +1435,72 @@ fn peek_issuer_and_audience(raw: &str) -> Option<(String, Vec<String>)> {
         None => Vec::new(),
     };
     Some((peek.iss, aud))
+}
+
+/// Single sign-on's bearer credentials: a bearer token that looks like a
+/// JWT is verified against the configured issuers.
+#[derive(Debug, Clone)]
+pub struct BearerTokens(pub Arc<Sso>);
+
+#[async_trait::async_trait]
+impl Loader for BearerTokens {
+    async fn load(
+        &self,
+        credential: Option<Credential<'_>>,
+        _headers: &HeaderMap,
+    ) -> Option<Result<Authenticated, AuthnError>> {
+        match credential {
+            Some(Credential::Bearer(token)) if looks_like_jwt(token) => {
+                Some(self.0.bearer(token).await)
+            }
+            _ => None,
+        }
+    }
+
+    async fn load_cached(
+        &self,
+        credential: Option<Credential<'_>>,
+        _headers: &HeaderMap,
+    ) -> Option<Authenticated> {
+        match credential {
+            Some(Credential::Bearer(token)) if looks_like_jwt(token) => {
+                self.0.bearer_cached(token).await
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Single sign-on's browser sessions: the session cookie counts only when
+/// the request sends no credential header.
+#[derive(Debug, Clone)]
+pub struct SessionCookies(pub Arc<Sso>);
+
+#[async_trait::async_trait]
+impl Loader for SessionCookies {
+    async fn load(
+        &self,
+        credential: Option<Credential<'_>>,
+        headers: &HeaderMap,
+    ) -> Option<Result<Authenticated, AuthnError>> {
+        if credential.is_some() {
+            return None;
+        }
+        let cookie = self.0.session_cookie(headers)?;
+        Some(self.0.session(cookie).await)
+    }
+
+    async fn load_cached(
+        &self,
+        credential: Option<Credential<'_>>,
+        headers: &HeaderMap,
+    ) -> Option<Authenticated> {
+        if credential.is_some() {
+            return None;
+        }
+        let cookie = self.0.session_cookie(headers)?;
+        self.0.session_cached(cookie).await
+    }
 }
 
 /// Whether a state-changing request authenticated by a session cookie

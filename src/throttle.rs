@@ -20,12 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
 
-use crate::authn::{Authenticated, AuthnError};
+use crate::authn::AuthnError;
 use crate::authz::Permit;
 use crate::config::{BudgetConfig, RateLimitConfig};
 use crate::model::Tenant;
+use crate::principal::Authenticated;
 use crate::rate_limit::failed_auth::{Blocked, FailedAuth};
 use crate::rate_limit::{LimiterError, RateLimiter, RateStatus};
+use crate::response::{ErrorResponse, Problem};
 use crate::usage::{self, AdmitError, Usage};
 
 /// Why a request was held back.
@@ -46,6 +48,48 @@ pub enum Limited {
     /// A limiter or counter could not answer (503: fail closed).
     #[error("limits cannot be checked right now: {0}")]
     Unavailable(String),
+}
+
+impl ErrorResponse for Limited {
+    fn problem(&self) -> Problem<'_> {
+        use http::StatusCode as S;
+        match self {
+            Limited::Rate(_) => Problem::new(
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "the API key's rate limit is reached; retry after the time in Retry-After",
+            ),
+            Limited::AuthFailures(_) => Problem::new(
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed authentication attempts from this address; retry after the time in Retry-After",
+            ),
+            Limited::Quota(_) => Problem::new(
+                S::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                "the tenant's daily request quota is used up; it starts again at 00:00 UTC",
+            ),
+            Limited::Budget(scope) => Problem {
+                status: S::PAYMENT_REQUIRED,
+                code: "budget_exceeded",
+                message: format!("the {scope}'s budget for this month is spent").into(),
+            },
+            Limited::Unavailable(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "limits cannot be checked right now",
+            ),
+        }
+    }
+
+    /// `RateLimit-*` and `Retry-After` for the limits a client can wait out.
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        match self {
+            Limited::Rate(status) | Limited::Quota(status) => status.apply(headers),
+            Limited::AuthFailures(blocked) => blocked.status().apply(headers),
+            Limited::Budget(_) | Limited::Unavailable(_) => {}
+        }
+    }
 }
 
 impl From<LimiterError> for Limited {
@@ -210,7 +254,7 @@ impl Throttle {
             }
             None => None,
         };
-        if permit.cost {
+        if permit.cost() {
             self.check_budget(target.unwrap_or(&auth.tenant), permit)
                 .await?;
         }
@@ -244,7 +288,7 @@ impl Throttle {
                 return Err(Limited::Budget("tenant"));
             }
         }
-        if let Some((project, budget)) = &permit.project
+        if let Some((project, budget)) = permit.project()
             && let Some(limit) = usage::limit_micros(*budget)
         {
             let spent = self
@@ -263,20 +307,20 @@ impl Throttle {
     /// request's tenant and project. A value that is not a non-negative
     /// decimal is ignored and logged; the response goes out regardless.
     pub async fn record_cost(&self, response: &HeaderMap, permit: &Permit) {
-        let (Some(name), Some(tenant)) = (&self.cost_header, &permit.tenant) else {
+        let (Some(name), Some(tenant)) = (&self.cost_header, permit.tenant()) else {
             return;
         };
         let Some(value) = response.get(name) else {
             return;
         };
         let Some(micros) = value.to_str().ok().and_then(usage::parse_usd) else {
-            tracing::warn!(header = %name, route = %permit.route, "The upstream's cost header is not a non-negative USD amount; not counted.");
+            tracing::warn!(header = %name, route = %permit.route(), "The upstream's cost header is not a non-negative USD amount; not counted.");
             return;
         };
         if micros == 0 {
             return;
         }
-        let project = permit.project.as_ref().map(|(p, _)| p);
+        let project = permit.project().map(|(p, _)| p);
         if let Err(e) = self.usage.add_spend(tenant, project, micros).await {
             tracing::error!(tenant = %tenant, error = %e, "Could not count the request's cost.");
         }

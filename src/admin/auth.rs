@@ -11,8 +11,9 @@ use subtle::ConstantTimeEq;
 
 use super::ApiError;
 use crate::authn::api_key::ApiKeys;
-use crate::authn::{AuthnError, Credential, Principal, credential};
+use crate::authn::{AuthnError, Credential, credential};
 use crate::authz::Authz;
+use crate::principal::Principal;
 use crate::roles::{Permission, Permissions};
 
 /// The admin API's caller.

@@ -10,8 +10,9 @@ use moka::future::Cache;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::{AuthMethod, Authenticated, AuthnError, IdentityHeaders, Principal};
+use super::AuthnError;
 use crate::model::{self, ApiKey, KeyStatus, Tenant, TenantStatus};
+use crate::principal::{AuthMethod, Authenticated, IdentityHeaders, Principal};
 use crate::roles::{Permission, Permissions};
 use crate::store::Store;
 

@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-/// `X-Request-Id`: kept when valid, generated otherwise, sent both ways.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::request_id::X_REQUEST_ID;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

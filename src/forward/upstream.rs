@@ -4,7 +4,9 @@
 use std::error::Error as _;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -14,15 +16,21 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::{ForwardError, UpstreamBody};
 use crate::config::ProxyConfig;
 
-/// The upstream client. Cheap to clone (the pool is shared).
+/// The upstream client, for request bodies of type `B` (the listener's
+/// `Incoming`; in-process tests send in-memory bodies). Cheap to clone (the
+/// pool is shared).
 #[derive(Clone, Debug)]
-pub struct Upstream {
-    client: Client<HttpConnector, UpstreamBody>,
+pub struct Upstream<B = Incoming> {
+    client: Client<HttpConnector, UpstreamBody<B>>,
     response_timeout: Duration,
     max_body: u64,
 }
 
-impl Upstream {
+impl<B> Upstream<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// Builds the client from `[proxy]`; `max_body` is reported in 413s.
     pub fn new(config: &ProxyConfig, max_body: u64) -> Self {
         let mut connector = HttpConnector::new();
@@ -47,7 +55,7 @@ impl Upstream {
     /// timeout. The response body is not read here: it streams to the client.
     pub async fn send(
         &self,
-        req: Request<UpstreamBody>,
+        req: Request<UpstreamBody<B>>,
     ) -> Result<Response<Incoming>, ForwardError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout),

@@ -26,34 +26,7 @@ pub struct Identity {
     pub roles: Vec<String>,
 }
 
-/// Why the claims do not make a user.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ClaimError {
-    /// No tenant could be determined.
-    #[error("no tenant in the token")]
-    NoTenant,
-    /// The token names a tenant this provider may not speak for.
-    #[error("the token's tenant is not this provider's")]
-    WrongTenant,
-    /// The user claim is missing or unusable.
-    #[error("no usable user id claim")]
-    NoUser,
-    /// The admin API disabled or deleted this user.
-    #[error("the user is disabled")]
-    UserDisabled,
-}
-
-impl ClaimError {
-    /// The audit reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ClaimError::NoTenant => "no_tenant",
-            ClaimError::WrongTenant => "wrong_tenant",
-            ClaimError::NoUser => "no_user",
-            ClaimError::UserDisabled => "user_disabled",
-        }
-    }
-}
+pub use crate::authn::refusal::ClaimError;
 
 /// A string fit for an identity header: 1-256 visible ASCII characters.
 fn header_safe(s: &str) -> bool {

@@ -50,7 +50,7 @@ pub struct BuiltPrincipal {
     /// [`super::users::Directory::epoch`] when it was built.
     pub epoch: u64,
     /// The principal.
-    pub principal: Arc<crate::authn::Principal>,
+    pub principal: Arc<crate::principal::Principal>,
 }
 
 impl Live {

@@ -1,0 +1,26 @@
+//! What the proxy port's and the admin port's handlers share, built once by
+//! the server and handed to each as one value instead of argument by
+//! argument.
+
+use std::sync::Arc;
+
+use crate::access_log::AccessLog;
+use crate::audit::Audit;
+use crate::authz::Authz;
+use crate::health::Readiness;
+use crate::throttle::Throttle;
+
+/// The stages and sinks both ports use. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// `/health` and `/ready`.
+    pub readiness: Arc<Readiness>,
+    /// Policy, roles, tenant isolation.
+    pub authz: Authz,
+    /// Rates, quotas, budgets and the failed-authentication limit.
+    pub throttle: Throttle,
+    /// The audit log, when enabled.
+    pub audit: Option<Audit>,
+    /// The access log, when enabled.
+    pub access_log: Option<AccessLog>,
+}
