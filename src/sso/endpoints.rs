@@ -8,7 +8,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
-use super::{Client, Query, Reply, Sso};
+use super::web::Query;
+use super::{Client, Reply, Sso};
 use crate::authn::Authenticator;
 use crate::principal::AuthMethod;
 use crate::response::{self, ErrorResponse, Problem};

@@ -1,0 +1,404 @@
+//! What every login shares, whichever protocol: choosing the provider
+//! (`/auth/login`), the checks a verified identity passes before it gets a
+//! session (tenant, pinning, the admin API's users), the session and its
+//! cookie, logout, userinfo, and the audit records of logins and failures.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::audit::{Durability, Event};
+use crate::authn::AuthnError;
+use crate::model::Session;
+use crate::principal::Authenticated;
+use crate::response::{json_error, json_response};
+
+use super::claims::{ClaimError, Identity};
+use super::login_state::{self, LoginState};
+use super::oidc::{Provider, unix_now};
+use super::saml;
+use super::session::NewSession;
+use super::web::{Query, redirect, safe_redirect};
+use super::{Client, Reply, Sso};
+
+/// Why a login failed: what the browser is told, what the audit says.
+#[derive(Debug)]
+pub(super) struct LoginFailure {
+    pub(super) status: StatusCode,
+    pub(super) reason: String,
+    pub(super) suspicious: bool,
+    pub(super) tenant_id: String,
+    pub(super) user_id: String,
+    pub(super) provider: String,
+    pub(super) method: &'static str,
+}
+
+impl LoginFailure {
+    pub(super) fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            suspicious: false,
+            tenant_id: String::new(),
+            user_id: String::new(),
+            provider: String::new(),
+            method: "oidc",
+        }
+    }
+
+    pub(super) fn saml(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            method: "saml",
+            ..Self::new(status, reason)
+        }
+    }
+
+    pub(super) fn suspicious(mut self) -> Self {
+        self.suspicious = true;
+        self
+    }
+}
+
+/// A provider of either kind.
+#[derive(Clone, Copy)]
+pub(super) enum Chosen<'a> {
+    Oidc(&'a Arc<Provider>),
+    Saml(&'a Arc<saml::SamlProvider>),
+}
+
+impl Chosen<'_> {
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Chosen::Oidc(p) => &p.config.name,
+            Chosen::Saml(p) => &p.config.name,
+        }
+    }
+
+    pub(super) fn tenant(&self) -> Option<&str> {
+        match self {
+            Chosen::Oidc(p) => p.config.tenant.as_deref(),
+            Chosen::Saml(p) => p.config.tenant.as_deref(),
+        }
+    }
+
+    pub(super) fn email_domains(&self) -> &std::collections::BTreeMap<String, String> {
+        match self {
+            Chosen::Oidc(p) => &p.config.email_domains,
+            Chosen::Saml(p) => &p.config.email_domains,
+        }
+    }
+}
+
+/// What a verified login (either kind) brings to its session.
+pub(super) struct OpenSession<'a> {
+    pub(super) provider: &'a str,
+    /// The provider is pinned to one tenant.
+    pub(super) pinned: bool,
+    pub(super) method: &'static str,
+    /// The tenant `/auth/login` was asked for.
+    pub(super) requested_tenant: Option<&'a str>,
+    pub(super) refresh_token: Option<String>,
+    pub(super) refresh_at: Option<OffsetDateTime>,
+    pub(super) id_token: Option<String>,
+    /// The IdP's own end of the session (SAML `SessionNotOnOrAfter`).
+    pub(super) ends_by: Option<OffsetDateTime>,
+}
+
+pub(super) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Sso {
+    /// Picks the provider for a login.
+    pub(super) fn choose(&self, q: &Query<'_>) -> Result<Chosen<'_>, &'static str> {
+        if let Some(name) = q.get("provider") {
+            return self
+                .all_providers()
+                .find(|p| p.name() == name)
+                .ok_or("unknown provider");
+        }
+        if let Some(tenant) = q.get("tenant") {
+            if let Some(p) = self.own_provider(&tenant) {
+                return Ok(p);
+            }
+            let mut shared = self.all_providers().filter(|p| p.tenant().is_none());
+            return match (shared.next(), shared.next()) {
+                (Some(p), None) => Ok(p),
+                (None, _) => Err("no identity provider serves this tenant"),
+                _ => Err("several providers could serve this tenant: name one with ?provider="),
+            };
+        }
+        if let Some(email) = q.get("email").or_else(|| q.get("login_hint"))
+            && let Some((_, domain)) = email.rsplit_once('@')
+        {
+            let domain = domain.to_ascii_lowercase();
+            if let Some(p) = self
+                .all_providers()
+                .find(|p| p.email_domains().contains_key(&domain))
+            {
+                return Ok(p);
+            }
+        }
+        let mut all = self.all_providers();
+        match (all.next(), all.next()) {
+            (Some(only), None) => Ok(only),
+            (None, _) => Err("single sign-on is not configured"),
+            _ => Err("several identity providers: choose one with ?tenant=, ?email= or ?provider="),
+        }
+    }
+
+    pub(super) fn login(&self, q: &Query<'_>, request_id: &HeaderValue) -> Reply {
+        let p = match self.choose(q) {
+            Ok(p) => p,
+            Err(message) => {
+                return json_error(StatusCode::BAD_REQUEST, "bad_request", message, request_id);
+            }
+        };
+        let tenant = q.get("tenant");
+        if tenant
+            .as_deref()
+            .is_some_and(|t| !crate::model::is_tenant_id(t))
+        {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "tenant is not a tenant id",
+                request_id,
+            );
+        }
+        let rd = safe_redirect(q.get("rd").as_deref()).to_string();
+        let p = match p {
+            Chosen::Oidc(p) => p,
+            Chosen::Saml(p) => return self.saml_login(p, rd, tenant),
+        };
+        let hint = q
+            .get("email")
+            .or_else(|| q.get("login_hint"))
+            .filter(|e| e.len() <= 256);
+        let auth = match p.authorize(hint.as_deref()) {
+            Ok(a) => a,
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "idp_unavailable",
+                    &e.to_string(),
+                    request_id,
+                );
+            }
+        };
+        let state = LoginState {
+            provider: p.config.name.clone(),
+            state: auth.state,
+            nonce: auth.nonce,
+            verifier: auth.verifier,
+            rd,
+            tenant,
+            expires: unix_now() + self.login_timeout.as_secs() as i64,
+        };
+        let cookie = format!(
+            "{}={}; Path=/auth/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
+            login_state::COOKIE,
+            self.signer.seal(&state),
+            self.login_timeout.as_secs()
+        );
+        redirect(&auth.url, &[cookie])
+    }
+
+    /// After a verified login: the tenant checks, the new session (the one
+    /// the browser came with is ended), `auth.login`; the session cookie.
+    pub(super) async fn open_session(
+        &self,
+        login: OpenSession<'_>,
+        identity: Identity,
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Result<String, LoginFailure> {
+        use StatusCode as S;
+        let fail = |status, reason: &str| {
+            let mut f = LoginFailure::new(status, reason);
+            f.method = login.method;
+            f.provider = login.provider.to_string();
+            f.tenant_id = identity.tenant_id.clone();
+            f.user_id = identity.user_id.clone();
+            f
+        };
+        if login
+            .requested_tenant
+            .is_some_and(|t| t != identity.tenant_id)
+        {
+            return Err(fail(S::FORBIDDEN, "tenant_mismatch"));
+        }
+        // The admin API's word on this user: disabled or deleted users do
+        // not get a session. The session keeps the provider's roles; the
+        // user's effective roles are resolved again on every use.
+        let mapping = self
+            .mapping_of(login.provider)
+            .ok_or_else(|| fail(S::UNAUTHORIZED, "unknown_provider"))?;
+        let effective = self
+            .directory
+            .resolve(&mapping, identity.clone())
+            .await
+            .map(|(effective, _)| effective)
+            .map_err(|e| match e {
+                AuthnError::Claims(c) => fail(S::FORBIDDEN, c.reason()),
+                _ => fail(S::SERVICE_UNAVAILABLE, "store_unavailable"),
+            })?;
+        self.tenant_for(login.pinned, &identity.tenant_id)
+            .await
+            .map_err(|e| {
+                let (status, reason) = match e {
+                    AuthnError::TenantSuspended => (S::FORBIDDEN, "tenant_suspended"),
+                    AuthnError::Store(_) => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
+                    AuthnError::Claims(ClaimError::WrongTenant) => {
+                        (S::FORBIDDEN, "tenant_requires_own_provider")
+                    }
+                    _ => (S::FORBIDDEN, "unknown_tenant"),
+                };
+                fail(status, reason)
+            })?;
+        // A new session id at every login: an old cookie (fixed by an
+        // attacker, or the user's previous session) is ended.
+        if let Some(old) = self.session_cookie(headers)
+            && let Err(e) = self.sessions.end_by_cookie(old).await
+        {
+            tracing::warn!(error = %e, "The previous session was not ended at login.");
+        }
+        let (value, session) = self
+            .sessions
+            .create(NewSession {
+                identity: &identity,
+                method: login.method,
+                provider: login.provider,
+                refresh_token: login.refresh_token,
+                refresh_at: login.refresh_at,
+                id_token: login.id_token,
+                ends_by: login.ends_by,
+            })
+            .await
+            .map_err(|_| fail(S::SERVICE_UNAVAILABLE, "store_unavailable"))?;
+        self.audit(
+            "auth.login",
+            &session.tenant_id,
+            &session.user_id,
+            json!({
+                "auth_method": login.method,
+                "provider": login.provider,
+                "session_id": session.session_id,
+                "roles": effective.roles,
+            }),
+            client,
+        )
+        .await;
+        Ok(format!(
+            "{}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",
+            self.cookie_name,
+            value,
+            self.cookie_lifetime.as_secs()
+        ))
+    }
+
+    pub(super) async fn logout(
+        &self,
+        q: &Query<'_>,
+        headers: &HeaderMap,
+        client: &Client,
+    ) -> Reply {
+        let clear = format!(
+            "{}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
+            self.cookie_name
+        );
+        let ended = match self.session_cookie(headers) {
+            Some(c) => self.sessions.end_by_cookie(c).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "Session not removed at logout.");
+                None
+            }),
+            None => None,
+        };
+        let mut to = safe_redirect(q.get("rd").as_deref()).to_string();
+        if let Some(s) = &ended {
+            self.audit(
+                "auth.logout",
+                &s.tenant_id,
+                &s.user_id,
+                json!({"auth_method": s.auth_method, "provider": s.provider, "session_id": s.session_id}),
+                client,
+            )
+            .await;
+            if let Some(url) = self
+                .provider(&s.provider)
+                .and_then(|p| p.end_session_url(s.id_token.as_deref()))
+            {
+                to = url;
+            }
+        }
+        redirect(&to, &[clear])
+    }
+
+    /// `/auth/userinfo` for an authenticated caller.
+    pub fn userinfo(auth: &Authenticated, session: Option<&Session>) -> Reply {
+        let p = &auth.principal;
+        let mut body = json!({
+            "tenant_id": &*p.tenant_id,
+            "user_id": &*p.user_id,
+            "roles": &*p.roles,
+            "auth_method": p.method.as_str(),
+        });
+        if let Some(s) = session {
+            body["email"] = json!(s.email);
+            body["provider"] = json!(s.provider);
+            body["session_id"] = json!(s.session_id);
+            body["expires_at"] = json!(rfc3339(s.expires_at));
+        }
+        if let Some(k) = &p.key_id {
+            body["key_id"] = json!(&**k);
+        }
+        json_response(StatusCode::OK, &body)
+    }
+
+    pub(super) async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
+        let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
+        self.audit(
+            "auth.login_failed",
+            &f.tenant_id,
+            &f.user_id,
+            details.clone(),
+            client,
+        )
+        .await;
+        if f.suspicious {
+            self.audit(
+                "security.suspicious",
+                &f.tenant_id,
+                &f.user_id,
+                details,
+                client,
+            )
+            .await;
+        }
+    }
+
+    pub(super) async fn audit(
+        &self,
+        event_type: &'static str,
+        tenant_id: &str,
+        user_id: &str,
+        details: serde_json::Value,
+        client: &Client,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let mut event = Event::new(event_type, details);
+        event.tenant_id = tenant_id.to_string();
+        event.user_id = user_id.to_string();
+        event.ip_address = client.ip.clone();
+        event.user_agent = client.user_agent.clone();
+        event.request_id = client.request_id.clone();
+        if let Err(e) = audit.record(event, Durability::Written).await {
+            tracing::error!(error = %e, event_type, "Login event not recorded in the audit log.");
+        }
+    }
+}
