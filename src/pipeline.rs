@@ -26,7 +26,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, LoggedBody};
-use crate::audit::{Audit, Details, Event, RequestDetails};
+use crate::audit::{Audit, Details, Event, EventType, RequestDetails};
 use crate::authn::{AuthMethod, Authenticator, Principal};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -108,9 +108,9 @@ impl Facts {
         };
         Event {
             event_type: if denied.is_some() {
-                "security.access_denied"
+                EventType::AccessDenied
             } else {
-                "request.allowed"
+                EventType::RequestAllowed
             },
             user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
             tenant_id: p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),

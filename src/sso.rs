@@ -43,7 +43,7 @@ use serde_json::json;
 use sha2::Digest;
 use time::OffsetDateTime;
 
-use crate::audit::{Audit, Durability, Event};
+use crate::audit::{Audit, Durability, Event, EventType};
 use crate::authn::api_key::ApiKeys;
 use crate::authn::{AuthMethod, Authenticated, AuthnError, IdentityHeaders, Principal};
 use crate::config::SsoConfig;
@@ -991,7 +991,7 @@ impl Sso {
             .await
             .map_err(|_| fail(S::SERVICE_UNAVAILABLE, "store_unavailable"))?;
         self.audit(
-            "auth.login",
+            EventType::Login,
             &session.tenant_id,
             &session.user_id,
             json!({
@@ -1026,7 +1026,7 @@ impl Sso {
         let mut to = safe_redirect(q.get("rd").as_deref()).to_string();
         if let Some(s) = &ended {
             self.audit(
-                "auth.logout",
+                EventType::Logout,
                 &s.tenant_id,
                 &s.user_id,
                 json!({"auth_method": s.auth_method, "provider": s.provider, "session_id": s.session_id}),
@@ -1074,7 +1074,7 @@ impl Sso {
     async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
         let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
         self.audit(
-            "auth.login_failed",
+            EventType::LoginFailed,
             &f.tenant_id,
             &f.user_id,
             details.clone(),
@@ -1083,7 +1083,7 @@ impl Sso {
         .await;
         if f.suspicious {
             self.audit(
-                "security.suspicious",
+                EventType::SuspiciousActivity,
                 &f.tenant_id,
                 &f.user_id,
                 details,
@@ -1095,7 +1095,7 @@ impl Sso {
 
     async fn audit(
         &self,
-        event_type: &'static str,
+        event_type: EventType,
         tenant_id: &str,
         user_id: &str,
         details: serde_json::Value,
@@ -1111,7 +1111,7 @@ impl Sso {
         event.user_agent = client.user_agent.clone();
         event.request_id = client.request_id.clone();
         if let Err(e) = audit.record(event, Durability::Written).await {
-            tracing::error!(error = %e, event_type, "Login event not recorded in the audit log.");
+            tracing::error!(error = %e, event_type = event_type.as_str(), "Login event not recorded in the audit log.");
         }
     }
 }
