@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use costguard::audit::index::{Entry, Index, Query};
 use costguard::audit::writer::{self, WriterConfig};
-use costguard::audit::{Durability, Event, Record, Severity};
+use costguard::audit::{Durability, Event, EventType, Record, Severity};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
         user_agent: "bench/1.0".into(),
         request_id: "01a21df6-67d0-70e2-a902-5e55df858b48".into(),
         ..Event::new(
-            "request.allowed",
+            EventType::RequestAllowed,
             json!({"method": "GET", "path": "/v1/tenants/org-1a2b3c4d/costs", "route": "routes.toml:9", "permission": "view_costs", "decision": "allow"}),
         )
     };
@@ -130,7 +130,7 @@ fn bench(c: &mut Criterion) {
                 seq: 42,
                 event_id: uuid::Uuid::now_v7().to_string(),
                 timestamp: "2026-11-27T18:00:00.123456Z".into(),
-                event_type: e.event_type.into(),
+                event_type: e.event_type.as_str().into(),
                 user_id: e.user_id,
                 tenant_id: e.tenant_id,
                 details: e.details,

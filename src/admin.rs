@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::access_log::{Exchange, LoggedBody};
-use crate::audit::{Audit, Details, Durability, Event};
+use crate::audit::{Audit, Details, Durability, Event, EventType};
 use crate::authn::AuthnError;
 use crate::context::Context;
 use crate::listener::{ConnInfo, Handler};
@@ -256,14 +256,13 @@ impl Admin {
         };
         let Problem { status, code, .. } = e.problem();
         let event = Event {
-            event_type: "security.access_denied",
             details: Details::Json(json!({
                 "action": facts.action(),
                 "decision": "deny",
                 "reason": code,
                 "port": "admin",
             })),
-            ..facts.event()
+            ..facts.event(EventType::AccessDenied)
         };
         if let Err(e) = audit
             .record_anonymous_denial(event, code, status.as_u16())
@@ -288,7 +287,6 @@ impl Admin {
     ) -> Result<(), ApiError> {
         let Problem { status, code, .. } = e.problem();
         let event = Event {
-            event_type: "security.access_denied",
             tenant_id: caller.tenant_id().to_string(),
             details: Details::Json(json!({
                 "action": facts.action(),
@@ -298,7 +296,7 @@ impl Admin {
                 "status": status.as_u16(),
                 "port": "admin",
             })),
-            ..facts.event_as(caller)
+            ..facts.event_as(caller, EventType::AccessDenied)
         };
         audit.record(event, Durability::Written).await?;
         Ok(())
@@ -363,7 +361,6 @@ impl Admin {
         let mut events = Vec::new();
         for event_type in kinds {
             events.push(Event {
-                event_type,
                 tenant_id: tenant.clone(),
                 details: Details::Json(json!({
                     "action": facts.action(),
@@ -374,7 +371,7 @@ impl Admin {
                     "status": status.as_u16(),
                     "error": error_code,
                 })),
-                ..facts.event_as(caller)
+                ..facts.event_as(caller, event_type)
             });
         }
         let durability = if outcome == "success" {
@@ -597,12 +594,12 @@ struct AdminFacts {
 }
 
 impl AdminFacts {
-    fn event(&self) -> Event {
+    fn event(&self, event_type: EventType) -> Event {
         Event {
             ip_address: self.client.to_string(),
             user_agent: self.user_agent.clone(),
             request_id: self.request_id.clone(),
-            ..Event::default()
+            ..Event::new(event_type, Value::Null)
         }
     }
 
@@ -611,10 +608,10 @@ impl AdminFacts {
         format!("{} {}", self.method, self.path)
     }
 
-    fn event_as(&self, caller: &auth::Caller) -> Event {
+    fn event_as(&self, caller: &auth::Caller, event_type: EventType) -> Event {
         Event {
             user_id: caller.actor(),
-            ..self.event()
+            ..self.event(event_type)
         }
     }
 }
@@ -626,38 +623,38 @@ fn admin_event_types(
     segments: &[&str],
     status: StatusCode,
     changes: &Value,
-) -> Vec<&'static str> {
-    let one = |t: &'static str| vec![t];
+) -> Vec<EventType> {
+    let one = |t: EventType| vec![t];
     match (method.as_str(), segments) {
-        ("POST", ["tenants"]) => one("tenant.created"),
+        ("POST", ["tenants"]) => one(EventType::TenantCreated),
         ("PATCH", ["tenants", _]) => {
             if changes["status"] == "suspended" {
-                one("tenant.suspended")
+                one(EventType::TenantSuspended)
             } else {
-                one("tenant.updated")
+                one(EventType::TenantUpdated)
             }
         }
-        ("DELETE", ["tenants", _]) => one("tenant.deleted"),
-        ("POST", ["tenants", _, "keys"]) => one("apikey.created"),
-        ("DELETE", ["tenants", _, "keys", _]) => one("apikey.revoked"),
-        ("POST", ["tenants", _, "keys", _, "rotate"]) => one("apikey.rotated"),
-        ("POST", ["tenants", _, "projects"]) => one("project.created"),
+        ("DELETE", ["tenants", _]) => one(EventType::TenantDeleted),
+        ("POST", ["tenants", _, "keys"]) => one(EventType::ApiKeyCreated),
+        ("DELETE", ["tenants", _, "keys", _]) => one(EventType::ApiKeyRevoked),
+        ("POST", ["tenants", _, "keys", _, "rotate"]) => one(EventType::ApiKeyRotated),
+        ("POST", ["tenants", _, "projects"]) => one(EventType::ProjectCreated),
         ("PUT", ["tenants", _, "users", _]) => {
             let user = if status == StatusCode::CREATED {
-                "user.created"
+                EventType::UserCreated
             } else {
-                "user.updated"
+                EventType::UserUpdated
             };
             if changes.get("roles").is_some_and(|r| r.is_array()) {
-                vec![user, "role.assigned"]
+                vec![user, EventType::RoleAssigned]
             } else {
                 vec![user]
             }
         }
-        ("DELETE", ["tenants", _, "users", _]) => one("user.deleted"),
-        ("DELETE", ["tenants", _, "sessions", _]) => one("auth.logout"),
-        ("PUT", ["tenants", _, "roles", _]) => one("role.defined"),
-        ("DELETE", ["tenants", _, "roles", _]) => one("role.deleted"),
-        _ => one("admin.action"),
+        ("DELETE", ["tenants", _, "users", _]) => one(EventType::UserDeleted),
+        ("DELETE", ["tenants", _, "sessions", _]) => one(EventType::Logout),
+        ("PUT", ["tenants", _, "roles", _]) => one(EventType::RoleDefined),
+        ("DELETE", ["tenants", _, "roles", _]) => one(EventType::RoleDeleted),
+        _ => one(EventType::AdminAction),
     }
 }

@@ -40,6 +40,8 @@
 //! them.
 
 pub mod anonymous;
+mod event_type;
+pub mod files;
 pub mod index;
 pub mod retention;
 pub mod verify;
@@ -52,37 +54,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-/// How serious an event is (the seed's rules, extended to our events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    /// Failed logins, denials, suspicious activity, deletions, revocations.
-    High,
-    /// Budget deletions, user creation, role assignment, rejected policies.
-    Medium,
-    /// Everything else.
-    Low,
-}
-
-impl Severity {
-    /// The seed's `_determine_severity`, plus: every `security.*` event,
-    /// rejected policies (MEDIUM) and tenant deletion/suspension (HIGH).
-    pub fn of(event_type: &str) -> Self {
-        match event_type {
-            "auth.login_failed"
-            | "security.access_denied"
-            | "security.suspicious"
-            | "user.deleted"
-            | "apikey.revoked"
-            | "tenant.deleted"
-            | "tenant.suspended" => Severity::High,
-            "budget.deleted" | "user.created" | "role.assigned" | "policy.rejected" => {
-                Severity::Medium
-            }
-            _ => Severity::Low,
-        }
-    }
-}
+pub use event_type::{EventType, Severity, UnknownEventType};
 
 /// One audit record as written (design.md's fields, plus `seq`, the
 /// record's position in the chain).
@@ -156,10 +128,10 @@ impl Record {
 }
 
 /// A record before the writer gives it its place in the chain.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Event {
     /// Event type.
-    pub event_type: &'static str,
+    pub event_type: EventType,
     /// User or key id.
     pub user_id: String,
     /// Tenant.
@@ -201,11 +173,15 @@ impl Event {
     }
 
     /// An event of `event_type` with `details`; the rest filled by setters.
-    pub fn new(event_type: &'static str, details: Value) -> Self {
+    pub fn new(event_type: EventType, details: Value) -> Self {
         Self {
             event_type,
+            user_id: String::new(),
+            tenant_id: String::new(),
             details: Details::Json(details),
-            ..Self::default()
+            ip_address: String::new(),
+            user_agent: String::new(),
+            request_id: String::new(),
         }
     }
 }
@@ -366,7 +342,9 @@ pub enum AuditError {
 }
 
 pub(crate) struct Message {
-    pub(crate) event: Event,
+    /// `None`: no record, a barrier (answered once everything queued
+    /// before it is written, and synced if asked).
+    pub(crate) event: Option<Event>,
     pub(crate) durability: Durability,
     /// `None`: nobody waits (an aggregated count).
     pub(crate) ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
@@ -420,7 +398,7 @@ pub struct Stats {
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Message")
-            .field("event_type", &self.event.event_type)
+            .field("event_type", &self.event.as_ref().map(|e| e.event_type))
             .finish()
     }
 }
@@ -435,6 +413,12 @@ impl Audit {
         durability: Durability,
     ) -> Result<u64, AuditError> {
         event.bound(self.max_field_bytes);
+        self.queue(Some(event), durability).await
+    }
+
+    /// Queues `event` (`None`: a barrier) for the writer thread and waits
+    /// for its answer.
+    async fn queue(&self, event: Option<Event>, durability: Durability) -> Result<u64, AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Message {
@@ -459,7 +443,7 @@ impl Audit {
     pub async fn record_request(&self, mut event: Event) -> Result<(), AuditError> {
         event.bound(self.max_field_bytes);
         let mut batch = vec![Message {
-            event,
+            event: Some(event),
             durability: Durability::Written,
             ack: None,
             proxied: true,
@@ -473,7 +457,7 @@ impl Audit {
             // The writer thread syncs (off the request path); a full queue
             // means it is busy writing and will sync soon anyway.
             let barrier = Message {
-                event: Event::default(),
+                event: None,
                 durability: Durability::Synced,
                 ack: None,
                 proxied: false,
@@ -517,7 +501,7 @@ impl Audit {
             event.bound(self.max_field_bytes);
             self.tx
                 .send(Message {
-                    event,
+                    event: Some(event),
                     durability: Durability::Written,
                     ack: None,
                     proxied: false,
@@ -533,9 +517,7 @@ impl Audit {
     /// The open anonymous-denial window's counts are written first.
     pub async fn flush(&self) -> Result<(), AuditError> {
         self.close_anonymous_window().await?;
-        self.record(Event::default(), Durability::Synced)
-            .await
-            .map(|_| ())
+        self.queue(None, Durability::Synced).await.map(|_| ())
     }
 
     /// Brings the query index (and the head) up to the last record written:
@@ -668,7 +650,7 @@ mod tests {
         let mut short = "short".to_string();
         bound(&mut short, 5);
         assert_eq!(short, "short");
-        let mut event = Event::new("x", json!({"a": ["y".repeat(100)]}));
+        let mut event = Event::new(EventType::AdminAction, json!({"a": ["y".repeat(100)]}));
         event.user_agent = "u".repeat(100);
         event.bound(40);
         assert!(event.user_agent.len() <= 40);

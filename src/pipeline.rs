@@ -28,7 +28,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::access_log::{Exchange, LoggedBody};
-use crate::audit::{AuditError, Details, Event, RequestDetails};
+use crate::audit::{AuditError, Details, Event, EventType, RequestDetails};
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
@@ -183,9 +183,9 @@ impl Facts {
         };
         Event {
             event_type: if denied.is_some() {
-                "security.access_denied"
+                EventType::AccessDenied
             } else {
-                "request.allowed"
+                EventType::RequestAllowed
             },
             user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
             tenant_id: p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),

@@ -762,7 +762,7 @@ async fn queries_filter_page_and_stay_within_the_tenant() {
 async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
     use costguard::audit::index::{Index, Query};
     use costguard::audit::writer::{self, WriterConfig};
-    use costguard::audit::{Durability, Event, retention};
+    use costguard::audit::{Durability, Event, EventType, files, retention};
     use costguard::model::Tier;
     use costguard::store::Store;
     use costguard::store::conformance::sample_tenant;
@@ -796,11 +796,11 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
         let event = Event {
             tenant_id: tenant.tenant_id.clone(),
             user_id: format!("user-{}", i % 3),
-            ..Event::new("request.allowed", json!({"i": i}))
+            ..Event::new(EventType::RequestAllowed, json!({"i": i}))
         };
         audit.record(event, Durability::Written).await.unwrap();
     }
-    let files_before = writer::files(&log).unwrap().len();
+    let files_before = files::files(&log).unwrap().len();
     assert!(files_before >= 4, "{files_before} files");
     let in_index = |t: &str| -> Vec<String> {
         index
@@ -832,7 +832,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
         ["audit.purged"],
         "only the purge's own record is left"
     );
-    let files_after = writer::files(&log).unwrap().len();
+    let files_after = files::files(&log).unwrap().len();
     assert!(
         files_after < files_before,
         "{files_after} of {files_before} files left"

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::Event;
+use super::{Event, EventType};
 
 /// The address entries share once the table is full.
 pub const OVERFLOW_SOURCE: &str = "*";
@@ -82,7 +82,7 @@ impl Window {
             .map(|((source, reason, status), count)| Event {
                 ip_address: source,
                 ..Event::new(
-                    "security.access_denied",
+                    EventType::AccessDenied,
                     json!({
                         "decision": "deny",
                         "reason": reason,

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::writer;
+use super::files;
 use super::{Record, Severity};
 
 /// Bytes per entry.
@@ -528,7 +528,7 @@ impl Index {
     /// failed index write, or a lost index). Returns how many.
     pub fn catch_up(&self, log_dir: &Path) -> io::Result<u64> {
         let last = self.last_seq();
-        let files = writer::files(log_dir)?;
+        let files = files::files(log_dir)?;
         let mut added = 0u64;
         let mut batch = Vec::new();
         for (i, (file_no, path)) in files.iter().enumerate() {
@@ -617,7 +617,7 @@ pub fn read_file(path: &Path, file_no: u64, mut each: impl FnMut(Record, Entry))
 
 /// Reads one record back from the log (`None` if its file is gone).
 pub fn read_record(log_dir: &Path, e: &Entry) -> Option<Record> {
-    let file = File::open(log_dir.join(writer::file_name(u64::from(e.file_no)))).ok()?;
+    let file = File::open(log_dir.join(files::file_name(u64::from(e.file_no)))).ok()?;
     let mut line = vec![0u8; e.len as usize];
     file.read_exact_at(&mut line, e.offset).ok()?;
     let record: Record = serde_json::from_slice(&line).ok()?;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::files;
 use super::index::{self, Index};
-use super::writer::{self, Head};
-use super::{Audit, Durability, Event, Record, off_runtime};
+use super::writer::Head;
+use super::{Audit, Durability, Event, EventType, Record, off_runtime};
 use crate::store::Store;
 
 /// The anchor's file name: where the chain starts once old files were
@@ -48,7 +49,7 @@ pub async fn purge(
             let event = Event {
                 tenant_id: t.tenant_id.clone(),
                 ..Event::new(
-                    "audit.purged",
+                    EventType::AuditPurged,
                     json!({"removed_from_index": removed, "retention_days": days, "before_micros": before}),
                 )
             };
@@ -71,7 +72,7 @@ pub async fn purge(
         audit
             .record(
                 Event::new(
-                    "audit.purged",
+                    EventType::AuditPurged,
                     json!({"files_removed": removed_files, "retention_days": longest}),
                 ),
                 Durability::Synced,
@@ -91,7 +92,7 @@ fn remove_old_files(
     cutoff: i64,
     index: Option<&Arc<Index>>,
 ) -> std::io::Result<Vec<String>> {
-    let files = writer::files(dir)?;
+    let files = files::files(dir)?;
     let mut removed = Vec::new();
     let mut first_kept = None;
     for window in files.windows(2) {

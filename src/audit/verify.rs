@@ -7,7 +7,8 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::writer::{self, HEAD, Head};
+use super::files;
+use super::writer::{HEAD, Head};
 use super::{GENESIS, Record};
 
 /// An intact log.
@@ -51,7 +52,7 @@ fn broken(file: &Path, line: Option<u64>, reason: impl Into<String>) -> Broken {
 
 /// Verifies the log in `dir`; with `key`, also the head's signature.
 pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
-    let files = writer::files(dir).map_err(|e| broken(dir, None, format!("cannot list: {e}")))?;
+    let files = files::files(dir).map_err(|e| broken(dir, None, format!("cannot list: {e}")))?;
     let mut prev_hash = GENESIS.to_string();
     let mut expected_seq = 1u64;
     let mut hash_at: Option<(u64, String)> = None;
@@ -93,7 +94,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
                     "the anchor's signature does not verify (altered, or another key)",
                 ));
             }
-            first_file = writer::file_number(&anchor.file)
+            first_file = files::file_number(&anchor.file)
                 .ok_or_else(|| broken(&anchor_path, None, "the anchor names no log file"))?;
             expected_seq = anchor.seq + 1;
             prev_hash = anchor.hash;
@@ -109,7 +110,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
     for (expected_file, (no, path)) in (first_file..).zip(files.iter()) {
         if *no != expected_file {
             return Err(broken(
-                &dir.join(writer::file_name(expected_file)),
+                &dir.join(files::file_name(expected_file)),
                 None,
                 "file missing (the numbering skips it)",
             ));

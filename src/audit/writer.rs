@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::anonymous::Window;
+use super::files::{file_name, files};
 use super::index::{Entry, Index};
-use super::{Audit, AuditError, Durability, Event, GENESIS, Message, Record, Severity, Stats};
+use super::{Audit, AuditError, Durability, GENESIS, Message, Record, Stats};
 
 /// Most records per write.
 pub const MAX_BATCH: usize = 4096;
@@ -132,35 +133,6 @@ impl Head {
         )
         .is_ok()
     }
-}
-
-/// `audit-000042.jsonl` → 42.
-pub fn file_number(name: &str) -> Option<u64> {
-    name.strip_prefix("audit-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
-}
-
-/// `audit-000042.jsonl` for 42.
-pub fn file_name(n: u64) -> String {
-    format!("audit-{n:06}.jsonl")
-}
-
-/// The log files in `dir`, in order.
-pub fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        if let Some(n) = entry.file_name().to_str().and_then(file_number) {
-            out.push((n, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// The running writer; dropping every [`Audit`] stops it after it has
@@ -332,7 +304,7 @@ fn watch_windows_and_disk(audit: &Audit) -> io::Result<()> {
                 if now_written != written && !sync_queued.swap(true, Ordering::AcqRel) {
                     written = now_written;
                     let barrier = Message {
-                        event: Event::default(),
+                        event: None,
                         durability: Durability::Synced,
                         ack: None,
                         proxied: false,
@@ -346,7 +318,7 @@ fn watch_windows_and_disk(audit: &Audit) -> io::Result<()> {
                     for mut event in window.close() {
                         event.bound(max_field);
                         let m = Message {
-                            event,
+                            event: Some(event),
                             durability: Durability::Written,
                             ack: None,
                             proxied: false,
@@ -603,23 +575,20 @@ impl State {
             })
             .unwrap_or_default();
         for m in batch.iter_mut() {
-            if m.event.event_type.is_empty() {
-                // A flush barrier: no record, answered with the batch.
-                continue;
-            }
-            let e = std::mem::take(&mut m.event);
+            // `None`: a flush barrier: no record, answered with the batch.
+            let Some(e) = m.event.take() else { continue };
             self.seq += 1;
             let record = Record {
                 seq: self.seq,
                 event_id: uuid::Uuid::now_v7().to_string(),
                 timestamp: timestamp.clone(),
-                event_type: e.event_type.to_string(),
+                event_type: e.event_type.as_str().to_string(),
                 user_id: e.user_id,
                 tenant_id: e.tenant_id,
                 details: e.details,
                 ip_address: e.ip_address,
                 user_agent: e.user_agent,
-                severity: Severity::of(e.event_type),
+                severity: e.event_type.severity(),
                 request_id: e.request_id,
                 prev_hash: std::mem::take(&mut self.hash),
                 hash: String::new(),
@@ -651,10 +620,7 @@ impl State {
             }
             return Ok(self.seq);
         }
-        let records = batch
-            .iter()
-            .filter(|m| !m.event.event_type.is_empty())
-            .count();
+        let records = batch.iter().filter(|m| m.event.is_some()).count();
         match self.append() {
             Ok(()) => {
                 self.written(records);

@@ -164,7 +164,7 @@ impl PolicyHandle {
             let Some(audit) = &audit else { continue };
             let event = match outcome {
                 Ok(Reloaded::Applied) => crate::audit::Event::new(
-                    "policy.reloaded",
+                    crate::audit::EventType::PolicyReloaded,
                     json!({"files": self.current.load().files, "forced": forced}),
                 ),
                 Ok(Reloaded::Rejected(e))
@@ -172,7 +172,7 @@ impl PolicyHandle {
                 {
                     let problems: Vec<String> = e.0.iter().map(|p| p.to_string()).collect();
                     crate::audit::Event::new(
-                        "policy.rejected",
+                        crate::audit::EventType::PolicyRejected,
                         json!({"problems": problems, "kept": "the previous policy stays in force"}),
                     )
                 }

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::audit::{Durability, Event};
+use crate::audit::{Durability, Event, EventType};
 use crate::authn::AuthnError;
 use crate::model::Session;
 use crate::principal::Authenticated;
@@ -280,7 +280,7 @@ impl Sso {
             .await
             .map_err(|_| fail(S::SERVICE_UNAVAILABLE, "store_unavailable"))?;
         self.audit(
-            "auth.login",
+            EventType::Login,
             &session.tenant_id,
             &session.user_id,
             json!({
@@ -320,7 +320,7 @@ impl Sso {
         let mut to = safe_redirect(q.get("rd").as_deref()).to_string();
         if let Some(s) = &ended {
             self.audit(
-                "auth.logout",
+                EventType::Logout,
                 &s.tenant_id,
                 &s.user_id,
                 json!({"auth_method": s.auth_method, "provider": s.provider, "session_id": s.session_id}),
@@ -361,7 +361,7 @@ impl Sso {
     pub(super) async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
         let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
         self.audit(
-            "auth.login_failed",
+            EventType::LoginFailed,
             &f.tenant_id,
             &f.user_id,
             details.clone(),
@@ -370,7 +370,7 @@ impl Sso {
         .await;
         if f.suspicious {
             self.audit(
-                "security.suspicious",
+                EventType::SuspiciousActivity,
                 &f.tenant_id,
                 &f.user_id,
                 details,
@@ -382,7 +382,7 @@ impl Sso {
 
     pub(super) async fn audit(
         &self,
-        event_type: &'static str,
+        event_type: EventType,
         tenant_id: &str,
         user_id: &str,
         details: serde_json::Value,
@@ -398,7 +398,7 @@ impl Sso {
         event.user_agent = client.user_agent.clone();
         event.request_id = client.request_id.clone();
         if let Err(e) = audit.record(event, Durability::Written).await {
-            tracing::error!(error = %e, event_type, "Login event not recorded in the audit log.");
+            tracing::error!(error = %e, event_type = event_type.as_str(), "Login event not recorded in the audit log.");
         }
     }
 }
