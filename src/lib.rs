@@ -4,53 +4,54 @@
 //! identity headers the upstream can trust.
 //!
 //! # Layout
-//! - [`config`]: TOML file + `COSTGUARD_*` environment → validated [`config::Config`].
-//! - [`server`]: startup (store, listeners) and graceful shutdown.
-//! - [`listener`]: accept loop, connection limit, TLS, HTTP/1.1 + HTTP/2, timeouts.
-//! - [`pipeline`]: the one function that orders the proxy's stages.
-//! - [`request_id`]: keep or make the request id.
-//! - [`limits`]: header and body size bounds.
-//! - [`forward`]: header hygiene ([`forward::headers`]) and the pooled upstream client ([`forward::upstream`]).
-//! - [`error`]: the one place errors become JSON responses.
-//! - [`access_log`]: one line per request, written when its body ends.
-//! - [`health`]: `/health` and `/ready`.
-//! - [`admin`]: the admin port and API (tenants, keys, projects, users, usage).
-//! - [`store`]: the `Store` trait, its sled backend and conformance suite.
-//! - [`model`]: tenants, keys, projects, users; [`roles`]: the seed's RBAC table.
-//! - [`authn`]: credentials → `Principal` ([`authn::api_key`]; JWTs and sessions through [`sso`]).
-//! - [`sso`]: OpenID Connect logins, sessions, IdP-issued JWTs, the `/auth/*` endpoints.
-//! - [`authz`]: path safety, policy (files → compiled snapshot, live reload),
-//!   route match, tenant isolation, permissions → `Permit`.
-//! - [`throttle`]: the limits stage (key rate, budget, daily quota, failed-auth block).
-//! - [`rate_limit`]: GCRA buckets behind the `RateLimiter` trait; failed authentications per source.
-//! - [`usage`]: persisted counters: requests per tenant per day, spend per tenant and project per month.
-//! - [`echo`]: the demo's echo upstream; [`demo`]: the demo's seed data.
-//! - [`telemetry`]: log setup; [`private_files`]: what costguard writes is 0600/0700.
+//! Bottom (used by every stage, import nothing above them):
+//! - [`principal`]: who is calling (`Principal`, `AuthMethod`, the
+//!   `X-CostOps-*` identity headers).
+//! - [`response`]: the one path from an error to its JSON response
+//!   (`ErrorResponse`, implemented next to each stage's error type).
+//! - [`model`], [`roles`]: tenants, keys, projects, users; the seed's RBAC table.
+//! - [`store`]: the `Store` trait and its sled backend; [`config`]: TOML file +
+//!   `COSTGUARD_*` environment → validated [`config::Config`].
+//! - [`request_id`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
+//!   [`telemetry`].
 //!
-//! # Request flow
-//! 1. `listener` accepts under the connection semaphore, finishes TLS, and
-//!    hands each request to the pipeline (HTTP/1.1 or HTTP/2).
-//! 2. `request_id` keeps a valid `X-Request-Id` or makes a UUIDv7.
+//! The stages, in the order a request meets them:
+//! - [`listener`]: accept loop, connection limits, TLS, HTTP/1.1 + HTTP/2, timeouts.
+//! - [`access_log`]: request id and access-log line around every request ([`access_log::Exchange`]).
+//! - [`health`]: `/health` and `/ready`.
+//! - [`sso`]: single sign-on (OpenID Connect and SAML logins, sessions,
+//!   IdP-issued JWTs, the `/auth/*` endpoints), plugged into `authn` as loaders.
+//! - [`authn`]: credentials → `Principal` (API keys, then the registered loaders).
+//! - [`authz`]: path safety, policy (files → compiled snapshot, live
+//!   reload), route match, tenant isolation, permissions → the `Permit`
+//!   only it can issue.
+//! - [`throttle`]: key rate, budget, daily quota, failed-authentication block.
+//! - [`audit`]: the tamper-evident log (one record per decision and admin action).
+//! - [`forward`]: header hygiene and the pooled upstream client.
+//!
+//! Top: [`context`] (what both ports share), [`pipeline`] (the proxy port:
+//! the one function that orders the stages), [`admin`] (the admin port: one
+//! route table), [`server`] (startup, shutdown), [`demo`] and [`echo`].
+//!
+//! # Request flow (proxy port)
+//! 1. `listener` accepts and hands each request to [`pipeline::Proxy::serve`].
+//! 2. `access_log::Exchange` keeps a valid `X-Request-Id` or makes a UUIDv7.
 //! 3. `/health` and `/ready` are answered locally.
-//! 4. `limits` rejects oversized headers (431) or declared bodies (413).
-//! 5. `/auth/*` is answered by `sso` (login, callback, logout, userinfo).
-//!    `authn` finds exactly one credential (API key, an IdP-issued JWT, or
-//!    else a session cookie) and resolves it to a `Principal` through the
-//!    key cache, the JWKS cache or the session store (401/400/403 otherwise); a source
-//!    with too many bad credentials is refused first (429).
-//!    `authz` matches the route and checks tenant, project and permission;
-//!    `throttle` applies the key's rate (429), the budget of cost routes
-//!    (402) and the tenant's daily quota (429), counting the request.
-//! 6. `forward::headers` strips hop-by-hop, `X-CostOps-*` look-alikes,
-//!    foreign identity headers and untrusted forwarding headers, then adds
-//!    `X-Forwarded-*` and `X-Request-Id`.
-//! 7. `forward` removes the credential, adds the `X-CostOps-*` identity
-//!    headers, and `forward::upstream` streams the request to the upstream pool and the
-//!    response back (502 when unreachable, 504 on timeout, 413 mid-stream).
-//!    The upstream's cost header is added to the spend; the response gets
-//!    `RateLimit-*` headers.
-//! 8. `error::rescue` turns any stage error into the JSON error body.
-//! 9. `access_log` writes one line when the response body is done.
+//! 4. `limits` rejects oversized headers (431) or declared bodies (413);
+//!    `authz::check_target` rejects targets that read two ways (400).
+//! 5. `/auth/*` is answered by [`sso::endpoints`].
+//! 6. The route is matched; a public route skips 7-9.
+//! 7. `authn` finds exactly one credential and resolves it (API key, JWT,
+//!    session cookie) to a `Principal` (401/400/403; 429 for a source with
+//!    too many bad credentials).
+//! 8. `authz` checks tenant, project and permission and issues the `Permit`.
+//! 9. `throttle` applies the key's rate (429), the budget of cost routes
+//!    (402) and the tenant's daily quota (429).
+//! 10. `audit` records the decision (before forwarding; fail closed).
+//! 11. `forward` cleans the headers, replaces the credential with the
+//!     identity headers and streams to the upstream (502/504/413).
+//! 12. Any stage error → [`response::error`]; `access_log` writes one line
+//!     when the response body is done.
 
 pub mod access_log;
 pub mod admin;

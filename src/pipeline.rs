@@ -442,3 +442,6 @@ impl Handler for Proxy {
         self.serve(req, conn).await
     }
 }
+
+#[cfg(test)]
+mod tests;

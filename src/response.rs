@@ -79,24 +79,6 @@ fn problem_body(problem: &Problem<'_>, request_id: &HeaderValue) -> Response<Ful
     resp
 }
 
-/// TRANSITIONAL: single sign-on's direct error bodies, until its errors
-/// are types of their own.
-pub fn json_error(
-    status: StatusCode,
-    code: &'static str,
-    message: &str,
-    request_id: &HeaderValue,
-) -> Response<Full<Bytes>> {
-    problem_body(
-        &Problem {
-            status,
-            code,
-            message: message.into(),
-        },
-        request_id,
-    )
-}
-
 /// A small JSON response that is never cached.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).expect("a JSON value serializes");

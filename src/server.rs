@@ -75,6 +75,9 @@ pub struct Server {
     access_log: Option<AccessLog>,
     grace: Duration,
     sso: Option<Arc<Sso>>,
+    /// What the proxy port's pipeline was built from, for
+    /// [`Server::pipeline`].
+    wiring: (Config, Context, Authenticator),
 }
 
 impl Server {
@@ -182,12 +185,9 @@ impl Server {
             ],
             None => Vec::new(),
         };
-        let proxy = Proxy::new(
-            config,
-            context.clone(),
-            Authenticator::new(keys.clone(), loaders),
-            sso.clone(),
-        );
+        let authn = Authenticator::new(keys.clone(), loaders);
+        let wiring = (config.clone(), context.clone(), authn.clone());
+        let proxy = Proxy::new(config, context.clone(), authn, sso.clone());
         let proxy = Listener::bind(
             "proxy",
             config.proxy.listen,
@@ -233,6 +233,7 @@ impl Server {
             access_log,
             grace: config.proxy.shutdown_grace,
             sso,
+            wiring,
         };
         tracing::info!(
             proxy = %server.proxy_addr(),
@@ -256,6 +257,19 @@ impl Server {
         self.admin
             .local_addr()
             .expect("bound socket has an address")
+    }
+
+    /// A proxy pipeline wired exactly like the proxy port's (same store,
+    /// policy, limits, audit log, single sign-on) over request bodies of
+    /// type `B`: tests drive the stages with in-memory requests, no socket
+    /// in front.
+    pub fn pipeline<B>(&self) -> Proxy<B>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (config, context, authn) = &self.wiring;
+        Proxy::new(config, context.clone(), authn.clone(), self.sso.clone())
     }
 
     /// The admin operations (the demo seeds data through them).

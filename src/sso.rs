@@ -39,7 +39,9 @@ mod login;
 pub mod login_state;
 pub mod oidc;
 mod oidc_login;
+#[cfg(feature = "saml")]
 pub mod saml;
+#[cfg(feature = "saml")]
 mod saml_login;
 pub mod sealed;
 pub mod session;
@@ -49,9 +51,8 @@ pub mod users;
 mod web;
 
 pub use bearer::{BearerTokens, looks_like_jwt};
-pub use saml_login::SAML_COOKIE;
 pub use session_auth::SessionCookies;
-pub use web::{cookie, cross_site_write, safe_redirect};
+pub use web::{SAML_COOKIE, cookie, cross_site_write, safe_redirect};
 
 use std::sync::Arc;
 
@@ -76,7 +77,9 @@ use session::{Clock, Sessions};
 /// Single sign-on. Cheap to share (`Arc`).
 pub struct Sso {
     providers: Vec<Arc<Provider>>,
+    #[cfg(feature = "saml")]
     saml: Vec<Arc<saml::SamlProvider>>,
+    #[cfg(feature = "saml")]
     saml_max_response_bytes: usize,
     store: Arc<dyn Store>,
     /// The sessions.
@@ -93,6 +96,10 @@ pub struct Sso {
     used_states: moka::sync::Cache<String, ()>,
     /// Verified bearer tokens: SHA-256 of the token → (principal, exp).
     verified: Option<TokenCache>,
+    /// The one clock of every flow: login state expiry, token checks,
+    /// sessions (the same clock [`Sessions`] reads), so a test clock moves
+    /// them all.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Sso {
@@ -144,14 +151,15 @@ impl Sso {
         for p in &providers {
             p.discover_or_retry().await;
         }
-        let saml = config
-            .saml
-            .iter()
-            .map(|p| Arc::new(saml::SamlProvider::new(p.clone())))
-            .collect();
         Ok(Arc::new(Self {
             providers,
-            saml,
+            #[cfg(feature = "saml")]
+            saml: config
+                .saml
+                .iter()
+                .map(|p| Arc::new(saml::SamlProvider::new(p.clone())))
+                .collect(),
+            #[cfg(feature = "saml")]
             saml_max_response_bytes: config.saml_max_response_bytes,
             store: store.clone(),
             sessions: Sessions::new(
@@ -159,7 +167,7 @@ impl Sso {
                 config.session_lifetime,
                 config.session_idle_timeout,
                 config.session_cache_capacity,
-                clock,
+                clock.clone(),
                 sealed::Sealer::new(&key),
             ),
             signer: Signer::new(&key),
@@ -179,7 +187,13 @@ impl Sso {
                     .time_to_live(std::time::Duration::from_secs(300))
                     .build()
             }),
+            clock,
         }))
+    }
+
+    /// Now, in seconds since the epoch, by the flows' clock.
+    fn now(&self) -> i64 {
+        (self.clock)().unix_timestamp()
     }
 
     /// The configured OpenID providers.
@@ -209,10 +223,14 @@ impl Sso {
 
     /// The identity mapping of the provider (OIDC or SAML) named `name`.
     fn mapping_of(&self, name: &str) -> Option<claims::Mapping<'_>> {
-        match self.provider(name) {
-            Some(p) => Some(p.config.mapping()),
-            None => self.saml_provider(name).map(|p| p.config.mapping()),
+        if let Some(p) = self.provider(name) {
+            return Some(p.config.mapping());
         }
+        #[cfg(feature = "saml")]
+        if let Some(p) = self.saml_provider(name) {
+            return Some(p.config.mapping());
+        }
+        None
     }
 
     /// Forgets what is cached of a user the admin API changed: their
@@ -257,25 +275,24 @@ impl Sso {
         {
             return Some(Chosen::Oidc(p));
         }
-        self.saml
+        #[cfg(feature = "saml")]
+        if let Some(p) = self
+            .saml
             .iter()
             .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
-            .map(Chosen::Saml)
+        {
+            return Some(Chosen::Saml(p));
+        }
+        None
     }
-
-    // ----- the /auth endpoints -----
 
     /// Every provider, OpenID first.
     fn all_providers(&self) -> impl Iterator<Item = Chosen<'_>> {
-        self.providers
-            .iter()
-            .map(Chosen::Oidc)
-            .chain(self.saml.iter().map(Chosen::Saml))
+        let oidc = self.providers.iter().map(Chosen::Oidc);
+        #[cfg(feature = "saml")]
+        let oidc = oidc.chain(self.saml.iter().map(Chosen::Saml));
+        oidc
     }
-}
-
-impl Sso {
-    // ----- SAML -----
 }
 
 /// The principal of an SSO identity.

@@ -620,7 +620,9 @@ impl State {
             }
             return Ok(self.seq);
         }
-        let records = batch.iter().filter(|m| m.event.is_some()).count();
+        // The records this batch appended (the loop above took the events
+        // out of their messages, so they are counted by sequence number).
+        let records = (self.seq - seq0) as usize;
         match self.append() {
             Ok(()) => {
                 self.written(records);

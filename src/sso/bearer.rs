@@ -13,7 +13,7 @@ use sha2::Digest;
 use crate::authn::{AuthnError, Credential, Loader};
 use crate::principal::{AuthMethod, Authenticated, Principal};
 
-use super::oidc::{Provider, unix_now};
+use super::oidc::Provider;
 use super::token::{self, TokenError};
 use super::{Sso, claims, principal};
 
@@ -110,7 +110,7 @@ impl Sso {
     /// Authenticates a bearer JWT from one of the configured issuers.
     pub async fn bearer(&self, raw: &str) -> Result<Authenticated, AuthnError> {
         let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
-        let now = unix_now();
+        let now = self.now();
         if let Some(cache) = &self.verified
             && let Some(hit) = cache.get(&digest)
             && now <= hit.exp
@@ -165,7 +165,7 @@ impl Sso {
     ) -> Result<(Authenticated, i64, u64), AuthnError> {
         let header = token::header(raw, &p.config.algorithms).map_err(AuthnError::Token)?;
         let verified = p
-            .verify_bearer(raw, &header)
+            .verify_bearer(raw, &header, self.now())
             .await
             .map_err(AuthnError::Token)?;
         let mapping = p.config.mapping();
@@ -187,7 +187,7 @@ impl Sso {
     pub async fn bearer_cached(&self, raw: &str) -> Option<Authenticated> {
         let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
         let hit = self.verified.as_ref()?.get(&digest)?;
-        if unix_now() > hit.exp
+        if self.now() > hit.exp
             || self.providers[hit.provider].jwks.generation() != hit.key_generation
             || self.directory.epoch(&hit.principal.tenant_id) != hit.user_epoch
         {

@@ -110,9 +110,15 @@ impl Endpoints<'_> {
             user_agent: crate::audit::user_agent(headers),
             request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
         };
-        let resp = if path == "/auth/saml/acs" && req.method() == Method::POST {
-            saml_acs(sso, req, &client, request_id).await
-        } else {
+        #[cfg(feature = "saml")]
+        if path == "/auth/saml/acs" && req.method() == Method::POST {
+            let resp = saml_acs(sso, req, &client, request_id).await;
+            if resp.status().is_client_error() {
+                self.throttle.count_failure(Port::Proxy, ip);
+            }
+            return resp;
+        }
+        let resp = {
             let q = Query(req.uri().query().unwrap_or(""));
             match (path, req.method()) {
                 ("/auth/login", &Method::GET | &Method::HEAD) => sso.login(&q, request_id),
@@ -122,17 +128,17 @@ impl Endpoints<'_> {
                 ("/auth/logout", &Method::GET | &Method::POST) => {
                     sso.logout(&q, headers, &client).await
                 }
+                #[cfg(feature = "saml")]
                 ("/auth/saml/metadata", &Method::GET | &Method::HEAD) => {
                     sso.saml_metadata(&q, request_id)
                 }
-                (
-                    "/auth/login"
-                    | "/auth/callback"
-                    | "/auth/logout"
-                    | "/auth/saml/metadata"
-                    | "/auth/saml/acs",
-                    _,
-                ) => response::error(&EndpointError::MethodNotAllowed, request_id),
+                #[cfg(feature = "saml")]
+                ("/auth/saml/metadata" | "/auth/saml/acs", _) => {
+                    response::error(&EndpointError::MethodNotAllowed, request_id)
+                }
+                ("/auth/login" | "/auth/callback" | "/auth/logout", _) => {
+                    response::error(&EndpointError::MethodNotAllowed, request_id)
+                }
                 _ => response::error(&EndpointError::NoSuchEndpoint, request_id),
             }
         };
@@ -143,6 +149,7 @@ impl Endpoints<'_> {
     }
 }
 
+#[cfg(feature = "saml")]
 /// `POST /auth/saml/acs`: the form body, bounded (the response's size
 /// bound, base64 and URL-encoded, plus room for RelayState), then the SAML
 /// checks.

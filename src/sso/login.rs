@@ -13,18 +13,20 @@ use crate::audit::{Durability, Event, EventType};
 use crate::authn::AuthnError;
 use crate::model::Session;
 use crate::principal::Authenticated;
-use crate::response::{json_error, json_response};
+use crate::response::{self, ErrorResponse, Problem, json_response};
 
 use super::claims::{ClaimError, Identity};
 use super::login_state::{self, LoginState};
-use super::oidc::{Provider, unix_now};
+use super::oidc::Provider;
+#[cfg(feature = "saml")]
 use super::saml;
 use super::session::NewSession;
 use super::web::{Query, redirect, safe_redirect};
 use super::{Client, Reply, Sso};
 
 /// Why a login failed: what the browser is told, what the audit says.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("login failed: {reason}")]
 pub(super) struct LoginFailure {
     pub(super) status: StatusCode,
     pub(super) reason: String,
@@ -61,10 +63,51 @@ impl LoginFailure {
     }
 }
 
+impl ErrorResponse for LoginFailure {
+    fn problem(&self) -> Problem<'_> {
+        Problem {
+            status: self.status,
+            code: "login_failed",
+            message: self.to_string().into(),
+        }
+    }
+}
+
+/// A login that cannot start: the browser is told why, nothing is audited
+/// (no identity was presented).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum LoginError {
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// No such provider (404).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The provider cannot be reached (503).
+    #[error("{0}")]
+    IdpUnavailable(String),
+}
+
+impl ErrorResponse for LoginError {
+    fn problem(&self) -> Problem<'_> {
+        let (status, code) = match self {
+            LoginError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            LoginError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            LoginError::IdpUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
+        };
+        Problem {
+            status,
+            code,
+            message: self.to_string().into(),
+        }
+    }
+}
+
 /// A provider of either kind.
 #[derive(Clone, Copy)]
 pub(super) enum Chosen<'a> {
     Oidc(&'a Arc<Provider>),
+    #[cfg(feature = "saml")]
     Saml(&'a Arc<saml::SamlProvider>),
 }
 
@@ -72,6 +115,7 @@ impl Chosen<'_> {
     pub(super) fn name(&self) -> &str {
         match self {
             Chosen::Oidc(p) => &p.config.name,
+            #[cfg(feature = "saml")]
             Chosen::Saml(p) => &p.config.name,
         }
     }
@@ -79,6 +123,7 @@ impl Chosen<'_> {
     pub(super) fn tenant(&self) -> Option<&str> {
         match self {
             Chosen::Oidc(p) => p.config.tenant.as_deref(),
+            #[cfg(feature = "saml")]
             Chosen::Saml(p) => p.config.tenant.as_deref(),
         }
     }
@@ -86,6 +131,7 @@ impl Chosen<'_> {
     pub(super) fn email_domains(&self) -> &std::collections::BTreeMap<String, String> {
         match self {
             Chosen::Oidc(p) => &p.config.email_domains,
+            #[cfg(feature = "saml")]
             Chosen::Saml(p) => &p.config.email_domains,
         }
     }
@@ -154,7 +200,7 @@ impl Sso {
         let p = match self.choose(q) {
             Ok(p) => p,
             Err(message) => {
-                return json_error(StatusCode::BAD_REQUEST, "bad_request", message, request_id);
+                return response::error(&LoginError::BadRequest(message), request_id);
             }
         };
         let tenant = q.get("tenant");
@@ -162,16 +208,13 @@ impl Sso {
             .as_deref()
             .is_some_and(|t| !crate::model::is_tenant_id(t))
         {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "tenant is not a tenant id",
-                request_id,
-            );
+            let e = LoginError::BadRequest("tenant is not a tenant id");
+            return response::error(&e, request_id);
         }
         let rd = safe_redirect(q.get("rd").as_deref()).to_string();
         let p = match p {
             Chosen::Oidc(p) => p,
+            #[cfg(feature = "saml")]
             Chosen::Saml(p) => return self.saml_login(p, rd, tenant),
         };
         let hint = q
@@ -181,12 +224,7 @@ impl Sso {
         let auth = match p.authorize(hint.as_deref()) {
             Ok(a) => a,
             Err(e) => {
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "idp_unavailable",
-                    &e.to_string(),
-                    request_id,
-                );
+                return response::error(&LoginError::IdpUnavailable(e.to_string()), request_id);
             }
         };
         let state = LoginState {
@@ -196,7 +234,7 @@ impl Sso {
             verifier: auth.verifier,
             rd,
             tenant,
-            expires: unix_now() + self.login_timeout.as_secs() as i64,
+            expires: self.now() + self.login_timeout.as_secs() as i64,
         };
         let cookie = format!(
             "{}={}; Path=/auth/; Max-Age={}; Secure; HttpOnly; SameSite=Lax",

@@ -125,11 +125,6 @@ impl std::fmt::Debug for Provider {
     }
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
 impl Provider {
     /// A provider not yet discovered.
     pub fn new(config: OidcProviderConfig, sso: &SsoConfig, http: IdpClient) -> Self {
@@ -256,6 +251,7 @@ impl Provider {
         code: &str,
         verifier: &str,
         nonce: &str,
+        now: i64,
     ) -> Result<Tokens, ProviderError> {
         let d = self.ready()?;
         let resp: CoreTokenResponse = d
@@ -266,12 +262,12 @@ impl Provider {
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
-        self.tokens(resp, Some(nonce)).await
+        self.tokens(resp, Some(nonce), now).await
     }
 
     /// Uses a refresh token; the new ID token (if any) is verified without
     /// a nonce, as refreshed ID tokens carry none of their own.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Refreshed, ProviderError> {
+    pub async fn refresh(&self, refresh_token: &str, now: i64) -> Result<Refreshed, ProviderError> {
         let d = self.ready()?;
         let resp: CoreTokenResponse = d
             .client
@@ -284,7 +280,7 @@ impl Provider {
         let expires_in = resp.expires_in();
         let id = match resp.id_token() {
             None => None,
-            Some(_) => Some(self.tokens(resp, None).await?),
+            Some(_) => Some(self.tokens(resp, None, now).await?),
         };
         Ok(Refreshed {
             id,
@@ -297,9 +293,10 @@ impl Provider {
         &self,
         resp: CoreTokenResponse,
         nonce: Option<&str>,
+        now: i64,
     ) -> Result<Tokens, ProviderError> {
         let raw = resp.id_token().ok_or(ProviderError::NoIdToken)?.to_string();
-        let id = self.verify(&raw, nonce).await?;
+        let id = self.verify(&raw, nonce, now).await?;
         Ok(Tokens {
             id,
             id_token: raw,
@@ -310,7 +307,12 @@ impl Provider {
 
     /// Verifies an ID token (`nonce`: `Some` at login, `None` after a
     /// refresh, where a nonce is not repeated).
-    async fn verify(&self, raw: &str, nonce: Option<&str>) -> Result<Verified, TokenError> {
+    async fn verify(
+        &self,
+        raw: &str,
+        nonce: Option<&str>,
+        now: i64,
+    ) -> Result<Verified, TokenError> {
         let header = token::header(raw, &self.config.algorithms)?;
         let key = self
             .jwks
@@ -327,7 +329,7 @@ impl Provider {
                 nonce: nonce.unwrap_or_default(),
             }),
             access_token: false,
-            now: unix_now(),
+            now,
         };
         match (
             nonce,
@@ -353,6 +355,7 @@ impl Provider {
         &self,
         raw: &str,
         header: &token::Header,
+        now: i64,
     ) -> Result<Verified, TokenError> {
         let expect = Expect {
             issuer: &self.config.issuer,
@@ -360,7 +363,7 @@ impl Provider {
             leeway: self.leeway,
             id_token: None,
             access_token: true,
-            now: unix_now(),
+            now,
         };
         if header.alg == jsonwebtoken::Algorithm::HS256 {
             let secret = self

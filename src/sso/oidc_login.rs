@@ -4,11 +4,11 @@
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::response::json_error;
+use crate::response;
 
 use super::login::{LoginFailure, OpenSession};
 use super::login_state::{self, LoginStateError};
-use super::oidc::{ProviderError, unix_now};
+use super::oidc::ProviderError;
 use super::session_auth::refresh_at;
 use super::token::TokenError;
 use super::web::{Query, cookie, redirect};
@@ -30,8 +30,7 @@ impl Sso {
             Ok((rd, cookie)) => redirect(&rd, &[clear_login, cookie]),
             Err(f) => {
                 self.audit_failure(&f, client).await;
-                let message = format!("login failed: {}", f.reason);
-                let mut resp = json_error(f.status, "login_failed", &message, request_id);
+                let mut resp = response::error(&f, request_id);
                 if let Ok(v) = HeaderValue::from_str(&clear_login) {
                     resp.headers_mut().append(header::SET_COOKIE, v);
                 }
@@ -50,7 +49,7 @@ impl Sso {
         use StatusCode as S;
         let raw = cookie(headers, login_state::COOKIE)
             .ok_or_else(|| LoginFailure::new(S::UNAUTHORIZED, "missing_login_cookie"))?;
-        let state = self.signer.open(raw, unix_now()).map_err(|e| match e {
+        let state = self.signer.open(raw, self.now()).map_err(|e| match e {
             LoginStateError::Invalid => {
                 LoginFailure::new(S::UNAUTHORIZED, "invalid_login_cookie").suspicious()
             }
@@ -98,7 +97,7 @@ impl Sso {
             .filter(|c| !c.is_empty() && c.len() <= 4096)
             .ok_or_else(|| fail(S::UNAUTHORIZED, "missing_code"))?;
         let tokens = p
-            .exchange(&code, &state.verifier, &state.nonce)
+            .exchange(&code, &state.verifier, &state.nonce, self.now())
             .await
             .map_err(|e| match e {
                 ProviderError::Refused(_) => fail(S::UNAUTHORIZED, "code_rejected").suspicious(),

@@ -9,20 +9,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::response::json_error;
+use crate::response;
 
-use super::login::{LoginFailure, OpenSession};
+use super::login::{LoginError, LoginFailure, OpenSession};
 use super::login_state::{LoginState, LoginStateError};
-use super::oidc::unix_now;
-use super::web::{Query, cookie, cookie_named, redirect, safe_redirect};
+use super::web::{Query, SAML_COOKIE, cookie, cookie_named, redirect, safe_redirect};
 use super::{Client, Reply, Sso, claims, saml};
-
-/// The SAML login cookie: the signed AuthnRequest id (and where to go
-/// after) that the ACS checks `InResponseTo` against. `SameSite=None`: the
-/// IdP's answer is a cross-site POST, which carries no `Lax` cookie.
-/// `__Host-` (so `Path=/`, no `Domain`): a sibling subdomain cannot plant
-/// its own login state in the browser. Stripped before forwarding.
-pub const SAML_COOKIE: &str = "__Host-costguard_saml";
 
 /// Longest a SAML response may take to verify (libxml2 + xmlsec run on a
 /// blocking thread; this bounds what a request waits for).
@@ -81,7 +73,7 @@ impl Sso {
             verifier: String::new(),
             rd,
             tenant,
-            expires: unix_now() + self.login_timeout.as_secs() as i64,
+            expires: self.now() + self.login_timeout.as_secs() as i64,
         };
         let cookie = format!(
             "{SAML_COOKIE}={}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=None",
@@ -101,23 +93,17 @@ impl Sso {
                 .collect(),
             None => {
                 let Some(first) = self.saml.first() else {
-                    return json_error(
-                        StatusCode::NOT_FOUND,
-                        "not_found",
-                        "no SAML provider is configured",
-                        request_id,
-                    );
+                    let e = LoginError::NotFound("no SAML provider is configured");
+                    return response::error(&e, request_id);
                 };
                 let same = |p: &&Arc<saml::SamlProvider>| {
                     p.config.sp_entity_id == first.config.sp_entity_id
                 };
                 if !self.saml.iter().all(|p| same(&p)) {
-                    return json_error(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
+                    let e = LoginError::BadRequest(
                         "several SAML service providers: name one with ?provider=",
-                        request_id,
                     );
+                    return response::error(&e, request_id);
                 }
                 self.saml.iter().map(|p| &**p).collect()
             }
@@ -131,12 +117,7 @@ impl Sso {
                 );
                 resp
             }
-            None => json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "unknown provider",
-                request_id,
-            ),
+            None => response::error(&LoginError::NotFound("unknown provider"), request_id),
         }
     }
 
@@ -153,8 +134,7 @@ impl Sso {
             Ok((rd, cookie)) => redirect(&rd, &[clear, cookie]),
             Err(f) => {
                 self.audit_failure(&f, client).await;
-                let message = format!("login failed: {}", f.reason);
-                let mut resp = json_error(f.status, "login_failed", &message, request_id);
+                let mut resp = response::error(&f, request_id);
                 if let Ok(v) = HeaderValue::from_str(&clear) {
                     resp.headers_mut().append(header::SET_COOKIE, v);
                 }
@@ -173,12 +153,7 @@ impl Sso {
     ) -> Reply {
         let f = LoginFailure::saml(StatusCode::UNAUTHORIZED, reason);
         self.audit_failure(&f, client).await;
-        json_error(
-            f.status,
-            "login_failed",
-            &format!("login failed: {reason}"),
-            request_id,
-        )
+        response::error(&f, request_id)
     }
 
     /// The ACS's checks in order; the new session's cookie and where to go.
@@ -214,7 +189,7 @@ impl Sso {
         // cookie. Without it, only a provider that accepts IdP-initiated
         // logins, found by the (not yet verified) issuer.
         let login = match cookie(headers, SAML_COOKIE) {
-            Some(raw) => Some(self.signer.open(raw, unix_now()).map_err(|e| match e {
+            Some(raw) => Some(self.signer.open(raw, self.now()).map_err(|e| match e {
                 LoginStateError::Invalid => {
                     LoginFailure::saml(S::UNAUTHORIZED, "invalid_login_cookie").suspicious()
                 }

@@ -167,7 +167,7 @@ impl Sso {
             return Ok(());
         };
         let refresh_token = s.refresh_token.clone().unwrap_or_default();
-        match p.refresh(&refresh_token).await {
+        match p.refresh(&refresh_token, self.now()).await {
             Ok(refreshed) => {
                 let now = self.sessions.now();
                 let mut updated = s.clone();

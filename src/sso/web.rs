@@ -6,8 +6,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::saml_login::SAML_COOKIE;
 use super::{Reply, Sso, login_state};
+
+/// The SAML login cookie: the signed AuthnRequest id (and where to go
+/// after) that the ACS checks `InResponseTo` against. `SameSite=None`: the
+/// IdP's answer is a cross-site POST, which carries no `Lax` cookie.
+/// `__Host-` (so `Path=/`, no `Domain`): a sibling subdomain cannot plant
+/// its own login state in the browser. Stripped before forwarding.
+pub const SAML_COOKIE: &str = "__Host-costguard_saml";
 
 /// Whether a state-changing request authenticated by a session cookie
 /// comes from another site: `Sec-Fetch-Site` other than `same-origin` or
