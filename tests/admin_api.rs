@@ -4,11 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{ADMIN_TOKEN, Sidecar, Upstream, get_as, raw_request};
-
-fn sidecar(up: &Upstream) -> Sidecar {
-    Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[])
-}
+use support::{ADMIN_TOKEN, Upstream, get_as, raw_request, sidecar};
 
 fn is_hex_id(id: &str, prefix: &str) -> bool {
     id.strip_prefix(prefix).is_some_and(|h| {
@@ -21,7 +17,7 @@ fn is_hex_id(id: &str, prefix: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenant_lifecycle_with_tier_defaults_and_overrides() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let (status, t) = cg.admin(
         "POST",
         "/admin/v1/tenants",
@@ -86,7 +82,7 @@ async fn tenant_lifecycle_with_tier_defaults_and_overrides() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let tenant = cg.create_tenant("free");
     let cases: Vec<(&str, String, serde_json::Value, u16, &str, &str)> = vec![
         (
@@ -277,7 +273,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_credentials_are_checked() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     // No credential: 401 with a challenge.
     let resp = raw_request(
         cg.admin,
@@ -311,7 +307,7 @@ async fn admin_credentials_are_checked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenant_admin_keys_manage_only_their_own_tenant() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let a = cg.create_tenant("standard");
     let b = cg.create_tenant("standard");
     let (_, a_admin) = cg.create_key(&a, &["admin"]);
@@ -427,7 +423,7 @@ async fn tenant_admin_keys_manage_only_their_own_tenant() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_are_listed_without_secrets_or_hashes() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("free");
     let (status, created) = cg.admin(
         "POST",
@@ -462,7 +458,7 @@ async fn keys_are_listed_without_secrets_or_hashes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tier_limits_give_409_and_usage_counts_real_requests() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("free");
     for i in 0..3 {
         let (status, p) = cg.admin(

@@ -7,17 +7,7 @@
 mod support;
 
 use serde_json::json;
-use support::{Sidecar, Upstream, get_as};
-
-fn sidecar(up: &Upstream, extra: &str) -> Sidecar {
-    Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[rate_limit]\nfailed_auth_per_minute = 1000000\n{extra}",
-            up.url()
-        ),
-        &[],
-    )
-}
+use support::{NO_AUTH_THROTTLE, Sidecar, Upstream, get_as, sidecar};
 
 /// A custom role `name` with `permissions` in `tenant`, made by the root token.
 fn custom_role(cg: &Sidecar, tenant: &str, name: &str, permissions: &[&str]) {
@@ -32,7 +22,7 @@ fn custom_role(cg: &Sidecar, tenant: &str, name: &str, permissions: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_manager_cannot_rotate_or_revoke_a_more_powerful_key() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up, "");
+    let cg = sidecar(&up, NO_AUTH_THROTTLE);
     let t = cg.create_tenant("enterprise");
     custom_role(&cg, &t, "key_manager", &["manage_api_keys"]);
     let (_, manager) = cg.create_key(&t, &["key_manager"]);
@@ -112,7 +102,7 @@ async fn a_key_manager_cannot_rotate_or_revoke_a_more_powerful_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_custom_role_held_by_someone_more_powerful_cannot_be_changed() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up, "");
+    let cg = sidecar(&up, NO_AUTH_THROTTLE);
     let t = cg.create_tenant("enterprise");
     custom_role(&cg, &t, "user_manager", &["manage_users", "view_costs"]);
     custom_role(&cg, &t, "extra", &["view_costs"]);
@@ -181,7 +171,10 @@ async fn a_custom_role_held_by_someone_more_powerful_cannot_be_changed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_can_only_lower_its_tenants_rate_and_keys_are_bounded() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up, "free = \"3/minute\"\n[auth]\nmax_keys_free = 3\n");
+    let cg = sidecar(
+        &up,
+        &format!("{NO_AUTH_THROTTLE}free = \"3/minute\"\n[auth]\nmax_keys_free = 3\n"),
+    );
     let t = cg.create_tenant("free");
     let (_, admin) = cg.create_key(&t, &["admin"]);
     // A tenant admin cannot lift the tier's 3/minute through a key.

@@ -7,11 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Sidecar, Upstream, error_code, get, get_as, raw_request};
-
-fn sidecar(up: &Upstream) -> Sidecar {
-    Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[])
-}
+use support::{Sidecar, Upstream, config_for, error_code, get, get_as, raw_request, sidecar};
 
 fn request(auth_headers: &str) -> String {
     format!("GET /v1/things HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth_headers}\r\n")
@@ -20,7 +16,7 @@ fn request(auth_headers: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_valid_key_forwards_with_identity_headers_and_without_itself() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (key_id, key) = cg.create_key(&t, &["analyst", "budget_manager"]);
     for headers in [
@@ -50,7 +46,7 @@ async fn a_valid_key_forwards_with_identity_headers_and_without_itself() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_credentials_are_refused_before_the_upstream() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (_, key) = cg.create_key(&t, &["viewer"]);
     let unknown = "costops_00000000000000000000000000000000";
@@ -130,7 +126,7 @@ async fn bad_credentials_are_refused_before_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revocation_takes_effect_at_once() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (key_id, key) = cg.create_key(&t, &["viewer"]);
     // Warm the cache.
@@ -162,7 +158,7 @@ async fn revocation_takes_effect_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_without_grace_switches_secrets_at_once() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (key_id, old) = cg.create_key(&t, &["viewer"]);
     assert_eq!(get_as(&cg.url("/v1/x"), &old).await.0, 200);
@@ -183,7 +179,7 @@ async fn rotation_without_grace_switches_secrets_at_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_with_grace_keeps_the_old_secret_until_it_ends() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (key_id, old) = cg.create_key(&t, &["viewer"]);
     let (status, rotated) = cg.admin(
@@ -232,13 +228,7 @@ async fn rotation_with_grace_keeps_the_old_secret_until_it_ends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_rotation_grace_is_the_default() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[auth]\nrotation_grace = \"1h\"\n",
-            up.url()
-        ),
-        &[],
-    );
+    let cg = sidecar(&up, "[auth]\nrotation_grace = \"1h\"\n");
     let t = cg.create_tenant("standard");
     let (key_id, old) = cg.create_key(&t, &["viewer"]);
     let (_, rotated) = cg.admin(
@@ -253,7 +243,7 @@ async fn configured_rotation_grace_is_the_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_keys_stop_working() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expires = expires.replace_nanosecond(0).unwrap();
@@ -274,7 +264,7 @@ async fn expired_keys_stop_working() {
 #[tokio::test(flavor = "multi_thread")]
 async fn suspended_and_deleted_tenants_keys_stop_working() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar(&up, "");
     let t = cg.create_tenant("standard");
     let (_, key) = cg.create_key(&t, &["viewer"]);
     assert_eq!(get_as(&cg.url("/v1/x"), &key).await.0, 200);
@@ -307,7 +297,7 @@ async fn an_acknowledged_key_survives_kill_9() {
     let up = Upstream::start().await;
     let data = tempfile::tempdir().unwrap();
     let store = data.path().join("store");
-    let config = format!("[proxy]\nupstream = \"{}\"\n", up.url());
+    let config = config_for(&up.url(), "");
     let mut cg = Sidecar::start_with_store(&config, &[], Some(&store));
     let t = cg.create_tenant("standard");
     let (key_id, key) = cg.create_key(&t, &["analyst"]);
@@ -328,13 +318,7 @@ async fn an_acknowledged_key_survives_kill_9() {
 async fn no_key_hash_or_token_in_any_log_line() {
     use sha2::Digest;
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[log]\nlevel = \"trace\"\n",
-            up.url()
-        ),
-        &[],
-    );
+    let cg = sidecar(&up, "[log]\nlevel = \"trace\"\n");
     let t = cg.create_tenant("standard");
     let (key_id, key) = cg.create_key(&t, &["viewer"]);
     assert_eq!(get_as(&cg.url("/v1/x"), &key).await.0, 200);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use support::audit::{get, of_type, records, start, verify};
+use support::audit::{get, of_type, records, start, verify, viewer};
 use support::{Sidecar, Upstream};
 
 /// An admin action (recorded and synced in order after the proxied
@@ -27,11 +27,7 @@ async fn every_decision_and_admin_action_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let policy = support::test_policy(dir.path());
-    let cg = start(
-        &up,
-        &store,
-        &format!("[policy]\ndir = \"{}\"\n", policy.display()),
-    );
+    let cg = start(&up, &store, &support::policy_table(&policy));
     let t = cg.create_tenant("standard");
     let (key_id, key) =
         cg.create_key_with(&t, json!({"roles": ["viewer"], "rate_limit_per_minute": 2}));
@@ -260,11 +256,7 @@ async fn tampering_is_detected() {
         &store,
         "[audit]\nmax_file_bytes = 4096\nbatch_interval = \"1ms\"\n",
     );
-    let t = cg.create_tenant("enterprise");
-    let (_, key) = cg.create_key_with(
-        &t,
-        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000}),
-    );
+    let (_, key) = viewer(&cg, 1000);
     for _ in 0..40 {
         assert_eq!(
             get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n")).status,
@@ -408,11 +400,7 @@ async fn ten_thousand_concurrent_requests_are_all_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let cg = start(&up, &store, "");
-    let t = cg.create_tenant("enterprise");
-    let (_, key) = cg.create_key_with(
-        &t,
-        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000000}),
-    );
+    let (_, key) = viewer(&cg, 1_000_000);
     let (ok, other) = hammer(cg.url("/v1/load"), key, 10_000, 64).await;
     assert_eq!((ok, other), (10_000, 0));
     flush(&cg);
@@ -428,11 +416,7 @@ async fn kill9_under_load_loses_nothing_acknowledged_and_at_most_the_last_second
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let mut cg = start(&up, &store, "");
-    let t = cg.create_tenant("enterprise");
-    let (_, key) = cg.create_key_with(
-        &t,
-        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000000}),
-    );
+    let (t, key) = viewer(&cg, 1_000_000);
     let load = tokio::spawn(hammer(cg.url("/v1/load"), key, 1_000_000, 32));
     // Admin actions acknowledged while the load runs.
     let mut acknowledged = Vec::new();
@@ -506,11 +490,7 @@ async fn an_unwritable_log_fails_closed_or_open_as_configured() {
             &store,
             &format!("[audit]\nmax_file_bytes = 4096\nfail_open = {fail_open}\n"),
         );
-        let t = cg.create_tenant("enterprise");
-        let (_, key) = cg.create_key_with(
-            &t,
-            json!({"roles": ["viewer"], "rate_limit_per_minute": 1000}),
-        );
+        let (t, key) = viewer(&cg, 1000);
         let mut statuses = Vec::new();
         for _ in 0..30 {
             statuses.push(get(&cg, "/v1/x", &format!("X-API-Key: {key}\r\n")).status);

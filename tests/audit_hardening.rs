@@ -16,7 +16,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use support::Upstream;
-use support::audit::{get, records, start, verify};
+use support::audit::{get, records, start, verify, viewer};
 
 /// Bytes under `dir`, recursively (log files, head, index).
 fn dir_bytes(dir: &Path) -> u64 {
@@ -43,11 +43,7 @@ async fn kill9_under_load_loses_no_answered_request() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let mut cg = start(&up, &store, "");
-    let t = cg.create_tenant("enterprise");
-    let (_, key) = cg.create_key_with(
-        &t,
-        json!({"roles": ["viewer"], "rate_limit_per_minute": 1000000}),
-    );
+    let (_, key) = viewer(&cg, 1_000_000);
     let answered: Arc<Mutex<Vec<String>>> = Arc::default();
     let client = support::client();
     let url = cg.url("/v1/load");

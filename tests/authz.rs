@@ -8,31 +8,16 @@ use std::collections::HashMap;
 
 use costguard::roles::{BUILT_IN, Permission};
 use serde_json::json;
-use support::{Sidecar, Upstream, error_code, raw_request, shipped_policy};
-
-/// A sidecar on the shipped policy (no catch-all route).
-fn sidecar(up: &Upstream) -> Sidecar {
-    let policy = shipped_policy();
-    Sidecar::start(
-        &format!("[proxy]\nupstream = \"{}\"\n", up.url()),
-        &[("COSTGUARD_POLICY_DIR", policy.to_str().unwrap())],
-    )
-}
+use support::{
+    Sidecar, Upstream, copy_shipped_policy, error_code, policy_table, raw_request, shipped_policy,
+    sidecar, sidecar_with_policy,
+};
 
 /// A sidecar on the shipped policy plus one more policy file.
 fn sidecar_with(up: &Upstream, dir: &tempfile::TempDir, file: &str, text: &str) -> Sidecar {
-    for f in ["roles.toml", "routes.toml"] {
-        std::fs::copy(shipped_policy().join(f), dir.path().join(f)).unwrap();
-    }
+    copy_shipped_policy(dir.path());
     std::fs::write(dir.path().join(file), text).unwrap();
-    Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-            up.url(),
-            dir.path().display()
-        ),
-        &[],
-    )
+    sidecar(up, &policy_table(dir.path()))
 }
 
 fn call(cg: &Sidecar, method: &str, path: &str, key: &str) -> (u16, String) {
@@ -62,7 +47,7 @@ fn project(cg: &Sidecar, tenant: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seeds_role_permission_matrix_on_the_default_routes() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let t = cg.create_tenant("enterprise");
     let proj = project(&cg, &t);
     let routes: Vec<(&str, String, Permission)> = vec![
@@ -195,7 +180,7 @@ async fn the_seeds_role_permission_matrix_on_the_default_routes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_and_projects_are_isolated() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let a = cg.create_tenant("enterprise");
     let b = cg.create_tenant("enterprise");
     let a_proj = project(&cg, &a);
@@ -315,7 +300,7 @@ async fn unknown_routes_are_denied_and_public_routes_need_no_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn path_tricks_are_refused_before_anything_else() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let t = cg.create_tenant("enterprise");
     let (_, key) = cg.create_key(&t, &["system_admin"]);
     let tricks = [
@@ -360,7 +345,7 @@ async fn path_tricks_are_refused_before_anything_else() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_checked_method_is_the_forwarded_method() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let t = cg.create_tenant("enterprise");
     let (_, key) = cg.create_key(&t, &["project_admin"]);
     let req = format!(
@@ -382,7 +367,7 @@ async fn the_checked_method_is_the_forwarded_method() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scopes_narrow_a_keys_roles() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let t = cg.create_tenant("enterprise");
     let (status, k) = cg.admin(
         "POST",
@@ -409,7 +394,7 @@ async fn scopes_narrow_a_keys_roles() {
 #[tokio::test(flavor = "multi_thread")]
 async fn custom_roles_live_within_their_tenant() {
     let up = Upstream::start().await;
-    let cg = sidecar(&up);
+    let cg = sidecar_with_policy(&up, "", &shipped_policy());
     let a = cg.create_tenant("enterprise");
     let b = cg.create_tenant("enterprise");
     let (_, a_admin) = cg.create_key(&a, &["admin"]);

@@ -6,16 +6,12 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use support::{Sidecar, Upstream, client, raw_request};
-
-fn config(upstream: &Upstream, extra: &str) -> String {
-    format!("[proxy]\nupstream = \"{}\"\n{extra}", upstream.url())
-}
+use support::{Upstream, client, raw_request, sidecar};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwards_method_path_query_headers_and_body_exactly() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let target = "/v1/items/caf%C3%A9/x%20y/%5Buser%5D/a.b?q=a%20b&q=2&empty=&plus=a+b&%7E=~";
     let req = Request::builder()
@@ -71,7 +67,7 @@ async fn forwards_method_path_query_headers_and_body_exactly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let request = format!(
         "GET /v1/tenants/{}/costs HTTP/1.1\r\n\
@@ -166,7 +162,7 @@ async fn strips_hop_by_hop_costops_lookalikes_and_foreign_identity_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_header_cannot_strip_costguards_own_headers() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let request = format!(
         "GET /x HTTP/1.1\r\nHost: a\r\n{}\
@@ -194,7 +190,7 @@ async fn connection_header_cannot_strip_costguards_own_headers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, "trusted_proxies = [\"127.0.0.0/8\"]\n"), &[]);
+    let cg = sidecar(&up, "trusted_proxies = [\"127.0.0.0/8\"]\n");
     let who = cg.tenant_and_key();
     let request = format!(
         "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}",
@@ -218,7 +214,7 @@ async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
 #[tokio::test(flavor = "multi_thread")]
 async fn configured_strip_list_replaces_the_default() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, "strip_headers = [\"X-Internal-*\"]\n"), &[]);
+    let cg = sidecar(&up, "strip_headers = [\"X-Internal-*\"]\n");
     let who = cg.tenant_and_key();
     let request = format!(
         "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}",
@@ -242,7 +238,7 @@ async fn configured_strip_list_replaces_the_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let auth = who.auth_line();
     let resp = raw_request(
@@ -277,7 +273,7 @@ async fn request_id_is_kept_when_valid_and_generated_otherwise() {
 #[tokio::test(flavor = "multi_thread")]
 async fn access_log_has_one_line_per_request_and_no_secrets() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up, ""), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let request = format!(
         "POST /v1/things?api_key=query-secret-1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\

@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::{ADMIN_TOKEN, Sidecar, Upstream, send};
+use support::{ADMIN_TOKEN, Sidecar, Upstream, config_for, send, sidecar};
 
 /// Every file and directory under `root` with group or other bits.
 fn shared_with_others(root: &Path) -> Vec<String> {
@@ -44,11 +44,7 @@ async fn the_store_and_audit_files_are_private() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let cg = Sidecar::start_with_store(
-        &format!("[proxy]\nupstream = \"{}\"\n", up.url()),
-        &[],
-        Some(&store),
-    );
+    let cg = Sidecar::start_with_store(&config_for(&up.url(), ""), &[], Some(&store));
     let t = cg.tenant_and_key();
     let (status, _, _) =
         support::get_as(&cg.url(&format!("/v1/tenants/{}/costs", t.tenant)), &t.key).await;
@@ -72,13 +68,7 @@ async fn the_store_and_audit_files_are_private() {
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_reports_run_a_bounded_number_at_once() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[admin]\nmax_concurrent_reports = 1\n",
-            up.url()
-        ),
-        &[],
-    );
+    let cg = sidecar(&up, "[admin]\nmax_concurrent_reports = 1\n");
     let t = cg.tenant_and_key();
     // Some records to report on.
     let costs = cg.url(&format!("/v1/tenants/{}/costs", t.tenant));

@@ -10,14 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{Sidecar, Upstream, raw_request, try_raw_request};
-
-fn sidecar(up: &Upstream, extra: &str) -> Sidecar {
-    Sidecar::start(
-        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
-        &[],
-    )
-}
+use support::{Sidecar, Upstream, config_for, raw_request, sidecar, try_raw_request};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -237,9 +230,9 @@ fn wait_for_log(cg: &Sidecar, needle: &str) -> String {
 async fn startup_warns_about_trusting_everyone_and_an_exposed_admin_port() {
     let up = Upstream::start().await;
     let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\ntrusted_proxies = [\"10.0.0.0/8\", \"0.0.0.0/0\", \"::/0\"]\n",
-            up.url()
+        &config_for(
+            &up.url(),
+            "trusted_proxies = [\"10.0.0.0/8\", \"0.0.0.0/0\", \"::/0\"]\n",
         ),
         &[("COSTGUARD_ADMIN_LISTEN", "0.0.0.0:0")],
     );

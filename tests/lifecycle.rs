@@ -7,18 +7,12 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{Sidecar, Upstream, binary, get, get_as};
+use support::{Sidecar, Upstream, binary, cli, get, get_as, sidecar};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let up = Upstream::start().await;
-    let mut cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\nshutdown_grace = \"20s\"\n",
-            up.url()
-        ),
-        &[],
-    );
+    let mut cg = sidecar(&up, "shutdown_grace = \"20s\"\n");
     let (status, _, body) = get(&format!("http://{}/ready", cg.admin)).await;
     assert_eq!(status, 200, "{body}");
 
@@ -63,7 +57,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_ready_answer_on_both_ports() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[]);
+    let cg = sidecar(&up, "");
     for base in [cg.proxy, cg.admin] {
         let (status, _, body) = get(&format!("http://{base}/health")).await;
         assert_eq!(status, 200);
@@ -109,14 +103,12 @@ listen = "127.0.0.1:99999"
 "#,
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--check-config", "--config"])
+    let out = cli(["serve", "--check-config", "--config"])
         .arg(&path)
         .env("COSTGUARD_LIMITS_IDLE_TIMEOUT", "0s")
-        .output()
-        .unwrap();
+        .run();
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     // Unknown and mistyped keys, and the problems of the rest, all at once.
     for key in [
         "proxy.upstream_response_timeout",
@@ -138,13 +130,11 @@ listen = "127.0.0.1:99999"
         "[proxy]\ntls_cert_file = \"/nonexistent/cert.pem\"\ntls_key_file = \"/nonexistent/key.pem\"\n",
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--check-config", "--config"])
+    let out = cli(["serve", "--check-config", "--config"])
         .arg(&path)
-        .output()
-        .unwrap();
+        .run();
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("proxy.tls_cert_file") && stderr.contains("proxy.tls_key_file"),
         "{stderr}"
@@ -154,39 +144,28 @@ listen = "127.0.0.1:99999"
 #[test]
 fn check_config_accepts_the_example_file() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/costguard.example.toml");
-    let out = Command::new(binary())
-        .args(["serve", "--check-config", "--config", example])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+    let out = cli(["serve", "--check-config", "--config", example]).run();
+    assert!(out.success_stdout().contains("valid"));
 }
 
 #[test]
 fn help_explains_every_command() {
-    let out = Command::new(binary()).arg("--help").output().unwrap();
+    let out = cli(["--help"]).run();
     assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
+    let help = &out.stdout;
     for word in ["serve", "demo", "--log-format"] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
-    let out = Command::new(binary())
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
+    let help = cli(["serve", "--help"]).run().stdout;
     for word in ["--config", "--check-config", "COSTGUARD_"] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
-    let out = Command::new(binary())
-        .args(["demo", "--help"])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("echo upstream"));
+    assert!(
+        cli(["demo", "--help"])
+            .run()
+            .stdout
+            .contains("echo upstream")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

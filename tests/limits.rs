@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use support::{Sidecar, Upstream, error_code, get_as, raw_request};
-
-fn config(upstream: &str, extra: &str) -> String {
-    format!("[proxy]\nupstream = \"{upstream}\"\n{extra}")
-}
+use support::{Sidecar, Upstream, config_for, error_code, get_as, raw_request, sidecar};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn declared_body_over_the_limit_is_413_before_the_upstream() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_body_bytes = 1024\n"), &[]);
+    let cg = sidecar(&up, "[limits]\nmax_body_bytes = 1024\n");
     let who = cg.tenant_and_key();
     let auth = who.auth_line();
     let req = format!(
@@ -42,7 +38,7 @@ async fn declared_body_over_the_limit_is_413_before_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn chunked_body_over_the_limit_is_cut_off_with_413() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_body_bytes = 1024\n"), &[]);
+    let cg = sidecar(&up, "[limits]\nmax_body_bytes = 1024\n");
     let who = cg.tenant_and_key();
     let mut req = format!(
         "POST /sink HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{}Transfer-Encoding: chunked\r\n\r\n",
@@ -65,12 +61,9 @@ async fn chunked_body_over_the_limit_is_cut_off_with_413() {
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_or_too_large_headers_are_431() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &config(
-            &up.url(),
-            "[limits]\nmax_header_count = 20\nmax_header_bytes = 4096\n",
-        ),
-        &[],
+    let cg = sidecar(
+        &up,
+        "[limits]\nmax_header_count = 20\nmax_header_bytes = 4096\n",
     );
     let mut req = String::from("GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
     for i in 0..20 {
@@ -117,7 +110,7 @@ async fn upstream_down_is_502_without_hanging() {
         .unwrap()
         .port();
     let cg = Sidecar::start(
-        &config(
+        &config_for(
             &format!("http://127.0.0.1:{port}"),
             "upstream_connect_timeout = \"1s\"\n",
         ),
@@ -135,10 +128,7 @@ async fn upstream_down_is_502_without_hanging() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_504_at_the_response_timeout() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &config(&up.url(), "upstream_response_timeout = \"500ms\"\n"),
-        &[],
-    );
+    let cg = sidecar(&up, "upstream_response_timeout = \"500ms\"\n");
     let who = cg.tenant_and_key();
     let (status, _, body) = get_as(&cg.url("/hang"), &who.key).await;
     assert_eq!(status, 504);
@@ -150,10 +140,7 @@ async fn slow_upstream_is_504_at_the_response_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &config(&up.url(), "[limits]\nheader_read_timeout = \"1s\"\n"),
-        &[],
-    );
+    let cg = sidecar(&up, "[limits]\nheader_read_timeout = \"1s\"\n");
     let who = cg.tenant_and_key();
     let addr = cg.proxy;
     let slow = std::thread::spawn(move || {
@@ -200,7 +187,7 @@ async fn slowloris_is_closed_at_the_header_timeout_while_others_are_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_and_idle_connections_are_closed_at_the_idle_timeout() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "[limits]\nidle_timeout = \"1s\"\n"), &[]);
+    let cg = sidecar(&up, "[limits]\nidle_timeout = \"1s\"\n");
     // Connects and never sends a byte.
     let mut silent = TcpStream::connect(cg.proxy).unwrap();
     silent
@@ -239,12 +226,9 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     const CHUNK: usize = 256 * 1024;
     const TOTAL: u64 = 1 << 30;
     let up = Upstream::start().await;
-    let cg = Sidecar::start(
-        &config(
-            &up.url(),
-            "upstream_response_timeout = \"10m\"\n[limits]\nmax_body_bytes = 2147483648\n",
-        ),
-        &[],
+    let cg = sidecar(
+        &up,
+        "upstream_response_timeout = \"10m\"\n[limits]\nmax_body_bytes = 2147483648\n",
     );
     let who = cg.tenant_and_key();
     let body = RepeatBody {
@@ -297,7 +281,7 @@ impl http_body::Body for RepeatBody {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_over_the_limit_wait_until_one_closes() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&config(&up.url(), "[limits]\nmax_connections = 1\n"), &[]);
+    let cg = sidecar(&up, "[limits]\nmax_connections = 1\n");
     let who = cg.tenant_and_key();
     let auth = who.auth_line();
     let mut first = TcpStream::connect(cg.proxy).unwrap();

@@ -6,8 +6,6 @@
 //! providers, HS256 only where configured, and `system_admin` only from a
 //! provider allowed to grant it.
 
-#[path = "support/idp.rs"]
-mod idp;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -15,45 +13,39 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, StatusCode};
-use idp::*;
 use serde_json::{Value, json};
-use support::{Sidecar, Upstream, error_code};
-
-/// Failed authentications are throttled per source address (20 a minute by
-/// default); these tests send many refused tokens from 127.0.0.1 on purpose.
-const NO_AUTH_THROTTLE: &str = "[rate_limit]\nfailed_auth_per_minute = 1000000\n";
+use support::idp::*;
+use support::sso::{Setup, World, costs};
+use support::{NO_AUTH_THROTTLE, Sidecar, error_code};
 
 /// One provider process, one costguard, one recording upstream, two
 /// enterprise tenants. The provider "corp" (client id `cg`) reads the
-/// tenant from `tenant_id` and roles from `roles`.
-struct World {
-    cg: Sidecar,
-    idp: Idp,
-    up: Upstream,
-    tenant: String,
-    other: String,
-    _store: tempfile::TempDir,
-}
-
+/// tenant from `tenant_id` and roles from `roles`. Failed authentications
+/// are not throttled: these tests send many refused tokens from 127.0.0.1
+/// on purpose.
+///
 /// `sso_extra`: keys of `[sso]`; `corp_extra`: keys of the corp table;
 /// `more`: further `[[sso.oidc]]` tables (`{issuer}` and `{port}` replaced).
-async fn world(sso_extra: &str, corp_extra: &str, more: &str) -> World {
+async fn world(sso_extra: &str, corp_extra: &str, more: &str) -> World<Idp> {
     world_throttled(NO_AUTH_THROTTLE, sso_extra, corp_extra, more).await
 }
 
 /// [`world`] with `throttle` (a `[rate_limit]` section) instead of no
 /// failed-authentication throttle.
-async fn world_throttled(throttle: &str, sso_extra: &str, corp_extra: &str, more: &str) -> World {
-    let (store, tenants) = tenants_in_store(&["enterprise", "enterprise"]);
-    let port = free_port();
+async fn world_throttled(
+    throttle: &str,
+    sso_extra: &str,
+    corp_extra: &str,
+    more: &str,
+) -> World<Idp> {
+    let setup = Setup::new(&["enterprise", "enterprise"]);
+    let port = setup.port;
     let idp = Idp::start(&json!({"clients": [client("cg", None, "RS256", port)], "users": {}}));
-    let up = Upstream::start().await;
     let more = more
         .replace("{issuer}", &idp.issuer)
         .replace("{port}", &port.to_string());
     let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n{throttle}[sso]\n{sso_extra}\n{}{more}",
-        up.url(),
+        "{throttle}[sso]\n{sso_extra}\n{}{more}",
         provider_toml(
             "corp",
             &idp.issuer,
@@ -63,15 +55,7 @@ async fn world_throttled(throttle: &str, sso_extra: &str, corp_extra: &str, more
             &format!("tenant_claim = \"tenant_id\"\nroles_claim = \"roles\"\n{corp_extra}"),
         ),
     );
-    let cg = start_sidecar(&store, port, &toml);
-    World {
-        cg,
-        idp,
-        up,
-        tenant: tenants[0].clone(),
-        other: tenants[1].clone(),
-        _store: store,
-    }
+    setup.start(idp, &toml).await
 }
 
 /// Claims of a good access token for `aud`, tenant and roles.
@@ -86,10 +70,6 @@ fn claims(issuer: &str, aud: &str, tenant: &str, roles: &[&str]) -> Value {
         "roles": roles,
         "jti": uuid::Uuid::new_v4().to_string(),
     })
-}
-
-fn costs(tenant: &str) -> String {
-    format!("/v1/tenants/{tenant}/costs")
 }
 
 /// `METHOD path` on the proxy with `Authorization: Bearer token`.
@@ -114,7 +94,7 @@ async fn call(
 
 /// Asserts a refusal as a bad token: 401, `invalid_token`, the RFC 6750
 /// challenge, and the upstream saw nothing.
-async fn assert_refused(w: &World, path: &str, token: &str, what: &str) {
+async fn assert_refused(w: &World<Idp>, path: &str, token: &str, what: &str) {
     let before = w.up.count();
     let (status, headers, body) = call(&w.cg, "GET", path, token).await;
     assert_eq!(status, 401, "{what}: {body}");
@@ -683,20 +663,19 @@ async fn rotated_keys_are_picked_up_with_one_refetch_and_retired_keys_stop_verif
 async fn a_tenants_own_provider_speaks_for_that_tenant_only() {
     // Three tenants: A and B each with their own provider (own issuer), C
     // served by a shared multi-tenant provider.
-    let (store, t) = tenants_in_store(&["enterprise", "enterprise", "enterprise"]);
+    let setup = Setup::new(&["enterprise", "enterprise", "enterprise"]);
+    let t = &setup.tenants;
     let (ta, tb, tc) = (t[0].clone(), t[1].clone(), t[2].clone());
-    let port = free_port();
+    let port = setup.port;
     let start =
         |id: &str| Idp::start(&json!({"clients": [client(id, None, "RS256", port)], "users": {}}));
     let (ia, ib, is) = (start("cg-a"), start("cg-b"), start("cg-shared"));
     assert!(ia.issuer != ib.issuer && ib.issuer != is.issuer);
-    let up = Upstream::start().await;
     let pinned = |t: &str| {
         format!("tenant = \"{t}\"\ntenant_claim = \"tenant_id\"\nroles_claim = \"roles\"\n")
     };
     let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n{NO_AUTH_THROTTLE}[sso]\ntoken_cache_capacity = 0\n{}{}{}",
-        up.url(),
+        "{NO_AUTH_THROTTLE}[sso]\ntoken_cache_capacity = 0\n{}{}{}",
         provider_toml("a", &ia.issuer, "cg-a", None, port, &pinned(&ta)),
         provider_toml("b", &ib.issuer, "cg-b", None, port, &pinned(&tb)),
         provider_toml(
@@ -708,15 +687,7 @@ async fn a_tenants_own_provider_speaks_for_that_tenant_only() {
             "tenant_claim = \"tenant_id\"\nroles_claim = \"roles\"\n"
         ),
     );
-    let cg = start_sidecar(&store, port, &toml);
-    let w = World {
-        cg,
-        idp: ia,
-        up,
-        tenant: ta.clone(),
-        other: tb.clone(),
-        _store: store,
-    };
+    let w = setup.start(ia, &toml).await;
     let ia = &w.idp;
     let no_tenant = |iss: &str, aud: &str| {
         let mut c = claims(iss, aud, "", &["viewer"]);
@@ -964,7 +935,7 @@ async fn the_admin_apis_user_is_authoritative_over_token_roles() {
         "[roles.superuser]\ndescription = \"everything\"\npermissions = [\"*\"]\n",
     )
     .unwrap();
-    let w = world(&format!("[policy]\ndir = \"{}\"\n", dir.display()), "", "").await;
+    let w = world(&support::policy_table(&dir), "", "").await;
     let export = format!("/v1/tenants/{}/costs/export", w.tenant);
     let c = claims(&w.idp.issuer, "cg", &w.tenant, &["viewer"]);
     let token = w.idp.mint(c, json!({}), "RS256", None).await;

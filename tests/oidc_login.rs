@@ -3,48 +3,36 @@
 //! login, the session reaching the upstream as the user, logout, expiry,
 //! refresh, revocation, and what an attacker tries at the callback.
 
-#[path = "support/idp.rs"]
-mod idp;
 mod support;
 
 use std::time::Duration;
 
-use idp::*;
 use serde_json::{Value, json};
-use support::{Sidecar, Upstream, error_code};
+use support::error_code;
+use support::idp::*;
+use support::sso::{
+    Setup, World, assert_no_costguard_cookie, costs, failure_reasons, session_cookie, step,
+};
 
 /// One provider (RS256 confidential client "web"), one enterprise tenant
 /// whose user alice is a viewer (plus analyst through the finance group).
-struct World {
-    cg: Sidecar,
-    idp: Idp,
-    up: Upstream,
-    tenant: String,
-    other: String,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-async fn world(extra_sso: &str, extra_provider: &str, ttl: Option<Value>) -> World {
-    let (store, tenants) = tenants_in_store(&["enterprise", "enterprise"]);
-    let (tenant, other) = (tenants[0].clone(), tenants[1].clone());
-    let port = free_port();
+async fn world(extra_sso: &str, extra_provider: &str, ttl: Option<Value>) -> World<Idp> {
+    let setup = Setup::new(&["enterprise", "enterprise"]);
+    let (tenant, other, port) = (&setup.tenants[0], &setup.tenants[1], setup.port);
     let mut config = json!({
         "clients": [client("web", Some("web-secret-0123456789"), "RS256", port)],
         "users": {
-            "alice": user("alice-pw", "alice@acme.example", &tenant, &["viewer"], &["finance"]),
-            "mallory": user("mallory-pw", "mallory@other.example", &other, &["admin"], &[]),
+            "alice": user("alice-pw", "alice@acme.example", tenant, &["viewer"], &["finance"]),
+            "mallory": user("mallory-pw", "mallory@other.example", other, &["admin"], &[]),
         },
     });
     if let Some(ttl) = ttl {
         config["ttl"] = ttl;
     }
     let idp = Idp::start(&config);
-    let up = Upstream::start().await;
-    let secret = secret_file(store.path(), "web.secret", "web-secret-0123456789");
+    let secret = secret_file(setup.store.path(), "web.secret", "web-secret-0123456789");
     let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n[sso]\n{extra_sso}\n{}",
-        up.url(),
+        "[sso]\n{extra_sso}\n{}",
         provider_toml(
             "corp",
             &idp.issuer,
@@ -63,20 +51,11 @@ async fn world(extra_sso: &str, extra_provider: &str, ttl: Option<Value>) -> Wor
             ),
         )
     );
-    let cg = start_sidecar(&store, port, &toml);
-    World {
-        cg,
-        idp,
-        up,
-        tenant,
-        other,
-        port,
-        _store: store,
-    }
+    setup.start(idp, &toml).await
 }
 
 /// A key of the tenant that may manage users (and view costs), nothing more.
-fn user_manager_key(w: &World) -> String {
+fn user_manager_key(w: &World<Idp>) -> String {
     let (status, _) = w.cg.admin(
         "PUT",
         &format!("/admin/v1/tenants/{}/roles/user_manager", w.tenant),
@@ -84,10 +63,6 @@ fn user_manager_key(w: &World) -> String {
     );
     assert_eq!(status, 201);
     w.cg.create_key(&w.tenant, &["user_manager"]).1
-}
-
-fn costs(tenant: &str) -> String {
-    format!("/v1/tenants/{tenant}/costs")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,14 +85,7 @@ async fn browser_login_reaches_the_upstream_as_the_user_and_logout_ends_it() {
         {"goto": page},
         {"save": "after_logout"},
     ]));
-    let results = report["results"].as_array().unwrap();
-    let by_name = |name: &str| {
-        results
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {report:#}"))
-            .clone()
-    };
+    let by_name = |name: &str| step(&report, name);
     // The protected page came from the upstream, which saw the user.
     let protected = by_name("protected");
     assert_eq!(protected["status"], 200, "{protected:#}");
@@ -132,27 +100,9 @@ async fn browser_login_reaches_the_upstream_as_the_user_and_logout_ends_it() {
     assert_eq!(seen.headers["x-costops-roles"], "analyst,viewer");
     assert!(!seen.headers.contains_key("x-costops-key-id"));
     // The session cookie never reaches the upstream.
-    let upstream_cookies = seen
-        .headers
-        .get("cookie")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    assert!(
-        !upstream_cookies.contains("costguard_"),
-        "{upstream_cookies}"
-    );
+    assert_no_costguard_cookie(&seen);
     // The session cookie: HttpOnly, Secure, SameSite=Lax, host-only.
-    let cookies = by_name("after_login")["cookies"].clone();
-    let session = cookies
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "costguard_session")
-        .unwrap_or_else(|| panic!("no session cookie: {cookies:#}"))
-        .clone();
-    assert_eq!(session["httpOnly"], true);
-    assert_eq!(session["secure"], true);
-    assert_eq!(session["sameSite"], "Lax");
+    let session = session_cookie(&by_name("after_login")["cookies"]);
     assert_eq!(session["domain"], "127.0.0.1", "host-only: {session}");
     let info: Value = serde_json::from_str(by_name("userinfo")["text"].as_str().unwrap()).unwrap();
     assert_eq!(info["user_id"], "alice");
@@ -170,22 +120,6 @@ async fn browser_login_reaches_the_upstream_as_the_user_and_logout_ends_it() {
         "{records:#?}"
     );
     assert!(!audit_events(&w.cg, "auth.logout").is_empty());
-}
-
-/// The `login_failed` reasons and suspicious events recorded so far.
-fn failure_reasons(cg: &Sidecar) -> (Vec<String>, Vec<String>) {
-    let reasons = |t: &str| {
-        audit_events(cg, t)
-            .iter()
-            .map(|r| {
-                r["details"]["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-    };
-    (reasons("auth.login_failed"), reasons("security.suspicious"))
 }
 
 fn login_failed(resp: &(http::StatusCode, http::HeaderMap, String), status: u16, reason: &str) {
@@ -566,9 +500,12 @@ async fn a_login_replaces_the_session_it_came_with_and_rbac_applies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_email() {
-    let (store, tenants) = tenants_in_store(&["enterprise", "standard"]);
-    let (a, b) = (tenants[0].clone(), tenants[1].clone());
-    let port = free_port();
+    let setup = Setup::new(&["enterprise", "standard"]);
+    let (a, b, port) = (
+        setup.tenants[0].clone(),
+        setup.tenants[1].clone(),
+        setup.port,
+    );
     let idp = Idp::start(&json!({
         "clients": [
             client("es", Some("es-secret-0123456789"), "ES256", port),
@@ -579,11 +516,9 @@ async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_e
             "bob": user("bob-pw", "bob@b.example", &b, &[], &["finance"]),
         },
     }));
-    let up = Upstream::start().await;
-    let secret = secret_file(store.path(), "es.secret", "es-secret-0123456789");
+    let secret = secret_file(setup.store.path(), "es.secret", "es-secret-0123456789");
     let config = format!(
-        "[proxy]\nupstream = \"{}\"\n{}{}",
-        up.url(),
+        "{}{}",
         provider_toml(
             "a-es256",
             &idp.issuer,
@@ -605,9 +540,9 @@ async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_e
             ),
         ),
     );
-    let cg = start_sidecar(&store, port, &config);
+    let w = setup.start(idp, &config).await;
     // ES256 ID tokens, provider picked by tenant.
-    let s = start_login(&cg, &format!("tenant={a}")).await;
+    let s = start_login(&w.cg, &format!("tenant={a}")).await;
     assert!(
         s.authorize_url.contains("client_id=es"),
         "{}",
@@ -617,15 +552,12 @@ async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_e
         param(&s.authorize_url, "code_challenge_method").as_deref(),
         Some("S256")
     );
-    let cb = authorize(&s.authorize_url, "alice", "alice-pw").await;
-    let (status, headers, body) = callback(&cb, &s.login_cookie).await;
-    assert_eq!(status, 302, "{body}");
-    let session = set_cookies(&headers).remove("costguard_session").unwrap();
-    assert_eq!(get_with_session(&cg, &costs(&a), &session).await.0, 200);
-    assert_eq!(up.last().headers["x-costops-auth-method"], "oidc");
-    assert_eq!(up.last().headers["x-costops-roles"], "viewer");
+    let session = finish_login(&s, "alice", "alice-pw").await;
+    assert_eq!(get_with_session(&w.cg, &costs(&a), &session).await.0, 200);
+    assert_eq!(w.up.last().headers["x-costops-auth-method"], "oidc");
+    assert_eq!(w.up.last().headers["x-costops-roles"], "viewer");
     // The public client (PKCE, no secret), provider picked by email domain.
-    let s = start_login(&cg, "email=bob%40b.example").await;
+    let s = start_login(&w.cg, "email=bob%40b.example").await;
     assert!(
         s.authorize_url.contains("client_id=spa"),
         "{}",
@@ -635,20 +567,17 @@ async fn es256_and_public_clients_log_in_and_providers_are_chosen_by_tenant_or_e
         param(&s.authorize_url, "login_hint").as_deref(),
         Some("bob@b.example")
     );
-    let cb = authorize(&s.authorize_url, "bob", "bob-pw").await;
-    let (status, headers, body) = callback(&cb, &s.login_cookie).await;
-    assert_eq!(status, 302, "{body}");
-    let session = set_cookies(&headers).remove("costguard_session").unwrap();
-    assert_eq!(get_with_session(&cg, &costs(&b), &session).await.0, 200);
-    assert_eq!(up.last().headers["x-costops-tenant-id"], b.as_str());
-    assert_eq!(up.last().headers["x-costops-roles"], "analyst");
+    let session = finish_login(&s, "bob", "bob-pw").await;
+    assert_eq!(get_with_session(&w.cg, &costs(&b), &session).await.0, 200);
+    assert_eq!(w.up.last().headers["x-costops-tenant-id"], b.as_str());
+    assert_eq!(w.up.last().headers["x-costops-roles"], "analyst");
     // Tenant A's provider never makes a session for tenant B's user.
-    let s = start_login(&cg, &format!("tenant={a}")).await;
+    let s = start_login(&w.cg, &format!("tenant={a}")).await;
     let cb = authorize(&s.authorize_url, "bob", "bob-pw").await;
     let r = callback(&cb, &s.login_cookie).await;
     login_failed(&r, 401, "wrong_tenant");
     // Several providers and nothing to choose by: a clear 400.
-    let (status, _, body) = send("GET", &cg.url("/auth/login"), &[], String::new()).await;
+    let (status, _, body) = send("GET", &w.cg.url("/auth/login"), &[], String::new()).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(error_code(&body), "bad_request");
 }

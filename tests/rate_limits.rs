@@ -12,14 +12,9 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use support::{Sidecar, Upstream, error_code, raw_request, test_policy};
-
-fn sidecar(up: &Upstream, extra: &str) -> Sidecar {
-    Sidecar::start(
-        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
-        &[],
-    )
-}
+use support::{
+    Sidecar, Upstream, config_for, error_code, policy_table, raw_request, sidecar, test_policy,
+};
 
 /// GETs `url` `n` times at once through `client`; returns each response's
 /// status, headers and body.
@@ -242,7 +237,7 @@ fn requests_today(cg: &Sidecar, tenant: &str) -> u64 {
 async fn daily_quota_is_exact_and_survives_restart_and_crash() {
     let up = Upstream::start().await;
     let store = tempfile::tempdir().unwrap();
-    let config = format!("[proxy]\nupstream = \"{}\"\n", up.url());
+    let config = config_for(&up.url(), "");
     let start = || Sidecar::start_with_store(&config, &[], Some(store.path()));
     let mut cg = start();
     let t = quota_tenant(&cg, 12);
@@ -354,11 +349,7 @@ async fn budgets_stop_cost_routes_exactly_at_the_limit_and_persist() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
-    let config = format!(
-        "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-        up.url(),
-        cost_policy(dir.path()).display()
-    );
+    let config = config_for(&up.url(), &policy_table(&cost_policy(dir.path())));
     let cg = Sidecar::start_with_store(&config, &[], Some(&store));
     let (status, body) = cg.admin(
         "POST",
@@ -427,11 +418,7 @@ async fn budgets_stop_cost_routes_exactly_at_the_limit_and_persist() {
 async fn bad_cost_values_are_ignored() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-        up.url(),
-        cost_policy(dir.path()).display()
-    );
+    let config = config_for(&up.url(), &policy_table(&cost_policy(dir.path())));
     let cg = Sidecar::start(&config, &[]);
     let t = cg.create_tenant("standard");
     let (_, key) = cg.create_key(&t, &["viewer"]);
@@ -585,9 +572,9 @@ async fn a_hundred_thousand_keys_keep_memory_bounded() {
     println!("imported {KEYS} keys in {:?}", t0.elapsed());
     // A small key cache, so what grows with the keys is the limiter's state;
     // 10/second, so a bucket is full again 100 ms after its one request.
-    let config = format!(
-        "[proxy]\nupstream = \"{}\"\n[auth]\nkey_cache_capacity = 1000\n[store]\ncache_bytes = 16777216\n[rate_limit]\nenterprise = \"10/second\"\n",
-        up.url()
+    let config = config_for(
+        &up.url(),
+        "[auth]\nkey_cache_capacity = 1000\n[store]\ncache_bytes = 16777216\n[rate_limit]\nenterprise = \"10/second\"\n",
     );
     let setup = std::time::Instant::now();
     let cg = Sidecar::start_with_store(&config, &[], Some(&store_path));

@@ -6,21 +6,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Sidecar, Upstream, binary, get, get_as, shipped_policy};
+use support::{
+    Upstream, cli, copy_shipped_policy, get, get_as, policy_table, shipped_policy, sidecar,
+};
 
 const FORECAST: &str = "\n[[routes]]\nmethod = \"GET\"\npath = \"/v1/tenants/{tenant}/forecast\"\npermission = \"view_costs\"\n";
-
-fn copy_policy(to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in ["roles.toml", "routes.toml"] {
-        std::fs::copy(shipped_policy().join(f), to.join(f)).unwrap();
-    }
-}
 
 fn routes_with(extra: &str) -> String {
     std::fs::read_to_string(shipped_policy().join("routes.toml")).unwrap() + extra
@@ -49,15 +43,8 @@ async fn valid_changes_apply_under_load_and_invalid_ones_are_kept_out() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policies");
-    copy_policy(&policy);
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-            up.url(),
-            policy.display()
-        ),
-        &[],
-    );
+    copy_shipped_policy(&policy);
+    let cg = sidecar(&up, &policy_table(&policy));
     let t = cg.create_tenant("enterprise");
     // Steady load needs more than the default 1000 requests per hour.
     let (_, key) = cg.create_key_with(
@@ -156,26 +143,19 @@ async fn a_configmap_symlink_swap_is_applied() {
     let dir = tempfile::tempdir().unwrap();
     let mount = dir.path().join("policies");
     std::fs::create_dir_all(&mount).unwrap();
-    copy_policy(&mount.join("..2026_11_27_v1"));
+    copy_shipped_policy(&mount.join("..2026_11_27_v1"));
     std::os::unix::fs::symlink("..2026_11_27_v1", mount.join("..data")).unwrap();
     for f in ["roles.toml", "routes.toml"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), mount.join(f)).unwrap();
     }
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\n",
-            up.url(),
-            mount.display()
-        ),
-        &[],
-    );
+    let cg = sidecar(&up, &policy_table(&mount));
     let t = cg.create_tenant("enterprise");
     let (_, key) = cg.create_key(&t, &["viewer"]);
     let forecast = cg.url(&format!("/v1/tenants/{t}/forecast"));
     assert_eq!(get_as(&forecast, &key).await.0, 403);
 
     let v2 = mount.join("..2026_11_27_v2");
-    copy_policy(&v2);
+    copy_shipped_policy(&v2);
     std::fs::write(v2.join("routes.toml"), routes_with(FORECAST)).unwrap();
     std::os::unix::fs::symlink("..2026_11_27_v2", mount.join("..data_tmp")).unwrap();
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
@@ -188,15 +168,11 @@ async fn sighup_forces_a_reload() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policies");
-    copy_policy(&policy);
+    copy_shipped_policy(&policy);
     // Files are only checked hourly here: the change must come from SIGHUP.
-    let cg = Sidecar::start(
-        &format!(
-            "[proxy]\nupstream = \"{}\"\n[policy]\ndir = \"{}\"\nreload_interval = \"1h\"\n",
-            up.url(),
-            policy.display()
-        ),
-        &[],
+    let cg = sidecar(
+        &up,
+        &format!("{}reload_interval = \"1h\"\n", policy_table(&policy)),
     );
     let t = cg.create_tenant("enterprise");
     let (_, key) = cg.create_key(&t, &["viewer"]);
@@ -208,13 +184,7 @@ async fn sighup_forces_a_reload() {
         403,
         "no reload without the signal"
     );
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &cg.pid().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    cg.signal("HUP");
     wait_for_status(&forecast, &key, 200, Duration::from_secs(5)).await;
 }
 
@@ -222,7 +192,7 @@ async fn sighup_forces_a_reload() {
 fn an_invalid_policy_at_startup_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policies");
-    copy_policy(&policy);
+    copy_shipped_policy(&policy);
     std::fs::write(
         policy.join("extra.toml"),
         "[[routes]]\nmethod = \"GET\"\npath = \"/a\"\npermission = \"nope\"\n",
@@ -238,56 +208,39 @@ fn an_invalid_policy_at_startup_refuses_to_start() {
         ),
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["serve", "--config"])
+    let out = cli(["serve", "--config"])
         .arg(&config)
         .env("COSTGUARD_PROXY_LISTEN", "127.0.0.1:0")
         .env("COSTGUARD_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
+        .run();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains("extra.toml:4: unknown permission \"nope\""),
         "{stderr}"
     );
-    let out = Command::new(binary())
-        .args(["serve", "--check-config", "--config"])
+    let out = cli(["serve", "--check-config", "--config"])
         .arg(&config)
-        .output()
-        .unwrap();
+        .run();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("extra.toml:4"));
+    assert!(out.stderr.contains("extra.toml:4"));
 }
 
 #[test]
 fn policy_check_and_explain() {
-    let out = Command::new(binary())
-        .args(["policy", "check"])
-        .arg(shipped_policy())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("6 roles, 10 routes"));
+    let out = cli(["policy", "check"]).arg(shipped_policy()).run();
+    assert!(out.success_stdout().contains("6 roles, 10 routes"));
 
     let dir = tempfile::tempdir().unwrap();
-    copy_policy(dir.path());
+    copy_shipped_policy(dir.path());
     std::fs::write(
         dir.path().join("bad.toml"),
         "[[routes]]\nmethod = \"GET\"\npath = \"/v1/tenants/{tenant}/costs\"\npermission = \"view_costs\"\n\n[[routes]]\nmethod = \"GTE\"\npath = \"/b\"\npermission = \"view_costs\"\n",
     )
     .unwrap();
-    let out = Command::new(binary())
-        .args(["policy", "check"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = cli(["policy", "check"]).arg(dir.path()).run();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(stderr.contains("routes.toml:9: route \"/v1/tenants/{tenant}/costs\" conflicts with the route at bad.toml:1"), "{stderr}");
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
     assert!(
@@ -296,16 +249,11 @@ fn policy_check_and_explain() {
     );
 
     let explain = |args: &[&str]| {
-        let out = Command::new(binary())
-            .args(["policy", "explain", "--policy"])
+        let out = cli(["policy", "explain", "--policy"])
             .arg(shipped_policy())
             .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+            .run();
+        (out.status.code(), out.stdout)
     };
     let (code, text) = explain(&["--role", "viewer", "GET", "/v1/tenants/org-1/costs/export"]);
     assert_eq!(code, Some(1));

@@ -2,78 +2,35 @@
 //! xmlsec1 on 127.0.0.2): a browser login in headless Chromium, and the
 //! hostile responses an attacker posts to `/auth/saml/acs`.
 
-#[path = "support/idp.rs"]
-mod idp;
-#[path = "support/saml_idp.rs"]
-mod saml_idp;
 mod support;
 
 use base64::Engine as _;
-use idp::*;
-use saml_idp::*;
 use serde_json::{Value, json};
-use support::{Sidecar, Upstream, error_code};
+use support::error_code;
+use support::idp::*;
+use support::saml_idp::*;
+use support::sso::{
+    Setup, World, assert_no_costguard_cookie, costs, failure_reasons, session_cookie, step,
+};
 
-struct World {
-    cg: Sidecar,
-    idp: SamlIdp,
-    up: Upstream,
-    tenant: String,
-    other: String,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-async fn world(sign: &str, extra: &str) -> World {
-    let (store, tenants) = tenants_in_store(&["enterprise", "enterprise"]);
-    let (tenant, other) = (tenants[0].clone(), tenants[1].clone());
-    let port = free_port();
+async fn world(sign: &str, extra: &str) -> World<SamlIdp> {
+    let setup = Setup::new(&["enterprise", "enterprise"]);
+    let (tenant, other, port) = (&setup.tenants[0], &setup.tenants[1], setup.port);
     let idp = SamlIdp::start(
         port,
         json!({
-            "alice": saml_user("alice-pw", "alice@acme.example", &tenant, &["analyst", "viewer"]),
-            "mallory": saml_user("mallory-pw", "mallory@other.example", &other, &["admin"]),
-            "evil": saml_user("evil-pw", "victim@acme.example.evil.test", &tenant, &["viewer"]),
+            "alice": saml_user("alice-pw", "alice@acme.example", tenant, &["analyst", "viewer"]),
+            "mallory": saml_user("mallory-pw", "mallory@other.example", other, &["admin"]),
+            "evil": saml_user("evil-pw", "victim@acme.example.evil.test", tenant, &["viewer"]),
         }),
         sign,
     );
-    let up = Upstream::start().await;
     // Dozens of refused responses come from one address here.
     let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n[rate_limit]\nfailed_auth_per_minute = 1000\n{}",
-        up.url(),
+        "[rate_limit]\nfailed_auth_per_minute = 1000\n{}",
         saml_toml(&idp, port, extra)
     );
-    let cg = start_sidecar(&store, port, &toml);
-    World {
-        cg,
-        idp,
-        up,
-        tenant,
-        other,
-        port,
-        _store: store,
-    }
-}
-
-fn costs(tenant: &str) -> String {
-    format!("/v1/tenants/{tenant}/costs")
-}
-
-/// `auth.login_failed` reasons and `security.suspicious` reasons so far.
-fn failure_reasons(cg: &Sidecar) -> (Vec<String>, Vec<String>) {
-    let reasons = |t: &str| {
-        audit_events(cg, t)
-            .iter()
-            .map(|r| {
-                r["details"]["reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-    };
-    (reasons("auth.login_failed"), reasons("security.suspicious"))
+    setup.start(idp, &toml).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,14 +52,7 @@ async fn browser_login_through_saml_reaches_the_upstream_as_the_user() {
         {"goto": page},
         {"save": "after_logout"},
     ]));
-    let results = report["results"].as_array().unwrap();
-    let by_name = |name: &str| {
-        results
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("no {name} in {report:#}"))
-            .clone()
-    };
+    let by_name = |name: &str| step(&report, name);
     assert_eq!(by_name("protected")["status"], 200, "{report:#}");
     let seen =
         w.up.seen()
@@ -113,26 +63,9 @@ async fn browser_login_through_saml_reaches_the_upstream_as_the_user() {
     assert_eq!(seen.headers["x-costops-user-id"], "alice@acme.example");
     assert_eq!(seen.headers["x-costops-tenant-id"], w.tenant.as_str());
     assert_eq!(seen.headers["x-costops-roles"], "analyst,viewer");
-    let upstream_cookies = seen
-        .headers
-        .get("cookie")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    assert!(
-        !upstream_cookies.contains("costguard_"),
-        "{upstream_cookies}"
-    );
+    assert_no_costguard_cookie(&seen);
     let cookies = by_name("after_login")["cookies"].clone();
-    let session = cookies
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "costguard_session")
-        .unwrap_or_else(|| panic!("no session cookie: {cookies:#}"))
-        .clone();
-    assert_eq!(session["httpOnly"], true);
-    assert_eq!(session["secure"], true);
-    assert_eq!(session["sameSite"], "Lax");
+    session_cookie(&cookies);
     // The SAML login cookie was cleared at the ACS.
     assert!(
         !cookies
@@ -505,27 +438,22 @@ async fn a_login_for_another_tenant_and_rbac_apply_to_saml_users() {
 async fn unsolicited_responses_and_response_only_signatures_are_opt_in() {
     // A second pinned certificate (rotation): the "attacker" pair stands in
     // for the IdP's next key.
-    let (store, tenants) = tenants_in_store(&["enterprise"]);
-    let port = free_port();
+    let setup = Setup::new(&["enterprise"]);
+    let port = setup.port;
     let idp = SamlIdp::start(
         port,
-        json!({"alice": saml_user("alice-pw", "alice@acme.example", &tenants[0], &["viewer"])}),
+        json!({"alice": saml_user("alice-pw", "alice@acme.example", &setup.tenants[0], &["viewer"])}),
         "assertion",
     );
-    let up = Upstream::start().await;
-    let toml = format!(
-        "[proxy]\nupstream = \"{}\"\n{}",
-        up.url(),
-        saml_toml(
-            &idp,
-            port,
-            &format!(
-                "allow_unsolicited = true\nrequire_signed_assertion = false\nidp_cert_files = [\"{}\"]\n",
-                idp.attacker_cert_file
-            )
-        )
+    let toml = saml_toml(
+        &idp,
+        port,
+        &format!(
+            "allow_unsolicited = true\nrequire_signed_assertion = false\nidp_cert_files = [\"{}\"]\n",
+            idp.attacker_cert_file
+        ),
     );
-    let cg = start_sidecar(&store, port, &toml);
+    let w = setup.start(idp, &toml).await;
     // IdP-initiated: no cookie, no InResponseTo; RelayState is kept only
     // as a same-origin path.
     for (spec, ok) in [
@@ -540,14 +468,14 @@ async fn unsolicited_responses_and_response_only_signatures_are_opt_in() {
             false,
         ),
     ] {
-        let response = idp.response(spec.clone()).await;
+        let response = w.idp.response(spec.clone()).await;
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("SAMLResponse", &response)
             .append_pair("RelayState", "//evil.example/")
             .finish();
         let (status, headers, body) = send(
             "POST",
-            &cg.url("/auth/saml/acs"),
+            &w.cg.url("/auth/saml/acs"),
             &[("content-type", "application/x-www-form-urlencoded")],
             form,
         )

@@ -10,14 +10,14 @@ use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use support::{Sidecar, Upstream};
+use support::{Upstream, sidecar};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn h2c_prior_knowledge_is_served_and_forwarded_as_http11() {
     let up = Upstream::start().await;
-    let cg = Sidecar::start(&format!("[proxy]\nupstream = \"{}\"\n", up.url()), &[]);
+    let cg = sidecar(&up, "");
     let who = cg.tenant_and_key();
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -114,13 +114,14 @@ fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
 async fn tls_termination_serves_h2_by_alpn_and_http11() {
     let pki = pki();
     let up = Upstream::start().await;
-    let cfg = format!(
-        "[proxy]\nupstream = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        up.url(),
-        pki.dir.path().join("cert.pem").display(),
-        pki.dir.path().join("key.pem").display()
+    let cg = sidecar(
+        &up,
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            pki.dir.path().join("cert.pem").display(),
+            pki.dir.path().join("key.pem").display()
+        ),
     );
-    let cg = Sidecar::start(&cfg, &[]);
     let who = cg.tenant_and_key();
     let name = ServerName::try_from("localhost").unwrap();
 

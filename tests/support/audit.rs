@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{RawResponse, Sidecar, Upstream, binary, raw_request};
+use super::{RawResponse, Sidecar, Upstream, cli, config_for, raw_request};
 
 /// Every record in `dir`'s log files, in order.
 pub fn records(dir: &Path) -> Vec<Value> {
@@ -33,24 +33,24 @@ pub fn of_type<'a>(records: &'a [Value], t: &str) -> Vec<&'a Value> {
 
 /// `costguard audit verify DIR`: (exit code, stdout).
 pub fn verify(dir: &Path) -> (i32, String) {
-    let out = std::process::Command::new(binary())
-        .args(["audit", "verify"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let out = cli(["audit", "verify"]).arg(dir).run();
+    (out.status.code().unwrap_or(-1), out.stdout)
 }
 
 /// costguard in front of `up` with its store (and audit log) in `store`.
 pub fn start(up: &Upstream, store: &Path, extra: &str) -> Sidecar {
-    Sidecar::start_with_store(
-        &format!("[proxy]\nupstream = \"{}\"\n{extra}", up.url()),
-        &[],
-        Some(store),
-    )
+    Sidecar::start_with_store(&config_for(&up.url(), extra), &[], Some(store))
+}
+
+/// A fresh enterprise tenant and a viewer key of it that may send
+/// `per_minute` requests a minute: (tenant id, key).
+pub fn viewer(cg: &Sidecar, per_minute: u64) -> (String, String) {
+    let t = cg.create_tenant("enterprise");
+    let (_, key) = cg.create_key_with(
+        &t,
+        serde_json::json!({"roles": ["viewer"], "rate_limit_per_minute": per_minute}),
+    );
+    (t, key)
 }
 
 /// `GET path` on the proxy over a fresh connection, with extra header lines.

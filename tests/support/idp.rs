@@ -6,10 +6,9 @@
 //! The peers are installed by `tests/peers/install.sh` (run once per test
 //! binary from here, and by `.ci/run`); if they cannot be installed the
 //! tests fail, they never skip.
-#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -18,8 +17,8 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::Sidecar;
-pub use crate::support::send;
+use super::Sidecar;
+pub use super::send;
 
 pub fn peers_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers"))
@@ -50,6 +49,37 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A test peer's JSON answer to a GET (`body: None`) or a JSON POST of
+/// `url`; panics unless it succeeds.
+pub async fn peer_json(url: &str, body: Option<&Value>) -> Value {
+    let (method, headers, body) = match body {
+        Some(b) => (
+            "POST",
+            &[("content-type", "application/json")][..],
+            b.to_string(),
+        ),
+        None => ("GET", &[][..], String::new()),
+    };
+    let (status, _, text) = send(method, url, headers, body.clone()).await;
+    assert!(
+        status.is_success(),
+        "{method} {url} {body}: {status} {text}"
+    );
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The first line a peer prints on `out` (its ready report), or `None`
+/// when none comes `within`.
+pub fn first_line(out: impl Read + Send + 'static, within: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(within).ok()
 }
 
 /// The OpenID provider process.
@@ -87,14 +117,7 @@ impl Idp {
             .stderr(Stdio::null())
             .spawn()
             .expect("node starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let Ok(line) = rx.recv_timeout(within) else {
+        let Some(line) = first_line(child.stdout.take().unwrap(), within) else {
             eprintln!(
                 "idp.mjs did not report within {within:?}; killing it (pid {})",
                 child.id()
@@ -113,22 +136,11 @@ impl Idp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Value {
-        let (status, _, text) = send(
-            "POST",
-            &format!("{}{path}", self.issuer),
-            &[("content-type", "application/json")],
-            body.to_string(),
-        )
-        .await;
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap()
+        peer_json(&format!("{}{path}", self.issuer), Some(&body)).await
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let (status, _, text) =
-            send("GET", &format!("{}{path}", self.issuer), &[], String::new()).await;
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap()
+        peer_json(&format!("{}{path}", self.issuer), None).await
     }
 
     /// `{"jwks_fetches", "token_requests", "discovery_fetches"}`.
@@ -227,8 +239,9 @@ pub struct Started {
     pub login_cookie: String,
 }
 
-/// `GET /auth/login?QUERY` on the proxy.
-pub async fn start_login(cg: &Sidecar, query: &str) -> Started {
+/// `GET /auth/login?QUERY` on the proxy: the headers of its redirect to
+/// the identity provider.
+pub async fn login_redirect(cg: &Sidecar, query: &str) -> HeaderMap {
     let (status, headers, body) = send(
         "GET",
         &cg.url(&format!("/auth/login?{query}")),
@@ -237,6 +250,12 @@ pub async fn start_login(cg: &Sidecar, query: &str) -> Started {
     )
     .await;
     assert_eq!(status, 302, "{body}");
+    headers
+}
+
+/// `GET /auth/login?QUERY` on the proxy.
+pub async fn start_login(cg: &Sidecar, query: &str) -> Started {
+    let headers = login_redirect(cg, query).await;
     Started {
         authorize_url: location(&headers),
         login_cookie: set_cookies(&headers)
@@ -306,7 +325,12 @@ pub async fn callback(callback_url: &str, login_cookie: &str) -> (StatusCode, He
 
 /// A whole login without a browser; returns the session cookie value.
 pub async fn login(cg: &Sidecar, query: &str, user: &str, password: &str) -> String {
-    let started = start_login(cg, query).await;
+    finish_login(&start_login(cg, query).await, user, password).await
+}
+
+/// The rest of a [`login`] that `started`: the provider's side, then the
+/// callback; returns the session cookie value.
+pub async fn finish_login(started: &Started, user: &str, password: &str) -> String {
     let cb = authorize(&started.authorize_url, user, password).await;
     let (status, headers, body) = callback(&cb, &started.login_cookie).await;
     assert_eq!(status, 302, "callback: {body}");
@@ -321,13 +345,7 @@ pub async fn get_with_session(
     path: &str,
     session: &str,
 ) -> (StatusCode, HeaderMap, String) {
-    send(
-        "GET",
-        &cg.url(path),
-        &[("cookie", &format!("costguard_session={session}"))],
-        String::new(),
-    )
-    .await
+    get_with_header(cg, path, "cookie", &format!("costguard_session={session}")).await
 }
 
 /// GET on the proxy with `Authorization: Bearer TOKEN`.
@@ -336,13 +354,16 @@ pub async fn get_with_bearer(
     path: &str,
     token: &str,
 ) -> (StatusCode, HeaderMap, String) {
-    send(
-        "GET",
-        &cg.url(path),
-        &[("authorization", &format!("Bearer {token}"))],
-        String::new(),
-    )
-    .await
+    get_with_header(cg, path, "authorization", &format!("Bearer {token}")).await
+}
+
+async fn get_with_header(
+    cg: &Sidecar,
+    path: &str,
+    name: &str,
+    value: &str,
+) -> (StatusCode, HeaderMap, String) {
+    send("GET", &cg.url(path), &[(name, value)], String::new()).await
 }
 
 /// Runs the Chromium driver over `steps`; returns its JSON report (panics

@@ -3,12 +3,16 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod audit;
+pub mod idp;
+pub mod saml_idp;
+pub mod sso;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -153,6 +157,14 @@ pub fn shipped_policy() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
 }
 
+/// Copies the shipped policy's files into `to` (made if missing).
+pub fn copy_shipped_policy(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["roles.toml", "routes.toml"] {
+        std::fs::copy(shipped_policy().join(f), to.join(f)).unwrap();
+    }
+}
+
 /// The shipped policy plus a catch-all route (any method, any path, needs
 /// `view_costs`), for the tests that are about the proxy, not the policy.
 pub fn test_policy(under: &std::path::Path) -> PathBuf {
@@ -172,6 +184,101 @@ pub fn test_policy(under: &std::path::Path) -> PathBuf {
 
 /// The bootstrap admin token every test sidecar gets.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Failed authentications are throttled per source address (20 a minute by
+/// default); a `[rate_limit]` table for tests that send many refused
+/// credentials from 127.0.0.1 on purpose.
+pub const NO_AUTH_THROTTLE: &str = "[rate_limit]\nfailed_auth_per_minute = 1000000\n";
+
+/// A config for a proxy in front of `upstream` (a URL): the `[proxy]`
+/// table's upstream, then `extra` (more `[proxy]` keys, or further tables).
+pub fn config_for(upstream: &str, extra: &str) -> String {
+    format!("[proxy]\nupstream = \"{upstream}\"\n{extra}")
+}
+
+/// `costguard serve` in front of `up` with `extra` config text (see
+/// [`config_for`]) and a fresh store; the test policy (the shipped one plus
+/// a catch-all route) unless `extra` has a `[policy]` table.
+pub fn sidecar(up: &Upstream, extra: &str) -> Sidecar {
+    Sidecar::start(&config_for(&up.url(), extra), &[])
+}
+
+/// Like [`sidecar`], with the policy in `dir` (through
+/// `COSTGUARD_POLICY_DIR`).
+pub fn sidecar_with_policy(up: &Upstream, extra: &str, dir: &Path) -> Sidecar {
+    Sidecar::start(
+        &config_for(&up.url(), extra),
+        &[("COSTGUARD_POLICY_DIR", dir.to_str().unwrap())],
+    )
+}
+
+/// A `[policy]` table naming `dir`, for the end of a config.
+pub fn policy_table(dir: &Path) -> String {
+    format!("[policy]\ndir = \"{}\"\n", dir.display())
+}
+
+/// How a run of the costguard binary ended and what it printed.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts that the run succeeded (its stderr the message) and returns
+    /// its stdout.
+    pub fn success_stdout(&self) -> &str {
+        assert!(self.status.success(), "{}", self.stderr);
+        &self.stdout
+    }
+}
+
+/// `costguard ARGS…` as a command line tool (not a server): more arguments
+/// and environment, then [`Cli::run`].
+pub struct Cli(Command);
+
+/// The binary under test with `args`.
+pub fn cli<I, S>(args: I) -> Cli
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(binary());
+    cmd.args(args);
+    Cli(cmd)
+}
+
+impl Cli {
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.0.arg(arg);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.0.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
+        self.0.env(key, value);
+        self
+    }
+
+    /// Runs it to the end; stdout and stderr as text.
+    pub fn run(mut self) -> Run {
+        let out = self.0.output().expect("costguard runs");
+        Run {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
 
 /// The real binary, started with a config and JSON logs on stdout.
 pub struct Sidecar {
@@ -374,23 +481,24 @@ impl Sidecar {
 
     /// Sends SIGKILL to the process this harness started and reaps it.
     pub fn kill9(&mut self) {
-        let ok = Command::new("kill")
-            .args(["-KILL", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -KILL failed");
+        self.signal("KILL");
         let _ = self.child.as_mut().unwrap().wait();
     }
 
     /// Sends SIGTERM to the process this harness started.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`, …) to the process this harness
+    /// started.
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
     }
 
     /// Waits for the process to exit.

@@ -2,17 +2,19 @@
 //! (`tests/peers/saml_idp.py`, signing with xmlsec1) on 127.0.0.2, with a
 //! generator of hostile responses, and helpers to walk an SP-initiated
 //! login by hand. Installed by `tests/peers/install.sh` (never skipped).
-#![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader, Read as _};
+use std::io::Read as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::idp::{ensure_peers, location, param, peers_dir, send, set_cookies};
-use crate::support::Sidecar;
+use super::Sidecar;
+use super::idp::{
+    ensure_peers, first_line, location, login_redirect, param, peer_json, peers_dir, send,
+    set_cookie_line, set_cookies,
+};
 
 /// The SAML identity provider process.
 pub struct SamlIdp {
@@ -60,14 +62,8 @@ impl SamlIdp {
             .stderr(Stdio::piped())
             .spawn()
             .expect("the SAML IdP starts (tests/peers/install.sh makes its venv)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let line =
+            first_line(child.stdout.take().unwrap(), Duration::from_secs(30)).unwrap_or_default();
         let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
             let _ = child.kill();
             let mut err = String::new();
@@ -88,29 +84,13 @@ impl SamlIdp {
 
     /// A response from `/__test/response` (see saml_idp.py): its base64.
     pub async fn response(&self, spec: Value) -> String {
-        let (status, _, text) = send(
-            "POST",
-            &format!("{}/__test/response", self.base),
-            &[("content-type", "application/json")],
-            spec.to_string(),
-        )
-        .await;
-        assert!(status.is_success(), "{spec}: {status} {text}");
-        let v: Value = serde_json::from_str(&text).unwrap();
+        let v = peer_json(&format!("{}/__test/response", self.base), Some(&spec)).await;
         v["saml_response"].as_str().unwrap().to_string()
     }
 
     /// `{"sso_requests", "logins", "last_authn_request"}`.
     pub async fn stats(&self) -> Value {
-        let (status, _, text) = send(
-            "GET",
-            &format!("{}/__test/stats", self.base),
-            &[],
-            String::new(),
-        )
-        .await;
-        assert!(status.is_success(), "{status} {text}");
-        serde_json::from_str(&text).unwrap()
+        peer_json(&format!("{}/__test/stats", self.base), None).await
     }
 }
 
@@ -149,14 +129,7 @@ pub struct Pending {
 
 /// `GET /auth/login?{query}` → the pending SAML login.
 pub async fn start_saml_login(cg: &Sidecar, query: &str) -> Pending {
-    let (status, headers, body) = send(
-        "GET",
-        &cg.url(&format!("/auth/login?{query}")),
-        &[],
-        String::new(),
-    )
-    .await;
-    assert_eq!(status, 302, "{body}");
+    let headers = login_redirect(cg, query).await;
     let to = location(&headers);
     let request = param(&to, "SAMLRequest").expect("SAMLRequest in the redirect");
     let deflated = base64::engine::general_purpose::STANDARD
@@ -180,7 +153,7 @@ pub async fn start_saml_login(cg: &Sidecar, query: &str) -> Pending {
         cookie: format!("__Host-costguard_saml={value}"),
         request_id,
         request_xml,
-        set_cookie: crate::idp::set_cookie_line(&headers, "__Host-costguard_saml").unwrap(),
+        set_cookie: set_cookie_line(&headers, "__Host-costguard_saml").unwrap(),
     }
 }
 
