@@ -396,6 +396,30 @@ impl Sso {
         json_response(StatusCode::OK, &body)
     }
 
+    /// How a login ends, either protocol: the login cookie cleared, and a
+    /// redirect with the new session's cookie, or the failure audited and
+    /// answered.
+    pub(super) async fn end_login(
+        &self,
+        done: Result<(String, String), LoginFailure>,
+        clear_login_cookie: String,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Reply {
+        match done {
+            Ok((rd, session_cookie)) => redirect(&rd, &[clear_login_cookie, session_cookie]),
+            Err(f) => {
+                self.audit_failure(&f, client).await;
+                let mut resp = response::error(&f, request_id);
+                if let Ok(v) = HeaderValue::from_str(&clear_login_cookie) {
+                    resp.headers_mut()
+                        .append(http::header::SET_COOKIE, v);
+                }
+                resp
+            }
+        }
+    }
+
     pub(super) async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
         let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
         self.audit(

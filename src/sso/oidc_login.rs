@@ -26,17 +26,8 @@ impl Sso {
             "{}=; Path=/auth/; Max-Age=0; Secure; HttpOnly; SameSite=Lax",
             login_state::COOKIE
         );
-        match self.finish_login(q, headers, client).await {
-            Ok((rd, cookie)) => redirect(&rd, &[clear_login, cookie]),
-            Err(f) => {
-                self.audit_failure(&f, client).await;
-                let mut resp = response::error(&f, request_id);
-                if let Ok(v) = HeaderValue::from_str(&clear_login) {
-                    resp.headers_mut().append(header::SET_COOKIE, v);
-                }
-                resp
-            }
-        }
+        let done = self.finish_login(q, headers, client).await;
+        self.end_login(done, clear_login, client, request_id).await
     }
 
     /// The callback's checks in order; the new session's cookie and where to go.

@@ -22,6 +22,10 @@
 //!
 //! The replay cache (each Assertion ID once until it expires) is the
 //! caller's, in the shared store.
+//!
+//! One file of about 800 lines on purpose: the checks above are one
+//! ordered chain over the same parsed document, and a reviewer must read
+//! them together to see that nothing unverified is believed.
 
 pub mod xml;
 

@@ -130,17 +130,8 @@ impl Sso {
         request_id: &HeaderValue,
     ) -> Reply {
         let clear = format!("{SAML_COOKIE}=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=None");
-        match self.finish_saml(form, headers, client).await {
-            Ok((rd, cookie)) => redirect(&rd, &[clear, cookie]),
-            Err(f) => {
-                self.audit_failure(&f, client).await;
-                let mut resp = response::error(&f, request_id);
-                if let Ok(v) = HeaderValue::from_str(&clear) {
-                    resp.headers_mut().append(header::SET_COOKIE, v);
-                }
-                resp
-            }
-        }
+        let done = self.finish_saml(form, headers, client).await;
+        self.end_login(done, clear, client, request_id).await
     }
 
     /// A response refused before it could be read (too large): 401 and
