@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::ApiError;
 use super::auth::Caller;
+use super::error::ApiError;
 use crate::audit::index::{self, Entry, Index, Query};
 use crate::audit::{Audit, AuditError, Record, Severity, off_runtime};
 use crate::roles::Permission;

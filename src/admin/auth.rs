@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::authn::api_key::ApiKeys;
 use crate::authn::{AuthnError, Credential, credential};
 use crate::authz::Authz;
@@ -98,8 +98,9 @@ tokio::task_local! {
 /// for it (a [`Caller::authorize`] succeeded while it ran). The audit
 /// record of a call refused before that (bad body, unknown tenant, wrong
 /// tenant, missing permission) must not carry what the caller asked for:
-/// checks run in each operation, some after its body is parsed, so the
-/// operation itself is asked rather than a copy of its rules.
+/// the route's check runs once its body is parsed (`admin::router`), the
+/// audit log's readers are checked by its own rules, so the call itself
+/// is asked rather than a copy of its rules.
 pub async fn tracking_authorization<T>(op: impl Future<Output = T>) -> (T, bool) {
     AUTHORIZED
         .scope(std::cell::Cell::new(false), async {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::model::{TenantStatus, Tier};
 
 /// `POST /admin/v1/tenants`

@@ -412,8 +412,7 @@ impl Sso {
                 self.audit_failure(&f, client).await;
                 let mut resp = response::error(&f, request_id);
                 if let Ok(v) = HeaderValue::from_str(&clear_login_cookie) {
-                    resp.headers_mut()
-                        .append(http::header::SET_COOKIE, v);
+                    resp.headers_mut().append(http::header::SET_COOKIE, v);
                 }
                 resp
             }

@@ -2,16 +2,14 @@
 //! cookie and its `state` (used once), exchanges the code, verifies the ID
 //! token (nonce included) and hands the identity to the shared login checks.
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
-
-use crate::response;
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::login::{LoginFailure, OpenSession};
 use super::login_state::{self, LoginStateError};
 use super::oidc::ProviderError;
 use super::session_auth::refresh_at;
 use super::token::TokenError;
-use super::web::{Query, cookie, redirect};
+use super::web::{Query, cookie};
 use super::{Client, Reply, Sso, claims};
 
 impl Sso {

@@ -1,0 +1,218 @@
+//! Roles: the one place roles are granted to keys and users
+//! ([`AdminOps::assign_roles`]), and a tenant's custom roles
+//! (`/admin/v1/tenants/{tenant}/roles[/{name}]`): define, list, read,
+//! delete, never beyond what the caller holds nor under a key or user
+//! more powerful than the caller.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::ops::{AdminOps, store_error};
+use super::requests::{self as req, PutRole};
+use crate::authn::AuthnError;
+use crate::model::{self, CustomRole, KeyStatus};
+use crate::roles::{Permission, Permissions};
+
+impl AdminOps {
+    /// The one place roles are granted (to keys and users): each must exist
+    /// and be grantable by the caller (its permissions within the caller's).
+    /// The audit stage hooks here.
+    pub async fn assign_roles(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        subject: &str,
+        roles: &[String],
+    ) -> Result<Vec<String>, ApiError> {
+        if roles.len() > 16 {
+            return Err(ApiError::bad("at most 16 roles"));
+        }
+        let policy = self.authz.policy();
+        let mut granted: Vec<String> = Vec::with_capacity(roles.len());
+        for role in roles {
+            let perms = self
+                .authz
+                .role(&policy, tenant_id, role)
+                .await
+                .map_err(|e| ApiError::Authn(AuthnError::Store(e)))?;
+            let Some(perms) = perms else {
+                return Err(ApiError::bad(format!(
+                    "unknown role {role:?}: not a policy role nor one of the tenant's roles"
+                )));
+            };
+            if !caller.permissions().includes(perms) {
+                return Err(ApiError::forbidden(format!(
+                    "you cannot grant role {role:?}: it has permissions you do not"
+                )));
+            }
+            if !granted.contains(role) {
+                granted.push(role.clone());
+            }
+        }
+        tracing::info!(tenant_id = %tenant_id, subject = %subject, roles = ?granted, actor = %caller.actor(), "Roles assigned.");
+        Ok(granted)
+    }
+
+    /// Creates or replaces a tenant's custom role. It may use only existing
+    /// permissions the caller holds, never `system_admin`, and never a
+    /// policy role's name. Returns it and whether it was created.
+    pub async fn put_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+        body: PutRole,
+    ) -> Result<(CustomRole, bool), ApiError> {
+        let tenant = self.tenant(tenant_id).await?;
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ApiError::bad("role names are 1 to 64 of a-z 0-9 _"));
+        }
+        if self.authz.policy().role(name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "{name:?} is a built-in role and cannot be redefined by a tenant"
+            )));
+        }
+        if body.permissions.is_empty() || body.permissions.len() > 13 {
+            return Err(ApiError::bad(
+                "permissions must list 1 to 13 permission names",
+            ));
+        }
+        let mut perms = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for p in &body.permissions {
+            let Some(perm) = Permission::parse(p) else {
+                return Err(ApiError::bad(format!("unknown permission {p:?}")));
+            };
+            if perm == Permission::SystemAdmin {
+                return Err(ApiError::forbidden(
+                    "a tenant role cannot hold system_admin",
+                ));
+            }
+            perms.push(perm);
+            if !names.contains(p) {
+                names.push(p.clone());
+            }
+        }
+        if !caller.permissions().includes(Permissions::of(&perms)) {
+            return Err(ApiError::forbidden(
+                "a role cannot hold permissions you do not have",
+            ));
+        }
+        self.may_change_role(caller, tenant_id, name).await?;
+        let role = CustomRole {
+            tenant_id: tenant.tenant_id.clone(),
+            name: name.to_string(),
+            description: if body.description.trim().is_empty() {
+                String::new()
+            } else {
+                req::text("description", &body.description, 500)?
+            },
+            permissions: names,
+            updated_at: model::now(),
+        };
+        let created = self.store.put_role(&role).await.map_err(store_error)?;
+        self.authz.forget_tenant(tenant_id).await;
+        tracing::info!(tenant_id = %tenant_id, role = %name, permissions = ?role.permissions, actor = %caller.actor(), "Custom role saved.");
+        Ok((role, created))
+    }
+
+    /// A tenant's custom roles.
+    pub async fn list_roles(
+        &self,
+        _caller: &Caller,
+        tenant_id: &str,
+    ) -> Result<Vec<CustomRole>, ApiError> {
+        self.tenant(tenant_id).await?;
+        self.store.list_roles(tenant_id).await.map_err(store_error)
+    }
+
+    /// One custom role.
+    pub async fn get_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<CustomRole, ApiError> {
+        self.list_roles(caller, tenant_id)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ApiError::NotFound("role not found".into()))
+    }
+
+    /// Deletes a custom role; keys and users holding it lose its permissions.
+    pub async fn delete_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        self.tenant(tenant_id).await?;
+        if req::is_id(name) {
+            self.may_change_role(caller, tenant_id, name).await?;
+        }
+        if !req::is_id(name)
+            || !self
+                .store
+                .delete_role(tenant_id, name)
+                .await
+                .map_err(store_error)?
+        {
+            return Err(ApiError::NotFound("role not found".into()));
+        }
+        self.authz.forget_tenant(tenant_id).await;
+        tracing::info!(tenant_id = %tenant_id, role = %name, actor = %caller.actor(), "Custom role deleted.");
+        Ok(())
+    }
+
+    /// Refuses a change to `role` while a key, a user, or a signed-in user
+    /// (whose provider gave them the role) holding it has permissions the
+    /// caller does not.
+    async fn may_change_role(
+        &self,
+        caller: &Caller,
+        tenant_id: &str,
+        role: &str,
+    ) -> Result<(), ApiError> {
+        if caller.permissions().includes(Permissions::ALL) {
+            return Ok(());
+        }
+        for key in self.store.list_keys(tenant_id).await.map_err(store_error)? {
+            if key.status != KeyStatus::Revoked && key.roles.iter().any(|r| r == role) {
+                let held = self.key_permissions(&key).await?;
+                Self::may_act_on(caller, held, "role is held by a key that")?;
+            }
+        }
+        let sessions = self.live_sessions(tenant_id).await?;
+        let users = self
+            .store
+            .list_users(tenant_id)
+            .await
+            .map_err(store_error)?;
+        let mut holders: Vec<&str> = users
+            .iter()
+            .filter(|u| u.roles.iter().any(|r| r == role))
+            .map(|u| u.user_id.as_str())
+            .collect();
+        holders.extend(
+            sessions
+                .iter()
+                .filter(|s| s.roles.iter().any(|r| r == role))
+                .map(|s| s.user_id.as_str()),
+        );
+        holders.sort_unstable();
+        holders.dedup();
+        for user_id in holders {
+            let stored = users.iter().find(|u| u.user_id == user_id);
+            let held = self
+                .identity_permissions(tenant_id, user_id, stored, &sessions, false)
+                .await?;
+            Self::may_act_on(caller, held, "role is held by a user who")?;
+        }
+        Ok(())
+    }
+}
