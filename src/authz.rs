@@ -388,3 +388,422 @@ pub enum AuthzOutcome {
     #[error("authorization data unavailable")]
     Store(#[source] Arc<StoreError>),
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Decisions on a policy written for the tests (so a change to the
+    //! shipped policy does not move them), over a real sled store. The
+    //! fixture is shared with the limits stage's tests.
+
+    use http::Method;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::model::{self, CustomRole, Project};
+    use crate::principal::{AuthMethod, IdentityHeaders};
+    use crate::store::sled::SledStore;
+
+    pub(crate) const TENANT_A: &str = "org-aaaa0001";
+    pub(crate) const TENANT_B: &str = "org-bbbb0002";
+    /// A project of tenant A (budget [`PROJECT_A_BUDGET`] USD).
+    pub(crate) const PROJECT_A: &str = "proj-aaaa00a1";
+    pub(crate) const PROJECT_A_BUDGET: f64 = 0.5;
+    /// Another project of tenant A (budget [`PROJECT_A_BUDGET`] USD).
+    pub(crate) const PROJECT_A2: &str = "proj-aaaa00a2";
+    /// A project of tenant B (budget 75 USD).
+    pub(crate) const PROJECT_B: &str = "proj-bbbb00b1";
+
+    const ROLES: &str = r#"
+[roles.viewer]
+permissions = ["view_costs", "view_budgets", "view_analytics"]
+
+[roles.admin]
+permissions = ["view_costs", "export_costs", "view_budgets", "create_budgets", "edit_budgets", "delete_budgets", "view_analytics", "create_reports", "manage_users", "manage_projects", "manage_api_keys", "view_audit_logs"]
+
+[roles.system_admin]
+permissions = ["*"]
+"#;
+
+    const ROUTES: &str = r#"
+[[routes]]
+method = "GET"
+path = "/v1/tenants/{tenant}/costs"
+permission = "view_costs"
+
+[[routes]]
+method = "GET"
+path = "/v1/tenants/{tenant}/costs/export"
+permission = "export_costs"
+
+[[routes]]
+method = "GET"
+path = "/v1/tenants/{tenant}/projects/{project}/costs"
+permission = "view_costs"
+
+[[routes]]
+method = "POST"
+path = "/v1/tenants/{tenant}/completions"
+permission = "view_costs"
+cost = true
+
+[[routes]]
+method = "POST"
+path = "/v1/tenants/{tenant}/projects/{project}/completions"
+permission = "view_costs"
+cost = true
+
+[[public]]
+method = "GET"
+path = "/v1/status"
+"#;
+
+    /// The authorization stage over the test policy and a store holding
+    /// [`PROJECT_A`], [`PROJECT_A2`] and [`PROJECT_B`].
+    pub(crate) struct Fixture {
+        pub(crate) store: Arc<dyn Store>,
+        pub(crate) authz: Authz,
+        _dir: TempDir,
+    }
+
+    pub(crate) async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let policy_dir = dir.path().join("policy");
+        std::fs::create_dir(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("roles.toml"), ROLES).unwrap();
+        std::fs::write(policy_dir.join("routes.toml"), ROUTES).unwrap();
+        let policy = PolicyHandle::load(reload::Source::Dir(policy_dir)).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        for (tenant, project, budget) in [
+            (TENANT_A, PROJECT_A, PROJECT_A_BUDGET),
+            (TENANT_A, PROJECT_A2, PROJECT_A_BUDGET),
+            (TENANT_B, PROJECT_B, 75.0),
+        ] {
+            store
+                .insert_project(
+                    &Project {
+                        project_id: project.into(),
+                        tenant_id: tenant.into(),
+                        name: project.into(),
+                        budget,
+                        created_at: model::now(),
+                    },
+                    -1,
+                )
+                .await
+                .unwrap();
+        }
+        let authz = Authz::new(policy, store.clone(), 100, Duration::from_secs(300));
+        Fixture {
+            store,
+            authz,
+            _dir: dir,
+        }
+    }
+
+    /// An API key's principal: key `key_id` of `tenant` with `roles`.
+    pub(crate) fn principal(tenant: &str, key_id: &str, roles: &[&str]) -> Principal {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let key_id: Arc<str> = key_id.into();
+        Principal {
+            tenant_id: tenant.into(),
+            user_id: key_id.clone(),
+            rate_key: key_id.clone(),
+            headers: IdentityHeaders::new(
+                tenant,
+                &key_id,
+                Some(&*key_id),
+                &roles,
+                AuthMethod::ApiKey,
+            )
+            .unwrap(),
+            key_id: Some(key_id),
+            roles: roles.into(),
+            scopes: None,
+            rate_per_minute: None,
+            method: AuthMethod::ApiKey,
+        }
+    }
+
+    /// The decision on `method path` for `who`, as the pipeline asks it.
+    pub(crate) async fn decide(
+        authz: &Authz,
+        method: Method,
+        path: &str,
+        who: &Arc<Principal>,
+    ) -> Result<Permit, AuthzOutcome> {
+        let policy = authz.policy();
+        let m = policy
+            .enforce
+            .find(&method, path)
+            .unwrap_or_else(|| panic!("no test route for {method} {path}"));
+        authz.authorize(&policy, &m, who).await
+    }
+
+    fn costs(tenant: &str) -> String {
+        format!("/v1/tenants/{tenant}/costs")
+    }
+
+    fn project_costs(tenant: &str, project: &str) -> String {
+        format!("/v1/tenants/{tenant}/projects/{project}/costs")
+    }
+
+    #[tokio::test]
+    async fn own_tenant_route_is_permitted_for_the_callers_tenant() {
+        let f = fixture().await;
+        let viewer = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        let permit = decide(&f.authz, Method::GET, &costs(TENANT_A), &viewer)
+            .await
+            .unwrap();
+        assert_eq!(permit.tenant().map(|t| &**t), Some(TENANT_A));
+        assert!(!permit.crosses_tenants());
+        assert!(Arc::ptr_eq(permit.principal().unwrap(), &viewer));
+        assert!(!permit.cost());
+        assert!(permit.project().is_none());
+        assert_eq!(&**permit.route(), "routes.toml:2");
+    }
+
+    #[tokio::test]
+    async fn another_tenants_route_is_refused_unless_system_admin() {
+        let f = fixture().await;
+        let path = costs(TENANT_B);
+        // Holding every tenant permission is not enough to cross tenants.
+        for roles in [&["viewer"][..], &["admin"], &["viewer", "admin"]] {
+            let who = Arc::new(principal(TENANT_A, "key-a", roles));
+            assert!(
+                matches!(
+                    decide(&f.authz, Method::GET, &path, &who).await,
+                    Err(AuthzOutcome::Denied(Denied::TenantMismatch))
+                ),
+                "{roles:?}"
+            );
+        }
+        let sysadmin = Arc::new(principal(TENANT_A, "key-root", &["system_admin"]));
+        let permit = decide(&f.authz, Method::GET, &path, &sysadmin)
+            .await
+            .unwrap();
+        assert_eq!(permit.tenant().map(|t| &**t), Some(TENANT_B));
+        assert!(permit.crosses_tenants());
+        // On its own tenant a system admin does not cross.
+        let own = decide(&f.authz, Method::GET, &costs(TENANT_A), &sysadmin)
+            .await
+            .unwrap();
+        assert!(!own.crosses_tenants());
+    }
+
+    #[tokio::test]
+    async fn another_tenants_project_route_does_not_reveal_whether_the_project_exists() {
+        let f = fixture().await;
+        let viewer = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        for project in [PROJECT_B, "proj-nonexist"] {
+            assert!(
+                matches!(
+                    decide(
+                        &f.authz,
+                        Method::GET,
+                        &project_costs(TENANT_B, project),
+                        &viewer
+                    )
+                    .await,
+                    Err(AuthzOutcome::Denied(Denied::TenantMismatch))
+                ),
+                "{project}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_permission_is_denied_naming_it() {
+        let f = fixture().await;
+        let viewer = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        assert!(matches!(
+            decide(
+                &f.authz,
+                Method::GET,
+                "/v1/tenants/org-aaaa0001/costs/export",
+                &viewer
+            )
+            .await,
+            Err(AuthzOutcome::Denied(Denied::Missing(
+                Permission::ExportCosts
+            )))
+        ));
+        // Unknown role names grant nothing.
+        let nobody = Arc::new(principal(TENANT_A, "key-n", &["no_such_role"]));
+        assert!(matches!(
+            decide(&f.authz, Method::GET, &costs(TENANT_A), &nobody).await,
+            Err(AuthzOutcome::Denied(Denied::Missing(Permission::ViewCosts)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_keys_scopes_narrow_what_its_roles_grant() {
+        let f = fixture().await;
+        let mut scoped = principal(TENANT_A, "key-s", &["admin"]);
+        scoped.scopes = Some(Permissions::of(&[Permission::ViewCosts]));
+        let scoped = Arc::new(scoped);
+        assert!(
+            decide(&f.authz, Method::GET, &costs(TENANT_A), &scoped)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            decide(
+                &f.authz,
+                Method::GET,
+                "/v1/tenants/org-aaaa0001/costs/export",
+                &scoped
+            )
+            .await,
+            Err(AuthzOutcome::Denied(Denied::Missing(
+                Permission::ExportCosts
+            )))
+        ));
+        // A scope cannot take a system admin across tenants once narrowed.
+        let mut root = principal(TENANT_A, "key-r", &["system_admin"]);
+        root.scopes = Some(Permissions::of(&[Permission::ViewCosts]));
+        assert!(matches!(
+            decide(&f.authz, Method::GET, &costs(TENANT_B), &Arc::new(root)).await,
+            Err(AuthzOutcome::Denied(Denied::TenantMismatch))
+        ));
+    }
+
+    #[tokio::test]
+    async fn custom_roles_grant_only_in_their_own_tenant() {
+        let f = fixture().await;
+        let role = |tenant: &str, perms: &[&str]| CustomRole {
+            tenant_id: tenant.into(),
+            name: "exporter".into(),
+            description: "exports".into(),
+            permissions: perms.iter().map(|p| p.to_string()).collect(),
+            updated_at: model::now(),
+        };
+        f.store
+            .put_role(&role(TENANT_A, &["export_costs"]))
+            .await
+            .unwrap();
+        let export_a = "/v1/tenants/org-aaaa0001/costs/export";
+        let export_b = "/v1/tenants/org-bbbb0002/costs/export";
+        let in_a = Arc::new(principal(TENANT_A, "key-a", &["exporter"]));
+        assert!(decide(&f.authz, Method::GET, export_a, &in_a).await.is_ok());
+        // The same role name in another tenant is that tenant's (here: none).
+        let in_b = Arc::new(principal(TENANT_B, "key-b", &["exporter"]));
+        assert!(matches!(
+            decide(&f.authz, Method::GET, export_b, &in_b).await,
+            Err(AuthzOutcome::Denied(Denied::Missing(
+                Permission::ExportCosts
+            )))
+        ));
+        // A change applies once the tenant's cache entry is forgotten.
+        f.store
+            .put_role(&role(TENANT_B, &["export_costs"]))
+            .await
+            .unwrap();
+        f.authz.forget_tenant(TENANT_B).await;
+        assert!(decide(&f.authz, Method::GET, export_b, &in_b).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_project_route_needs_a_project_of_the_routes_tenant() {
+        let f = fixture().await;
+        let viewer = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        let permit = decide(
+            &f.authz,
+            Method::GET,
+            &project_costs(TENANT_A, PROJECT_A),
+            &viewer,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            permit.project().map(|(p, b)| (&**p, *b)),
+            Some((PROJECT_A, PROJECT_A_BUDGET))
+        );
+        // Unknown here, and another tenant's project under one's own tenant.
+        for project in ["proj-nonexist", PROJECT_B] {
+            assert!(
+                matches!(
+                    decide(
+                        &f.authz,
+                        Method::GET,
+                        &project_costs(TENANT_A, project),
+                        &viewer
+                    )
+                    .await,
+                    Err(AuthzOutcome::Denied(Denied::ForeignProject))
+                ),
+                "{project}"
+            );
+        }
+        // A system admin's project is looked up in the route's tenant.
+        let root = Arc::new(principal(TENANT_A, "key-r", &["system_admin"]));
+        let permit = decide(
+            &f.authz,
+            Method::GET,
+            &project_costs(TENANT_B, PROJECT_B),
+            &root,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            permit.project().map(|(p, b)| (&**p, *b)),
+            Some((PROJECT_B, 75.0))
+        );
+        assert!(matches!(
+            decide(
+                &f.authz,
+                Method::GET,
+                &project_costs(TENANT_B, PROJECT_A),
+                &root
+            )
+            .await,
+            Err(AuthzOutcome::Denied(Denied::ForeignProject))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_project_route_without_the_permission_is_still_denied() {
+        let f = fixture().await;
+        let nobody = Arc::new(principal(TENANT_A, "key-n", &["no_such_role"]));
+        assert!(matches!(
+            decide(
+                &f.authz,
+                Method::GET,
+                &project_costs(TENANT_A, PROJECT_A),
+                &nobody
+            )
+            .await,
+            Err(AuthzOutcome::Denied(Denied::Missing(Permission::ViewCosts)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn cost_routes_say_so_on_the_permit() {
+        let f = fixture().await;
+        let viewer = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        let permit = decide(
+            &f.authz,
+            Method::POST,
+            "/v1/tenants/org-aaaa0001/completions",
+            &viewer,
+        )
+        .await
+        .unwrap();
+        assert!(permit.cost());
+    }
+
+    #[tokio::test]
+    async fn only_a_public_route_gives_a_public_permit() {
+        let f = fixture().await;
+        let policy = f.authz.policy();
+        let m = policy.enforce.find(&Method::GET, "/v1/status").unwrap();
+        let permit = Permit::public(&m).expect("a public route");
+        assert!(permit.principal().is_none());
+        assert!(permit.tenant().is_none());
+        assert!(permit.project().is_none());
+        assert!(!permit.crosses_tenants());
+        assert!(!permit.cost());
+        let path = costs(TENANT_A);
+        let protected = policy.enforce.find(&Method::GET, &path).unwrap();
+        assert!(Permit::public(&protected).is_none());
+    }
+}

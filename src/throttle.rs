@@ -371,3 +371,474 @@ impl Throttle {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use http::{HeaderValue, Method, StatusCode};
+
+    use super::*;
+    use crate::authz::tests::{
+        PROJECT_A, PROJECT_A2, TENANT_A, TENANT_B, decide, fixture, principal,
+    };
+    use crate::config::FileConfig;
+    use crate::model::Tier;
+    use crate::principal::Principal;
+    use crate::rate_limit::LocalRateLimiter;
+    use crate::rate_limit::failed_auth::Blocked;
+    use crate::store::Store;
+    use crate::store::conformance::sample_tenant;
+    use crate::store::sled::SledStore;
+
+    /// Bad credentials a source may send per minute in these tests.
+    const N: u32 = 3;
+
+    /// The stage as the server builds it, from the default configuration
+    /// with `N` failed authentications a minute and a cost header.
+    fn throttle(store: Arc<dyn Store>, edit: impl FnOnce(&mut FileConfig)) -> (Throttle, Usage) {
+        let mut file = FileConfig::default();
+        file.rate_limit.failed_auth_per_minute = N.into();
+        file.budget.cost_header = "x-cost-usd".into();
+        edit(&mut file);
+        let config = crate::config::from_file(file).unwrap();
+        let usage = Usage::new(store);
+        let throttle = Throttle::new(
+            Arc::new(LocalRateLimiter::default()),
+            &config.rate_limit,
+            &config.budget,
+            usage.clone(),
+        );
+        (throttle, usage)
+    }
+
+    /// A stage over its own store, for the tests that never reach it.
+    fn bare(edit: impl FnOnce(&mut FileConfig)) -> (Throttle, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        (throttle(store, edit).0, dir)
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+    }
+
+    fn fail(t: &Throttle, port: Port, client: IpAddr, times: u32) {
+        for _ in 0..times {
+            t.authentication_failed(port, client, &AuthnError::UnknownKey);
+        }
+    }
+
+    fn metric(t: &Throttle, line: &str) -> u64 {
+        let mut out = String::new();
+        t.metrics(&mut out);
+        out.lines()
+            .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {line} in\n{out}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_source_is_refused_after_n_bad_credentials() {
+        let (t, _dir) = bare(|_| {});
+        let client = ip(7);
+        fail(&t, Port::Proxy, client, N - 1);
+        assert!(t.blocked(Port::Proxy, client).is_ok(), "N - 1 are allowed");
+        fail(&t, Port::Proxy, client, 1);
+        match t.blocked(Port::Proxy, client) {
+            Err(Limited::AuthFailures(Blocked { limit, retry_after })) => {
+                assert_eq!(limit, N);
+                assert!(
+                    (1..=60 / u64::from(N)).contains(&retry_after),
+                    "{retry_after}"
+                );
+            }
+            other => panic!("not blocked: {other:?}"),
+        }
+        assert!(
+            t.before_authentication(Port::Proxy, client).is_err(),
+            "the pre-authentication check agrees"
+        );
+        assert!(
+            t.blocked(Port::Proxy, ip(8)).is_ok(),
+            "another source is not"
+        );
+        assert!(t.before_authentication(Port::Proxy, ip(8)).is_ok());
+    }
+
+    #[test]
+    fn only_bad_credentials_count_against_a_source() {
+        let (t, _dir) = bare(|_| {});
+        let client = ip(9);
+        // No credential, a suspended tenant, a store outage: the client did
+        // not guess wrong, so it must not be locked out.
+        for err in [
+            AuthnError::Missing,
+            AuthnError::Ambiguous,
+            AuthnError::TenantSuspended,
+            AuthnError::Store(Arc::new(crate::store::StoreError::Backend("down".into()))),
+        ] {
+            for _ in 0..N * 2 {
+                t.authentication_failed(Port::Proxy, client, &err);
+            }
+        }
+        assert!(t.blocked(Port::Proxy, client).is_ok());
+        for _ in 0..N {
+            t.authentication_failed(Port::Proxy, client, &AuthnError::RevokedKey);
+        }
+        assert!(t.blocked(Port::Proxy, client).is_err());
+    }
+
+    #[test]
+    fn the_admin_port_counts_failures_apart_from_the_proxy_port() {
+        let (t, _dir) = bare(|_| {});
+        let shared = ip(10);
+        fail(&t, Port::Proxy, shared, N);
+        assert!(t.blocked(Port::Proxy, shared).is_err());
+        assert!(
+            t.blocked(Port::Admin, shared).is_ok(),
+            "a proxy flood must not lock operators out"
+        );
+        let other = ip(11);
+        fail(&t, Port::Admin, other, N);
+        assert!(t.blocked(Port::Admin, other).is_err());
+        assert!(t.blocked(Port::Proxy, other).is_ok());
+        assert_eq!(metric(&t, "costguard_failed_auth_sources"), 1);
+        assert_eq!(metric(&t, "costguard_admin_failed_auth_sources"), 1);
+    }
+
+    #[test]
+    fn with_rate_limits_off_no_source_is_refused() {
+        let (t, _dir) = bare(|f| f.rate_limit.enabled = false);
+        let client = ip(12);
+        fail(&t, Port::Proxy, client, N * 3);
+        t.count_failure(Port::Admin, client);
+        assert!(t.blocked(Port::Proxy, client).is_ok());
+        assert!(t.before_authentication(Port::Admin, client).is_ok());
+    }
+
+    #[test]
+    fn refusals_are_counted_once_and_only_when_refused() {
+        let (t, _dir) = bare(|_| {});
+        let client = ip(13);
+        fail(&t, Port::Proxy, client, N);
+        let reason = "costguard_limited_requests_total{reason=\"failed_auth_blocked\"}";
+        // `blocked` only asks: the caller may still let a cached credential in.
+        assert!(t.blocked(Port::Proxy, client).is_err());
+        assert_eq!(metric(&t, reason), 0);
+        assert!(t.before_authentication(Port::Proxy, client).is_err());
+        assert_eq!(metric(&t, reason), 1);
+        assert!(t.before_authentication(Port::Proxy, ip(14)).is_ok());
+        assert_eq!(metric(&t, reason), 1);
+    }
+
+    #[test]
+    fn an_auth_failure_refusal_carries_retry_after_and_ratelimit_headers() {
+        let (t, _dir) = bare(|_| {});
+        let client = ip(15);
+        fail(&t, Port::Proxy, client, N);
+        let limited = t.blocked(Port::Proxy, client).unwrap_err();
+        let p = limited.problem();
+        assert_eq!(
+            (p.status, p.code),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+        );
+        let mut h = HeaderMap::new();
+        limited.add_headers(&mut h);
+        let retry: u64 = h[http::header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry >= 1);
+        assert_eq!(h["ratelimit-limit"], HeaderValue::from(N));
+        assert_eq!(h["ratelimit-remaining"], "0");
+        assert_eq!(h["ratelimit-reset"], HeaderValue::from(retry));
+        assert_eq!(h["ratelimit-policy"], format!("{N};w=60").as_str());
+        // Waiting out a month's budget is not a retry: no headers.
+        let mut h = HeaderMap::new();
+        Limited::Budget("tenant").add_headers(&mut h);
+        Limited::Unavailable("x".into()).add_headers(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    // admit(): the permits come from the authorization stage's fixture.
+
+    fn caller(p: Principal, tenant: &crate::model::Tenant) -> Authenticated {
+        Authenticated {
+            principal: Arc::new(p),
+            tenant: Arc::new(tenant.clone()),
+        }
+    }
+
+    fn tenant(id: &str, edit: impl FnOnce(&mut crate::model::TenantLimits)) -> Tenant {
+        let mut t = sample_tenant(Tier::Standard);
+        t.tenant_id = id.into();
+        edit(&mut t.limits);
+        t
+    }
+
+    fn cost(usd: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-cost-usd", HeaderValue::from_str(usd).unwrap());
+        h
+    }
+
+    const COSTS_A: &str = "/v1/tenants/org-aaaa0001/costs";
+    const COMPLETIONS_A: &str = "/v1/tenants/org-aaaa0001/completions";
+
+    fn project_completions(project: &str) -> String {
+        format!("/v1/tenants/{TENANT_A}/projects/{project}/completions")
+    }
+
+    #[tokio::test]
+    async fn a_keys_rate_is_its_own_and_refused_with_retry_after() {
+        let f = fixture().await;
+        let (t, _) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |_| {});
+        let mut slow = principal(TENANT_A, "key-slow", &["viewer"]);
+        slow.rate_per_minute = Some(2);
+        let slow = caller(slow, &home);
+        let permit = decide(&f.authz, Method::GET, COSTS_A, &slow.principal)
+            .await
+            .unwrap();
+        let first = t.admit(&slow, &permit, None).await.unwrap().unwrap();
+        assert_eq!((first.limit, first.remaining), (2, 1));
+        let second = t.admit(&slow, &permit, None).await.unwrap().unwrap();
+        assert_eq!(second.remaining, 0);
+        assert!(second.allowed());
+        match t.admit(&slow, &permit, None).await {
+            Err(Limited::Rate(status)) => {
+                assert!(!status.allowed());
+                assert!(status.retry_after.is_some_and(|s| s >= 1));
+            }
+            other => panic!("not rate limited: {other:?}"),
+        }
+        assert_eq!(
+            metric(
+                &t,
+                "costguard_limited_requests_total{reason=\"rate_limited\"}"
+            ),
+            1
+        );
+        // Another key of the same tenant has its own bucket.
+        let other = caller(principal(TENANT_A, "key-other", &["viewer"]), &home);
+        assert!(t.admit(&other, &permit, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn with_rate_limits_off_no_rate_is_applied() {
+        let f = fixture().await;
+        let (t, _) = throttle(f.store.clone(), |f| f.rate_limit.enabled = false);
+        let home = tenant(TENANT_A, |_| {});
+        let mut slow = principal(TENANT_A, "key-slow", &["viewer"]);
+        slow.rate_per_minute = Some(1);
+        let slow = caller(slow, &home);
+        let permit = decide(&f.authz, Method::GET, COSTS_A, &slow.principal)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(t.admit(&slow, &permit, None).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_daily_quota_refuses_the_request_after_the_limit() {
+        let f = fixture().await;
+        let (t, usage) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |l| l.max_requests_per_day = 2);
+        let who = caller(principal(TENANT_A, "key-a", &["viewer"]), &home);
+        let permit = decide(&f.authz, Method::GET, COSTS_A, &who.principal)
+            .await
+            .unwrap();
+        t.admit(&who, &permit, None).await.unwrap();
+        t.admit(&who, &permit, None).await.unwrap();
+        match t.admit(&who, &permit, None).await {
+            Err(Limited::Quota(q)) => {
+                assert_eq!((q.limit, q.remaining, q.window), (2, 0, 86_400));
+                assert!(q.retry_after.is_some_and(|s| s >= 1));
+                let p = Limited::Quota(q).problem().code;
+                assert_eq!(p, "quota_exceeded");
+            }
+            other => panic!("not over quota: {other:?}"),
+        }
+        assert_eq!(
+            usage.requests_on(TENANT_A, usage::today()).await.unwrap(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rate_refused_request_uses_no_quota() {
+        let f = fixture().await;
+        let (t, _) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |l| l.max_requests_per_day = 2);
+        let mut slow = principal(TENANT_A, "key-slow", &["viewer"]);
+        slow.rate_per_minute = Some(1);
+        let slow = caller(slow, &home);
+        let permit = decide(&f.authz, Method::GET, COSTS_A, &slow.principal)
+            .await
+            .unwrap();
+        t.admit(&slow, &permit, None).await.unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                t.admit(&slow, &permit, None).await,
+                Err(Limited::Rate(_))
+            ));
+        }
+        // The tenant's second request of the day is still there.
+        let other = caller(principal(TENANT_A, "key-b", &["viewer"]), &home);
+        assert!(t.admit(&other, &permit, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_spent_tenant_budget_refuses_cost_routes_only_and_uses_no_quota() {
+        let f = fixture().await;
+        let (t, usage) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |l| {
+            l.max_monthly_cost = 1.0;
+            l.max_requests_per_day = 1;
+        });
+        let who = caller(principal(TENANT_A, "key-a", &["viewer"]), &home);
+        let spend = decide(&f.authz, Method::POST, COMPLETIONS_A, &who.principal)
+            .await
+            .unwrap();
+        t.record_cost(&cost("1.00"), &spend).await;
+        assert_eq!(
+            usage
+                .spend_in(TENANT_A, None, usage::this_month())
+                .await
+                .unwrap(),
+            1_000_000
+        );
+        assert!(matches!(
+            t.admit(&who, &spend, None).await,
+            Err(Limited::Budget("tenant"))
+        ));
+        assert_eq!(
+            metric(
+                &t,
+                "costguard_limited_requests_total{reason=\"budget_exceeded\"}"
+            ),
+            1
+        );
+        // A route without cost is not held back by the budget, and the
+        // refused request did not take the day's only request.
+        let read = decide(&f.authz, Method::GET, COSTS_A, &who.principal)
+            .await
+            .unwrap();
+        assert!(t.admit(&who, &read, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_spent_project_budget_refuses_that_project_only() {
+        let f = fixture().await;
+        let (t, usage) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |l| l.max_monthly_cost = -1.0);
+        let who = caller(principal(TENANT_A, "key-a", &["viewer"]), &home);
+        let on_a = decide(
+            &f.authz,
+            Method::POST,
+            &project_completions(PROJECT_A),
+            &who.principal,
+        )
+        .await
+        .unwrap();
+        let on_a2 = decide(
+            &f.authz,
+            Method::POST,
+            &project_completions(PROJECT_A2),
+            &who.principal,
+        )
+        .await
+        .unwrap();
+        assert!(t.admit(&who, &on_a, None).await.is_ok());
+        // Just under the project's 0.50 USD, then over it.
+        t.record_cost(&cost("0.499999"), &on_a).await;
+        assert!(t.admit(&who, &on_a, None).await.is_ok());
+        t.record_cost(&cost("0.000001"), &on_a).await;
+        let month = usage::this_month();
+        assert_eq!(
+            usage
+                .spend_in(TENANT_A, Some(PROJECT_A), month)
+                .await
+                .unwrap(),
+            500_000
+        );
+        assert_eq!(
+            usage.spend_in(TENANT_A, None, month).await.unwrap(),
+            500_000,
+            "a project's spend is also the tenant's"
+        );
+        assert!(matches!(
+            t.admit(&who, &on_a, None).await,
+            Err(Limited::Budget("project"))
+        ));
+        assert!(t.admit(&who, &on_a2, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_system_admins_cross_tenant_call_spends_the_target_tenants_budget() {
+        let f = fixture().await;
+        let (t, usage) = throttle(f.store.clone(), |_| {});
+        let home = tenant(TENANT_A, |l| l.max_monthly_cost = -1.0);
+        let target = tenant(TENANT_B, |l| l.max_monthly_cost = 1.0);
+        let root = caller(principal(TENANT_A, "key-root", &["system_admin"]), &home);
+        let permit = decide(
+            &f.authz,
+            Method::POST,
+            "/v1/tenants/org-bbbb0002/completions",
+            &root.principal,
+        )
+        .await
+        .unwrap();
+        assert!(permit.crosses_tenants());
+        t.record_cost(&cost("1"), &permit).await;
+        let month = usage::this_month();
+        assert_eq!(
+            usage.spend_in(TENANT_B, None, month).await.unwrap(),
+            1_000_000
+        );
+        assert_eq!(
+            usage.spend_in(TENANT_A, None, month).await.unwrap(),
+            0,
+            "the caller's own tenant is not charged"
+        );
+        assert!(matches!(
+            t.admit(&root, &permit, Some(&target)).await,
+            Err(Limited::Budget("tenant"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cost_that_is_not_a_usd_amount_is_not_counted() {
+        let f = fixture().await;
+        let (t, usage) = throttle(f.store.clone(), |_| {});
+        let who = Arc::new(principal(TENANT_A, "key-a", &["viewer"]));
+        let permit = decide(&f.authz, Method::POST, COMPLETIONS_A, &who)
+            .await
+            .unwrap();
+        for bad in ["-1", "1e3", "NaN", "free", "0"] {
+            t.record_cost(&cost(bad), &permit).await;
+        }
+        t.record_cost(&HeaderMap::new(), &permit).await;
+        assert_eq!(
+            usage
+                .spend_in(TENANT_A, None, usage::this_month())
+                .await
+                .unwrap(),
+            0
+        );
+        // Without a configured header nothing is read at all.
+        let (quiet, usage) = throttle(f.store.clone(), |f| f.budget.cost_header.clear());
+        quiet.record_cost(&cost("5"), &permit).await;
+        assert_eq!(
+            usage
+                .spend_in(TENANT_A, None, usage::this_month())
+                .await
+                .unwrap(),
+            0
+        );
+    }
+}
