@@ -337,13 +337,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn json_error_writes_the_same_contract() {
-        let resp = json_error(
+    async fn a_problem_is_written_as_the_contracts_body() {
+        let problem = Problem::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the login state is not valid",
-            &HeaderValue::from_static(ID),
         );
+        let resp = problem_body(&problem, &HeaderValue::from_static(ID));
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
