@@ -165,15 +165,15 @@ impl Chosen<'_> {
 
     fn tenant(&self) -> Option<&str> {
         match self {
-            Chosen::Oidc(p) => p.config.tenant.as_deref(),
-            Chosen::Saml(p) => p.config.tenant.as_deref(),
+            Chosen::Oidc(p) => p.config.mapping.tenant.as_deref(),
+            Chosen::Saml(p) => p.config.mapping.tenant.as_deref(),
         }
     }
 
     fn email_domains(&self) -> &std::collections::BTreeMap<String, String> {
         match self {
-            Chosen::Oidc(p) => &p.config.email_domains,
-            Chosen::Saml(p) => &p.config.email_domains,
+            Chosen::Oidc(p) => &p.config.mapping.email_domains,
+            Chosen::Saml(p) => &p.config.mapping.email_domains,
         }
     }
 }
@@ -391,11 +391,11 @@ impl Sso {
             .verify_bearer(raw, &header)
             .await
             .map_err(AuthnError::Token)?;
-        let mapping = p.config.mapping();
-        let identity = claims::identity(&mapping, &verified.claims).map_err(AuthnError::Claims)?;
-        let (identity, user_epoch) = self.directory.resolve(&mapping, identity).await?;
+        let mapping = &p.config.mapping;
+        let identity = claims::identity(mapping, &verified.claims).map_err(AuthnError::Claims)?;
+        let (identity, user_epoch) = self.directory.resolve(mapping, identity).await?;
         let tenant = self
-            .tenant_for(p.config.tenant.is_some(), &identity.tenant_id)
+            .tenant_for(p.config.mapping.tenant.is_some(), &identity.tenant_id)
             .await?;
         let principal = principal(&identity, AuthMethod::Jwt)?;
         Ok((
@@ -495,7 +495,7 @@ impl Sso {
                 // A provider removed from the configuration takes its
                 // sessions with it.
                 let mapping = self.mapping_of(&s.provider).ok_or(AuthnError::NoSession)?;
-                let (identity, epoch) = self.directory.resolve(&mapping, identity).await?;
+                let (identity, epoch) = self.directory.resolve(mapping, identity).await?;
                 let built = principal(&identity, method)?;
                 live.principal.store(Some(Arc::new(BuiltPrincipal {
                     epoch,
@@ -533,7 +533,7 @@ impl Sso {
                     updated.refresh_token = Some(r);
                 }
                 if let Some(t) = refreshed.id {
-                    let identity = claims::identity(&p.config.mapping(), &t.id.claims)
+                    let identity = claims::identity(&p.config.mapping, &t.id.claims)
                         .map_err(AuthnError::Claims)?;
                     if identity.tenant_id != s.tenant_id || identity.user_id != s.user_id {
                         self.end_session(&s).await;
@@ -589,10 +589,10 @@ impl Sso {
     }
 
     /// The identity mapping of the provider (OIDC or SAML) named `name`.
-    fn mapping_of(&self, name: &str) -> Option<claims::Mapping<'_>> {
+    fn mapping_of(&self, name: &str) -> Option<&crate::config::IdentityMapping> {
         match self.provider(name) {
-            Some(p) => Some(p.config.mapping()),
-            None => self.saml_provider(name).map(|p| p.config.mapping()),
+            Some(p) => Some(&p.config.mapping),
+            None => self.saml_provider(name).map(|p| &p.config.mapping),
         }
     }
 
@@ -634,13 +634,13 @@ impl Sso {
         if let Some(p) = self
             .providers
             .iter()
-            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+            .find(|p| p.config.mapping.tenant.as_deref() == Some(tenant_id))
         {
             return Some(Chosen::Oidc(p));
         }
         self.saml
             .iter()
-            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+            .find(|p| p.config.mapping.tenant.as_deref() == Some(tenant_id))
             .map(Chosen::Saml)
     }
 
@@ -891,7 +891,7 @@ impl Sso {
                     fail(S::BAD_GATEWAY, "idp_unreachable")
                 }
             })?;
-        let identity = claims::identity(&p.config.mapping(), &tokens.id.claims)
+        let identity = claims::identity(&p.config.mapping, &tokens.id.claims)
             .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
         let now = self.sessions.now();
         let refresh_at = tokens
@@ -902,7 +902,7 @@ impl Sso {
             .open_session(
                 OpenSession {
                     provider: &p.config.name,
-                    pinned: p.config.tenant.is_some(),
+                    pinned: p.config.mapping.tenant.is_some(),
                     method: "oidc",
                     requested_tenant: state.tenant.as_deref(),
                     refresh_token: tokens.refresh_token,
@@ -950,7 +950,7 @@ impl Sso {
             .ok_or_else(|| fail(S::UNAUTHORIZED, "unknown_provider"))?;
         let effective = self
             .directory
-            .resolve(&mapping, identity.clone())
+            .resolve(mapping, identity.clone())
             .await
             .map(|(effective, _)| effective)
             .map_err(|e| match e {
@@ -1346,7 +1346,7 @@ impl Sso {
             }
         }
         let claims = saml_claims(&p.config, &verified);
-        let identity = claims::identity(&p.config.mapping(), &claims)
+        let identity = claims::identity(&p.config.mapping, &claims)
             .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
         let rd = match &login {
             Some(l) => l.rd.clone(),
@@ -1356,7 +1356,7 @@ impl Sso {
             .open_session(
                 OpenSession {
                     provider: name,
-                    pinned: p.config.tenant.is_some(),
+                    pinned: p.config.mapping.tenant.is_some(),
                     method: "saml",
                     requested_tenant: login.as_ref().and_then(|l| l.tenant.as_deref()),
                     refresh_token: None,
@@ -1391,8 +1391,12 @@ fn saml_claims(
         m.insert(name.clone(), value);
     }
     m.insert(claims::NAME_ID.into(), Value::String(v.name_id.clone()));
-    if !m.contains_key(&c.email_attribute) && c.name_id_format == crate::config::NAME_ID_EMAIL {
-        m.insert(c.email_attribute.clone(), Value::String(v.name_id.clone()));
+    if !m.contains_key(&c.mapping.sources.email) && c.name_id_format == crate::config::NAME_ID_EMAIL
+    {
+        m.insert(
+            c.mapping.sources.email.clone(),
+            Value::String(v.name_id.clone()),
+        );
     }
     m.insert("email_verified".into(), Value::Bool(true));
     m
