@@ -15,7 +15,7 @@
 //! - [`access_log`]: one line per request, written when its body ends.
 //! - [`health`]: `/health` and `/ready`.
 //! - [`admin`]: the admin port and API (tenants, keys, projects, users, usage).
-//! - [`store`]: the `Store` trait, its sled backend and conformance suite.
+//! - [`store`]: the `Store` trait, its sled backend and (for tests, feature `conformance`) conformance suite.
 //! - [`model`]: tenants, keys, projects, users; [`roles`]: the seed's RBAC table.
 //! - [`authn`]: credentials → `Principal` ([`authn::api_key`]; JWTs and sessions through [`sso`]).
 //! - [`sso`]: OpenID Connect logins, sessions, IdP-issued JWTs, the `/auth/*` endpoints.
