@@ -7,8 +7,15 @@
 //! key path, so an operator fixes a file in one round instead of ten.
 //! The environment comes in as an [`Env`] value, so tests never touch the
 //! process environment.
+//!
+//! Both kinds of single sign-on provider hold one [`IdentityMapping`]
+//! (tenant, roles, user id). The checks validation shares with the running
+//! proxy ([`is_plain_name`], [`secure_url`]) live here too, so `config`
+//! needs nothing from the stages above it.
 
+mod checks;
 pub mod file;
+mod identity;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,10 +25,14 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+pub use checks::{is_plain_name, secure_url};
 pub use file::FileConfig;
+pub use identity::{
+    AttributeNames, ClaimNames, IdentityMapping, NAME_ID, RoleSource, SourceNames, Sources,
+};
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig, RoleSource,
+    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
     SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 

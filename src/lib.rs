@@ -10,7 +10,8 @@
 //! - [`response`]: the one path from an error to its JSON response
 //!   (`ErrorResponse`, implemented next to each stage's error type).
 //! - [`model`], [`roles`]: tenants, keys, projects, users; the seed's RBAC table.
-//! - [`store`]: the `Store` trait and its sled backend; [`config`]: TOML file +
+//! - [`store`]: the `Store` trait and its sled backend (its conformance suite
+//!   behind the test-only `conformance` feature); [`config`]: TOML file +
 //!   `COSTGUARD_*` environment → validated [`config::Config`].
 //! - [`request_id`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
 //!   [`telemetry`].

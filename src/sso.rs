@@ -222,13 +222,13 @@ impl Sso {
     }
 
     /// The identity mapping of the provider (OIDC or SAML) named `name`.
-    fn mapping_of(&self, name: &str) -> Option<claims::Mapping<'_>> {
+    fn mapping_of(&self, name: &str) -> Option<&crate::config::IdentityMapping> {
         if let Some(p) = self.provider(name) {
-            return Some(p.config.mapping());
+            return Some(&p.config.mapping);
         }
         #[cfg(feature = "saml")]
         if let Some(p) = self.saml_provider(name) {
-            return Some(p.config.mapping());
+            return Some(&p.config.mapping);
         }
         None
     }
@@ -271,7 +271,7 @@ impl Sso {
         if let Some(p) = self
             .providers
             .iter()
-            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+            .find(|p| p.config.mapping.tenant.as_deref() == Some(tenant_id))
         {
             return Some(Chosen::Oidc(p));
         }
@@ -279,7 +279,7 @@ impl Sso {
         if let Some(p) = self
             .saml
             .iter()
-            .find(|p| p.config.tenant.as_deref() == Some(tenant_id))
+            .find(|p| p.config.mapping.tenant.as_deref() == Some(tenant_id))
         {
             return Some(Chosen::Saml(p));
         }

@@ -1,11 +1,13 @@
 //! Storage behind one async trait, so backends are interchangeable: sled
 //! ([`sled::SledStore`]) is the embedded default for one pod; a shared
 //! backend for many replicas implements the same trait and must pass the
-//! same [`conformance`] suite.
+//! same conformance suite (`store::conformance`, behind the test-only
+//! `conformance` feature, which `cargo test` turns on).
 //!
 //! Durability contract: every method that changes data returns only after
 //! the change is on disk, so an acknowledged admin write survives `kill -9`.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod sled;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::identity::{AttributeNames, ClaimNames, IdentityMapping};
+
 /// The whole file. Every section and key is optional and has a default, so an
 /// empty file is a valid configuration (proxy on :8080 to 127.0.0.1:9000).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -523,7 +525,8 @@ impl Default for SsoSection {
 /// `[[sso.oidc]]`: one OpenID provider, for browser logins and for the
 /// JWT access tokens it issues.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys: refused by the flattened `IdentityMapping` (see there).
+#[serde(default)]
 pub struct OidcSection {
     /// A short name, unique, shown in audit records and `/auth/login?provider=`.
     pub name: String,
@@ -542,27 +545,11 @@ pub struct OidcSection {
     /// Scopes asked for; must include `openid`. Add `offline_access` for
     /// refresh tokens.
     pub scopes: Vec<String>,
-    /// Every login through this provider is for this tenant (per-tenant
-    /// SSO). A token naming another tenant is refused.
-    pub tenant: String,
-    /// The claim that holds the tenant id.
-    pub tenant_claim: String,
-    /// Email domain → tenant id: the tenant of a user whose verified email
-    /// has that domain (when no tenant claim decides), and the provider
-    /// `/auth/login?email=` picks.
-    pub email_domains: std::collections::BTreeMap<String, String>,
-    /// The claim that holds role names (a list or a space-separated string).
-    pub roles_claim: String,
-    /// The claim that holds group names.
-    pub groups_claim: String,
-    /// Group → roles it grants.
-    pub group_roles: std::collections::BTreeMap<String, Vec<String>>,
-    /// Roles every user of this provider has.
-    pub default_roles: Vec<String>,
-    /// The claim that holds the email address.
-    pub email_claim: String,
-    /// The claim that becomes the user id (`X-CostOps-User-Id`).
-    pub user_claim: String,
+    /// Tenant, roles and user id: `tenant`, `tenant_claim`, `email_domains`,
+    /// `roles_claim`, `groups_claim`, `group_roles`, `default_roles`,
+    /// `email_claim`, `user_claim`, `allow_system_admin`, `role_source`.
+    #[serde(flatten)]
+    pub mapping: IdentityMapping<ClaimNames>,
     /// Audiences accepted on bearer JWTs. Empty: the client id.
     pub audiences: Vec<String>,
     /// Signature algorithms accepted (pinned). `HS256` only with `hs256_secret_file`.
@@ -570,22 +557,13 @@ pub struct OidcSection {
     /// The shared secret for HS256 tokens of this issuer; only when the
     /// provider cannot sign asymmetrically.
     pub hs256_secret_file: PathBuf,
-    /// Whether this provider may grant `system_admin` (crosses tenants).
-    /// Never for a provider pinned to one tenant.
-    pub allow_system_admin: bool,
-    /// Where a user's roles come from when the admin API knows the user
-    /// (`PUT …/users/{id}`): "admin" (the default: exactly the roles
-    /// assigned there; users it does not know get the provider's), "idp"
-    /// (the provider's claims only), or "both" (the union). Either way a
-    /// user disabled or deleted through the admin API cannot log in, and
-    /// their sessions and tokens stop working.
-    pub role_source: String,
 }
 
 /// `[[sso.saml]]`: one SAML 2.0 identity provider (costguard is the
 /// service provider; Web Browser SSO profile, HTTP-Redirect out, HTTP-POST back).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// Unknown keys: refused by the flattened `IdentityMapping` (see there).
+#[serde(default)]
 pub struct SamlSection {
     /// A short name, unique among all providers.
     pub name: String,
@@ -605,35 +583,12 @@ pub struct SamlSection {
     pub acs_url: String,
     /// NameID format asked for (and, when the response names one, required).
     pub name_id_format: String,
-    /// Every login through this IdP is for this tenant.
-    pub tenant: String,
-    /// The attribute holding the tenant id.
-    pub tenant_attribute: String,
-    /// Email domain → tenant id (when no tenant attribute decides).
-    pub email_domains: std::collections::BTreeMap<String, String>,
-    /// The attribute holding role names (several values, or one separated
-    /// by spaces or commas).
-    pub roles_attribute: String,
-    /// The attribute holding group names.
-    pub groups_attribute: String,
-    /// Group → roles it grants.
-    pub group_roles: std::collections::BTreeMap<String, Vec<String>>,
-    /// Roles every user of this IdP has.
-    pub default_roles: Vec<String>,
-    /// The attribute holding the email. Default `email`; with an
-    /// `emailAddress` NameID, the NameID when the attribute is missing.
-    pub email_attribute: String,
-    /// The attribute that becomes the user id. Empty: the NameID.
-    pub user_attribute: String,
-    /// Whether this IdP may grant `system_admin`. Never with `tenant`.
-    pub allow_system_admin: bool,
-    /// Where a user's roles come from when the admin API knows the user
-    /// (`PUT …/users/{id}`): "admin" (the default: exactly the roles
-    /// assigned there; users it does not know get the provider's), "idp"
-    /// (the provider's claims only), or "both" (the union). Either way a
-    /// user disabled or deleted through the admin API cannot log in, and
-    /// their sessions and tokens stop working.
-    pub role_source: String,
+    /// Tenant, roles and user id: `tenant`, `tenant_attribute`,
+    /// `email_domains`, `roles_attribute`, `groups_attribute`,
+    /// `group_roles`, `default_roles`, `email_attribute`, `user_attribute`,
+    /// `allow_system_admin`, `role_source`.
+    #[serde(flatten)]
+    pub mapping: IdentityMapping<AttributeNames>,
     /// Accept IdP-initiated logins (no AuthnRequest, no `InResponseTo`).
     /// Off: every response must answer a request this browser started.
     pub allow_unsolicited: bool,

@@ -348,6 +348,102 @@ fn providers_of_one_issuer_cannot_take_each_others_tokens() {
     assert!(bad.to_string().contains("system_admin"), "{bad}");
 }
 
+#[test]
+fn both_kinds_of_provider_share_one_identity_mapping_under_their_own_keys() {
+    let oidc = "[[sso.oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\n\
+                client_id = \"cg\"\nredirect_url = \"https://costs.example.com/auth/callback\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["idp.example.com".into()]).unwrap();
+    let pem = dir.path().join("idp.pem");
+    std::fs::write(&pem, cert.cert.pem()).unwrap();
+    let saml = format!(
+        "[[sso.saml]]\nname = \"corp-saml\"\nidp_entity_id = \"https://idp.example.com/saml\"\n\
+         idp_sso_url = \"https://idp.example.com/saml/sso\"\nidp_cert_file = \"{}\"\n\
+         sp_entity_id = \"https://costs.example.com/sp\"\nacs_url = \"https://costs.example.com/auth/saml/acs\"\n",
+        pem.display()
+    );
+    let text = format!(
+        "{oidc}tenant_claim = \" tenant_id \"\nemail_domains = {{ \"ACME.example\" = \"org-aaaaaaaa\" }}\n\
+         roles_claim = \"roles\"\ngroups_claim = \"\"\nrole_source = \"both\"\n\
+         {saml}tenant = \"org-bbbbbbbb\"\nroles_attribute = \"roles\"\nemail_attribute = \"mail\"\n"
+    );
+    let config = validate::validate(parse(&text, "t.toml", &Env::default()).unwrap()).unwrap();
+    let o = &config.sso.oidc[0].mapping;
+    assert_eq!(o.tenant, None);
+    assert_eq!(o.sources.tenant.as_deref(), Some("tenant_id"));
+    assert_eq!(o.sources.roles.as_deref(), Some("roles"));
+    assert_eq!(o.sources.groups, None, "blank: unset");
+    assert_eq!(
+        (o.sources.email.as_str(), o.sources.user.as_str()),
+        ("email", "sub")
+    );
+    assert_eq!(o.email_domains["acme.example"], "org-aaaaaaaa");
+    assert_eq!(o.role_source(), RoleSource::Both);
+    let s = &config.sso.saml[0].mapping;
+    assert_eq!(s.tenant.as_deref(), Some("org-bbbbbbbb"));
+    assert_eq!(s.sources.tenant, None);
+    assert_eq!(
+        (s.sources.email.as_str(), s.sources.user.as_str()),
+        ("mail", NAME_ID)
+    );
+    assert_eq!(s.role_source(), RoleSource::Admin);
+
+    // Each kind takes its own keys only, and nothing unknown.
+    for (text, section, field) in [
+        (
+            format!("{oidc}tenant_attribute = \"t\"\n"),
+            "sso.oidc",
+            "tenant_attribute",
+        ),
+        (
+            format!("{oidc}tenant_claim = \"t\"\nrole = \"x\"\n"),
+            "sso.oidc",
+            "role",
+        ),
+        (
+            format!("{saml}tenant_claim = \"t\"\n"),
+            "sso.saml",
+            "tenant_claim",
+        ),
+        (
+            format!("{saml}user_claim = \"uid\"\n"),
+            "sso.saml",
+            "user_claim",
+        ),
+    ] {
+        let err = parse(&text, "t.toml", &Env::default()).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert_eq!(err.problems[0].key, section, "{err}");
+        assert!(
+            err.problems[0]
+                .message
+                .contains(&format!("unknown field `{field}`")),
+            "{err}"
+        );
+    }
+    // Validation names the kind's key.
+    let err = validate::validate(parse(&saml, "t.toml", &Env::default()).unwrap()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tenant_attribute or email_domains"),
+        "{err}"
+    );
+    let err = validate::validate(
+        parse(
+            &format!("{oidc}tenant_claim = \"t\"\nrole_source = \" nobody \"\n"),
+            "t.toml",
+            &Env::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err.problems[0].key, "sso.oidc[0].role_source", "{err}");
+    assert!(
+        err.problems[0].message.starts_with("\"nobody\": expected"),
+        "{err}"
+    );
+}
+
 fn tenant(tier: crate::model::Tier) -> crate::model::Tenant {
     crate::store::conformance::sample_tenant(tier)
 }

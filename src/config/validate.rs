@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 mod sso;
 
-pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, RoleSource, SamlProviderConfig, SsoConfig};
+pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, SamlProviderConfig, SsoConfig};
 
 use super::file::FileConfig;
 use super::{ConfigError, Problem};

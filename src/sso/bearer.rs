@@ -168,11 +168,11 @@ impl Sso {
             .verify_bearer(raw, &header, self.now())
             .await
             .map_err(AuthnError::Token)?;
-        let mapping = p.config.mapping();
-        let identity = claims::identity(&mapping, &verified.claims).map_err(AuthnError::Claims)?;
-        let (identity, user_epoch) = self.directory.resolve(&mapping, identity).await?;
+        let mapping = &p.config.mapping;
+        let identity = claims::identity(mapping, &verified.claims).map_err(AuthnError::Claims)?;
+        let (identity, user_epoch) = self.directory.resolve(mapping, identity).await?;
         let tenant = self
-            .tenant_for(p.config.tenant.is_some(), &identity.tenant_id)
+            .tenant_for(p.config.mapping.tenant.is_some(), &identity.tenant_id)
             .await?;
         let principal = principal(&identity, AuthMethod::Jwt)?;
         Ok((

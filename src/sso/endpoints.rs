@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode};
+#[cfg(feature = "saml")]
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 use super::web::Query;

@@ -14,19 +14,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 
-/// Whether costguard may talk to an identity provider at `url`: `https`,
-/// or `http` to a loopback host (tests, a provider in the same pod). Used
-/// for the configured issuer and for the endpoints its discovery names.
-pub fn secure_url(url: &url::Url) -> bool {
-    match (url.scheme(), url.host()) {
-        ("https", Some(_)) => true,
-        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
-        ("http", Some(url::Host::Domain(d))) => d == "localhost",
-        _ => false,
-    }
-}
-
 /// A call to an identity provider failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {

@@ -50,6 +50,7 @@ impl LoginFailure {
         }
     }
 
+    #[cfg(feature = "saml")]
     pub(super) fn saml(status: StatusCode, reason: impl Into<String>) -> Self {
         Self {
             method: "saml",
@@ -81,6 +82,7 @@ pub(super) enum LoginError {
     #[error("{0}")]
     BadRequest(&'static str),
     /// No such provider (404).
+    #[cfg(feature = "saml")]
     #[error("{0}")]
     NotFound(&'static str),
     /// The provider cannot be reached (503).
@@ -92,6 +94,7 @@ impl ErrorResponse for LoginError {
     fn problem(&self) -> Problem<'_> {
         let (status, code) = match self {
             LoginError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            #[cfg(feature = "saml")]
             LoginError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             LoginError::IdpUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "idp_unavailable"),
         };
@@ -122,17 +125,17 @@ impl Chosen<'_> {
 
     pub(super) fn tenant(&self) -> Option<&str> {
         match self {
-            Chosen::Oidc(p) => p.config.tenant.as_deref(),
+            Chosen::Oidc(p) => p.config.mapping.tenant.as_deref(),
             #[cfg(feature = "saml")]
-            Chosen::Saml(p) => p.config.tenant.as_deref(),
+            Chosen::Saml(p) => p.config.mapping.tenant.as_deref(),
         }
     }
 
     pub(super) fn email_domains(&self) -> &std::collections::BTreeMap<String, String> {
         match self {
-            Chosen::Oidc(p) => &p.config.email_domains,
+            Chosen::Oidc(p) => &p.config.mapping.email_domains,
             #[cfg(feature = "saml")]
-            Chosen::Saml(p) => &p.config.email_domains,
+            Chosen::Saml(p) => &p.config.mapping.email_domains,
         }
     }
 }
@@ -212,6 +215,7 @@ impl Sso {
             return response::error(&e, request_id);
         }
         let rd = safe_redirect(q.get("rd").as_deref()).to_string();
+        #[cfg_attr(not(feature = "saml"), allow(clippy::infallible_destructuring_match))]
         let p = match p {
             Chosen::Oidc(p) => p,
             #[cfg(feature = "saml")]
@@ -277,7 +281,7 @@ impl Sso {
             .ok_or_else(|| fail(S::UNAUTHORIZED, "unknown_provider"))?;
         let effective = self
             .directory
-            .resolve(&mapping, identity.clone())
+            .resolve(mapping, identity.clone())
             .await
             .map(|(effective, _)| effective)
             .map_err(|e| match e {

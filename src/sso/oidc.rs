@@ -158,7 +158,7 @@ impl Provider {
             Some(metadata.jwks_uri().url()),
         ];
         for url in endpoints.into_iter().flatten() {
-            if !super::http::secure_url(url) {
+            if !crate::config::secure_url(url) {
                 return Err(ProviderError::Call(format!(
                     "discovery names a plain http endpoint off loopback: {url}"
                 )));

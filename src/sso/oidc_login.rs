@@ -101,7 +101,7 @@ impl Sso {
                     fail(S::BAD_GATEWAY, "idp_unreachable")
                 }
             })?;
-        let identity = claims::identity(&p.config.mapping(), &tokens.id.claims)
+        let identity = claims::identity(&p.config.mapping, &tokens.id.claims)
             .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
         let now = self.sessions.now();
         let refresh_at = tokens
@@ -112,7 +112,7 @@ impl Sso {
             .open_session(
                 OpenSession {
                     provider: &p.config.name,
-                    pinned: p.config.tenant.is_some(),
+                    pinned: p.config.mapping.tenant.is_some(),
                     method: "oidc",
                     requested_tenant: state.tenant.as_deref(),
                     refresh_token: tokens.refresh_token,

@@ -38,8 +38,12 @@ pub(super) fn saml_claims(
         m.insert(name.clone(), value);
     }
     m.insert(claims::NAME_ID.into(), Value::String(v.name_id.clone()));
-    if !m.contains_key(&c.email_attribute) && c.name_id_format == crate::config::NAME_ID_EMAIL {
-        m.insert(c.email_attribute.clone(), Value::String(v.name_id.clone()));
+    if !m.contains_key(&c.mapping.sources.email) && c.name_id_format == crate::config::NAME_ID_EMAIL
+    {
+        m.insert(
+            c.mapping.sources.email.clone(),
+            Value::String(v.name_id.clone()),
+        );
     }
     m.insert("email_verified".into(), Value::Bool(true));
     m
@@ -258,7 +262,7 @@ impl Sso {
             }
         }
         let claims = saml_claims(&p.config, &verified);
-        let identity = claims::identity(&p.config.mapping(), &claims)
+        let identity = claims::identity(&p.config.mapping, &claims)
             .map_err(|e| fail(S::UNAUTHORIZED, e.reason()))?;
         let rd = match &login {
             Some(l) => l.rd.clone(),
@@ -268,7 +272,7 @@ impl Sso {
             .open_session(
                 OpenSession {
                     provider: name,
-                    pinned: p.config.tenant.is_some(),
+                    pinned: p.config.mapping.tenant.is_some(),
                     method: "saml",
                     requested_tenant: login.as_ref().and_then(|l| l.tenant.as_deref()),
                     refresh_token: None,

@@ -139,7 +139,7 @@ impl Sso {
                 // A provider removed from the configuration takes its
                 // sessions with it.
                 let mapping = self.mapping_of(&s.provider).ok_or(AuthnError::NoSession)?;
-                let (identity, epoch) = self.directory.resolve(&mapping, identity).await?;
+                let (identity, epoch) = self.directory.resolve(mapping, identity).await?;
                 let built = principal(&identity, method)?;
                 live.principal.store(Some(Arc::new(BuiltPrincipal {
                     epoch,
@@ -177,7 +177,7 @@ impl Sso {
                     updated.refresh_token = Some(r);
                 }
                 if let Some(t) = refreshed.id {
-                    let identity = claims::identity(&p.config.mapping(), &t.id.claims)
+                    let identity = claims::identity(&p.config.mapping, &t.id.claims)
                         .map_err(AuthnError::Claims)?;
                     if identity.tenant_id != s.tenant_id || identity.user_id != s.user_id {
                         self.end_session(&s).await;

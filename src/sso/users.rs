@@ -19,10 +19,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 use moka::future::Cache;
 
-use super::claims::{ClaimError, Identity, Mapping};
+use super::claims::{ClaimError, Identity};
 use crate::authn::AuthnError;
 use crate::authz::Authz;
-use crate::config::RoleSource;
+use crate::config::{IdentityMapping, RoleSource};
 use crate::model::{User, UserStatus};
 use crate::roles::Permission;
 use crate::store::{Store, StoreError};
@@ -106,7 +106,7 @@ impl Directory {
     /// lookup), for the caller's cache.
     pub async fn resolve(
         &self,
-        mapping: &Mapping<'_>,
+        mapping: &IdentityMapping,
         mut identity: Identity,
     ) -> Result<(Identity, u64), AuthnError> {
         let epoch = self.epoch(&identity.tenant_id);
@@ -127,7 +127,7 @@ impl Directory {
             });
         }
         if let Some(u) = user {
-            match mapping.role_source {
+            match mapping.role_source() {
                 RoleSource::Idp => {}
                 RoleSource::Admin => identity.roles = u.roles.clone(),
                 RoleSource::Both => identity.roles.extend(u.roles.iter().cloned()),

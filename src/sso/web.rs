@@ -91,6 +91,7 @@ impl Query<'_> {
 }
 
 /// Whether any cookie is called `name`.
+#[cfg(feature = "saml")]
 pub(super) fn cookie_named(headers: &HeaderMap, name: &str) -> bool {
     headers
         .get_all(header::COOKIE)

@@ -1,5 +1,6 @@
-//! `[sso]` and `[[sso.oidc]]` → [`SsoConfig`]: URLs parsed, secrets read
-//! from their files, claim mapping checked, every problem collected.
+//! `[sso]`, `[[sso.oidc]]` and `[[sso.saml]]` → [`SsoConfig`]: URLs
+//! parsed, secrets and certificates read from their files, identity
+//! mapping checked, every problem collected.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use super::Checker;
+use crate::config::checks::{is_plain_name, secure_url};
 use crate::config::file::{FileConfig, OidcSection, SamlSection};
+use crate::config::identity::{IdentityMapping, RoleSource, SourceNames};
 
 /// `[sso]`, validated.
 #[derive(Debug, Clone)]
@@ -66,28 +69,8 @@ pub struct SamlProviderConfig {
     pub acs_url: String,
     /// NameID format.
     pub name_id_format: String,
-    /// The one tenant of this IdP.
-    pub tenant: Option<String>,
-    /// Attribute with the tenant id.
-    pub tenant_attribute: Option<String>,
-    /// Lower-case email domain → tenant.
-    pub email_domains: BTreeMap<String, String>,
-    /// Attribute with role names.
-    pub roles_attribute: Option<String>,
-    /// Attribute with group names.
-    pub groups_attribute: Option<String>,
-    /// Group → roles.
-    pub group_roles: BTreeMap<String, Vec<String>>,
-    /// Roles everyone gets.
-    pub default_roles: Vec<String>,
-    /// Attribute with the email.
-    pub email_attribute: String,
-    /// Attribute that becomes the user id; `None`: the NameID.
-    pub user_attribute: Option<String>,
-    /// May grant `system_admin`.
-    pub allow_system_admin: bool,
-    /// Where a known user's roles come from.
-    pub role_source: RoleSource,
+    /// Tenant, roles, user id: the identity mapping, validated.
+    pub mapping: IdentityMapping,
     /// IdP-initiated logins accepted.
     pub allow_unsolicited: bool,
     /// The Assertion itself must be signed.
@@ -113,34 +96,14 @@ pub struct OidcProviderConfig {
     pub post_logout_redirect_url: Option<String>,
     /// Scopes besides `openid`.
     pub scopes: Vec<String>,
-    /// The one tenant of this provider.
-    pub tenant: Option<String>,
-    /// Claim with the tenant id.
-    pub tenant_claim: Option<String>,
-    /// Lower-case email domain → tenant.
-    pub email_domains: BTreeMap<String, String>,
-    /// Claim with role names.
-    pub roles_claim: Option<String>,
-    /// Claim with group names.
-    pub groups_claim: Option<String>,
-    /// Group → roles.
-    pub group_roles: BTreeMap<String, Vec<String>>,
-    /// Roles everyone gets.
-    pub default_roles: Vec<String>,
-    /// Claim with the email.
-    pub email_claim: String,
-    /// Claim that becomes the user id.
-    pub user_claim: String,
+    /// Tenant, roles, user id: the identity mapping, validated.
+    pub mapping: IdentityMapping,
     /// Accepted `aud` values of bearer JWTs.
     pub audiences: Vec<String>,
     /// Accepted algorithms.
     pub algorithms: Vec<Algorithm>,
     /// HS256 secret, when configured.
     pub hs256_secret: Option<Vec<u8>>,
-    /// May grant `system_admin`.
-    pub allow_system_admin: bool,
-    /// Where a known user's roles come from.
-    pub role_source: RoleSource,
 }
 
 impl std::fmt::Debug for OidcProviderConfig {
@@ -150,16 +113,15 @@ impl std::fmt::Debug for OidcProviderConfig {
             .field("name", &self.name)
             .field("issuer", &self.issuer)
             .field("client_id", &self.client_id)
-            .field("tenant", &self.tenant)
+            .field("tenant", &self.mapping.tenant)
             .finish_non_exhaustive()
     }
 }
 
-/// Role and claim names go into headers and policy lookups: keep them plain.
 /// `https`, or `http` to a loopback host: the provider's URLs.
 fn check_url(c: &mut Checker, key: &str, value: &str) -> Option<url::Url> {
     match url::Url::parse(value) {
-        Ok(url) if crate::sso::http::secure_url(&url) => Some(url),
+        Ok(url) if secure_url(&url) => Some(url),
         Ok(_) => {
             c.fail(
                 key,
@@ -196,31 +158,27 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// The tenant and role mapping both kinds of provider share, checked:
-/// returns (pinned tenant, tenant claim/attribute, lower-case email domains).
-/// `source` names the claim/attribute key (`tenant_claim`, `tenant_attribute`).
-#[allow(clippy::too_many_arguments)]
-fn mapping(
+/// The identity mapping of either kind of provider, checked and made
+/// ready for use: names trimmed (blank ones unset, the kind's defaults
+/// filled in), email domains lower-case.
+fn identity_mapping<N: SourceNames>(
     c: &mut Checker,
     key: &dyn Fn(&str) -> String,
-    source: &str,
-    tenant: &str,
-    tenant_source: &str,
-    email_domains: &BTreeMap<String, String>,
-    roles: &[&String],
-    allow_system_admin: bool,
-) -> (Option<String>, Option<String>, BTreeMap<String, String>) {
-    let tenant = non_empty(tenant);
-    let tenant_source = non_empty(tenant_source);
-    let email_domains: BTreeMap<String, String> = email_domains
+    m: &IdentityMapping<N>,
+) -> IdentityMapping {
+    let tenant = m.tenant.as_deref().and_then(non_empty);
+    let sources = m.sources.sources();
+    let email_domains: BTreeMap<String, String> = m
+        .email_domains
         .iter()
         .map(|(d, t)| (d.trim().to_ascii_lowercase(), t.trim().to_string()))
         .collect();
-    if tenant.is_none() && tenant_source.is_none() && email_domains.is_empty() {
+    if tenant.is_none() && sources.tenant.is_none() && email_domains.is_empty() {
         c.fail(
             key("tenant"),
             format!(
-                "set tenant (one tenant), {source} or email_domains: a login must name its tenant"
+                "set tenant (one tenant), {} or email_domains: a login must name its tenant",
+                N::TENANT_KEY
             ),
         );
     }
@@ -237,23 +195,44 @@ fn mapping(
             "a provider pinned to one tenant cannot map domains to another",
         );
     }
-    for r in roles {
-        if !crate::sso::claims::is_plain_name(r) {
+    for r in m
+        .default_roles
+        .iter()
+        .chain(m.group_roles.values().flatten())
+    {
+        if !is_plain_name(r) {
             c.fail(key("group_roles"), format!("not a role name: {r:?}"));
         }
     }
-    if allow_system_admin && tenant.is_some() {
+    if m.allow_system_admin && tenant.is_some() {
         c.fail(
             key("allow_system_admin"),
             "a provider pinned to one tenant may not grant system_admin",
         );
     }
-    (tenant, tenant_source, email_domains)
+    if RoleSource::parse(&m.role_source).is_none() {
+        c.fail(
+            key("role_source"),
+            format!(
+                "{:?}: expected \"admin\", \"idp\" or \"both\"",
+                m.role_source.trim()
+            ),
+        );
+    }
+    IdentityMapping {
+        tenant,
+        sources,
+        email_domains,
+        group_roles: m.group_roles.clone(),
+        default_roles: m.default_roles.clone(),
+        allow_system_admin: m.allow_system_admin,
+        role_source: m.role_source.trim().to_string(),
+    }
 }
 
 fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
     let key = |k: &str| format!("sso.oidc[{i}].{k}");
-    if !crate::sso::claims::is_plain_name(&p.name) {
+    if !is_plain_name(&p.name) {
         c.fail(key("name"), "must be 1-128 of [A-Za-z0-9_.:-]");
     }
     check_url(c, &key("issuer"), &p.issuer);
@@ -278,21 +257,7 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         c.fail(key("scopes"), "must include \"openid\"");
     }
     scopes.retain(|s| s != "openid");
-    let roles: Vec<&String> = p
-        .default_roles
-        .iter()
-        .chain(p.group_roles.values().flatten())
-        .collect();
-    let (tenant, tenant_claim, email_domains) = mapping(
-        c,
-        &key,
-        "tenant_claim",
-        &p.tenant,
-        &p.tenant_claim,
-        &p.email_domains,
-        &roles,
-        p.allow_system_admin,
-    );
+    let mapping = identity_mapping(c, &key, &p.mapping);
     let names = if p.algorithms.is_empty() {
         vec!["RS256".to_string(), "ES256".to_string()]
     } else {
@@ -341,15 +306,7 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         redirect_url: p.redirect_url.trim().to_string(),
         post_logout_redirect_url: post_logout,
         scopes,
-        tenant,
-        tenant_claim,
-        email_domains,
-        roles_claim: non_empty(&p.roles_claim),
-        groups_claim: non_empty(&p.groups_claim),
-        group_roles: p.group_roles.clone(),
-        default_roles: p.default_roles.clone(),
-        email_claim: non_empty(&p.email_claim).unwrap_or_else(|| "email".into()),
-        user_claim: non_empty(&p.user_claim).unwrap_or_else(|| "sub".into()),
+        mapping,
         audiences: if p.audiences.is_empty() {
             vec![p.client_id.trim().to_string()]
         } else {
@@ -357,36 +314,6 @@ fn provider(c: &mut Checker, i: usize, p: &OidcSection) -> OidcProviderConfig {
         },
         algorithms,
         hs256_secret,
-        allow_system_admin: p.allow_system_admin,
-        role_source: role_source(c, &key, &p.role_source),
-    }
-}
-
-/// Where the roles of a user the admin API knows come from (`role_source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RoleSource {
-    /// The roles assigned through the admin API; a user it does not know
-    /// gets the provider's.
-    #[default]
-    Admin,
-    /// The provider's claims only.
-    Idp,
-    /// Both, united.
-    Both,
-}
-
-fn role_source(c: &mut Checker, key: &dyn Fn(&str) -> String, value: &str) -> RoleSource {
-    match value.trim() {
-        "" | "admin" => RoleSource::Admin,
-        "idp" => RoleSource::Idp,
-        "both" => RoleSource::Both,
-        other => {
-            c.fail(
-                key("role_source"),
-                format!("{other:?}: expected \"admin\", \"idp\" or \"both\""),
-            );
-            RoleSource::Admin
-        }
     }
 }
 
@@ -417,15 +344,13 @@ fn read_certs(
                 c.fail(key, format!("{}: not PEM", file.display()));
                 break;
             };
-            match openssl::x509::X509::from_der(&der) {
-                Ok(x509) => {
+            match certificate_expiry(&der) {
+                Ok(expired) => {
                     found += 1;
-                    let now = openssl::asn1::Asn1Time::days_from_now(0).ok();
-                    if now.is_some_and(|now| x509.not_after() < now) {
+                    if let Some(not_after) = expired {
                         warnings.push(format!(
-                            "{key}: certificate in {} expired on {} (still trusted: SAML IdPs often sign with expired certificates; the pin is what counts)",
+                            "{key}: certificate in {} expired on {not_after} (still trusted: SAML IdPs often sign with expired certificates; the pin is what counts)",
                             file.display(),
-                            x509.not_after()
                         ));
                     }
                     certs.push(der.to_vec());
@@ -443,6 +368,24 @@ fn read_certs(
     certs
 }
 
+/// A DER certificate's end of validity if it is past (`None`: still valid),
+/// or why it is not a certificate.
+#[cfg(feature = "saml")]
+fn certificate_expiry(der: &[u8]) -> Result<Option<String>, String> {
+    let x509 = openssl::x509::X509::from_der(der).map_err(|e| e.to_string())?;
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok();
+    Ok(now
+        .is_some_and(|now| x509.not_after() < now)
+        .then(|| x509.not_after().to_string()))
+}
+
+/// Without SAML support there is nothing to read certificates for: the
+/// providers themselves are refused.
+#[cfg(not(feature = "saml"))]
+fn certificate_expiry(_der: &[u8]) -> Result<Option<String>, String> {
+    Err("this build has no SAML support".into())
+}
+
 fn saml_provider(
     c: &mut Checker,
     i: usize,
@@ -451,7 +394,7 @@ fn saml_provider(
     warnings: &mut Vec<String>,
 ) -> SamlProviderConfig {
     let key = |k: &str| format!("sso.saml[{i}].{k}");
-    if !crate::sso::claims::is_plain_name(&p.name) {
+    if !is_plain_name(&p.name) {
         c.fail(key("name"), "must be 1-128 of [A-Za-z0-9_.:-]");
     }
     if p.idp_entity_id.trim().is_empty() {
@@ -481,21 +424,7 @@ fn saml_provider(
         );
     }
     let idp_certs = read_certs(c, &key("idp_cert_file"), &files, warnings);
-    let roles: Vec<&String> = p
-        .default_roles
-        .iter()
-        .chain(p.group_roles.values().flatten())
-        .collect();
-    let (tenant, tenant_attribute, email_domains) = mapping(
-        c,
-        &key,
-        "tenant_attribute",
-        &p.tenant,
-        &p.tenant_attribute,
-        &p.email_domains,
-        &roles,
-        p.allow_system_admin,
-    );
+    let mapping = identity_mapping(c, &key, &p.mapping);
     let clock_skew = p.clock_skew.unwrap_or(default_skew);
     if clock_skew > Duration::from_secs(600) {
         c.fail(key("clock_skew"), "must be at most 10m");
@@ -508,17 +437,7 @@ fn saml_provider(
         sp_entity_id: p.sp_entity_id.trim().to_string(),
         acs_url: p.acs_url.trim().to_string(),
         name_id_format: non_empty(&p.name_id_format).unwrap_or_else(|| NAME_ID_EMAIL.into()),
-        tenant,
-        tenant_attribute,
-        email_domains,
-        roles_attribute: non_empty(&p.roles_attribute),
-        groups_attribute: non_empty(&p.groups_attribute),
-        group_roles: p.group_roles.clone(),
-        default_roles: p.default_roles.clone(),
-        email_attribute: non_empty(&p.email_attribute).unwrap_or_else(|| "email".into()),
-        user_attribute: non_empty(&p.user_attribute),
-        allow_system_admin: p.allow_system_admin,
-        role_source: role_source(c, &key, &p.role_source),
+        mapping,
         allow_unsolicited: p.allow_unsolicited,
         require_signed_assertion: p.require_signed_assertion.unwrap_or(true),
         clock_skew,
@@ -557,11 +476,11 @@ fn check_saml_set(c: &mut Checker, saml: &[SamlProviderConfig], oidc: &[OidcProv
         }
     }
     let pinned = |t: &str| {
-        oidc.iter().any(|o| o.tenant.as_deref() == Some(t))
-            || saml.iter().any(|s| s.tenant.as_deref() == Some(t))
+        oidc.iter().any(|o| o.mapping.tenant.as_deref() == Some(t))
+            || saml.iter().any(|s| s.mapping.tenant.as_deref() == Some(t))
     };
-    for p in saml.iter().filter(|p| p.tenant.is_none()) {
-        for (domain, t) in &p.email_domains {
+    for p in saml.iter().filter(|p| p.mapping.tenant.is_none()) {
+        for (domain, t) in &p.mapping.email_domains {
             if pinned(t) {
                 c.fail(
                     format!("sso.saml.{}.email_domains", p.name),
@@ -570,9 +489,9 @@ fn check_saml_set(c: &mut Checker, saml: &[SamlProviderConfig], oidc: &[OidcProv
             }
         }
     }
-    for p in oidc.iter().filter(|p| p.tenant.is_none()) {
-        for (domain, t) in &p.email_domains {
-            if saml.iter().any(|s| s.tenant.as_deref() == Some(t)) {
+    for p in oidc.iter().filter(|p| p.mapping.tenant.is_none()) {
+        for (domain, t) in &p.mapping.email_domains {
+            if saml.iter().any(|s| s.mapping.tenant.as_deref() == Some(t)) {
                 c.fail(
                     format!("sso.oidc.{}.email_domains", p.name),
                     format!("{domain:?} maps to {t}, which has its own SAML provider"),
@@ -633,9 +552,9 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
         }
     }
     // A tenant with its own provider is reached through it alone.
-    for p in oidc.iter().filter(|p| p.tenant.is_none()) {
-        for (domain, t) in &p.email_domains {
-            if oidc.iter().any(|o| o.tenant.as_deref() == Some(t)) {
+    for p in oidc.iter().filter(|p| p.mapping.tenant.is_none()) {
+        for (domain, t) in &p.mapping.email_domains {
+            if oidc.iter().any(|o| o.mapping.tenant.as_deref() == Some(t)) {
                 c.fail(
                     format!("sso.oidc.{}.email_domains", p.name),
                     format!("{domain:?} maps to {t}, which has its own provider"),
@@ -644,7 +563,7 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
         }
     }
     let mut domains = HashSet::new();
-    for d in oidc.iter().flat_map(|p| p.email_domains.keys()) {
+    for d in oidc.iter().flat_map(|p| p.mapping.email_domains.keys()) {
         if !domains.insert(d.as_str()) {
             c.fail(
                 "sso.oidc",
@@ -653,6 +572,12 @@ pub(super) fn validate(c: &mut Checker, file: &FileConfig) -> SsoConfig {
         }
     }
     let mut warnings = Vec::new();
+    if cfg!(not(feature = "saml")) && !s.saml.is_empty() {
+        c.fail(
+            "sso.saml",
+            "this build has no SAML support (built without the `saml` cargo feature)",
+        );
+    }
     let saml: Vec<_> = s
         .saml
         .iter()
