@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use costguard::config::{self, FileConfig};
-use costguard::forward::headers::{HeaderPattern, Hygiene, Origin};
+use costguard::forward::headers::{Hygiene, Origin};
+use costguard::header_pattern::HeaderPattern;
 use costguard::server::Server;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Response};

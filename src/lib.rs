@@ -13,7 +13,7 @@
 //! - [`store`]: the `Store` trait and its sled backend (its conformance suite
 //!   behind the test-only `conformance` feature); [`config`]: TOML file +
 //!   `COSTGUARD_*` environment → validated [`config::Config`].
-//! - [`request_id`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
+//! - [`request_id`], [`header_pattern`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
 //!   [`telemetry`].
 //!
 //! The stages, in the order a request meets them:
@@ -64,6 +64,7 @@ pub mod context;
 pub mod demo;
 pub mod echo;
 pub mod forward;
+pub mod header_pattern;
 pub mod health;
 pub mod limits;
 pub mod listener;

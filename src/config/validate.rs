@@ -17,7 +17,7 @@ pub use sso::{NAME_ID_EMAIL, OidcProviderConfig, SamlProviderConfig, SsoConfig};
 
 use super::file::FileConfig;
 use super::{ConfigError, Problem};
-use crate::forward::headers::HeaderPattern;
+use crate::header_pattern::HeaderPattern;
 use crate::model::Tenant;
 use crate::rate_limit::Rate;
 

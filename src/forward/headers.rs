@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::header_pattern::{HeaderPattern, canon_eq, canon_starts_with};
 use crate::request_id::X_REQUEST_ID;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -42,56 +43,6 @@ fn hop_by_hop() -> [&'static HeaderName; 10] {
 /// meaning (Host, body framing).
 fn protected(name: &HeaderName) -> bool {
     name == header::HOST || name == header::CONTENT_LENGTH
-}
-
-/// Compares header names the way a sloppy upstream might: case-insensitive,
-/// with `_` and `.` read as `-` (CGI/WSGI turn `X_CostOps` into `X-COSTOPS`).
-fn canon(b: u8) -> u8 {
-    match b {
-        b'_' | b'.' => b'-',
-        b => b.to_ascii_lowercase(),
-    }
-}
-
-fn canon_starts_with(name: &[u8], prefix: &[u8]) -> bool {
-    name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| canon(*a) == *b)
-}
-
-fn canon_eq(name: &[u8], other: &[u8]) -> bool {
-    name.len() == other.len() && canon_starts_with(name, other)
-}
-
-/// A header name or a prefix (`X-Auth-Request-*`), matched as [`canon`] reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderPattern {
-    canonical: Box<[u8]>,
-    prefix: bool,
-}
-
-impl HeaderPattern {
-    /// Parses `Name` or `Prefix-*`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (body, prefix) = match s.strip_suffix('*') {
-            Some(body) => (body, true),
-            None => (s, false),
-        };
-        if body.is_empty() || HeaderName::from_bytes(body.as_bytes()).is_err() {
-            return Err(format!("not a header name (optionally ending in *): {s:?}"));
-        }
-        Ok(Self {
-            canonical: body.bytes().map(canon).collect(),
-            prefix,
-        })
-    }
-
-    /// Whether `name` is this header, or starts with this prefix.
-    pub fn matches(&self, name: &str) -> bool {
-        if self.prefix {
-            canon_starts_with(name.as_bytes(), &self.canonical)
-        } else {
-            canon_eq(name.as_bytes(), &self.canonical)
-        }
-    }
 }
 
 /// Whether a client-sent header claims to be one of costguard's own.
