@@ -332,13 +332,15 @@ impl Authz {
         {
             return Err(AuthzOutcome::Denied(Denied::Missing(p)));
         }
+        let tenant = if tenant == &*principal.tenant_id {
+            principal.tenant_id.clone()
+        } else {
+            Arc::from(tenant)
+        };
         Ok(Permit {
             cost: m.route.cost,
             route: m.route.origin.clone(),
-            tenant: Some(match m.param("tenant") {
-                Some(t) if t != &*principal.tenant_id => Arc::from(t),
-                _ => principal.tenant_id.clone(),
-            }),
+            tenant: Some(tenant),
             project: m.param("project").zip(budget).map(|(p, b)| (p.into(), b)),
             principal: Some(principal.clone()),
         })

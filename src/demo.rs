@@ -37,7 +37,7 @@ pub async fn seed(ops: &AdminOps) -> Result<Vec<DemoKey>, ApiError> {
 
     let mut keys = Vec::new();
     for (tenant_id, organization) in [(&acme, "Acme Corporation"), (&startup, "Startup Inc")] {
-        for old in ops.list_keys(&root, tenant_id).await? {
+        for old in ops.list_keys(tenant_id).await? {
             if old.description.starts_with(DEMO_KEY) && old.status == KeyStatus::Active {
                 ops.revoke_key(&root, tenant_id, &old.key_id).await?;
             }
@@ -75,7 +75,7 @@ pub async fn seed(ops: &AdminOps) -> Result<Vec<DemoKey>, ApiError> {
 async fn tenant(ops: &AdminOps, name: &str, email: &str, tier: Tier) -> Result<String, ApiError> {
     let root = Caller::Root;
     if let Some(t) = ops
-        .list_tenants(&root)
+        .list_tenants()
         .await?
         .into_iter()
         .find(|t| t.organization_name == name)
@@ -96,7 +96,7 @@ async fn tenant(ops: &AdminOps, name: &str, email: &str, tier: Tier) -> Result<S
 async fn project(ops: &AdminOps, tenant_id: &str, name: &str, budget: f64) -> Result<(), ApiError> {
     let root = Caller::Root;
     if ops
-        .list_projects(&root, tenant_id)
+        .list_projects(tenant_id)
         .await?
         .iter()
         .any(|p| p.name == name)

@@ -127,11 +127,7 @@ impl AdminOps {
     }
 
     /// A tenant's keys (no secrets, no hashes).
-    pub async fn list_keys(
-        &self,
-        _caller: &Caller,
-        tenant_id: &str,
-    ) -> Result<Vec<ApiKey>, ApiError> {
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>, ApiError> {
         self.tenant(tenant_id).await?;
         self.store.list_keys(tenant_id).await.map_err(store_error)
     }

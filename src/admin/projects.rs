@@ -42,11 +42,7 @@ impl AdminOps {
     }
 
     /// A tenant's projects.
-    pub async fn list_projects(
-        &self,
-        _caller: &Caller,
-        tenant_id: &str,
-    ) -> Result<Vec<Project>, ApiError> {
+    pub async fn list_projects(&self, tenant_id: &str) -> Result<Vec<Project>, ApiError> {
         self.tenant(tenant_id).await?;
         self.store
             .list_projects(tenant_id)

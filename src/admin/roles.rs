@@ -121,23 +121,14 @@ impl AdminOps {
     }
 
     /// A tenant's custom roles.
-    pub async fn list_roles(
-        &self,
-        _caller: &Caller,
-        tenant_id: &str,
-    ) -> Result<Vec<CustomRole>, ApiError> {
+    pub async fn list_roles(&self, tenant_id: &str) -> Result<Vec<CustomRole>, ApiError> {
         self.tenant(tenant_id).await?;
         self.store.list_roles(tenant_id).await.map_err(store_error)
     }
 
     /// One custom role.
-    pub async fn get_role(
-        &self,
-        caller: &Caller,
-        tenant_id: &str,
-        name: &str,
-    ) -> Result<CustomRole, ApiError> {
-        self.list_roles(caller, tenant_id)
+    pub async fn get_role(&self, tenant_id: &str, name: &str) -> Result<CustomRole, ApiError> {
+        self.list_roles(tenant_id)
             .await?
             .into_iter()
             .find(|r| r.name == name)

@@ -38,18 +38,14 @@ pub(super) static ROUTES: &[Route] = &[
         path: "tenants",
         access: Access::System,
         events: Events::None,
-        handler: |c, _| {
-            run(async move { ok(json!({"tenants": c.ops.list_tenants(c.caller).await?})) })
-        },
+        handler: |c, _| run(async move { ok(json!({"tenants": c.ops.list_tenants().await?})) }),
     },
     Route {
         method: Method::GET,
         path: "tenants/{tenant}",
         access: Access::Tenant(&[P::ManageUsers, P::ManageProjects, P::ManageApiKeys]),
         events: Events::None,
-        handler: |c, p| {
-            run(async move { ok(json!(c.ops.get_tenant(c.caller, p.arg("tenant")).await?)) })
-        },
+        handler: |c, p| run(async move { ok(json!(c.ops.get_tenant(p.arg("tenant")).await?)) }),
     },
     Route {
         method: Method::PATCH,
@@ -102,7 +98,7 @@ pub(super) static ROUTES: &[Route] = &[
         events: Events::None,
         handler: |c, p| {
             run(async move {
-                let keys = c.ops.list_keys(c.caller, p.arg("tenant")).await?;
+                let keys = c.ops.list_keys(p.arg("tenant")).await?;
                 let keys: Vec<Value> = keys.iter().map(key_view).collect();
                 ok(json!({"keys": keys}))
             })
@@ -160,9 +156,7 @@ pub(super) static ROUTES: &[Route] = &[
         access: Access::Tenant(&[P::ManageProjects]),
         events: Events::None,
         handler: |c, p| {
-            run(async move {
-                ok(json!({"projects": c.ops.list_projects(c.caller, p.arg("tenant")).await?}))
-            })
+            run(async move { ok(json!({"projects": c.ops.list_projects(p.arg("tenant")).await?})) })
         },
     },
     // === users ===
@@ -172,9 +166,7 @@ pub(super) static ROUTES: &[Route] = &[
         access: Access::Tenant(&[P::ManageUsers]),
         events: Events::None,
         handler: |c, p| {
-            run(
-                async move { ok(json!({"users": c.ops.list_users(c.caller, p.arg("tenant")).await?})) },
-            )
+            run(async move { ok(json!({"users": c.ops.list_users(p.arg("tenant")).await?})) })
         },
     },
     Route {
@@ -215,9 +207,7 @@ pub(super) static ROUTES: &[Route] = &[
         access: Access::Tenant(&[P::ManageUsers]),
         events: Events::None,
         handler: |c, p| {
-            run(async move {
-                ok(json!({"sessions": c.ops.list_sessions(c.caller, p.arg("tenant")).await?}))
-            })
+            run(async move { ok(json!({"sessions": c.ops.list_sessions(p.arg("tenant")).await?})) })
         },
     },
     Route {
@@ -239,7 +229,7 @@ pub(super) static ROUTES: &[Route] = &[
         path: "tenants/{tenant}/usage",
         access: Access::Tenant(&[P::ManageUsers, P::ManageProjects, P::ManageApiKeys]),
         events: Events::None,
-        handler: |c, p| run(async move { ok(c.ops.usage(c.caller, p.arg("tenant")).await?) }),
+        handler: |c, p| run(async move { ok(c.ops.usage(p.arg("tenant")).await?) }),
     },
     // === custom roles ===
     Route {
@@ -248,9 +238,7 @@ pub(super) static ROUTES: &[Route] = &[
         access: Access::Tenant(&[P::ManageUsers]),
         events: Events::None,
         handler: |c, p| {
-            run(
-                async move { ok(json!({"roles": c.ops.list_roles(c.caller, p.arg("tenant")).await?})) },
-            )
+            run(async move { ok(json!({"roles": c.ops.list_roles(p.arg("tenant")).await?})) })
         },
     },
     Route {
@@ -261,7 +249,7 @@ pub(super) static ROUTES: &[Route] = &[
         handler: |c, p| {
             run(async move {
                 let (t, r) = (p.arg("tenant"), p.arg("role"));
-                ok(json!(c.ops.get_role(c.caller, t, r).await?))
+                ok(json!(c.ops.get_role(t, r).await?))
             })
         },
     },

@@ -12,11 +12,7 @@ use super::requests as req;
 impl AdminOps {
     /// A tenant's live SSO sessions (never a secret: no cookie hash, no
     /// provider token).
-    pub async fn list_sessions(
-        &self,
-        _caller: &Caller,
-        tenant_id: &str,
-    ) -> Result<Vec<Value>, ApiError> {
+    pub async fn list_sessions(&self, tenant_id: &str) -> Result<Vec<Value>, ApiError> {
         self.tenant(tenant_id).await?;
         let Some(sso) = &self.sso else {
             return Ok(Vec::new());

@@ -57,12 +57,12 @@ impl AdminOps {
     }
 
     /// All tenants.
-    pub async fn list_tenants(&self, _caller: &Caller) -> Result<Vec<Tenant>, ApiError> {
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, ApiError> {
         self.store.list_tenants().await.map_err(store_error)
     }
 
     /// One tenant.
-    pub async fn get_tenant(&self, _caller: &Caller, tenant_id: &str) -> Result<Tenant, ApiError> {
+    pub async fn get_tenant(&self, tenant_id: &str) -> Result<Tenant, ApiError> {
         self.tenant(tenant_id).await
     }
 

@@ -4,14 +4,13 @@
 
 use serde_json::{Value, json};
 
-use super::auth::Caller;
 use super::error::ApiError;
 use super::ops::{AdminOps, store_error};
 use crate::usage;
 
 impl AdminOps {
     /// Real counters and utilisation against the tier's limits.
-    pub async fn usage(&self, _caller: &Caller, tenant_id: &str) -> Result<Value, ApiError> {
+    pub async fn usage(&self, tenant_id: &str) -> Result<Value, ApiError> {
         let t = self.tenant(tenant_id).await?;
         let day = usage::today();
         let requests = self

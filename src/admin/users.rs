@@ -62,11 +62,7 @@ impl AdminOps {
     }
 
     /// A tenant's users.
-    pub async fn list_users(
-        &self,
-        _caller: &Caller,
-        tenant_id: &str,
-    ) -> Result<Vec<User>, ApiError> {
+    pub async fn list_users(&self, tenant_id: &str) -> Result<Vec<User>, ApiError> {
         self.tenant(tenant_id).await?;
         self.store.list_users(tenant_id).await.map_err(store_error)
     }
