@@ -93,6 +93,47 @@ pub struct Removed {
     pub key_hashes: Vec<String>,
 }
 
+/// A committed write other replicas' caches must hear about. A shared store
+/// records each one in its outbox *in the write's own transaction* (so a
+/// crash cannot commit the write and lose the event); every replica polls
+/// the outbox, and Redis pub/sub carries the same events faster. Applying
+/// one twice is harmless: each only evicts cache entries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// These key hashes (a key's current and previous, before the write)
+    /// may no longer authenticate as cached: revoke, rotate, update.
+    KeyHashes {
+        /// The hashes.
+        hashes: Vec<String>,
+    },
+    /// A tenant changed (status, tier, limits) or was deleted: its cached
+    /// keys, tenant record, roles and projects go.
+    Tenant {
+        /// The tenant.
+        tenant_id: String,
+        /// Deleted (its usage counters go too).
+        deleted: bool,
+    },
+    /// A user was changed or deleted.
+    User {
+        /// The tenant.
+        tenant_id: String,
+        /// The user.
+        user_id: String,
+    },
+    /// A tenant's custom roles or projects changed.
+    Roles {
+        /// The tenant.
+        tenant_id: String,
+    },
+    /// A session ended or changed.
+    Session {
+        /// Its cookie secret's hash (what caches are keyed by).
+        token_hash: String,
+    },
+}
+
 /// Everything costguard persists.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {

@@ -28,7 +28,8 @@ pub struct FileConfig {
     pub rate_limit: RateLimitSection,
     /// Spend reported by the upstream (budgets).
     pub budget: BudgetSection,
-    /// The embedded store.
+    /// Where tenants, keys, users and sessions are kept: the embedded store
+    /// (one pod) or PostgreSQL (many replicas).
     pub store: StoreSection,
     /// Route and role policy.
     pub policy: PolicySection,
@@ -273,6 +274,39 @@ pub struct RateLimitSection {
     /// Client addresses tracked for failed authentications; beyond it, new
     /// addresses share one counter.
     pub failed_auth_max_sources: u64,
+    /// Where per-key rates and daily quotas are counted
+    /// (`COSTGUARD_RATE_LIMIT_BACKEND`): `local` (in this process: exact for
+    /// one pod) or `redis` (shared by every replica: exact across them).
+    pub backend: String,
+    /// Redis URL (`COSTGUARD_RATE_LIMIT_REDIS_URL`), `redis://host:6379/0`
+    /// or `rediss://` for TLS. A URL with a password belongs in
+    /// `redis_url_file`. Never logged.
+    pub redis_url: String,
+    /// File holding the Redis URL (a mounted Secret).
+    pub redis_url_file: PathBuf,
+    /// Prefix of every Redis key and channel costguard uses, so several
+    /// deployments can share one Redis.
+    pub redis_prefix: String,
+    /// `exact`: one Redis round trip per request, exact across replicas.
+    /// `leased`: each replica takes up to `lease_size` requests of a key's
+    /// rate ahead and spends them locally; fewer round trips, and a key may
+    /// get up to `replicas × lease_size` more than its rate in one period.
+    pub redis_mode: String,
+    /// Requests a replica takes ahead per key in `leased` mode.
+    pub lease_size: u64,
+    /// How long a lease may be spent before its rest is dropped.
+    #[serde(with = "duration")]
+    pub lease_ttl: Duration,
+    /// Longest wait for Redis before a request is handled as `redis_down` says.
+    #[serde(with = "duration")]
+    pub redis_timeout: Duration,
+    /// When Redis does not answer: `refuse` (503), `local` (each replica
+    /// limits on its own, to the rate divided by the replicas last seen
+    /// alive), or `allow` (no rate limit, quota counted locally).
+    pub redis_down: String,
+    /// Carry cache invalidations over Redis pub/sub (milliseconds), beside
+    /// the PostgreSQL outbox every replica also polls. Off: outbox only.
+    pub redis_pubsub: bool,
 }
 
 impl Default for RateLimitSection {
@@ -285,6 +319,16 @@ impl Default for RateLimitSection {
             burst_percent: 100,
             failed_auth_per_minute: 20,
             failed_auth_max_sources: 100_000,
+            backend: "local".into(),
+            redis_url: String::new(),
+            redis_url_file: PathBuf::new(),
+            redis_prefix: "costguard".into(),
+            redis_mode: "exact".into(),
+            lease_size: 5,
+            lease_ttl: Duration::from_secs(1),
+            redis_timeout: Duration::from_millis(250),
+            redis_down: "local".into(),
+            redis_pubsub: true,
         }
     }
 }
@@ -383,12 +427,42 @@ impl Default for AuditSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StoreSection {
-    /// Storage backend. `sled` (embedded, one pod) is the only one so far.
+    /// Storage backend (`COSTGUARD_STORE_BACKEND`): `sled` (embedded, the
+    /// default: one pod, no database) or `postgres` (shared by every
+    /// replica; needs `url`).
     pub backend: String,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (sled). With `postgres` it still
+    /// holds the default audit directory and keys.
     pub path: PathBuf,
     /// Bytes of the embedded store's page cache (memory it may keep).
     pub cache_bytes: u64,
+    /// PostgreSQL connection URL (`COSTGUARD_STORE_URL`), e.g.
+    /// `postgres://costguard@db:5432/costguard?sslmode=require`. A URL with
+    /// a password belongs in `url_file`. Never logged.
+    pub url: String,
+    /// File holding the URL (a mounted Secret); wins over nothing: set one
+    /// of `url` and `url_file`.
+    pub url_file: PathBuf,
+    /// Schema costguard's tables live in (created by the migrations).
+    pub schema: String,
+    /// Connections per replica.
+    pub pool_size: u64,
+    /// How long a request waits for a connection or a connection attempt.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest a statement may run (`statement_timeout`); a slower one fails
+    /// and the request gets 503.
+    #[serde(with = "duration")]
+    pub statement_timeout: Duration,
+    /// PEM CA bundle to verify the server with when the URL asks for TLS
+    /// (`sslmode=require`); empty: the system's roots. TLS is rustls, and
+    /// always checks the certificate and host name.
+    pub tls_ca_file: PathBuf,
+    /// How often each replica reads the invalidation outbox (cache
+    /// evictions other replicas published): the bound on how stale a
+    /// revoked key can be when Redis pub/sub loses a message.
+    #[serde(with = "duration")]
+    pub invalidation_poll: Duration,
 }
 
 impl Default for StoreSection {
@@ -397,6 +471,14 @@ impl Default for StoreSection {
             backend: "sled".into(),
             path: PathBuf::from("./costguard-data"),
             cache_bytes: 64 << 20,
+            url: String::new(),
+            url_file: PathBuf::new(),
+            schema: "public".into(),
+            pool_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            tls_ca_file: PathBuf::new(),
+            invalidation_poll: Duration::from_millis(250),
         }
     }
 }

@@ -157,6 +157,8 @@ pub struct RateLimitConfig {
     pub failed_auth_per_minute: NonZeroU32,
     /// Client addresses tracked.
     pub failed_auth_max_sources: usize,
+    /// Set with `backend = "redis"`: the limiter shared by every replica.
+    pub redis: Option<RedisConfig>,
 }
 
 impl RateLimitConfig {
@@ -232,10 +234,102 @@ pub struct AuditConfig {
 /// `[store]`, validated.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Directory of the sled database.
+    /// Directory of the sled database (and the default home of the audit
+    /// files and keys with either backend).
     pub path: PathBuf,
     /// Page cache bound.
     pub cache_bytes: u64,
+    /// Set with `backend = "postgres"`: the shared store.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// The shared store's connection settings.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// Connection URL (may hold a password: never printed).
+    pub url: String,
+    /// Schema of costguard's tables.
+    pub schema: String,
+    /// Connections per replica.
+    pub pool_size: usize,
+    /// Connection and pool wait bound.
+    pub connect_timeout: Duration,
+    /// `statement_timeout` of every connection.
+    pub statement_timeout: Duration,
+    /// CA bundle for TLS (`None`: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Outbox poll period.
+    pub invalidation_poll: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("invalidation_poll", &self.invalidation_poll)
+            .finish()
+    }
+}
+
+/// How the shared limiter counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One round trip per request; exact across replicas.
+    Exact,
+    /// Up to `lease_size` requests per key taken ahead by each replica.
+    Leased,
+}
+
+/// What a request meets when Redis does not answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisDown {
+    /// 503 `service_unavailable`.
+    Refuse,
+    /// Local limits at the rate divided by the live replica count.
+    Local,
+    /// No rate limit (quota counted locally).
+    Allow,
+}
+
+/// The shared limiter's settings (`rate_limit.backend = "redis"`).
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Connection URL (may hold a password: never printed).
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// Exact or leased.
+    pub mode: RedisMode,
+    /// Requests per lease.
+    pub lease_size: u32,
+    /// A lease's lifetime.
+    pub lease_ttl: Duration,
+    /// Longest wait for an answer.
+    pub timeout: Duration,
+    /// Behaviour without Redis.
+    pub down: RedisDown,
+    /// Invalidations over pub/sub too.
+    pub pubsub: bool,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("mode", &self.mode)
+            .field("lease_size", &self.lease_size)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("timeout", &self.timeout)
+            .field("down", &self.down)
+            .field("pubsub", &self.pubsub)
+            .finish()
+    }
 }
 
 /// `[policy]`, validated.
@@ -482,6 +576,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             1,
             100_000_000,
         ) as usize,
+        redis: redis_config(&mut c, r),
     };
     let cost_header = file.budget.cost_header.trim();
     let budget = BudgetConfig {
@@ -498,15 +593,17 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 .ok()
         },
     };
-    if file.store.backend != "sled" {
-        c.fail(
-            "store.backend",
-            format!(
-                "unknown backend {:?}; supported: \"sled\"",
-                file.store.backend
-            ),
-        );
-    }
+    let postgres = match file.store.backend.as_str() {
+        "sled" => None,
+        "postgres" => postgres_config(&mut c, &file.store),
+        other => {
+            c.fail(
+                "store.backend",
+                format!("unknown backend {other:?}; supported: \"sled\", \"postgres\""),
+            );
+            None
+        }
+    };
     if file.store.path.as_os_str().is_empty() {
         c.fail("store.path", "must not be empty");
     }
@@ -518,7 +615,16 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             1 << 20,
             1 << 40,
         ),
+        postgres,
     };
+    if store.postgres.is_none() && r.backend == "redis" {
+        // Redis counts; the store keeps what must survive a Redis loss.
+        // One pod's sled store cannot do that for many replicas.
+        c.fail(
+            "rate_limit.backend",
+            "\"redis\" needs the shared store (store.backend = \"postgres\")",
+        );
+    }
 
     if !file.policy.dir.is_dir() {
         c.fail(
@@ -707,6 +813,144 @@ fn tls(
             None
         }
     }
+}
+
+/// A connection URL given inline or in a file (exactly one of them).
+fn url_setting(c: &mut Checker, key: &str, inline: &str, file: &Path) -> Option<String> {
+    let file_key = format!("{key}_file");
+    match (inline.trim().is_empty(), file.as_os_str().is_empty()) {
+        (true, true) => {
+            c.fail(key, format!("required (or {file_key})"));
+            None
+        }
+        (false, false) => {
+            c.fail(key, format!("set {key} or {file_key}, not both"));
+            None
+        }
+        (false, true) => Some(inline.trim().to_string()),
+        (true, false) => match std::fs::read_to_string(file) {
+            Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
+            Ok(_) => {
+                c.fail(file_key.clone(), format!("{}: empty", file.display()));
+                None
+            }
+            Err(e) => {
+                c.fail(file_key.clone(), format!("{}: {e}", file.display()));
+                None
+            }
+        },
+    }
+}
+
+/// `[store]` with `backend = "postgres"`.
+fn postgres_config(c: &mut Checker, s: &super::file::StoreSection) -> Option<PostgresConfig> {
+    let url = url_setting(c, "store.url", &s.url, &s.url_file)?;
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // Not echoed: it may hold a password.
+        c.fail("store.url", "expected a postgres:// or postgresql:// URL");
+        return None;
+    }
+    if !is_identifier(&s.schema) {
+        c.fail(
+            "store.schema",
+            "must be a plain SQL identifier (a-z, 0-9, _; at most 63 bytes)",
+        );
+    }
+    let invalidation_poll = c.duration("store.invalidation_poll", s.invalidation_poll);
+    if invalidation_poll > Duration::from_secs(60) {
+        c.fail("store.invalidation_poll", "must be at most 60s");
+    }
+    Some(PostgresConfig {
+        url,
+        schema: s.schema.clone(),
+        pool_size: c.bounded("store.pool_size", s.pool_size, 1, 1_000) as usize,
+        connect_timeout: c.duration("store.connect_timeout", s.connect_timeout),
+        statement_timeout: c.duration("store.statement_timeout", s.statement_timeout),
+        tls_ca_file: (!s.tls_ca_file.as_os_str().is_empty()).then(|| s.tls_ca_file.clone()),
+        invalidation_poll,
+    })
+}
+
+/// A lower-case SQL identifier that needs no quoting.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// `[rate_limit]` with `backend = "redis"`.
+fn redis_config(c: &mut Checker, r: &super::file::RateLimitSection) -> Option<RedisConfig> {
+    match r.backend.as_str() {
+        "local" => return None,
+        "redis" => {}
+        other => {
+            c.fail(
+                "rate_limit.backend",
+                format!("unknown backend {other:?}; supported: \"local\", \"redis\""),
+            );
+            return None;
+        }
+    }
+    let url = url_setting(c, "rate_limit.redis_url", &r.redis_url, &r.redis_url_file)?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        c.fail("rate_limit.redis_url", "expected a redis:// or rediss:// URL");
+        return None;
+    }
+    if r.redis_prefix.is_empty()
+        || r.redis_prefix.len() > 64
+        || !r
+            .redis_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        c.fail(
+            "rate_limit.redis_prefix",
+            "1 to 64 of a-z, A-Z, 0-9, '-', '_', '.', ':'",
+        );
+    }
+    let mode = match r.redis_mode.as_str() {
+        "exact" => RedisMode::Exact,
+        "leased" => RedisMode::Leased,
+        other => {
+            c.fail(
+                "rate_limit.redis_mode",
+                format!("unknown mode {other:?}; supported: \"exact\", \"leased\""),
+            );
+            RedisMode::Exact
+        }
+    };
+    let down = match r.redis_down.as_str() {
+        "refuse" => RedisDown::Refuse,
+        "local" => RedisDown::Local,
+        "allow" => RedisDown::Allow,
+        other => {
+            c.fail(
+                "rate_limit.redis_down",
+                format!("unknown choice {other:?}; supported: \"refuse\", \"local\", \"allow\""),
+            );
+            RedisDown::Local
+        }
+    };
+    let timeout = c.duration("rate_limit.redis_timeout", r.redis_timeout);
+    if timeout > Duration::from_secs(10) {
+        c.fail("rate_limit.redis_timeout", "must be at most 10s");
+    }
+    let lease_ttl = c.duration("rate_limit.lease_ttl", r.lease_ttl);
+    if lease_ttl > Duration::from_secs(60) {
+        c.fail("rate_limit.lease_ttl", "must be at most 60s");
+    }
+    Some(RedisConfig {
+        url,
+        prefix: r.redis_prefix.clone(),
+        mode,
+        lease_size: c.bounded("rate_limit.lease_size", r.lease_size, 1, 10_000) as u32,
+        lease_ttl,
+        timeout,
+        down,
+        pubsub: r.redis_pubsub,
+    })
 }
 
 /// Reads the bootstrap admin token (file or inline) and keeps its hash.
