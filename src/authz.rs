@@ -165,6 +165,8 @@ pub struct Authz {
     /// (tenant, project) → its monthly budget in USD (`None`: no such
     /// project). Bounded, TTL.
     projects: Cache<(String, String), Option<f64>>,
+    /// Bumped by every eviction, so a load racing one does not keep what it read.
+    generation: Arc<crate::generation::Generation>,
 }
 
 impl Authz {
@@ -186,6 +188,7 @@ impl Authz {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            generation: Arc::default(),
         }
     }
 
@@ -202,7 +205,9 @@ impl Authz {
         if let Some(hit) = self.custom_roles.get(tenant_id).await {
             return Ok(hit);
         }
-        self.custom_roles
+        let noted = self.generation.current();
+        let loaded = self
+            .custom_roles
             .try_get_with_by_ref(tenant_id, async {
                 let roles = self.store.list_roles(tenant_id).await?;
                 Ok(Arc::new(
@@ -219,11 +224,16 @@ impl Authz {
                         .collect(),
                 ))
             })
-            .await
+            .await?;
+        if self.generation.moved_since(noted) {
+            self.custom_roles.invalidate(tenant_id).await;
+        }
+        Ok(loaded)
     }
 
     /// Forgets a tenant's cached custom roles and projects.
     pub async fn forget_tenant(&self, tenant_id: &str) {
+        self.generation.bump();
         self.custom_roles.invalidate(tenant_id).await;
         // Projects are rarely removed (only with their tenant): dropping the
         // whole cache is simpler than tracking keys per tenant.
@@ -314,12 +324,18 @@ impl Authz {
                 None => {
                     let store = self.store.clone();
                     let (t, p) = key.clone();
-                    self.projects
-                        .try_get_with(key, async move {
+                    let noted = self.generation.current();
+                    let loaded = self
+                        .projects
+                        .try_get_with(key.clone(), async move {
                             store.get_project(&t, &p).await.map(|p| p.map(|p| p.budget))
                         })
                         .await
-                        .map_err(AuthzOutcome::Store)?
+                        .map_err(AuthzOutcome::Store)?;
+                    if self.generation.moved_since(noted) {
+                        self.projects.invalidate(&key).await;
+                    }
+                    loaded
                 }
             };
             match found {

@@ -14,7 +14,7 @@
 //!   behind the test-only `conformance` feature); [`config`]: TOML file +
 //!   `COSTGUARD_*` environment → validated [`config::Config`].
 //! - [`request_id`], [`header_pattern`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
-//!   [`telemetry`].
+//!   [`telemetry`], [`generation`] (cache tombstones).
 //!
 //! The stages, in the order a request meets them:
 //! - [`listener`]: accept loop, connection limits, TLS, HTTP/1.1 + HTTP/2, timeouts.
@@ -64,6 +64,7 @@ pub mod context;
 pub mod demo;
 pub mod echo;
 pub mod forward;
+pub mod generation;
 pub mod header_pattern;
 pub mod health;
 pub mod limits;

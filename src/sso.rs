@@ -92,8 +92,6 @@ pub struct Sso {
     /// The admin API's users: disabled/deleted users refused, their roles.
     directory: Arc<users::Directory>,
     audit: Option<Audit>,
-    /// `state` values already used at the callback (replays are suspicious).
-    used_states: moka::sync::Cache<String, ()>,
     /// Verified bearer tokens: SHA-256 of the token → (principal, exp).
     verified: Option<TokenCache>,
     /// The one clock of every flow: login state expiry, token checks,
@@ -177,10 +175,6 @@ impl Sso {
             keys,
             directory,
             audit,
-            used_states: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(config.login_timeout)
-                .build(),
             verified: (config.token_cache_capacity > 0).then(|| {
                 moka::sync::Cache::builder()
                     .max_capacity(config.token_cache_capacity)

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::AuthnError;
+use crate::generation::Generation;
 use crate::model::{self, ApiKey, KeyStatus, Tenant, TenantStatus};
 use crate::principal::{AuthMethod, Authenticated, IdentityHeaders, Principal};
 use crate::roles::{Permission, Permissions};
@@ -78,6 +79,8 @@ pub struct ApiKeys {
     keys: Cache<[u8; 32], Option<Arc<CachedKey>>>,
     /// Tenant id → tenant (`None`: deleted): status, tier and limits.
     tenants: Cache<String, Option<Arc<Tenant>>>,
+    /// Bumped by every eviction, so a load racing one does not keep what it read.
+    generation: Arc<Generation>,
 }
 
 impl ApiKeys {
@@ -93,6 +96,7 @@ impl ApiKeys {
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            generation: Arc::default(),
         }
     }
 
@@ -105,11 +109,18 @@ impl ApiKeys {
         // A plain read first: the hit path skips the initializer machinery.
         let cached = match self.keys.get(&digest).await {
             Some(hit) => hit,
-            None => self
-                .keys
-                .try_get_with(digest, self.load(digest))
-                .await
-                .map_err(AuthnError::Store)?,
+            None => {
+                let noted = self.generation.current();
+                let loaded = self
+                    .keys
+                    .try_get_with(digest, self.load(digest))
+                    .await
+                    .map_err(AuthnError::Store)?;
+                if self.generation.moved_since(noted) {
+                    self.keys.invalidate(&digest).await;
+                }
+                loaded
+            }
         };
         let Some(entry) = cached else {
             return Err(AuthnError::UnknownKey);
@@ -166,14 +177,20 @@ impl ApiKeys {
         if let Some(hit) = self.tenants.get(tenant_id).await {
             return Ok(hit);
         }
-        self.tenants
+        let noted = self.generation.current();
+        let loaded = self
+            .tenants
             .try_get_with_by_ref(tenant_id, async {
                 Ok::<_, crate::store::StoreError>(
                     self.store.get_tenant(tenant_id).await?.map(Arc::new),
                 )
             })
             .await
-            .map_err(AuthnError::Store)
+            .map_err(AuthnError::Store)?;
+        if self.generation.moved_since(noted) {
+            self.tenants.invalidate(tenant_id).await;
+        }
+        Ok(loaded)
     }
 
     async fn load(
@@ -229,6 +246,7 @@ impl ApiKeys {
 
     /// Forgets cached lookups of these hashes (hex), after a key changed.
     pub async fn forget_hashes<'a>(&self, hashes: impl IntoIterator<Item = &'a String>) {
+        self.generation.bump();
         for hex in hashes {
             if let Some(digest) = unhex(hex) {
                 self.keys.invalidate(&digest).await;
@@ -238,6 +256,7 @@ impl ApiKeys {
 
     /// Forgets a tenant's cached status, after it changed or was deleted.
     pub async fn forget_tenant(&self, tenant_id: &str) {
+        self.generation.bump();
         self.tenants.invalidate(tenant_id).await;
     }
 }

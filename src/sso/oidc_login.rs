@@ -52,14 +52,23 @@ impl Sso {
         if !matches {
             return Err(LoginFailure::new(S::UNAUTHORIZED, "state_mismatch"));
         }
-        // Atomic: of two callbacks with one state, exactly one goes on.
-        if !self
-            .used_states
-            .entry(state.state.clone())
-            .or_insert(())
-            .is_fresh()
+        // Atomic: of two callbacks with one state, exactly one goes on,
+        // on any replica (the store remembers it until the login expires).
+        match self
+            .store
+            .remember_once(&format!("oidc-state:{}", state.state), state.expires)
+            .await
         {
-            return Err(LoginFailure::new(S::UNAUTHORIZED, "replayed_state").suspicious());
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LoginFailure::new(S::UNAUTHORIZED, "replayed_state").suspicious());
+            }
+            Err(_) => {
+                return Err(LoginFailure::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                ));
+            }
         }
         let p = self
             .provider(&state.provider)

@@ -76,6 +76,8 @@ pub struct Sessions {
     clock: Clock,
     /// Seals the provider's tokens before they reach the store.
     sealer: Sealer,
+    /// Bumped by every eviction another replica asked for.
+    generation: crate::generation::Generation,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -125,7 +127,8 @@ impl Sessions {
             store,
             cache: moka::future::Cache::builder()
                 .max_capacity(cache_capacity)
-                // Another replica's revocation is seen within this time.
+                // Another replica's revocation is seen within this time
+                // even if its invalidation never arrives.
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             ended: moka::sync::Cache::builder()
@@ -136,6 +139,7 @@ impl Sessions {
             idle,
             clock,
             sealer,
+            generation: Default::default(),
         }
     }
 
@@ -215,6 +219,7 @@ impl Sessions {
             return Ok(None);
         }
         let hash = token_hash(cookie);
+        let noted = self.generation.current();
         // One load per session however many requests arrive at once, so
         // they share one `Live` (and its one-refresh-at-a-time lock).
         let loaded = self
@@ -232,6 +237,11 @@ impl Sessions {
                 }
             })
             .await;
+        if self.generation.moved_since(noted) {
+            // Another replica changed or ended a session meanwhile: what
+            // was read may be stale, so it is not kept.
+            self.cache.invalidate(&hash).await;
+        }
         let live = match loaded {
             Ok(live) => live,
             Err(e) => {
@@ -326,6 +336,13 @@ impl Sessions {
     async fn forget(&self, hash: &str) {
         self.ended.insert(hash.to_string(), ());
         self.cache.invalidate(hash).await;
+    }
+
+    /// Drops a session from the cache after another replica changed or
+    /// ended it (the next request reads the store again).
+    pub async fn evict(&self, token_hash: &str) {
+        self.generation.bump();
+        self.cache.invalidate(token_hash).await;
     }
 
     /// Removes ended and idle sessions from the store (a periodic task).

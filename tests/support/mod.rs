@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod idp;
 pub mod saml_idp;
+pub mod services;
 pub mod sso;
 
 use std::collections::HashMap;

@@ -1,0 +1,465 @@
+//! Many replicas, one truth: two and three `costguard serve` processes on
+//! loopback sharing the real PostgreSQL (one schema per test) and Redis
+//! (one key prefix per test), started exactly as an operator would
+//! (`COSTGUARD_STORE_BACKEND=postgres`, `COSTGUARD_STORE_URL`,
+//! `COSTGUARD_RATE_LIMIT_BACKEND=redis`, `COSTGUARD_RATE_LIMIT_REDIS_URL`).
+//! Every count is checked at a counting upstream; latencies are printed
+//! (`cargo test --test replicas -- --nocapture`) for the notes.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use support::services::{OwnPostgres, OwnRedis};
+use support::{NO_AUTH_THROTTLE, Sidecar, Upstream, config_for, raw_request};
+
+/// The machine's PostgreSQL (trust auth, database `test`).
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The machine's Redis.
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+fn random_name(prefix: &str) -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    format!(
+        "{prefix}{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// One test's schema on the machine's PostgreSQL and key prefix on its
+/// Redis; both removed when the test ends (also when it fails).
+struct Shared {
+    pg_url: String,
+    schema: String,
+    redis_url: String,
+    prefix: String,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self::on(PG_URL, REDIS_URL)
+    }
+
+    fn on(pg_url: &str, redis_url: &str) -> Self {
+        Self {
+            pg_url: pg_url.to_string(),
+            schema: random_name("cgrep_"),
+            redis_url: redis_url.to_string(),
+            prefix: random_name("cgrep-"),
+        }
+    }
+
+    /// The environment of one replica.
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("COSTGUARD_STORE_BACKEND".into(), "postgres".into()),
+            ("COSTGUARD_STORE_URL".into(), self.pg_url.clone()),
+            ("COSTGUARD_STORE_SCHEMA".into(), self.schema.clone()),
+            ("COSTGUARD_RATE_LIMIT_BACKEND".into(), "redis".into()),
+            (
+                "COSTGUARD_RATE_LIMIT_REDIS_URL".into(),
+                self.redis_url.clone(),
+            ),
+            (
+                "COSTGUARD_RATE_LIMIT_REDIS_PREFIX".into(),
+                self.prefix.clone(),
+            ),
+        ]
+    }
+
+    /// `n` replicas in front of `up`, with `extra` config and environment.
+    fn replicas(&self, n: usize, up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Vec<Sidecar> {
+        (0..n).map(|_| self.replica(up, extra, env)).collect()
+    }
+
+    fn replica(&self, up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Sidecar {
+        let mut all = self.env();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Sidecar::start(&config_for(&up.url(), extra), &refs)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([&self.pg_url, "-qc"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
+            .output();
+        let port = self.redis_url.rsplit(':').next().unwrap_or("6379");
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "redis-cli -p {port} --scan --pattern '{}*' | xargs -r redis-cli -p {port} del",
+                self.prefix
+            ))
+            .output();
+    }
+}
+
+/// `GET path` with an API key, on a new connection: the status.
+fn get(addr: SocketAddr, path: &str, key: &str) -> u16 {
+    raw_request(
+        addr,
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .status
+}
+
+fn costs(tenant: &str) -> String {
+    format!("/v1/tenants/{tenant}/costs")
+}
+
+/// Polls `addr` with `key` until it is refused with 401; how long that took.
+fn time_until_refused(addr: SocketAddr, path: &str, key: &str, since: Instant) -> Duration {
+    loop {
+        let status = get(addr, path, key);
+        if status == 401 {
+            return since.elapsed();
+        }
+        assert_eq!(
+            status, 200,
+            "a revoked key is either still cached or refused"
+        );
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still accepted 5 s after the revocation"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// A key made on A works on B and C at once; revoked on B, it is refused
+/// on A and C (which had it cached) within a second, 20 times over.
+fn revocations_reach_every_replica(pubsub: bool) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start());
+    let shared = Shared::new();
+    let pubsub = if pubsub { "true" } else { "false" };
+    let r = shared.replicas(
+        3,
+        &up,
+        NO_AUTH_THROTTLE,
+        &[("COSTGUARD_RATE_LIMIT_REDIS_PUBSUB", pubsub)],
+    );
+    let (a, b, c) = (&r[0], &r[1], &r[2]);
+    let tenant = a.create_tenant("enterprise");
+    let path = costs(&tenant);
+    let mut took = Vec::new();
+    for round in 0..20 {
+        let (key_id, key) = a.create_key(&tenant, &["admin"]);
+        // Made on A, known on B and C at once (and now cached on all three).
+        assert_eq!(get(b.proxy, &path, &key), 200, "round {round}: B");
+        assert_eq!(get(c.proxy, &path, &key), 200, "round {round}: C");
+        assert_eq!(get(a.proxy, &path, &key), 200, "round {round}: A");
+        let (status, body) = b.admin(
+            "DELETE",
+            &format!("/admin/v1/tenants/{tenant}/keys/{key_id}"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let revoked = Instant::now();
+        assert_eq!(
+            get(b.proxy, &path, &key),
+            401,
+            "refused at once where revoked"
+        );
+        let on_a = time_until_refused(a.proxy, &path, &key, revoked);
+        let on_c = time_until_refused(c.proxy, &path, &key, revoked);
+        took.push(on_a.max(on_c));
+    }
+    took.sort();
+    let (p50, p99) = (percentile(&took, 0.5), percentile(&took, 0.99));
+    eprintln!(
+        "revocation reached every replica (pubsub={pubsub}, 20 revocations): p50 {p50:?}, p99 {p99:?}, max {:?}",
+        took.last().unwrap()
+    );
+    assert!(
+        p99 < Duration::from_secs(1),
+        "every replica must refuse a revoked key within 1 s: {took:?}"
+    );
+}
+
+#[test]
+fn revocations_reach_every_replica_within_a_second_over_pubsub() {
+    revocations_reach_every_replica(true);
+}
+
+#[test]
+fn revocations_reach_every_replica_within_a_second_from_the_outbox_alone() {
+    revocations_reach_every_replica(false);
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// `n` GETs of `path` with `key`, spread round-robin over `replicas`, all
+/// at once; the statuses.
+async fn burst(
+    client: &Client,
+    replicas: &[&Sidecar],
+    path: &str,
+    key: &str,
+    n: usize,
+) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let url = replicas[i % replicas.len()].url(path);
+            let (client, key) = (client.clone(), key.to_string());
+            tokio::spawn(async move {
+                let req = Request::get(&url)
+                    .header("authorization", format!("Bearer {key}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = client.request(req).await.unwrap();
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                status.as_u16()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], status: StatusCode) -> usize {
+    statuses.iter().filter(|s| **s == status.as_u16()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_rate_is_exact_across_three_replicas() {
+    let up = Upstream::start().await;
+    let shared = Shared::new();
+    let r = shared.replicas(3, &up, "", &[]);
+    let tenant = r[0].create_tenant("enterprise");
+    let (_, key) = r[1].create_key_with(
+        &tenant,
+        json!({"description": "ten a minute", "roles": ["admin"], "rate_limit_per_minute": 10}),
+    );
+    let client = support::client();
+    let all: Vec<&Sidecar> = r.iter().collect();
+    let statuses = burst(&client, &all, &costs(&tenant), &key, 45).await;
+    assert_eq!(count(&statuses, StatusCode::OK), 10, "{statuses:?}");
+    assert_eq!(
+        count(&statuses, StatusCode::TOO_MANY_REQUESTS),
+        35,
+        "{statuses:?}"
+    );
+    assert_eq!(up.count(), 10, "the upstream saw exactly the key's rate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_mode_overshoots_at_most_its_stated_bound() {
+    let up = Upstream::start().await;
+    let shared = Shared::new();
+    let lease = 3;
+    let r = shared.replicas(
+        3,
+        &up,
+        "",
+        &[
+            ("COSTGUARD_RATE_LIMIT_REDIS_MODE", "leased"),
+            ("COSTGUARD_RATE_LIMIT_LEASE_SIZE", "3"),
+        ],
+    );
+    let tenant = r[0].create_tenant("enterprise");
+    let (_, key) = r[1].create_key_with(
+        &tenant,
+        json!({"description": "ten a minute", "roles": ["admin"], "rate_limit_per_minute": 10}),
+    );
+    let client = support::client();
+    let all: Vec<&Sidecar> = r.iter().collect();
+    let statuses = burst(&client, &all, &costs(&tenant), &key, 60).await;
+    let admitted = count(&statuses, StatusCode::OK);
+    let bound = 10 + r.len() * lease;
+    eprintln!(
+        "leased mode (lease {lease}, 3 replicas, 10/minute, 60 at once): {admitted} admitted, bound {bound}"
+    );
+    assert!(admitted <= bound, "{admitted} > {bound}: {statuses:?}");
+    assert!(admitted >= 1, "{statuses:?}");
+    assert_eq!(up.count(), admitted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daily_quota_admits_exactly_its_count_across_replicas() {
+    let up = Upstream::start().await;
+    let shared = Shared::new();
+    let r = shared.replicas(3, &up, "", &[]);
+    let tenant = r[0].create_tenant("enterprise");
+    let (status, body) = r[2].admin(
+        "PATCH",
+        &format!("/admin/v1/tenants/{tenant}"),
+        Some(json!({"limits": {"max_requests_per_day": 7}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, key) = r[1].create_key(&tenant, &["admin"]);
+    let client = support::client();
+    let all: Vec<&Sidecar> = r.iter().collect();
+    let statuses = burst(&client, &all, &costs(&tenant), &key, 30).await;
+    assert_eq!(count(&statuses, StatusCode::OK), 7, "{statuses:?}");
+    assert_eq!(up.count(), 7);
+    // The count is durable: the store has what the replicas admitted once
+    // they flushed (each second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, usage) = r[0].admin("GET", &format!("/admin/v1/tenants/{tenant}/usage"), None);
+    assert_eq!(status, 200, "{usage}");
+    assert!(usage.to_string().contains('7'), "{usage}");
+}
+
+fn metric(sidecar: &Sidecar, name: &str) -> Option<f64> {
+    let resp = raw_request(
+        sidecar.admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    resp.body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Redis killed under load and started again (empty): while it is down the
+/// replicas limit locally (the default `redis_down = "local"`) and keep
+/// serving; once it is back they use it again without a restart, and a
+/// quota counted before the loss is re-seeded from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lost_and_back_needs_no_restart() {
+    let up = Upstream::start().await;
+    let mut redis = OwnRedis::start();
+    let shared = Shared::on(PG_URL, &redis.url());
+    let r = shared.replicas(2, &up, "", &[]);
+    let tenant = r[0].create_tenant("enterprise");
+    let (_, key) = r[1].create_key(&tenant, &["admin"]);
+    let path = costs(&tenant);
+    let client = support::client();
+    let all: Vec<&Sidecar> = r.iter().collect();
+    let before = burst(&client, &all, &path, &key, 20).await;
+    assert_eq!(count(&before, StatusCode::OK), 20, "{before:?}");
+    assert_eq!(metric(&r[0], "costguard_rate_limit_redis_up"), Some(1.0));
+
+    redis.kill();
+    let during = burst(&client, &all, &path, &key, 20).await;
+    assert_eq!(
+        count(&during, StatusCode::OK),
+        20,
+        "local limits keep serving while Redis is down: {during:?}"
+    );
+    assert_eq!(metric(&r[0], "costguard_rate_limit_redis_up"), Some(0.0));
+
+    redis.start_again();
+    // Back within a few probes, no restart.
+    let start = Instant::now();
+    while metric(&r[0], "costguard_rate_limit_redis_up") != Some(1.0)
+        || metric(&r[1], "costguard_rate_limit_redis_up") != Some(1.0)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "Redis not used again"
+        );
+        let _ = burst(&client, &all, &path, &key, 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = burst(&client, &all, &path, &key, 20).await;
+    assert_eq!(count(&after, StatusCode::OK), 20, "{after:?}");
+    assert!(
+        up.count() >= 60,
+        "every admitted request reached the upstream"
+    );
+}
+
+/// With `redis_down = "refuse"`, a request meets 503 while Redis is gone
+/// and 200 again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_refuses_when_told_to() {
+    let up = Upstream::start().await;
+    let mut redis = OwnRedis::start();
+    let shared = Shared::on(PG_URL, &redis.url());
+    let r = shared.replicas(1, &up, "", &[("COSTGUARD_RATE_LIMIT_REDIS_DOWN", "refuse")]);
+    let tenant = r[0].create_tenant("enterprise");
+    let (_, key) = r[0].create_key(&tenant, &["admin"]);
+    let path = costs(&tenant);
+    assert_eq!(get(r[0].proxy, &path, &key), 200);
+    redis.kill();
+    assert_eq!(get(r[0].proxy, &path, &key), 503);
+    redis.start_again();
+    let start = Instant::now();
+    while get(r[0].proxy, &path, &key) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "Redis not used again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// PostgreSQL stopped and started again: cached keys keep working, writes
+/// and cache misses get 503 meanwhile, `/ready` says so without failing,
+/// and afterwards everything works with no restart and nothing
+/// acknowledged is lost.
+#[test]
+fn postgres_lost_and_back_needs_no_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(Upstream::start());
+    let mut pg = OwnPostgres::start();
+    let shared = Shared::on(&pg.url(), REDIS_URL);
+    let r = shared.replicas(2, &up, NO_AUTH_THROTTLE, &[]);
+    let (a, b) = (&r[0], &r[1]);
+    let tenant = a.create_tenant("enterprise");
+    let path = costs(&tenant);
+    let (_, cached) = a.create_key(&tenant, &["admin"]);
+    let (_, uncached) = a.create_key(&tenant, &["admin"]);
+    assert_eq!(get(b.proxy, &path, &cached), 200);
+
+    pg.stop();
+    assert_eq!(get(b.proxy, &path, &cached), 200, "a cached key serves");
+    assert_eq!(
+        get(b.proxy, &path, &uncached),
+        503,
+        "a cache miss cannot be decided"
+    );
+    let (status, body) = a.admin(
+        "POST",
+        &format!("/admin/v1/tenants/{tenant}/keys"),
+        Some(json!({"description": "during the outage", "roles": ["admin"]})),
+    );
+    assert_eq!(status, 503, "{body}");
+    let ready = raw_request(
+        b.admin,
+        b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(ready.body.contains("unavailable"), "{}", ready.body);
+
+    pg.start_again();
+    let start = Instant::now();
+    while get(b.proxy, &path, &uncached) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "store not used again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, fresh) = a.create_key(&tenant, &["admin"]);
+    assert_eq!(get(b.proxy, &path, &fresh), 200);
+    assert_eq!(get(a.proxy, &path, &cached), 200);
+}
