@@ -447,3 +447,91 @@ fn both_kinds_of_provider_share_one_identity_mapping_under_their_own_keys() {
 fn tenant(tier: crate::model::Tier) -> crate::model::Tenant {
     crate::store::conformance::sample_tenant(tier)
 }
+
+#[test]
+fn shared_mode_takes_urls_from_the_environment_or_files_and_never_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("redis-url");
+    std::fs::write(&url_file, "redis://:s3cret@cache:6379/0\n").unwrap();
+    let file = parse(
+        "",
+        "t.toml",
+        &env(&[
+            ("COSTGUARD_STORE_BACKEND", "postgres"),
+            (
+                "COSTGUARD_STORE_URL",
+                "postgres://cg:hunter2@db:5432/costguard",
+            ),
+            ("COSTGUARD_STORE_SCHEMA", "tenant_a"),
+            ("COSTGUARD_RATE_LIMIT_BACKEND", "redis"),
+            (
+                "COSTGUARD_RATE_LIMIT_REDIS_URL_FILE",
+                url_file.to_str().unwrap(),
+            ),
+            ("COSTGUARD_RATE_LIMIT_REDIS_MODE", "leased"),
+            ("COSTGUARD_RATE_LIMIT_REDIS_DOWN", "refuse"),
+        ]),
+    )
+    .unwrap();
+    let config = validate::validate(file).unwrap();
+    let pg = config.store.postgres.as_ref().unwrap();
+    assert_eq!(pg.url, "postgres://cg:hunter2@db:5432/costguard");
+    assert_eq!(pg.schema, "tenant_a");
+    let redis = config.rate_limit.redis.as_ref().unwrap();
+    assert_eq!(redis.url, "redis://:s3cret@cache:6379/0", "trimmed");
+    assert_eq!(redis.mode, RedisMode::Leased);
+    assert_eq!(redis.down, RedisDown::Refuse);
+    let printed = format!("{config:?}");
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("s3cret"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn shared_mode_problems_are_all_named() {
+    let text = r#"
+[store]
+backend = "postgres"
+schema = "Robert'); DROP TABLE students;--"
+pool_size = 0
+[rate_limit]
+backend = "redis"
+redis_url = "http://cache"
+redis_mode = "sloppy"
+redis_down = "shrug"
+"#;
+    let err = validate::validate(parse(text, "t.toml", &Env::default()).unwrap()).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in ["store.url", "rate_limit.redis_url"] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+    // With a URL, the rest is checked too.
+    let text = text
+        .replace(
+            "backend = \"postgres\"",
+            "backend = \"postgres\"\nurl = \"postgres://db/x\"",
+        )
+        .replace("http://cache", "redis://cache");
+    let err = validate::validate(parse(&text, "t.toml", &Env::default()).unwrap()).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "store.schema",
+        "store.pool_size",
+        "rate_limit.redis_mode",
+        "rate_limit.redis_down",
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+    // Redis counts need the shared store beside them.
+    let err = validate::validate(
+        parse(
+            "[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://cache\"\n",
+            "t.toml",
+            &Env::default(),
+        )
+        .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err.problems[0].key, "rate_limit.backend", "{err}");
+}
