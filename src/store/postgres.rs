@@ -64,10 +64,26 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
+/// An error and its causes, `: `-separated (tokio-postgres's own text is
+/// only the kind, "db error"; the server's message is the cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// A backend error from a driver error, without the URL (tokio-postgres
 /// never puts it in its messages; the text is the server's or the socket's).
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("postgres: {e}"))
+    StoreError::Backend(format!("postgres: {}", chain(&e)))
 }
 
 /// Like [`pg`], but a unique violation means `what` already exists.
@@ -82,7 +98,7 @@ fn pg_unique(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("postgres pool: {e}"))
+    StoreError::Backend(format!("postgres pool: {}", chain(&e)))
 }
 
 /// A schema name that needs no quoting (what the configuration checks;
@@ -277,6 +293,19 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// Ends `tx` with a ROLLBACK now and returns `outcome`. Dropping it would
+/// roll back too, but lazily: the ROLLBACK is queued and goes out when the
+/// connection's task next runs, and until then the session sits idle in
+/// its transaction, holding its locks (the tenant's, a row's).
+async fn rollback<T>(
+    tx: deadpool_postgres::Transaction<'_>,
+    outcome: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    // A failed ROLLBACK leaves a broken connection, which recycling drops.
+    let _ = tx.rollback().await;
+    outcome
 }
 
 /// Runs `sql` with `params` (on a pooled connection or in a transaction)

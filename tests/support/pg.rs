@@ -86,11 +86,29 @@ impl Drop for TestSchema {
                     return;
                 };
                 tokio::spawn(conn);
+                let drop =
+                    format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
+                if client.batch_execute(&drop).await.is_ok() {
+                    return;
+                }
+                // A session still holds a lock in it (say, a cancelled
+                // operation's ROLLBACK not yet sent because the test's
+                // runtime is the thread blocked here): end those sessions.
                 let _ = client
-                    .batch_execute(&format!(
-                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
-                    ))
+                    .execute(
+                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                         JOIN pg_class c ON c.oid = l.relation \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()",
+                        &[&schema],
+                    )
                     .await;
+                if let Err(e) = client.batch_execute(&drop).await {
+                    eprintln!(
+                        "test schema {schema} left behind: {e}: {:?}",
+                        e.as_db_error()
+                    );
+                }
             });
         });
         let _ = cleanup.join();

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use tokio_postgres::types::Json;
 
-use super::{PgStore, doc, docs, pg, pg_unique};
+use super::{PgStore, doc, docs, pg, pg_unique, rollback};
 use crate::model::{ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, User, UserStatus};
 use crate::store::{Change, Removed, Store, StoreError, UsageKey};
 
@@ -39,9 +39,9 @@ impl Store for PgStore {
             .prepare_cached("INSERT INTO tenants (tenant_id, doc) VALUES ($1, $2)")
             .await
             .map_err(pg)?;
-        tx.execute(&stmt, &[&tenant.tenant_id, &Json(tenant)])
-            .await
-            .map_err(pg_unique("tenant"))?;
+        if let Err(e) = tx.execute(&stmt, &[&tenant.tenant_id, &Json(tenant)]).await {
+            return rollback(tx, Err(pg_unique("tenant")(e))).await;
+        }
         let change = Change::Tenant {
             tenant_id: tenant.tenant_id.clone(),
             deleted: false,
@@ -77,7 +77,7 @@ impl Store for PgStore {
             .map_err(pg)?
             == 0
         {
-            return Err(StoreError::NotFound("tenant"));
+            return rollback(tx, Err(StoreError::NotFound("tenant"))).await;
         }
         let change = Change::Tenant {
             tenant_id: tenant.tenant_id.clone(),
@@ -98,7 +98,7 @@ impl Store for PgStore {
             .map_err(pg)?
             == 0
         {
-            return Err(StoreError::NotFound("tenant"));
+            return rollback(tx, Err(StoreError::NotFound("tenant"))).await;
         }
         let keys: Vec<ApiKey> = docs(
             &tx,
@@ -164,7 +164,7 @@ impl Store for PgStore {
                 .filter(|k| k.expires_at.is_none_or(|t| t > now))
                 .count() as u64;
             if live >= max as u64 {
-                return Err(StoreError::LimitReached { what: "key", max });
+                return rollback(tx, Err(StoreError::LimitReached { what: "key", max })).await;
             }
         }
         let stmt = tx
@@ -180,7 +180,7 @@ impl Store for PgStore {
             .map_err(pg)?
             == 0
         {
-            return Err(StoreError::AlreadyExists("key"));
+            return rollback(tx, Err(StoreError::AlreadyExists("key"))).await;
         }
         // As the embedded store: the new key's current hash only.
         upsert_hash(&tx, &key.hash, key).await?;
@@ -234,7 +234,7 @@ impl Store for PgStore {
         )
         .await?;
         let Some(old) = old else {
-            return Err(StoreError::NotFound("key"));
+            return rollback(tx, Err(StoreError::NotFound("key"))).await;
         };
         let new_hashes: Vec<&String> = hashes(key).collect();
         let gone: Vec<&String> = hashes(&old).filter(|h| !new_hashes.contains(h)).collect();
@@ -277,18 +277,22 @@ impl Store for PgStore {
                 .await
                 .map_err(pg)?;
             if row.try_get::<_, i64>(0).map_err(pg)? >= max {
-                return Err(StoreError::LimitReached {
+                let limit = StoreError::LimitReached {
                     what: "project",
                     max,
-                });
+                };
+                return rollback(tx, Err(limit)).await;
             }
         }
-        tx.execute(
-            "INSERT INTO projects (tenant_id, project_id, doc) VALUES ($1, $2, $3)",
-            &[&project.tenant_id, &project.project_id, &Json(project)],
-        )
-        .await
-        .map_err(pg_unique("project"))?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO projects (tenant_id, project_id, doc) VALUES ($1, $2, $3)",
+                &[&project.tenant_id, &project.project_id, &Json(project)],
+            )
+            .await;
+        if let Err(e) = inserted {
+            return rollback(tx, Err(pg_unique("project")(e))).await;
+        }
         let change = Change::Roles {
             tenant_id: project.tenant_id.clone(),
         };
@@ -343,7 +347,7 @@ impl Store for PgStore {
                 .await
                 .map_err(pg)?;
             if row.try_get::<_, i64>(0).map_err(pg)? >= max {
-                return Err(StoreError::LimitReached { what: "user", max });
+                return rollback(tx, Err(StoreError::LimitReached { what: "user", max })).await;
             }
         }
         tx.execute(
@@ -398,7 +402,7 @@ impl Store for PgStore {
         )
         .await?;
         let Some(mut tombstone) = old else {
-            return Ok(false);
+            return rollback(tx, Ok(false)).await;
         };
         tombstone.status = UserStatus::Deleted;
         tombstone.roles.clear();

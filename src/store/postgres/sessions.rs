@@ -5,7 +5,7 @@
 
 use tokio_postgres::types::Json;
 
-use super::{PgStore, doc, docs, nanos, pg};
+use super::{PgStore, doc, docs, nanos, pg, rollback};
 use crate::model::Session;
 use crate::store::{Change, StoreError};
 
@@ -75,7 +75,7 @@ impl PgStore {
             .map_err(pg)?;
         }
         let Some(old) = old else {
-            return Ok(false);
+            return rollback(tx, Ok(false)).await;
         };
         let mut changes = vec![Change::Session {
             token_hash: old.token_hash.clone(),
@@ -106,7 +106,7 @@ impl PgStore {
         )
         .await?;
         let Some(mut s) = old else {
-            return Ok(());
+            return rollback(tx, Ok(())).await;
         };
         if last_seen > s.last_seen {
             s.last_seen = last_seen;
@@ -187,7 +187,7 @@ impl PgStore {
         )
         .await?;
         let Some(old) = old else {
-            return Ok(false);
+            return rollback(tx, Ok(false)).await;
         };
         let change = Change::Session {
             token_hash: old.token_hash,
