@@ -60,6 +60,18 @@ enum Command {
         #[arg(long, default_value = "./costguard-data")]
         data_dir: PathBuf,
     },
+    /// Apply the shared store's schema migrations (store.backend =
+    /// "postgres") and exit: prints each migration applied, or "up to
+    /// date". `serve` applies them too; this runs them ahead of a rollout.
+    /// Exits 2 if the configuration is invalid or not for PostgreSQL, 1 if
+    /// migrating fails (an edited migration, a newer database, no server).
+    Migrate {
+        /// The TOML configuration file (optional: the environment, e.g.
+        /// COSTGUARD_STORE_BACKEND=postgres and COSTGUARD_STORE_URL, may
+        /// be enough).
+        #[arg(long, short, env = "COSTGUARD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Operator tools for policy files: check, explain.
     Policy {
         #[command(subcommand)]
@@ -268,6 +280,7 @@ fn main() -> ExitCode {
                 config,
                 check_config,
             } => serve(&config, check_config, cli.log_format.as_deref()).await,
+            Command::Migrate { config } => migrate(config.as_deref()).await,
             Command::Policy { .. } | Command::Audit { .. } => {
                 unreachable!("handled before the runtime starts")
             }
@@ -326,6 +339,43 @@ async fn serve(
         .unwrap_or(config.log.format);
     costguard::telemetry::init(config.log.format, &config.log.level);
     run(config).await
+}
+
+/// `costguard migrate`: the shared store's migrations, nothing else.
+async fn migrate(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let origin = path.map_or("(environment)".to_string(), |p| p.display().to_string());
+    let config = match config::load(path, &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{origin}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(pg) = &config.store.postgres else {
+        eprintln!(
+            "{origin}: costguard migrate is for the shared store, but store.backend is not \
+             \"postgres\" (set it, or COSTGUARD_STORE_BACKEND=postgres); the embedded sled \
+             store needs no migrations"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    match costguard::store::postgres::migrate(pg).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("schema {}: up to date", pg.schema);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(applied) => {
+            for name in &applied {
+                println!("schema {}: applied {name}", pg.schema);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            // StoreError never carries the URL.
+            eprintln!("error: schema {}: {e}", pg.schema);
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn run(config: config::Config) -> anyhow::Result<ExitCode> {

@@ -1,14 +1,17 @@
 //! Storage behind one async trait, so backends are interchangeable: sled
-//! ([`sled::SledStore`]) is the embedded default for one pod; a shared
-//! backend for many replicas implements the same trait and must pass the
-//! same conformance suite (`store::conformance`, behind the test-only
-//! `conformance` feature, which `cargo test` turns on).
+//! ([`sled::SledStore`]) is the embedded default for one pod; PostgreSQL
+//! ([`postgres::PgStore`]) is the shared backend for many replicas: it
+//! implements the same trait and passes the same conformance suite
+//! (`store::conformance`, behind the test-only `conformance` feature, which
+//! `cargo test` turns on).
 //!
 //! Durability contract: every method that changes data returns only after
-//! the change is on disk, so an acknowledged admin write survives `kill -9`.
+//! the change is on disk, so an acknowledged admin write survives `kill -9`
+//! (PostgreSQL: after its COMMIT returned).
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod postgres;
 pub mod sled;
 
 use async_trait::async_trait;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod idp;
+pub mod pg;
 pub mod saml_idp;
 pub mod services;
 pub mod sso;
