@@ -15,6 +15,7 @@
 
 pub mod failed_auth;
 mod local;
+pub mod redis;
 
 use std::fmt;
 use std::num::NonZeroU32;

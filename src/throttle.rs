@@ -26,6 +26,7 @@ use crate::config::{BudgetConfig, RateLimitConfig};
 use crate::model::Tenant;
 use crate::principal::Authenticated;
 use crate::rate_limit::failed_auth::{Blocked, FailedAuth};
+use crate::rate_limit::redis::{Ask, BudgetAsk, RedisLimits, Refused as SharedRefused};
 use crate::rate_limit::{LimiterError, RateLimiter, RateStatus};
 use crate::response::{ErrorResponse, Problem};
 use crate::usage::{self, AdmitError, Usage};
@@ -118,6 +119,10 @@ pub struct Throttle {
     usage: Usage,
     cost_header: Option<http::HeaderName>,
     refused: Arc<Refused>,
+    /// Set in shared mode (`rate_limit.backend = "redis"`): rate, budget
+    /// and quota are decided by one Redis script call instead of
+    /// `limiter` and `usage`'s local checks.
+    shared: Option<RedisLimits>,
 }
 
 /// Requests held back, by reason, since start (for `/metrics`).
@@ -164,7 +169,22 @@ impl Throttle {
             usage,
             cost_header: budget.cost_header.clone(),
             refused: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// The same stage deciding in Redis, shared by every replica (the
+    /// local limiter then only serves `redis_down = "local"`'s fallback
+    /// inside `shared`, and `usage` keeps the durable counts).
+    pub fn with_redis(mut self, shared: RedisLimits) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether the shared limiter's Redis answers (always true without
+    /// one), for `/ready`.
+    pub fn redis_up(&self) -> bool {
+        self.shared.as_ref().is_none_or(RedisLimits::redis_up)
     }
 
     fn table(&self, port: Port) -> &FailedAuth {
@@ -244,6 +264,9 @@ impl Throttle {
     ) -> Result<Option<RateStatus>, Limited> {
         let principal = &auth.principal;
         let rate = self.rates.rate_for(principal.rate_per_minute, &auth.tenant);
+        if let Some(shared) = &self.shared {
+            return self.decide_shared(shared, auth, permit, target, rate).await;
+        }
         let status = match rate {
             Some(rate) => {
                 let status = self.limiter.check(&principal.rate_key, rate).await?;
@@ -273,6 +296,44 @@ impl Throttle {
             }
             Err(AdmitError::Store(e)) => Err(Limited::Unavailable(e.to_string())),
         }
+    }
+
+    /// [`Throttle::decide`] in shared mode: one script call (or none).
+    async fn decide_shared(
+        &self,
+        shared: &RedisLimits,
+        auth: &Authenticated,
+        permit: &Permit,
+        target: Option<&Tenant>,
+        rate: Option<crate::rate_limit::Rate>,
+    ) -> Result<Option<RateStatus>, Limited> {
+        let principal = &auth.principal;
+        let budget_tenant = target.unwrap_or(&auth.tenant);
+        // The route's tenant is the target's id on a cross-tenant call.
+        let budget_id = match target {
+            Some(_) => permit.tenant().unwrap_or(&principal.tenant_id),
+            None => &principal.tenant_id,
+        };
+        let budget = permit.cost().then(|| BudgetAsk {
+            tenant: budget_id,
+            tenant_limit: usage::limit_micros(budget_tenant.limits.max_monthly_cost),
+            project: permit
+                .project()
+                .map(|(p, budget)| (p, usage::limit_micros(*budget))),
+        });
+        let ask = Ask {
+            bucket: &principal.rate_key,
+            rate,
+            tenant: &principal.tenant_id,
+            max_per_day: auth.tenant.limits.max_requests_per_day,
+            budget,
+        };
+        shared.check(&ask).await.map_err(|r| match r {
+            SharedRefused::Rate(s) => Limited::Rate(s),
+            SharedRefused::Budget(scope) => Limited::Budget(scope),
+            SharedRefused::Quota(s) => Limited::Quota(s),
+            SharedRefused::Unavailable(e) => Limited::Unavailable(e),
+        })
     }
 
     async fn check_budget(&self, tenant: &Tenant, permit: &Permit) -> Result<(), Limited> {
@@ -324,6 +385,9 @@ impl Throttle {
         if let Err(e) = self.usage.add_spend(tenant, project, micros).await {
             tracing::error!(tenant = %tenant, error = %e, "Could not count the request's cost.");
         }
+        if let Some(shared) = &self.shared {
+            shared.add_spend(tenant, project, micros).await;
+        }
     }
 
     /// Drops idle rate-limit state (buckets that are full again, expired
@@ -332,6 +396,9 @@ impl Throttle {
         self.limiter.cleanup();
         self.failed_auth.cleanup();
         self.admin_failed_auth.cleanup();
+        if let Some(shared) = &self.shared {
+            shared.cleanup();
+        }
     }
 
     /// The stage's Prometheus metrics (text exposition format).
@@ -369,6 +436,9 @@ impl Throttle {
             self.failed_auth.sources(),
             self.admin_failed_auth.sources()
         );
+        if let Some(shared) = &self.shared {
+            shared.metrics(out);
+        }
     }
 }
 

@@ -118,10 +118,14 @@ pub enum AdmitError {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Count {
-    /// Stored plus counted here.
+    /// Stored plus counted here (counted here only until `loaded`).
     value: u64,
     /// Counted here, not yet in the store.
     pending: u64,
+    /// Whether `value` includes the stored count. [`Usage::count`] records
+    /// what a shared limiter admitted without waiting for the store; the
+    /// next check that needs the value reads the store and adds it.
+    loaded: bool,
 }
 
 /// The usage counters. Cheap to clone.
@@ -148,17 +152,47 @@ impl Usage {
 
     /// Reads `key` from the store into memory unless it is there.
     async fn load(&self, key: &UsageKey) -> Result<(), StoreError> {
-        if self.lock().contains_key(key) {
+        if self.lock().get(key).is_some_and(|c| c.loaded) {
             return Ok(());
         }
         let stored = self.store.usage(key).await?;
         // Another task may have loaded it meanwhile; its count wins (it
-        // may already hold increments).
-        self.lock().entry(key.clone()).or_insert(Count {
-            value: stored,
-            pending: 0,
-        });
+        // may already hold increments). Counts taken before any load
+        // (`count`) are added to the stored value.
+        let mut counts = self.lock();
+        let c = counts.entry(key.clone()).or_default();
+        if !c.loaded {
+            c.value = c.value.saturating_add(stored);
+            c.loaded = true;
+        }
         Ok(())
+    }
+
+    /// The loaded counter `key`, if it is.
+    fn loaded<'a>(
+        counts: &'a mut HashMap<UsageKey, Count>,
+        key: &UsageKey,
+    ) -> Option<&'a mut Count> {
+        counts.get_mut(key).filter(|c| c.loaded)
+    }
+
+    /// Counts `n` on `key` without a limit and without reading the store:
+    /// a shared limiter (Redis) already decided, and this replica only
+    /// owes the store the delta it admitted (flushed as usual).
+    pub fn count(&self, key: UsageKey, n: u64) {
+        let mut counts = self.lock();
+        let c = counts.entry(key).or_default();
+        c.value = c.value.saturating_add(n);
+        c.pending = c.pending.saturating_add(n);
+    }
+
+    /// The durable value of `key`: the store's count plus what this
+    /// replica counted and has not flushed yet. A shared limiter seeds a
+    /// counter it lost (Redis restarted or evicted it) from this.
+    pub async fn durable(&self, key: &UsageKey) -> Result<u64, StoreError> {
+        let stored = self.store.usage(key).await?;
+        let pending = self.lock().get(key).map_or(0, |c| c.pending);
+        Ok(stored.saturating_add(pending))
     }
 
     /// Counts one request of `tenant` today unless that would pass
@@ -174,7 +208,7 @@ impl Usage {
             counter: Counter::Requests { day: today() },
         };
         loop {
-            if let Some(c) = self.lock().get_mut(&key) {
+            if let Some(c) = Self::loaded(&mut self.lock(), &key) {
                 if max_per_day >= 0 && c.value >= max_per_day as u64 {
                     return Err(QuotaExceeded {
                         limit: max_per_day as u64,
@@ -192,7 +226,7 @@ impl Usage {
     /// Adds `n` to a counter.
     pub async fn add(&self, key: UsageKey, n: u64) -> Result<(), StoreError> {
         loop {
-            if let Some(c) = self.lock().get_mut(&key) {
+            if let Some(c) = Self::loaded(&mut self.lock(), &key) {
                 c.value = c.value.saturating_add(n);
                 c.pending = c.pending.saturating_add(n);
                 return Ok(());
@@ -239,7 +273,7 @@ impl Usage {
     /// A counter's value: stored plus not yet flushed.
     pub async fn value(&self, key: &UsageKey) -> Result<u64, StoreError> {
         loop {
-            if let Some(c) = self.lock().get(key) {
+            if let Some(c) = Self::loaded(&mut self.lock(), key) {
                 return Ok(c.value);
             }
             self.load(key).await?;
