@@ -86,6 +86,9 @@ impl Admin {
         if let Some(audit) = &self.0.context.audit {
             audit.metrics(&mut text);
         }
+        if let Some(fanout) = &self.0.context.fanout {
+            fanout.metrics(&mut text);
+        }
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::access_log::AccessLog;
 use crate::audit::Audit;
 use crate::authz::Authz;
+use crate::fanout::Fanout;
 use crate::health::Readiness;
 use crate::throttle::Throttle;
 
@@ -23,4 +24,6 @@ pub struct Context {
     pub audit: Option<Audit>,
     /// The access log, when enabled.
     pub access_log: Option<AccessLog>,
+    /// The invalidation fan-out, with a shared store (for `/metrics`).
+    pub fanout: Option<Fanout>,
 }

@@ -63,6 +63,7 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod echo;
+pub mod fanout;
 pub mod forward;
 pub mod generation;
 pub mod header_pattern;

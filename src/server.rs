@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,14 +25,17 @@ use crate::authn::{Authenticator, Loader};
 use crate::authz::Authz;
 use crate::authz::policy::PolicyError;
 use crate::authz::reload::{PolicyHandle, Source};
-use crate::config::Config;
+use crate::config::{Config, RedisDown};
 use crate::context::Context;
-use crate::health::Readiness;
+use crate::fanout::{Caches, Fanout, PubSub};
+use crate::health::{Check, DependencyCheck, Readiness};
 use crate::listener::{BindError, Listener};
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
+use crate::rate_limit::redis::RedisLimits;
 use crate::sso::users::Directory;
 use crate::sso::{BearerTokens, SessionCookies, Sso};
+use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
@@ -55,6 +59,77 @@ pub enum StartError {
     /// Single sign-on could not be set up (its key or CA file).
     #[error("single sign-on: {0}")]
     Sso(String),
+    /// The shared limiter could not be set up (its URL).
+    #[error("rate limiter: {0}")]
+    Limiter(String),
+}
+
+/// A key every replica must share (the audit HMAC key, the login-cookie
+/// key): the file the operator named (one Secret mounted into every pod);
+/// else, with the shared store, the store's copy (created by the first
+/// replica); else `default`, a file under `store.path` created on first
+/// start (one pod).
+async fn replica_key(
+    named: &Path,
+    default: &Path,
+    shared: Option<&PgStore>,
+    name: &str,
+) -> std::io::Result<Vec<u8>> {
+    match shared {
+        Some(pg) if named == default => {
+            tracing::info!(
+                key = name,
+                "No key file named: every replica uses the shared store's copy of this key (mount one Secret into every pod to keep it out of the database)."
+            );
+            pg.shared_key(name)
+                .await
+                .map(|k| crate::model::hex(&k).into_bytes())
+                .map_err(std::io::Error::other)
+        }
+        _ => writer::load_or_create_key(named),
+    }
+}
+
+/// What `/ready` checks beyond the store: the shared limiter's Redis. Down,
+/// it fails readiness only when `redis_down = "refuse"` (then this replica
+/// refuses every limited request); otherwise it is reported.
+fn dependencies(config: &Config, throttle: &Throttle) -> Vec<(&'static str, DependencyCheck)> {
+    let Some(redis) = &config.rate_limit.redis else {
+        return Vec::new();
+    };
+    let throttle = throttle.clone();
+    let down = redis.down;
+    let check: DependencyCheck = Arc::new(move || {
+        if throttle.redis_up() {
+            return Check::Ok;
+        }
+        match down {
+            RedisDown::Refuse => Check::Failing(
+                "Redis unavailable (redis_down = refuse: limited requests get 503)".into(),
+            ),
+            RedisDown::Local => {
+                Check::Degraded("Redis unavailable (limiting locally per replica)".into())
+            }
+            RedisDown::Allow => Check::Degraded("Redis unavailable (rate limits off)".into()),
+        }
+    });
+    vec![("rate_limit", check)]
+}
+
+/// The Redis pub/sub path of the invalidation fan-out, when configured.
+fn pubsub(config: &Config) -> Option<PubSub> {
+    let redis = config.rate_limit.redis.as_ref().filter(|r| r.pubsub)?;
+    match redis::Client::open(redis.url.as_str()) {
+        Ok(client) => Some(PubSub {
+            client,
+            channel: format!("{}:changes", redis.prefix),
+        }),
+        Err(e) => {
+            // Not the URL: it may hold a password.
+            tracing::warn!(error = ?e.kind(), "rate_limit.redis_url is not usable for pub/sub; invalidations travel through the outbox only.");
+            None
+        }
+    }
 }
 
 /// A started server: store open, both ports bound, not yet serving.
@@ -84,11 +159,19 @@ impl Server {
     /// Opens the store and binds both ports.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let policy = PolicyHandle::load(Source::Dir(config.policy.dir.clone()))?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
-            &config.store.path,
-            config.store.cache_bytes,
-        )?);
-        let readiness = Readiness::new(store.clone(), policy.clone());
+        let (store, shared): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &config.store.postgres {
+            Some(pg) => {
+                let shared = Arc::new(PgStore::connect(pg).await?);
+                (shared.clone(), Some(shared))
+            }
+            None => (
+                Arc::new(SledStore::open_with_cache(
+                    &config.store.path,
+                    config.store.cache_bytes,
+                )?),
+                None,
+            ),
+        };
         let keys = ApiKeys::new(
             store.clone(),
             config.auth.key_cache_capacity,
@@ -101,8 +184,14 @@ impl Server {
             config.auth.key_cache_ttl,
         );
         let (audit, audit_key) = if config.audit.enabled {
-            let key = writer::load_or_create_key(&config.audit.hmac_key_file)
-                .map_err(StartError::Audit)?;
+            let key = replica_key(
+                &config.audit.hmac_key_file,
+                &config.store.path.join("audit-hmac.key"),
+                shared.as_deref(),
+                "audit-hmac",
+            )
+            .await
+            .map_err(StartError::Audit)?;
             // Opening the index adds whatever the files hold beyond it.
             let index = Index::open(&config.audit.dir).map_err(StartError::Audit)?;
             let (audit, _writer) = writer::start_bounded(
@@ -130,11 +219,23 @@ impl Server {
             (None, None)
         };
         let usage = Usage::new(store.clone());
-        let throttle = Throttle::new(
+        let mut throttle = Throttle::new(
             Arc::new(LocalRateLimiter::default()),
             &config.rate_limit,
             &config.budget,
             usage.clone(),
+        );
+        if let Some(redis) = &config.rate_limit.redis {
+            throttle = throttle.with_redis(
+                RedisLimits::new(redis, usage.clone())
+                    .map_err(|e| StartError::Limiter(e.to_string()))?,
+            );
+        }
+        let readiness = Readiness::with(
+            store.clone(),
+            shared.is_none(),
+            policy.clone(),
+            dependencies(config, &throttle),
         );
         let sso = if config.sso.oidc.is_empty() && config.sso.saml.is_empty() {
             None
@@ -152,6 +253,14 @@ impl Server {
                     )),
                     audit.clone(),
                     crate::sso::session::system_clock(),
+                    &replica_key(
+                        &config.sso.cookie_key_file,
+                        &config.store.path.join("sso-cookie.key"),
+                        shared.as_deref(),
+                        "sso-cookie",
+                    )
+                    .await
+                    .map_err(|e| StartError::Sso(format!("sso.cookie_key_file: {e}")))?,
                 )
                 .await
                 .map_err(StartError::Sso)?,
@@ -167,6 +276,23 @@ impl Server {
         )
         .with_sso(sso.clone())
         .with_report_limit(config.admin.max_concurrent_reports);
+        let fanout = shared.as_ref().map(|pg| {
+            Fanout::start(
+                pg.clone(),
+                Caches {
+                    keys: keys.clone(),
+                    authz: authz.clone(),
+                    usage: usage.clone(),
+                    sso: sso.clone(),
+                },
+                config
+                    .store
+                    .postgres
+                    .as_ref()
+                    .map_or(Duration::from_millis(250), |p| p.invalidation_poll),
+                pubsub(config),
+            )
+        });
         let access_log = config
             .log
             .access_log
@@ -177,6 +303,7 @@ impl Server {
             throttle: throttle.clone(),
             audit: audit.clone(),
             access_log: access_log.clone(),
+            fanout,
         };
         let loaders: Vec<Arc<dyn Loader>> = match &sso {
             Some(sso) => vec![

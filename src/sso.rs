@@ -123,7 +123,9 @@ type Reply = Response<Full<Bytes>>;
 
 impl Sso {
     /// Builds the providers and discovers them (each retries in the
-    /// background if its provider is down).
+    /// background if its provider is down). `cookie_key` signs login
+    /// cookies and seals the provider tokens sessions keep: every replica
+    /// must have the same one.
     pub async fn start(
         config: &SsoConfig,
         store: Arc<dyn Store>,
@@ -131,6 +133,7 @@ impl Sso {
         directory: Arc<users::Directory>,
         audit: Option<Audit>,
         clock: Clock,
+        cookie_key: &[u8],
     ) -> Result<Arc<Self>, String> {
         crypto::install();
         let http = http::IdpClient::new(
@@ -139,8 +142,7 @@ impl Sso {
             config.max_response_bytes,
         )
         .map_err(|e| format!("sso.ca_file: {e}"))?;
-        let key = crate::audit::writer::load_or_create_key(&config.cookie_key_file)
-            .map_err(|e| format!("sso.cookie_key_file: {e}"))?;
+        let key = cookie_key;
         let providers: Vec<Arc<Provider>> = config
             .oidc
             .iter()
@@ -166,9 +168,9 @@ impl Sso {
                 config.session_idle_timeout,
                 config.session_cache_capacity,
                 clock.clone(),
-                sealed::Sealer::new(&key),
+                sealed::Sealer::new(key),
             ),
-            signer: Signer::new(&key),
+            signer: Signer::new(key),
             cookie_name: config.session_cookie.clone(),
             cookie_lifetime: config.session_lifetime,
             login_timeout: config.login_timeout,

@@ -431,7 +431,12 @@ fn postgres_lost_and_back_needs_no_restart() {
     assert_eq!(get(b.proxy, &path, &cached), 200);
 
     pg.stop();
-    assert_eq!(get(b.proxy, &path, &cached), 200, "a cached key serves");
+    assert_eq!(
+        get(b.proxy, &path, &cached),
+        200,
+        "a cached key serves: {}",
+        b.logs()
+    );
     assert_eq!(
         get(b.proxy, &path, &uncached),
         503,

@@ -23,6 +23,7 @@
 mod migrate;
 mod records;
 mod sessions;
+mod shared_keys;
 mod tls;
 
 use std::str::FromStr;

@@ -35,7 +35,10 @@ macro_rules! migration {
 
 /// Every migration, in order. Adding one is adding a line (never edit or
 /// reorder an applied one: its checksum is checked at every start).
-const MIGRATIONS: &[Migration] = &[migration!(1, "0001_store")];
+const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001_store"),
+    migration!(3, "0003_shared_keys"),
+];
 
 fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes())

@@ -1,0 +1,29 @@
+//! Keys all replicas must agree on, kept in the database when the operator
+//! did not mount one Secret into every pod (see `server`).
+
+use super::{PgStore, StoreError, pg};
+
+impl PgStore {
+    /// The 32-byte key named `name`: created (from the OS CSPRNG) by the
+    /// first replica that asks, the same for every replica afterwards.
+    pub async fn shared_key(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh)
+            .map_err(|e| StoreError::Backend(format!("random source: {e}")))?;
+        let client = self.client().await?;
+        // Insert-if-absent, then read: of two replicas racing, both read
+        // the one row that won.
+        client
+            .execute(
+                "INSERT INTO shared_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &&fresh[..]],
+            )
+            .await
+            .map_err(pg)?;
+        let row = client
+            .query_one("SELECT value FROM shared_keys WHERE name = $1", &[&name])
+            .await
+            .map_err(pg)?;
+        row.try_get::<_, Vec<u8>>(0).map_err(pg)
+    }
+}
