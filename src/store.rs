@@ -87,6 +87,11 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption, encoding).
     #[error("store backend: {0}")]
     Backend(String),
+    /// The backend cannot be reached right now (a shared store's database
+    /// is down, a connection or statement timed out): retrying later may
+    /// work, and nothing was changed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a tenant deletion removed, so caches can forget it.

@@ -9,7 +9,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,92 +16,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use support::services::{OwnPostgres, OwnRedis};
-use support::{NO_AUTH_THROTTLE, Sidecar, Upstream, config_for, raw_request};
-
-/// The machine's PostgreSQL (trust auth, database `test`).
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-/// The machine's Redis.
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
-
-fn random_name(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).unwrap();
-    format!(
-        "{prefix}{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
-}
-
-/// One test's schema on the machine's PostgreSQL and key prefix on its
-/// Redis; both removed when the test ends (also when it fails).
-struct Shared {
-    pg_url: String,
-    schema: String,
-    redis_url: String,
-    prefix: String,
-}
-
-impl Shared {
-    fn new() -> Self {
-        Self::on(PG_URL, REDIS_URL)
-    }
-
-    fn on(pg_url: &str, redis_url: &str) -> Self {
-        Self {
-            pg_url: pg_url.to_string(),
-            schema: random_name("cgrep_"),
-            redis_url: redis_url.to_string(),
-            prefix: random_name("cgrep-"),
-        }
-    }
-
-    /// The environment of one replica.
-    fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("COSTGUARD_STORE_BACKEND".into(), "postgres".into()),
-            ("COSTGUARD_STORE_URL".into(), self.pg_url.clone()),
-            ("COSTGUARD_STORE_SCHEMA".into(), self.schema.clone()),
-            ("COSTGUARD_RATE_LIMIT_BACKEND".into(), "redis".into()),
-            (
-                "COSTGUARD_RATE_LIMIT_REDIS_URL".into(),
-                self.redis_url.clone(),
-            ),
-            (
-                "COSTGUARD_RATE_LIMIT_REDIS_PREFIX".into(),
-                self.prefix.clone(),
-            ),
-        ]
-    }
-
-    /// `n` replicas in front of `up`, with `extra` config and environment.
-    fn replicas(&self, n: usize, up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Vec<Sidecar> {
-        (0..n).map(|_| self.replica(up, extra, env)).collect()
-    }
-
-    fn replica(&self, up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Sidecar {
-        let mut all = self.env();
-        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Sidecar::start(&config_for(&up.url(), extra), &refs)
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&self.pg_url, "-qc"])
-            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema))
-            .output();
-        let port = self.redis_url.rsplit(':').next().unwrap_or("6379");
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "redis-cli -p {port} --scan --pattern '{}*' | xargs -r redis-cli -p {port} del",
-                self.prefix
-            ))
-            .output();
-    }
-}
+use support::shared::{PG_URL, REDIS_URL, Shared};
+use support::{NO_AUTH_THROTTLE, Sidecar, Upstream, raw_request};
 
 /// `GET path` with an API key, on a new connection: the status.
 fn get(addr: SocketAddr, path: &str, key: &str) -> u16 {

@@ -83,6 +83,11 @@ impl ErrorResponse for ApiError {
             ApiError::LimitReached(m) => told(S::CONFLICT, "limit_reached", m),
             ApiError::Conflict(m) => told(S::CONFLICT, "conflict", m),
             ApiError::Busy(m) => fixed(S::TOO_MANY_REQUESTS, "busy", m),
+            ApiError::Store(StoreError::Unavailable(_)) => fixed(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the store is unavailable; nothing was changed, try again",
+            ),
             ApiError::Store(_) => fixed(
                 S::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -98,6 +103,9 @@ impl ErrorResponse for ApiError {
     fn add_headers(&self, headers: &mut http::HeaderMap) {
         match self {
             ApiError::Authn(e) => e.add_headers(headers),
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
             ApiError::Limited(l) => l.add_headers(headers),
             ApiError::Busy(_) => {
                 headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -7,6 +7,7 @@ pub mod idp;
 pub mod pg;
 pub mod saml_idp;
 pub mod services;
+pub mod shared;
 pub mod sso;
 
 use std::collections::HashMap;
