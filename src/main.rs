@@ -103,14 +103,23 @@ enum AuditCommand {
         /// With --shipped: the configuration file (its [store] and
         /// [audit]; COSTGUARD_STORE_URL, COSTGUARD_STORE_SCHEMA and the
         /// other COSTGUARD_* variables apply on top).
-        #[arg(long, short, env = "COSTGUARD_CONFIG", value_name = "FILE", requires = "shipped")]
+        #[arg(
+            long,
+            short,
+            env = "COSTGUARD_CONFIG",
+            value_name = "FILE",
+            requires = "shipped"
+        )]
         config: Option<PathBuf>,
     },
 }
 
 /// `costguard audit verify --shipped`: exit 0 if every stream verifies,
 /// 1 if one does not, 2 if it could not be checked.
-fn verify_shipped(config: Option<&std::path::Path>, key_file: Option<&std::path::Path>) -> ExitCode {
+fn verify_shipped(
+    config: Option<&std::path::Path>,
+    key_file: Option<&std::path::Path>,
+) -> ExitCode {
     use costguard::audit::ship;
     let config = match config::load(config, &Env::from_process()) {
         Ok(c) => c,
@@ -169,7 +178,10 @@ fn verify_shipped(config: Option<&std::path::Path>, key_file: Option<&std::path:
                 s.last_seq,
                 s.head_seq,
                 if s.pruned > 0 {
-                    format!("; {} records pruned by retention before shipping, covered by a signed anchor", s.pruned)
+                    format!(
+                        "; {} records pruned by retention before shipping, covered by a signed anchor",
+                        s.pruned
+                    )
                 } else {
                     String::new()
                 }

@@ -331,7 +331,8 @@ impl ReportPart {
                 at.stream = own.to_string();
             }
         }
-        self.recent.extend(remote.recent_high.into_iter().map(|(p, r)| (Some(p), r)));
+        self.recent
+            .extend(remote.recent_high.into_iter().map(|(p, r)| (Some(p), r)));
         self.recent.sort_by(|a, b| b.0.cmp(&a.0));
         self.recent.truncate(5);
     }
@@ -378,7 +379,8 @@ async fn query_shared(
 ) -> Result<Value, ApiError> {
     let after = match params.get("cursor") {
         Some(c) => Some(
-            Position::parse(c).ok_or_else(|| ApiError::bad("cursor is not one this API returned"))?,
+            Position::parse(c)
+                .ok_or_else(|| ApiError::bad("cursor is not one this API returned"))?,
         ),
         None => None,
     };

@@ -292,6 +292,13 @@ impl Shipper {
     }
 
     async fn try_step(&mut self) -> Result<Step, ShipError> {
+        // Read first, so the lag is known (from the last known shipped
+        // seq) even while the database is down.
+        let head = read_head(&self.dir);
+        let head_seq = head.as_ref().map_or(0, |h| h.seq);
+        self.stats
+            .lag
+            .store(head_seq.saturating_sub(self.shipped), Ordering::Relaxed);
         if self.resync {
             let (seq, hash, anchored) = pg::position(&self.pool, &self.stream).await?;
             self.shipped = seq;
@@ -300,8 +307,7 @@ impl Shipper {
             self.resync = false;
             self.cursor = None;
         }
-        let Some(head) = read_head(&self.dir) else {
-            self.stats.lag.store(0, Ordering::Relaxed);
+        let Some(head) = head else {
             return Ok(Step::CaughtUp);
         };
         let head_ok = head.is_signed_by(&self.key);

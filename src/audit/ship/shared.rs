@@ -92,7 +92,11 @@ fn conditions<'a>(
         add(&mut sql, &format!("at <= {}", at("?")), e);
     }
     if let Some(after) = &filter.after {
-        add(&mut sql, &format!("(at, stream, seq) > ({}, ", at("?")), &after.micros);
+        add(
+            &mut sql,
+            &format!("(at, stream, seq) > ({}, ", at("?")),
+            &after.micros,
+        );
         params.push(&after.stream);
         sql.push_str(&format!("${}::text, ", params.len()));
         params.push(after_seq);
@@ -166,9 +170,8 @@ pub async fn report(
     let since = format!("at >= {}", at("$3"));
     let scope = format!("stream <> $1 AND tenant_id = $2 AND {since}");
     let params: [&(dyn ToSql + Sync); 3] = [&own, &tenant, &since_micros];
-    let counts = |by: &str| {
-        format!("SELECT {by}, count(*) FROM audit_records WHERE {scope} GROUP BY 1")
-    };
+    let counts =
+        |by: &str| format!("SELECT {by}, count(*) FROM audit_records WHERE {scope} GROUP BY 1");
     let named = |rows: Vec<tokio_postgres::Row>| -> Vec<(String, u64)> {
         rows.iter()
             .map(|r| {

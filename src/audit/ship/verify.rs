@@ -154,9 +154,8 @@ async fn verify_stream(
     // The gap at `seq` is acceptable if its signed anchor ends the chain
     // just before it with the hash `prev_hash` continues from.
     let covered = |seq: u64, prev_hash: &str| -> bool {
-        gaps.get(&seq).is_some_and(|a| {
-            a.seq + 1 == seq && a.hash == prev_hash && a.is_signed_by(key)
-        })
+        gaps.get(&seq)
+            .is_some_and(|a| a.seq + 1 == seq && a.hash == prev_hash && a.is_signed_by(key))
     };
     let mut prev: Option<(u64, String)> = None;
     let mut head_hash: Option<String> = None;
@@ -200,13 +199,13 @@ async fn verify_stream(
                     report.pruned += seq - p - 1;
                 }
                 Some((p, _)) if seq != p + 1 => {
-                    report.broken = broken(format!(
-                        "sequence jumps from {p} to {seq} (rows deleted)"
-                    ));
+                    report.broken =
+                        broken(format!("sequence jumps from {p} to {seq} (rows deleted)"));
                 }
                 Some((_, h)) if record.prev_hash != *h => {
-                    report.broken =
-                        broken("prev_hash does not match the previous record (chain broken)".into());
+                    report.broken = broken(
+                        "prev_hash does not match the previous record (chain broken)".into(),
+                    );
                 }
                 Some(_) => {}
             }
@@ -228,7 +227,9 @@ async fn verify_stream(
         return Ok(report);
     }
     report.broken = match &anchor {
-        None if report.records > 0 => Some("no anchored head (the stream was never anchored)".into()),
+        None if report.records > 0 => {
+            Some("no anchored head (the stream was never anchored)".into())
+        }
         None => None,
         Some(a) if a.head.seq > report.last_seq => Some(format!(
             "the anchored head names record {} but the stream ends at record {} (rows deleted)",
@@ -238,9 +239,9 @@ async fn verify_stream(
             "the anchored head's hash is not record {}'s (anchor or rows altered)",
             a.head.seq
         )),
-        Some(a) if !a.head.is_signed_by(key) => Some(
-            "the anchored head's signature does not verify (altered, or another key)".into(),
-        ),
+        Some(a) if !a.head.is_signed_by(key) => {
+            Some("the anchored head's signature does not verify (altered, or another key)".into())
+        }
         Some(_) => None,
     };
     Ok(report)
