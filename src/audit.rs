@@ -44,6 +44,7 @@ mod event_type;
 pub mod files;
 pub mod index;
 pub mod retention;
+pub mod ship;
 pub mod verify;
 pub mod writer;
 
@@ -393,6 +394,11 @@ pub struct Stats {
     pub anonymous_aggregated: AtomicU64,
     /// Set while the files cannot be written.
     pub unwritable: std::sync::atomic::AtomicBool,
+    /// Set once a shipper copies this log to PostgreSQL ([`ship::start`]):
+    /// its counters join `/metrics`, and the admin query reads the other
+    /// replicas' streams through its pool. Kept here, beside the counters
+    /// every clone of [`Audit`] shares, so attaching needs no new wiring.
+    shipping: std::sync::OnceLock<Arc<ship::Link>>,
 }
 
 impl std::fmt::Debug for Message {
@@ -545,6 +551,18 @@ impl Audit {
         &self.stats
     }
 
+    /// Attaches a shipper (once; a second call is ignored): see
+    /// [`Stats`]'s `shipping`.
+    pub fn attach_shipping(&self, link: Arc<ship::Link>) {
+        let _ = self.stats.shipping.set(link);
+    }
+
+    /// The shipper attached to this log, if any: its pool, stream and
+    /// counters.
+    pub fn shipping(&self) -> Option<&Arc<ship::Link>> {
+        self.stats.shipping.get()
+    }
+
     /// Free bytes (for unprivileged writers) on the file system of the
     /// log's directory, if it can be read.
     pub fn disk_free_bytes(&self) -> Option<u64> {
@@ -602,6 +620,9 @@ impl Audit {
                  costguard_audit_disk_low {}",
                 u8::from(self.min_free_bytes > 0 && free < self.min_free_bytes),
             );
+        }
+        if let Some(link) = self.shipping() {
+            link.stats.metrics(out);
         }
     }
 }

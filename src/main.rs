@@ -91,20 +91,141 @@ enum AuditCommand {
     /// changed byte, a removed record, a removed file and a cut tail are all
     /// found). Prints OK with the counts and exits 0, or the first broken
     /// place (file:line: why) and exits 1.
+    ///
+    /// With --shipped: checks every replica's stream shipped to PostgreSQL
+    /// (`[store] backend = "postgres"`), from the database alone: each
+    /// stream's chain from its first shipped record (gaps only where a
+    /// signed retention anchor covers them), each record's hash, and the
+    /// anchored head's hash and signature. Prints one line per stream (ok
+    /// or BROKEN with why) and exits 1 if any is broken.
     Verify {
         /// The audit directory (audit.dir; by default costguard-data/audit).
-        dir: PathBuf,
+        #[arg(required_unless_present = "shipped")]
+        dir: Option<PathBuf>,
         /// The HMAC key that signs the head (audit.hmac_key_file). Default:
         /// audit-hmac.key beside DIR, if it exists; without a key the head's
-        /// signature is not checked (said in the output).
+        /// signature is not checked (said in the output). With --shipped:
+        /// by default the configuration's audit.hmac_key_file
+        /// (COSTGUARD_AUDIT_HMAC_KEY_FILE), and required.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// Verify the streams shipped to PostgreSQL instead of a directory.
+        #[arg(long, conflicts_with = "dir")]
+        shipped: bool,
+        /// With --shipped: the configuration file (its [store] and
+        /// [audit]; COSTGUARD_STORE_URL, COSTGUARD_STORE_SCHEMA and the
+        /// other COSTGUARD_* variables apply on top).
+        #[arg(
+            long,
+            short,
+            env = "COSTGUARD_CONFIG",
+            value_name = "FILE",
+            requires = "shipped"
+        )]
+        config: Option<PathBuf>,
     },
+}
+
+/// `costguard audit verify --shipped`: exit 0 if every stream verifies,
+/// 1 if one does not, 2 if it could not be checked.
+fn verify_shipped(
+    config: Option<&std::path::Path>,
+    key_file: Option<&std::path::Path>,
+) -> ExitCode {
+    use costguard::audit::ship;
+    let config = match config::load(config, &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(pg) = config.store.postgres.as_ref() else {
+        eprintln!(
+            "error: --shipped needs the shared store: [store] backend = \"postgres\" (COSTGUARD_STORE_BACKEND, COSTGUARD_STORE_URL)"
+        );
+        return ExitCode::from(2);
+    };
+    let key_path = key_file.unwrap_or(&config.audit.hmac_key_file);
+    let key = match costguard::audit::writer::read_key(key_path) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("{}: cannot read the key: {e}", key_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let pool = ship::connect(pg)?;
+        ship::verify::verify_shipped(&pool, &key).await
+    });
+    let streams = match result {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if streams.is_empty() {
+        println!("no shipped audit streams");
+    }
+    let mut failed = false;
+    for s in &streams {
+        let anchored = s.anchored_at.as_deref().unwrap_or("never");
+        match &s.broken {
+            None => println!(
+                "{}: ok ({} records, {} to {}, anchored head {} at {anchored}{})",
+                s.stream,
+                s.records,
+                s.first_seq,
+                s.last_seq,
+                s.head_seq,
+                if s.pruned > 0 {
+                    format!(
+                        "; {} records pruned by retention before shipping, covered by a signed anchor",
+                        s.pruned
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            Some(why) => {
+                failed = true;
+                println!("{}: BROKEN {why}", s.stream);
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn audit_command(command: AuditCommand) -> ExitCode {
     use costguard::audit::verify;
-    let AuditCommand::Verify { dir, key_file } = command;
+    let AuditCommand::Verify {
+        dir,
+        key_file,
+        shipped,
+        config,
+    } = command;
+    if shipped {
+        return verify_shipped(config.as_deref(), key_file.as_deref());
+    }
+    let Some(dir) = dir else {
+        eprintln!("error: give the audit directory, or --shipped");
+        return ExitCode::from(2);
+    };
     let key_file = key_file.or_else(|| {
         let beside = dir.parent()?.join("audit-hmac.key");
         beside.exists().then_some(beside)
