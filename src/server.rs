@@ -150,6 +150,8 @@ pub struct Server {
     access_log: Option<AccessLog>,
     grace: Duration,
     sso: Option<Arc<Sso>>,
+    /// Ships this replica's audit stream to the shared store.
+    shipper: Option<crate::audit::ship::ShipperHandle>,
     /// What the proxy port's pipeline was built from, for
     /// [`Server::pipeline`].
     wiring: (Config, Context, Authenticator),
@@ -217,6 +219,15 @@ impl Server {
             (Some(audit), Some(key))
         } else {
             (None, None)
+        };
+        // Each replica ships its own audit stream to the shared store, so
+        // queries cover every replica and a lost pod's records are known.
+        let shipper = match (&shared, &audit, &audit_key) {
+            (Some(pg), Some(audit), Some(key)) => Some(
+                crate::audit::ship::start(pg.pool().clone(), audit, key.clone())
+                    .map_err(StartError::Audit)?,
+            ),
+            _ => None,
         };
         let usage = Usage::new(store.clone());
         let mut throttle = Throttle::new(
@@ -360,6 +371,7 @@ impl Server {
             access_log,
             grace: config.proxy.shutdown_grace,
             sso,
+            shipper,
             wiring,
         };
         tracing::info!(
@@ -457,6 +469,11 @@ impl Server {
                     "Audit records queued at shutdown were not written within 5 s (the log is unwritable)."
                 ),
             }
+        }
+        if let Some(shipper) = self.shipper {
+            // One last bounded catch-up: what is not shipped now is
+            // shipped by the next start on the same volume.
+            shipper.shutdown(Duration::from_secs(5)).await;
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "Store flush failed at shutdown.");

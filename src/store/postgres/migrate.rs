@@ -37,6 +37,7 @@ macro_rules! migration {
 /// reorder an applied one: its checksum is checked at every start).
 const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_store"),
+    migration!(2, "0002_audit"),
     migration!(3, "0003_shared_keys"),
 ];
 
