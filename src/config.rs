@@ -32,9 +32,8 @@ pub use identity::{
 };
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, PostgresConfig, ProxyConfig,
-    RateLimitConfig, RedisConfig, RedisDown, RedisMode, SamlProviderConfig, SsoConfig,
-    StoreConfig, UpstreamTarget,
+    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, PostgresConfig, ProxyConfig, RateLimitConfig,
+    RedisConfig, RedisDown, RedisMode, SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

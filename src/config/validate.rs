@@ -895,7 +895,10 @@ fn redis_config(c: &mut Checker, r: &super::file::RateLimitSection) -> Option<Re
     }
     let url = url_setting(c, "rate_limit.redis_url", &r.redis_url, &r.redis_url_file)?;
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        c.fail("rate_limit.redis_url", "expected a redis:// or rediss:// URL");
+        c.fail(
+            "rate_limit.redis_url",
+            "expected a redis:// or rediss:// URL",
+        );
         return None;
     }
     if r.redis_prefix.is_empty()
