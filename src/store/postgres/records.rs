@@ -106,8 +106,9 @@ impl Store for PgStore {
             &[&tenant_id],
         )
         .await?;
-        let mut removed = Removed::default();
-        removed.key_hashes = keys.iter().flat_map(hashes).cloned().collect();
+        let removed = Removed {
+            key_hashes: keys.iter().flat_map(hashes).cloned().collect(),
+        };
         tx.execute(
             "DELETE FROM key_hashes WHERE hash = ANY($1)",
             &[&removed.key_hashes],
