@@ -17,6 +17,9 @@ use costguard::store::{Change, Store, StoreError};
 use support::pg::TestSchema;
 use tokio::task::JoinSet;
 
+/// Every migration this build embeds, in order.
+const MIGRATIONS: [&str; 3] = ["0001_store", "0002_audit", "0003_shared_keys"];
+
 async fn two_replicas(schema: &TestSchema) -> (Arc<PgStore>, Arc<PgStore>) {
     let a = PgStore::connect(&schema.config()).await.unwrap();
     let b = PgStore::connect(&schema.config()).await.unwrap();
@@ -216,18 +219,21 @@ async fn replicas_starting_together_migrate_once() {
     second.unwrap();
     let client = schema.client().await;
     let rows = client
-        .query("SELECT version, name FROM costguard_migrations", &[])
+        .query(
+            "SELECT version, name FROM costguard_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, String>(1), "0001_store");
+    let names: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(names, MIGRATIONS, "each applied once");
     assert!(migrate(&schema.config()).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn an_edited_migration_is_refused() {
     let schema = TestSchema::new().await;
-    assert_eq!(migrate(&schema.config()).await.unwrap(), ["0001_store"]);
+    assert_eq!(migrate(&schema.config()).await.unwrap(), MIGRATIONS);
     let client = schema.client().await;
     client
         .execute(

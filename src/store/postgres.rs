@@ -84,7 +84,36 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A backend error from a driver error, without the URL (tokio-postgres
 /// never puts it in its messages; the text is the server's or the socket's).
 fn pg(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Backend(format!("postgres: {}", chain(&e)))
+    let text = format!("postgres: {}", chain(&e));
+    if transient(&e) {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Backend(text)
+    }
+}
+
+/// Whether a retry later may succeed: the connection is gone (a restart, a
+/// network cut), the server is shutting down or starting, or the statement
+/// ran out of time. Callers answer 503, not 500.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQLSTATE: the socket failed (an I/O error underneath), or
+        // a value did not convert (not transient).
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") // connection exception
+                || c == SqlState::QUERY_CANCELED.code() // statement_timeout
+                || c == SqlState::ADMIN_SHUTDOWN.code()
+                || c == SqlState::CRASH_SHUTDOWN.code()
+                || c == SqlState::CANNOT_CONNECT_NOW.code()
+                || c == SqlState::T_R_SERIALIZATION_FAILURE.code()
+                || c == SqlState::T_R_DEADLOCK_DETECTED.code()
+        }
+    }
 }
 
 /// Like [`pg`], but a unique violation means `what` already exists.
@@ -98,8 +127,10 @@ fn pg_unique(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError
     }
 }
 
+/// No connection within `connect_timeout`, or none could be made: the
+/// database is unreachable for now.
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("postgres pool: {}", chain(&e)))
+    StoreError::Unavailable(format!("postgres pool: {}", chain(&e)))
 }
 
 /// A schema name that needs no quoting (what the configuration checks;
