@@ -383,3 +383,48 @@ fn postgres_lost_and_back_needs_no_restart() {
     assert_eq!(get(b.proxy, &path, &fresh), 200);
     assert_eq!(get(a.proxy, &path, &cached), 200);
 }
+
+/// A replica killed (`kill -9`) under load: the others carry on, the
+/// cluster-wide quota stays exact (Redis counts what every replica
+/// admitted, the dead one's included), and the keys it made are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_load_leaves_the_others_exact() {
+    let up = Upstream::start().await;
+    let shared = Shared::new();
+    let mut r = shared.replicas(3, &up, "", &[]);
+    let tenant = r[0].create_tenant("enterprise");
+    let (status, body) = r[0].admin(
+        "PATCH",
+        &format!("/admin/v1/tenants/{tenant}"),
+        Some(json!({"limits": {"max_requests_per_day": 40}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, key) = r[2].create_key(&tenant, &["admin"]);
+    let client = support::client();
+    let path = costs(&tenant);
+    let before = {
+        let all: Vec<&Sidecar> = r.iter().collect();
+        burst(&client, &all, &path, &key, 15).await
+    };
+    assert_eq!(count(&before, StatusCode::OK), 15, "{before:?}");
+    // Killed with requests of its own just admitted.
+    r[2].kill9();
+    let survivors: Vec<&Sidecar> = r[..2].iter().collect();
+    let after = burst(&client, &survivors, &path, &key, 40).await;
+    assert_eq!(
+        count(&after, StatusCode::OK),
+        25,
+        "the quota of 40 counts the dead replica's 5: {after:?}"
+    );
+    assert_eq!(up.count(), 40);
+    // The key made on the dead replica was acknowledged, so it is kept.
+    assert_eq!(
+        survivors[0]
+            .admin("GET", &format!("/admin/v1/tenants/{tenant}/keys"), None)
+            .1["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
