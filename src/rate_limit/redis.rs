@@ -21,7 +21,7 @@
 //! flusher adds the deltas to the store once a second. A counter Redis lost
 //! (restart, eviction) is seeded from the store: the script answers "seed
 //! needed" instead of deciding, the replica reads the store's value (plus
-//! its own unflushed count; cached two seconds) and asks again, and the
+//! its own unflushed count; concurrent requests share one read) and asks again, and the
 //! script sets it only if still missing. So a Redis loss forgets at most
 //! the last second of other replicas' counts.
 //!
@@ -105,8 +105,10 @@ const LIVE_WINDOW_SECS: u64 = 15;
 /// How long a quota or budget refusal is answered locally: short, because
 /// an admin may raise the limit.
 const LIMIT_RECHECK: Duration = Duration::from_secs(1);
-/// How long a seed read from the store is reused.
-const SEED_TTL: Duration = Duration::from_secs(2);
+/// Upper bound on how long a seed read from the store is kept: the cache
+/// only merges the reads of requests that meet one lost counter together
+/// (each entry is dropped once read).
+const SEED_TTL: Duration = Duration::from_millis(250);
 
 /// One request's limits, as the limits stage knows them.
 #[derive(Clone, Copy, Debug)]
@@ -319,13 +321,6 @@ impl RedisLimits {
             return inner.fallback(ask).await;
         }
         let now = Instant::now();
-        if let Some(refused) = inner.remembered(ask, now) {
-            inner
-                .counters
-                .local_refusals
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(refused);
-        }
         let decided = match inner.mode {
             RedisMode::Exact => inner.exact(ask, now).await,
             RedisMode::Leased => inner.leased(ask, now).await,
@@ -568,17 +563,21 @@ impl Inner {
         Err(Fail::Down)
     }
 
-    /// The store's value of a counter Redis lost (cached [`SEED_TTL`]).
+    /// The store's value of a counter Redis lost (concurrent readers share one read).
     async fn seed(&self, key: UsageKey) -> Result<u64, Fail> {
         let usage = self.usage.clone();
         let k = key.clone();
-        self.seeds
-            .try_get_with(key, async move { usage.durable(&k).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "Could not read a usage counter to seed Redis.");
-                Fail::Refused(Refused::Unavailable("usage counters unavailable".into()))
-            })
+        let seed = self
+            .seeds
+            .try_get_with(key.clone(), async move { usage.durable(&k).await })
+            .await;
+        // The cache only merges concurrent reads: a seed kept longer could
+        // predate counts made since (Redis may lose the counter again).
+        self.seeds.invalidate(&key).await;
+        seed.map_err(|e| {
+            tracing::error!(error = %e, "Could not read a usage counter to seed Redis.");
+            Fail::Refused(Refused::Unavailable("usage counters unavailable".into()))
+        })
     }
 
     /// The request's budgets, for the script of `tenant`'s slot: a system
@@ -664,7 +663,19 @@ impl Inner {
         );
     }
 
+    /// A remembered refusal, counted.
+    fn remembered_counted(&self, ask: &Ask<'_>, now: Instant) -> Result<(), Fail> {
+        match self.remembered(ask, now) {
+            Some(refused) => {
+                self.counters.local_refusals.fetch_add(1, Ordering::Relaxed);
+                Err(Fail::Refused(refused))
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn exact(&self, ask: &Ask<'_>, now: Instant) -> Result<Option<RateStatus>, Fail> {
+        self.remembered_counted(ask, now)?;
         if ask.rate.is_none() && ask.max_per_day < 0 && ask.budget.is_none() {
             // Nothing shared to check: only the durable count.
             self.count(ask, usage::today());
@@ -710,8 +721,6 @@ impl Inner {
                 }
             }));
         }
-        let rate_want = if had_rate { 0 } else { self.lease_size };
-        let quota_want = if had_quota { 0 } else { self.lease_size };
         let give_back = || {
             for (had, s) in [(had_rate, &rate_subject), (had_quota, &quota_subject)] {
                 if let (true, Some(s)) = (had, s) {
@@ -719,6 +728,14 @@ impl Inner {
                 }
             }
         };
+        // Leases spend first (a refusal remembered by one task must not
+        // strand the tokens another task leased); then remembered refusals.
+        if let Err(e) = self.remembered_counted(ask, now) {
+            give_back();
+            return Err(e);
+        }
+        let rate_want = if had_rate { 0 } else { self.lease_size };
+        let quota_want = if had_quota { 0 } else { self.lease_size };
         let reply = match self.decide(ask, rate_want, quota_want).await {
             Ok(r) => r,
             Err(e) => {
@@ -728,6 +745,14 @@ impl Inner {
         };
         if reply.status != ALLOWED {
             give_back();
+            // Concurrent misses each lease: tokens another task leased
+            // while this one asked are this request's to spend.
+            if matches!(reply.status, RATE | QUOTA)
+                && self.take_all(&rate_subject, &quota_subject, now)
+            {
+                self.count(ask, reply.day);
+                return Ok(ask.rate.map(|rate| allowed_status(rate, &reply)));
+            }
             return Err(Fail::Refused(self.refused(ask, &reply, now)));
         }
         let expires = now + self.lease_ttl;
@@ -755,6 +780,26 @@ impl Inner {
         }
         self.count(ask, reply.day);
         Ok(ask.rate.map(|rate| allowed_status(rate, &reply)))
+    }
+
+    /// Takes a token of each lease, or none.
+    fn take_all(&self, rate: &Option<Subject>, quota: &Option<Subject>, now: Instant) -> bool {
+        let rate_ok = rate
+            .as_ref()
+            .is_none_or(|s| memo::take(&self.leases, s, now));
+        let quota_ok = quota
+            .as_ref()
+            .is_none_or(|s| memo::take(&self.leases, s, now));
+        if rate_ok && quota_ok {
+            return true;
+        }
+        if let (true, Some(s)) = (rate_ok, rate) {
+            memo::give_back(&self.leases, s);
+        }
+        if let (true, Some(s)) = (quota_ok, quota) {
+            memo::give_back(&self.leases, s);
+        }
+        false
     }
 
     /// Decides without Redis, as configured.
