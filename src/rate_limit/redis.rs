@@ -36,17 +36,26 @@
 //! # Leased mode
 //! A replica takes up to `lease_size` tokens of a key's rate and of its
 //! tenant's quota in one script call, spends them locally and drops what
-//! is left after `lease_ttl`; a cost route's budget is re-checked in Redis
-//! at least every `lease_ttl`. Tokens are taken from Redis's counts when
-//! leased, so bounds are, with R replicas and L = `lease_size`:
-//! - rate: over any run of time, admitted ≤ what GCRA allows + R × L (a
-//!   lease taken at the end of one window can be spent in the next); in the
-//!   long run never more than the rate;
-//! - quota: never more than the quota; at most R × L of it unused per
-//!   lease lifetime (leases dropped unspent);
-//! - budget: up to `lease_ttl` of admissions after the budget is spent.
-//! `RateLimit-Remaining` on a request admitted from a lease is what the
-//! lease has left, not the cluster's count.
+//! is left after `lease_ttl` (a quota lease also at midnight UTC); a cost
+//! route's budget is re-checked in Redis at least every `lease_ttl`.
+//! Leased tokens are taken from Redis's counts when leased, so with R
+//! replicas, L = `lease_size` and M the requests of one replica that find
+//! its lease empty at the same moment (each asks for a lease; M = 1 when
+//! requests for a key do not overlap):
+//!
+//! - rate: tokens held in leases are at most R × M × L, and admitted ≤
+//!   what GCRA allows + R × M × L over any stretch of time (a lease taken
+//!   near the end of one window may be spent in the next, within
+//!   `lease_ttl`); over the long run never more than the rate;
+//! - quota: never more than the quota; at most R × M × L of it leased and
+//!   never spent (a lease dropped after `lease_ttl` gives nothing back);
+//! - budget: admissions continue up to `lease_ttl` after the budget is
+//!   spent (exact mode has no such lag).
+//!
+//! A request refused by Redis first spends tokens another task of its
+//! replica leased meanwhile, so concurrent misses strand no tokens while
+//! traffic lasts. `RateLimit-Remaining` on a request admitted from a lease
+//! is what the lease has left, not the cluster's count.
 //!
 //! # Redis down
 //! A connection error or no answer within `timeout` marks Redis down: the
