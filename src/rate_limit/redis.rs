@@ -69,11 +69,16 @@
 //! is the members seen in the last 15 s, remembered for when Redis is gone
 //! (1 until first known).
 
+mod fallback;
+mod leased;
 mod memo;
+
+pub use fallback::divide;
+use fallback::heartbeat;
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -84,7 +89,7 @@ use self::memo::{Expiring, Lease, Refusal, Subject};
 use super::{LimiterError, LocalRateLimiter, Rate, RateStatus, ceil_secs};
 use crate::config::{RedisConfig, RedisDown, RedisMode};
 use crate::store::{Counter, UsageKey};
-use crate::usage::{self, AdmitError, Usage};
+use crate::usage::{self, Usage};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -697,194 +702,6 @@ impl Inner {
         self.count(ask, reply.day);
         Ok(ask.rate.map(|rate| allowed_status(rate, &reply)))
     }
-
-    async fn leased(&self, ask: &Ask<'_>, now: Instant) -> Result<Option<RateStatus>, Fail> {
-        let rate_subject = ask.rate.map(|r| Subject::Rate(ask.bucket.clone(), r));
-        let quota_subject = (ask.max_per_day >= 0).then(|| Subject::Quota(ask.tenant.clone()));
-        let budget_subject = ask
-            .budget
-            .map(|b| Subject::Budget(b.tenant.clone(), b.project.map(|(p, _)| p.clone())));
-        let had_rate = rate_subject
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        let had_quota = quota_subject
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        let budget_fresh = budget_subject
-            .as_ref()
-            .is_none_or(|s| self.leases.get(s, now).is_some());
-        if had_rate && had_quota && budget_fresh {
-            self.count(ask, usage::today());
-            return Ok(ask.rate.zip(rate_subject.as_ref()).map(|(rate, s)| {
-                let left = self
-                    .leases
-                    .get(s, now)
-                    .map_or(0, |l| l.left)
-                    .min(u64::from(rate.burst.get())) as u32;
-                RateStatus {
-                    limit: rate.limit.get(),
-                    remaining: left,
-                    reset: ceil_secs(rate.interval() * (rate.burst.get() - left)),
-                    window: rate.period.as_secs().max(1),
-                    retry_after: None,
-                }
-            }));
-        }
-        let give_back = || {
-            for (had, s) in [(had_rate, &rate_subject), (had_quota, &quota_subject)] {
-                if let (true, Some(s)) = (had, s) {
-                    memo::give_back(&self.leases, s);
-                }
-            }
-        };
-        // Leases spend first (a refusal remembered by one task must not
-        // strand the tokens another task leased); then remembered refusals.
-        if let Err(e) = self.remembered_counted(ask, now) {
-            give_back();
-            return Err(e);
-        }
-        let rate_want = if had_rate { 0 } else { self.lease_size };
-        let quota_want = if had_quota { 0 } else { self.lease_size };
-        let reply = match self.decide(ask, rate_want, quota_want).await {
-            Ok(r) => r,
-            Err(e) => {
-                give_back();
-                return Err(e);
-            }
-        };
-        if reply.status != ALLOWED {
-            give_back();
-            // Concurrent misses each lease: tokens another task leased
-            // while this one asked are this request's to spend.
-            if matches!(reply.status, RATE | QUOTA)
-                && self.take_all(&rate_subject, &quota_subject, now)
-            {
-                self.count(ask, reply.day);
-                return Ok(ask.rate.map(|rate| allowed_status(rate, &reply)));
-            }
-            return Err(Fail::Refused(self.refused(ask, &reply, now)));
-        }
-        let expires = now + self.lease_ttl;
-        if let Some(s) = rate_subject.filter(|_| rate_want > 0) {
-            memo::add(
-                &self.leases,
-                s,
-                reply.rate_granted.saturating_sub(1),
-                expires,
-                now,
-            );
-        }
-        if let Some(s) = quota_subject.filter(|_| quota_want > 0) {
-            let day_end = now + Duration::from_secs(reply.day_left);
-            memo::add(
-                &self.leases,
-                s,
-                reply.quota_granted.saturating_sub(1),
-                expires.min(day_end),
-                now,
-            );
-        }
-        if let Some(s) = budget_subject {
-            self.leases.insert(s, Lease { left: 0, expires }, now);
-        }
-        self.count(ask, reply.day);
-        Ok(ask.rate.map(|rate| allowed_status(rate, &reply)))
-    }
-
-    /// Takes a token of each lease, or none.
-    fn take_all(&self, rate: &Option<Subject>, quota: &Option<Subject>, now: Instant) -> bool {
-        let rate_ok = rate
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        let quota_ok = quota
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        if rate_ok && quota_ok {
-            return true;
-        }
-        if let (true, Some(s)) = (rate_ok, rate) {
-            memo::give_back(&self.leases, s);
-        }
-        if let (true, Some(s)) = (quota_ok, quota) {
-            memo::give_back(&self.leases, s);
-        }
-        false
-    }
-
-    /// Decides without Redis, as configured.
-    async fn fallback(&self, ask: &Ask<'_>) -> Result<Option<RateStatus>, Refused> {
-        let slot = match self.down {
-            RedisDown::Refuse => 0,
-            RedisDown::Local => 1,
-            RedisDown::Allow => 2,
-        };
-        self.counters.fallback[slot].fetch_add(1, Ordering::Relaxed);
-        let status = match (self.down, ask.rate) {
-            (RedisDown::Refuse, _) => {
-                return Err(Refused::Unavailable("Redis does not answer".into()));
-            }
-            (RedisDown::Local, Some(rate)) => {
-                let share = divide(rate, self.replicas.load(Ordering::Relaxed));
-                let status = self.local.check_now(ask.bucket, share);
-                if !status.allowed() {
-                    return Err(Refused::Rate(status));
-                }
-                Some(status)
-            }
-            _ => None,
-        };
-        if let Some(b) = &ask.budget {
-            let month = usage::this_month();
-            let unavailable = |e: crate::store::StoreError| Refused::Unavailable(e.to_string());
-            if let Some(limit) = b.tenant_limit
-                && self
-                    .usage
-                    .spend_in(b.tenant, None, month)
-                    .await
-                    .map_err(unavailable)?
-                    >= limit
-            {
-                return Err(Refused::Budget("tenant"));
-            }
-            if let Some((p, Some(limit))) = b.project
-                && self
-                    .usage
-                    .spend_in(b.tenant, Some(p), month)
-                    .await
-                    .map_err(unavailable)?
-                    >= limit
-            {
-                return Err(Refused::Budget("project"));
-            }
-        }
-        match self.usage.admit_request(ask.tenant, ask.max_per_day).await {
-            Ok(_) => Ok(status),
-            Err(AdmitError::Exceeded(q)) => Err(Refused::Quota(memo::quota_status(
-                q.limit,
-                usage::secs_until_tomorrow(),
-            ))),
-            Err(AdmitError::Store(e)) => Err(Refused::Unavailable(e.to_string())),
-        }
-    }
-
-    /// Heartbeat (or probe): records this replica, learns the live count.
-    async fn heartbeat(&self) -> bool {
-        let mut call = REPLICAS.key(format!("{}:replicas", self.prefix));
-        call.arg(&self.id).arg(LIVE_WINDOW_SECS);
-        match self.round_trip::<u64>(&call).await {
-            Ok(n) => {
-                self.replicas.store(n.max(1), Ordering::Relaxed);
-                if !self.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(
-                        replicas = n,
-                        "Redis answers again; limits are shared again."
-                    );
-                }
-                true
-            }
-            Err(Down) => false,
-        }
-    }
 }
 
 /// A rate's status after an admission Redis decided.
@@ -895,39 +712,5 @@ fn allowed_status(rate: Rate, reply: &Reply) -> RateStatus {
         reset: ceil_secs(Duration::from_micros(reply.reset_us)),
         window: rate.period.as_secs().max(1),
         retry_after: None,
-    }
-}
-
-/// `rate` shared among `replicas` (at least one request per period each).
-pub fn divide(rate: Rate, replicas: u64) -> Rate {
-    let n = u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
-    let share = |x: std::num::NonZeroU32| {
-        std::num::NonZeroU32::new(x.get() / n).unwrap_or(std::num::NonZeroU32::MIN)
-    };
-    Rate {
-        limit: share(rate.limit),
-        burst: share(rate.burst),
-        period: rate.period,
-    }
-}
-
-/// Beats every [`HEARTBEAT`] while Redis answers and probes every [`PROBE`]
-/// while it does not (at once when a request finds it down). Ends when the
-/// limiter is dropped.
-async fn heartbeat(limits: Weak<Inner>, wake: Arc<Notify>) {
-    loop {
-        let Some(inner) = limits.upgrade() else {
-            return;
-        };
-        let wait = if inner.heartbeat().await {
-            HEARTBEAT
-        } else {
-            PROBE
-        };
-        drop(inner);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = wake.notified() => {}
-        }
     }
 }
