@@ -104,6 +104,27 @@ impl World {
     }
 }
 
+impl Drop for World {
+    /// Deletes this test's keys even when it failed before `clean`.
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}:*", self.prefix));
+        let _ = std::thread::spawn(move || {
+            let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+            else {
+                return;
+            };
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+            }
+        })
+        .join();
+    }
+}
+
 fn rate(limit: u32, secs: u64) -> Rate {
     Rate::new(NonZeroU32::new(limit).unwrap(), Duration::from_secs(secs))
 }
