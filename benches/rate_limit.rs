@@ -1,6 +1,9 @@
 //! The limits stage's per-request work without I/O: one GCRA check (one
 //! key; one of 100,000 keys), the failed-authentication pre-check, the
-//! daily-quota check-and-increment, and the trait call the pipeline makes.
+//! daily-quota check-and-increment, and the trait call the pipeline makes;
+//! then the shared limiter's exact-mode check (one script call: GCRA and
+//! daily quota, with and without a budget) against the Redis on
+//! 127.0.0.1:6379, under a random key prefix deleted at the end.
 //!
 //! `cargo bench --bench rate_limit`
 #![allow(missing_docs)]
@@ -11,7 +14,9 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use costguard::config::{RedisConfig, RedisDown, RedisMode};
 use costguard::rate_limit::failed_auth::FailedAuth;
+use costguard::rate_limit::redis::{Ask, BudgetAsk, RedisLimits};
 use costguard::rate_limit::{LocalRateLimiter, Rate, RateLimiter};
 use costguard::store::Store;
 use costguard::store::sled::SledStore;
@@ -83,5 +88,76 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_redis(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let prefix = format!("cgbench-{}", uuid::Uuid::new_v4().simple());
+    let config = RedisConfig {
+        url: "redis://127.0.0.1:6379".into(),
+        prefix: prefix.clone(),
+        mode: RedisMode::Exact,
+        lease_size: 100,
+        lease_ttl: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        down: RedisDown::Refuse,
+        pubsub: false,
+    };
+    let limits = RedisLimits::new(&config, Usage::new(store)).unwrap();
+    let rate = Rate::new(NonZeroU32::new(u32::MAX).unwrap(), Duration::from_secs(60));
+    let bucket: Arc<str> = "0195f3a2-7c1e-7d4b-9a1e-5f6a7b8c9d0e".into();
+    let tenant: Arc<str> = "org-1a2b3c4d".into();
+    let project: Arc<str> = "proj-1a2b3c4d".into();
+    let ask = Ask {
+        bucket: &bucket,
+        rate: Some(rate),
+        tenant: &tenant,
+        max_per_day: i64::MAX,
+        budget: None,
+    };
+    let with_budget = Ask {
+        budget: Some(BudgetAsk {
+            tenant: &tenant,
+            tenant_limit: Some(u64::MAX / 2),
+            project: Some((&project, Some(u64::MAX / 2))),
+        }),
+        ..ask
+    };
+    // Seeds the counters, and fails the bench if Redis is not there.
+    rt.block_on(limits.check(&with_budget))
+        .expect("the Redis on 127.0.0.1:6379 must answer");
+    let mut g = c.benchmark_group("rate_limit_redis");
+    g.bench_function("exact_rate_and_quota", |b| {
+        b.iter(|| rt.block_on(limits.check(black_box(&ask))).unwrap())
+    });
+    g.bench_function("exact_rate_budget_and_quota", |b| {
+        b.iter(|| rt.block_on(limits.check(black_box(&with_budget))).unwrap())
+    });
+    g.finish();
+    rt.block_on(async {
+        let mut conn = redis::Client::open("redis://127.0.0.1:6379")
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+criterion_group!(benches, bench, bench_redis);
 criterion_main!(benches);

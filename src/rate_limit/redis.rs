@@ -21,7 +21,7 @@
 //! flusher adds the deltas to the store once a second. A counter Redis lost
 //! (restart, eviction) is seeded from the store: the script answers "seed
 //! needed" instead of deciding, the replica reads the store's value (plus
-//! its own unflushed count; cached two seconds) and asks again, and the
+//! its own unflushed count; concurrent requests share one read) and asks again, and the
 //! script sets it only if still missing. So a Redis loss forgets at most
 //! the last second of other replicas' counts.
 //!
@@ -36,17 +36,26 @@
 //! # Leased mode
 //! A replica takes up to `lease_size` tokens of a key's rate and of its
 //! tenant's quota in one script call, spends them locally and drops what
-//! is left after `lease_ttl`; a cost route's budget is re-checked in Redis
-//! at least every `lease_ttl`. Tokens are taken from Redis's counts when
-//! leased, so bounds are, with R replicas and L = `lease_size`:
-//! - rate: over any run of time, admitted ≤ what GCRA allows + R × L (a
-//!   lease taken at the end of one window can be spent in the next); in the
-//!   long run never more than the rate;
-//! - quota: never more than the quota; at most R × L of it unused per
-//!   lease lifetime (leases dropped unspent);
-//! - budget: up to `lease_ttl` of admissions after the budget is spent.
-//! `RateLimit-Remaining` on a request admitted from a lease is what the
-//! lease has left, not the cluster's count.
+//! is left after `lease_ttl` (a quota lease also at midnight UTC); a cost
+//! route's budget is re-checked in Redis at least every `lease_ttl`.
+//! Leased tokens are taken from Redis's counts when leased, so with R
+//! replicas, L = `lease_size` and M the requests of one replica that find
+//! its lease empty at the same moment (each asks for a lease; M = 1 when
+//! requests for a key do not overlap):
+//!
+//! - rate: tokens held in leases are at most R × M × L, and admitted ≤
+//!   what GCRA allows + R × M × L over any stretch of time (a lease taken
+//!   near the end of one window may be spent in the next, within
+//!   `lease_ttl`); over the long run never more than the rate;
+//! - quota: never more than the quota; at most R × M × L of it leased and
+//!   never spent (a lease dropped after `lease_ttl` gives nothing back);
+//! - budget: admissions continue up to `lease_ttl` after the budget is
+//!   spent (exact mode has no such lag).
+//!
+//! A request refused by Redis first spends tokens another task of its
+//! replica leased meanwhile, so concurrent misses strand no tokens while
+//! traffic lasts. `RateLimit-Remaining` on a request admitted from a lease
+//! is what the lease has left, not the cluster's count.
 //!
 //! # Redis down
 //! A connection error or no answer within `timeout` marks Redis down: the
@@ -60,11 +69,16 @@
 //! is the members seen in the last 15 s, remembered for when Redis is gone
 //! (1 until first known).
 
+mod fallback;
+mod leased;
 mod memo;
+
+pub use fallback::divide;
+use fallback::heartbeat;
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -75,7 +89,7 @@ use self::memo::{Expiring, Lease, Refusal, Subject};
 use super::{LimiterError, LocalRateLimiter, Rate, RateStatus, ceil_secs};
 use crate::config::{RedisConfig, RedisDown, RedisMode};
 use crate::store::{Counter, UsageKey};
-use crate::usage::{self, AdmitError, Usage};
+use crate::usage::{self, Usage};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -105,8 +119,10 @@ const LIVE_WINDOW_SECS: u64 = 15;
 /// How long a quota or budget refusal is answered locally: short, because
 /// an admin may raise the limit.
 const LIMIT_RECHECK: Duration = Duration::from_secs(1);
-/// How long a seed read from the store is reused.
-const SEED_TTL: Duration = Duration::from_secs(2);
+/// Upper bound on how long a seed read from the store is kept: the cache
+/// only merges the reads of requests that meet one lost counter together
+/// (each entry is dropped once read).
+const SEED_TTL: Duration = Duration::from_millis(250);
 
 /// One request's limits, as the limits stage knows them.
 #[derive(Clone, Copy, Debug)]
@@ -319,13 +335,6 @@ impl RedisLimits {
             return inner.fallback(ask).await;
         }
         let now = Instant::now();
-        if let Some(refused) = inner.remembered(ask, now) {
-            inner
-                .counters
-                .local_refusals
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(refused);
-        }
         let decided = match inner.mode {
             RedisMode::Exact => inner.exact(ask, now).await,
             RedisMode::Leased => inner.leased(ask, now).await,
@@ -568,17 +577,21 @@ impl Inner {
         Err(Fail::Down)
     }
 
-    /// The store's value of a counter Redis lost (cached [`SEED_TTL`]).
+    /// The store's value of a counter Redis lost (concurrent readers share one read).
     async fn seed(&self, key: UsageKey) -> Result<u64, Fail> {
         let usage = self.usage.clone();
         let k = key.clone();
-        self.seeds
-            .try_get_with(key, async move { usage.durable(&k).await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "Could not read a usage counter to seed Redis.");
-                Fail::Refused(Refused::Unavailable("usage counters unavailable".into()))
-            })
+        let seed = self
+            .seeds
+            .try_get_with(key.clone(), async move { usage.durable(&k).await })
+            .await;
+        // The cache only merges concurrent reads: a seed kept longer could
+        // predate counts made since (Redis may lose the counter again).
+        self.seeds.invalidate(&key).await;
+        seed.map_err(|e| {
+            tracing::error!(error = %e, "Could not read a usage counter to seed Redis.");
+            Fail::Refused(Refused::Unavailable("usage counters unavailable".into()))
+        })
     }
 
     /// The request's budgets, for the script of `tenant`'s slot: a system
@@ -664,7 +677,19 @@ impl Inner {
         );
     }
 
+    /// A remembered refusal, counted.
+    fn remembered_counted(&self, ask: &Ask<'_>, now: Instant) -> Result<(), Fail> {
+        match self.remembered(ask, now) {
+            Some(refused) => {
+                self.counters.local_refusals.fetch_add(1, Ordering::Relaxed);
+                Err(Fail::Refused(refused))
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn exact(&self, ask: &Ask<'_>, now: Instant) -> Result<Option<RateStatus>, Fail> {
+        self.remembered_counted(ask, now)?;
         if ask.rate.is_none() && ask.max_per_day < 0 && ask.budget.is_none() {
             // Nothing shared to check: only the durable count.
             self.count(ask, usage::today());
@@ -677,160 +702,6 @@ impl Inner {
         self.count(ask, reply.day);
         Ok(ask.rate.map(|rate| allowed_status(rate, &reply)))
     }
-
-    async fn leased(&self, ask: &Ask<'_>, now: Instant) -> Result<Option<RateStatus>, Fail> {
-        let rate_subject = ask.rate.map(|r| Subject::Rate(ask.bucket.clone(), r));
-        let quota_subject = (ask.max_per_day >= 0).then(|| Subject::Quota(ask.tenant.clone()));
-        let budget_subject = ask
-            .budget
-            .map(|b| Subject::Budget(b.tenant.clone(), b.project.map(|(p, _)| p.clone())));
-        let had_rate = rate_subject
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        let had_quota = quota_subject
-            .as_ref()
-            .is_none_or(|s| memo::take(&self.leases, s, now));
-        let budget_fresh = budget_subject
-            .as_ref()
-            .is_none_or(|s| self.leases.get(s, now).is_some());
-        if had_rate && had_quota && budget_fresh {
-            self.count(ask, usage::today());
-            return Ok(ask.rate.zip(rate_subject.as_ref()).map(|(rate, s)| {
-                let left = self
-                    .leases
-                    .get(s, now)
-                    .map_or(0, |l| l.left)
-                    .min(u64::from(rate.burst.get())) as u32;
-                RateStatus {
-                    limit: rate.limit.get(),
-                    remaining: left,
-                    reset: ceil_secs(rate.interval() * (rate.burst.get() - left)),
-                    window: rate.period.as_secs().max(1),
-                    retry_after: None,
-                }
-            }));
-        }
-        let rate_want = if had_rate { 0 } else { self.lease_size };
-        let quota_want = if had_quota { 0 } else { self.lease_size };
-        let give_back = || {
-            for (had, s) in [(had_rate, &rate_subject), (had_quota, &quota_subject)] {
-                if let (true, Some(s)) = (had, s) {
-                    memo::give_back(&self.leases, s);
-                }
-            }
-        };
-        let reply = match self.decide(ask, rate_want, quota_want).await {
-            Ok(r) => r,
-            Err(e) => {
-                give_back();
-                return Err(e);
-            }
-        };
-        if reply.status != ALLOWED {
-            give_back();
-            return Err(Fail::Refused(self.refused(ask, &reply, now)));
-        }
-        let expires = now + self.lease_ttl;
-        if let Some(s) = rate_subject.filter(|_| rate_want > 0) {
-            memo::add(
-                &self.leases,
-                s,
-                reply.rate_granted.saturating_sub(1),
-                expires,
-                now,
-            );
-        }
-        if let Some(s) = quota_subject.filter(|_| quota_want > 0) {
-            let day_end = now + Duration::from_secs(reply.day_left);
-            memo::add(
-                &self.leases,
-                s,
-                reply.quota_granted.saturating_sub(1),
-                expires.min(day_end),
-                now,
-            );
-        }
-        if let Some(s) = budget_subject {
-            self.leases.insert(s, Lease { left: 0, expires }, now);
-        }
-        self.count(ask, reply.day);
-        Ok(ask.rate.map(|rate| allowed_status(rate, &reply)))
-    }
-
-    /// Decides without Redis, as configured.
-    async fn fallback(&self, ask: &Ask<'_>) -> Result<Option<RateStatus>, Refused> {
-        let slot = match self.down {
-            RedisDown::Refuse => 0,
-            RedisDown::Local => 1,
-            RedisDown::Allow => 2,
-        };
-        self.counters.fallback[slot].fetch_add(1, Ordering::Relaxed);
-        let status = match (self.down, ask.rate) {
-            (RedisDown::Refuse, _) => {
-                return Err(Refused::Unavailable("Redis does not answer".into()));
-            }
-            (RedisDown::Local, Some(rate)) => {
-                let share = divide(rate, self.replicas.load(Ordering::Relaxed));
-                let status = self.local.check_now(ask.bucket, share);
-                if !status.allowed() {
-                    return Err(Refused::Rate(status));
-                }
-                Some(status)
-            }
-            _ => None,
-        };
-        if let Some(b) = &ask.budget {
-            let month = usage::this_month();
-            let unavailable = |e: crate::store::StoreError| Refused::Unavailable(e.to_string());
-            if let Some(limit) = b.tenant_limit
-                && self
-                    .usage
-                    .spend_in(b.tenant, None, month)
-                    .await
-                    .map_err(unavailable)?
-                    >= limit
-            {
-                return Err(Refused::Budget("tenant"));
-            }
-            if let Some((p, Some(limit))) = b.project
-                && self
-                    .usage
-                    .spend_in(b.tenant, Some(p), month)
-                    .await
-                    .map_err(unavailable)?
-                    >= limit
-            {
-                return Err(Refused::Budget("project"));
-            }
-        }
-        match self.usage.admit_request(ask.tenant, ask.max_per_day).await {
-            Ok(_) => Ok(status),
-            Err(AdmitError::Exceeded(q)) => Err(Refused::Quota(memo::quota_status(
-                q.limit,
-                usage::secs_until_tomorrow(),
-            ))),
-            Err(AdmitError::Store(e)) => Err(Refused::Unavailable(e.to_string())),
-        }
-    }
-
-    /// Heartbeat (or probe): records this replica, learns the live count.
-    async fn heartbeat(&self) -> bool {
-        let mut call = REPLICAS.key(format!("{}:replicas", self.prefix));
-        call.arg(&self.id).arg(LIVE_WINDOW_SECS);
-        match self.round_trip::<u64>(&call).await {
-            Ok(n) => {
-                self.replicas.store(n.max(1), Ordering::Relaxed);
-                if !self.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(
-                        replicas = n,
-                        "Redis answers again; limits are shared again."
-                    );
-                }
-                true
-            }
-            Err(Down) => false,
-        }
-    }
 }
 
 /// A rate's status after an admission Redis decided.
@@ -841,39 +712,5 @@ fn allowed_status(rate: Rate, reply: &Reply) -> RateStatus {
         reset: ceil_secs(Duration::from_micros(reply.reset_us)),
         window: rate.period.as_secs().max(1),
         retry_after: None,
-    }
-}
-
-/// `rate` shared among `replicas` (at least one request per period each).
-pub fn divide(rate: Rate, replicas: u64) -> Rate {
-    let n = u32::try_from(replicas.max(1)).unwrap_or(u32::MAX);
-    let share = |x: std::num::NonZeroU32| {
-        std::num::NonZeroU32::new(x.get() / n).unwrap_or(std::num::NonZeroU32::MIN)
-    };
-    Rate {
-        limit: share(rate.limit),
-        burst: share(rate.burst),
-        period: rate.period,
-    }
-}
-
-/// Beats every [`HEARTBEAT`] while Redis answers and probes every [`PROBE`]
-/// while it does not (at once when a request finds it down). Ends when the
-/// limiter is dropped.
-async fn heartbeat(limits: Weak<Inner>, wake: Arc<Notify>) {
-    loop {
-        let Some(inner) = limits.upgrade() else {
-            return;
-        };
-        let wait = if inner.heartbeat().await {
-            HEARTBEAT
-        } else {
-            PROBE
-        };
-        drop(inner);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = wake.notified() => {}
-        }
     }
 }

@@ -170,3 +170,53 @@ pub(super) fn add(
     }
     map.insert(subject, Lease { left: n, expires });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(i: usize) -> Subject {
+        Subject::Quota(format!("org-{i}").into())
+    }
+
+    #[test]
+    fn refusals_expire_and_the_map_stays_bounded() {
+        let now = Instant::now();
+        let m = Expiring::new(|r: &Refusal| r.until);
+        let until = now + Duration::from_secs(1);
+        for i in 0..MAX_ENTRIES + 10 {
+            m.insert(subject(i), Refusal { until, limit: 1 }, now);
+        }
+        assert_eq!(m.len(), MAX_ENTRIES, "full of live entries: no more");
+        assert!(m.get(&subject(0), now).is_some());
+        assert!(m.get(&subject(0), until).is_none(), "expired");
+        // Once they expire, new entries push them out.
+        m.insert(
+            subject(MAX_ENTRIES + 20),
+            Refusal {
+                until: until + Duration::from_secs(1),
+                limit: 1,
+            },
+            until,
+        );
+        assert_eq!(m.len(), 1);
+        m.cleanup(until + Duration::from_secs(2));
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_lease_is_spent_given_back_and_dropped_when_it_ends() {
+        let now = Instant::now();
+        let leases = Expiring::new(|l: &Lease| l.expires);
+        let s = subject(1);
+        assert!(!take(&leases, &s, now));
+        let end = now + Duration::from_secs(5);
+        add(&leases, s.clone(), 2, end, now);
+        assert!(take(&leases, &s, now));
+        give_back(&leases, &s);
+        assert!(take(&leases, &s, now) && take(&leases, &s, now));
+        assert!(!take(&leases, &s, now), "spent");
+        add(&leases, s.clone(), 3, end + Duration::from_secs(5), now);
+        assert!(!take(&leases, &s, end), "a lease ends at its earlier end");
+    }
+}
