@@ -17,12 +17,14 @@
 #   PLAIN_BIN=/path/to/costguard-without-auth benches/proxy-bench.sh   # adds that build as "costguard-plain"
 #   BEFORE_BIN=/path/to/older/costguard benches/proxy-bench.sh          # adds that build as "costguard-before" (A/B)
 #   BENCH_CANDIDATES="costguard costguard-noaudit" benches/proxy-bench.sh -c 64 -r 6   # only those
+#   SHARED=1 benches/proxy-bench.sh   # adds "costguard-shared": PostgreSQL store + Redis limiter
+#                                     # (127.0.0.1:5432 database test, a schema of its own; 127.0.0.1:6379)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/run.sh}
 WORK=$(mktemp -d /tmp/costguard-bench.XXXXXX)
 
-cargo build --release --bin costguard --example bare_forwarder
+cargo build --release --bin costguard --example bare_forwarder --example copy_store
 TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 BIN=$TARGET/release/costguard
 # Candidates run on defaults plus environment overrides (an empty file is a
@@ -83,6 +85,16 @@ if [[ -n ${BEFORE_BIN:-} ]]; then
   cp -r "$WORK/store" "$WORK/store6"
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store6 COSTGUARD_LOG_ACCESS_LOG=false $BEFORE_BIN serve --config $CONFIG"
     --port 18096 --name costguard-before)
+fi
+if [[ -n ${SHARED:-} ]]; then
+  # The same tenant and key in a schema of its own, dropped afterwards.
+  SCHEMA=cgbench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+  PREFIX=cgbench-$SCHEMA
+  shared="COSTGUARD_STORE_BACKEND=postgres COSTGUARD_STORE_URL=postgres://postgres@127.0.0.1:5432/test COSTGUARD_STORE_SCHEMA=$SCHEMA COSTGUARD_RATE_LIMIT_BACKEND=redis COSTGUARD_RATE_LIMIT_REDIS_URL=redis://127.0.0.1:6379 COSTGUARD_RATE_LIMIT_REDIS_PREFIX=$PREFIX"
+  env $shared "$TARGET/release/examples/copy_store" "$WORK/store"
+  trap 'psql postgres://postgres@127.0.0.1:5432/test -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE"; redis-cli --scan --pattern "$PREFIX*" | xargs -r redis-cli del >/dev/null' EXIT
+  args+=(--candidate "env $common $shared COSTGUARD_STORE_PATH=$WORK/store7 COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
+    --port 18097 --name costguard-shared)
 fi
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
