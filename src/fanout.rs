@@ -38,6 +38,8 @@ use crate::usage::Usage;
 const OUTBOX_KEEP: Duration = Duration::from_secs(3600);
 /// How often the outbox is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait for Redis when publishing (the outbox is the sure path).
+const REDIS_WAIT: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to (re)subscribe.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -234,12 +236,21 @@ impl Fanout {
             }
             let Some(pubsub) = &pubsub else { continue };
             if conn.is_none() {
-                conn = redis::aio::ConnectionManager::new(pubsub.client.clone())
-                    .await
-                    .inspect_err(|e| {
-                        tracing::warn!(error = %e, "Cannot reach Redis to publish invalidations; the outbox carries them.")
-                    })
-                    .ok();
+                // Bounded: while Redis is unreachable this replica's own
+                // changes must still be applied here without delay.
+                conn = match tokio::time::timeout(
+                    REDIS_WAIT,
+                    redis::aio::ConnectionManager::new(pubsub.client.clone()),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "Cannot reach Redis to publish invalidations; the outbox carries them.");
+                        None
+                    }
+                    Err(_) => None,
+                };
             }
             let Some(c) = conn.as_mut() else {
                 self.0.errors.fetch_add(1, Ordering::Relaxed);
@@ -248,11 +259,20 @@ impl Fanout {
             let Ok(payload) = serde_json::to_string(&Message { id, change }) else {
                 continue;
             };
-            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(&pubsub.channel)
-                .arg(payload)
-                .query_async(c)
-                .await;
+            let sent = tokio::time::timeout(
+                REDIS_WAIT,
+                redis::cmd("PUBLISH")
+                    .arg(&pubsub.channel)
+                    .arg(payload)
+                    .query_async::<i64>(c),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer in time",
+                )))
+            });
             match sent {
                 Ok(_) => {
                     self.0.published.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +288,15 @@ impl Fanout {
     async fn subscribe(self, pubsub: PubSub) {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match pubsub.client.get_async_pubsub().await {
+            let connected = tokio::time::timeout(REDIS_WAIT, pubsub.client.get_async_pubsub())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no answer in time",
+                    )))
+                });
+            match connected {
                 Ok(mut conn) => match conn.subscribe(&pubsub.channel).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(250);

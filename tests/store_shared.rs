@@ -406,3 +406,84 @@ async fn cancelled_operations_never_leave_a_connection_in_a_transaction() {
         assert_eq!(store.key_by_hash(&k.hash).await.unwrap(), Some(k));
     }
 }
+
+/// A CA and a leaf for 127.0.0.1 / localhost: (CA PEM, leaf PEM, leaf key PEM).
+fn pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "costguard test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// `sslmode=require` speaks TLS (rustls) and checks the server against
+/// `tls_ca_file`: the right CA connects and stores; another CA is refused
+/// (no silent fallback to plain text), and so is a server without TLS.
+#[tokio::test]
+async fn tls_to_postgres_verifies_the_server() {
+    let (ca, cert, key) = pki();
+    let pg = support::services::OwnPostgres::start_with_tls(Some((&cert, &key)));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let (other_ca, _, _) = pki();
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, &other_ca).unwrap();
+
+    let config = |url: String, ca: &std::path::Path| costguard::config::PostgresConfig {
+        url,
+        schema: "cgtls".into(),
+        pool_size: 2,
+        connect_timeout: Duration::from_secs(5),
+        statement_timeout: Duration::from_secs(5),
+        tls_ca_file: Some(ca.to_path_buf()),
+        invalidation_poll: Duration::from_secs(1),
+    };
+    let url = format!("{}?sslmode=require", pg.url());
+    let store = PgStore::connect(&config(url.clone(), &ca_file))
+        .await
+        .expect("TLS with the server's CA");
+    let tenant = sample_tenant(Tier::Free);
+    store.insert_tenant(&tenant).await.unwrap();
+    assert_eq!(
+        store.get_tenant(&tenant.tenant_id).await.unwrap(),
+        Some(tenant)
+    );
+    let ssl_in_use = {
+        let client = store.pool().get().await.unwrap();
+        client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(ssl_in_use, "the connection is encrypted");
+
+    let err = PgStore::connect(&config(url, &other_file))
+        .await
+        .expect_err("a server certificate from another CA");
+    assert!(
+        format!("{err}").to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // The machine's server has no TLS: `require` refuses it.
+    let err = PgStore::connect(&config(
+        format!("{}?sslmode=require", support::pg::URL),
+        &ca_file,
+    ))
+    .await
+    .expect_err("sslmode=require against a server without TLS");
+    let _ = err;
+}

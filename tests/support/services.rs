@@ -92,6 +92,8 @@ pub struct OwnPostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     running: bool,
+    /// Extra server options (`-c ssl=on …`).
+    options: String,
 }
 
 fn pg_bin() -> PathBuf {
@@ -126,6 +128,12 @@ fn as_postgres(program: &Path) -> Command {
 impl OwnPostgres {
     /// Creates and starts the cluster.
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// Like [`OwnPostgres::start`], serving TLS with `(certificate chain
+    /// PEM, private key PEM)` when given.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -144,11 +152,29 @@ impl OwnPostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                let _ = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .status();
+                let _ = Command::new("chmod").arg("600").arg(&path).status();
+            }
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                data.join("server.crt").display(),
+                data.join("server.key").display()
+            );
+        }
         let mut pg = Self {
             port: free_port(),
             dir,
             bin,
             running: false,
+            options,
         };
         pg.start_again();
         pg
@@ -171,9 +197,10 @@ impl OwnPostgres {
     /// Starts the stopped cluster on its port.
     pub fn start_again(&mut self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let log = self.dir.path().join("server.log");
         let out = self.ctl(&["-o", &opts, "-l", log.to_str().unwrap(), "-w", "start"]);
