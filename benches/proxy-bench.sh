@@ -19,6 +19,7 @@
 #   BENCH_CANDIDATES="costguard costguard-noaudit" benches/proxy-bench.sh -c 64 -r 6   # only those
 #   SHARED=1 benches/proxy-bench.sh   # adds "costguard-shared": PostgreSQL store + Redis limiter
 #                                     # (127.0.0.1:5432 database test, a schema of its own; 127.0.0.1:6379)
+#   SHARED=all benches/proxy-bench.sh # also -shared-noaudit (no audit shipping) and -shared-leased
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench/run.sh}
@@ -95,6 +96,14 @@ if [[ -n ${SHARED:-} ]]; then
   trap 'psql postgres://postgres@127.0.0.1:5432/test -qc "DROP SCHEMA IF EXISTS $SCHEMA CASCADE"; redis-cli --scan --pattern "$PREFIX*" | xargs -r redis-cli del >/dev/null' EXIT
   args+=(--candidate "env $common $shared COSTGUARD_STORE_PATH=$WORK/store7 COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
     --port 18097 --name costguard-shared)
+  if [[ $SHARED == all ]]; then
+    # Where the shared mode's cost goes: without audit shipping (audit off),
+    # and with leased limits (fewer Redis round trips).
+    args+=(--candidate "env $common $shared COSTGUARD_STORE_PATH=$WORK/store8 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG"
+      --port 18098 --name costguard-shared-noaudit
+      --candidate "env $common $shared COSTGUARD_STORE_PATH=$WORK/store9 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_RATE_LIMIT_REDIS_MODE=leased COSTGUARD_RATE_LIMIT_LEASE_SIZE=20 $BIN serve --config $CONFIG"
+      --port 18099 --name costguard-shared-leased)
+  fi
 fi
 if [[ -n ${PLAIN_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 COSTGUARD_LOG_ACCESS_LOG=false $PLAIN_BIN serve --config $CONFIG"
