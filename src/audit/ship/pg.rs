@@ -163,7 +163,12 @@ pub(crate) async fn ship(pool: &Pool, batch: Batch<'_>) -> Result<(), ShipError>
         records.push(
             l.text
                 .contains("\\u0000")
-                .then(|| jsonb_view(&l.record).to_string()),
+                .then(|| {
+                    serde_json::from_str::<crate::audit::Record>(&l.text)
+                        .map(|r| jsonb_view(&r).to_string())
+                })
+                .transpose()
+                .map_err(|e| ShipError::Io(std::io::Error::other(e)))?,
         );
         lines.push(l.text.as_str());
         hashes.push(l.record.hash.as_str());
