@@ -10,8 +10,9 @@
 //! - [`response`]: the one path from an error to its JSON response
 //!   (`ErrorResponse`, implemented next to each stage's error type).
 //! - [`model`], [`roles`]: tenants, keys, projects, users; the seed's RBAC table.
-//! - [`store`]: the `Store` trait and its sled backend (its conformance suite
-//!   behind the test-only `conformance` feature); [`config`]: TOML file +
+//! - [`store`]: the `Store` trait, its sled backend (one pod) and its
+//!   PostgreSQL backend (many replicas; the conformance suite behind the
+//!   test-only `conformance` feature); [`config`]: TOML file +
 //!   `COSTGUARD_*` environment → validated [`config::Config`].
 //! - [`request_id`], [`header_pattern`], [`limits`], [`rate_limit`], [`usage`], [`private_files`],
 //!   [`telemetry`], [`generation`] (cache tombstones).
@@ -32,7 +33,9 @@
 //!
 //! Top: [`context`] (what both ports share), [`pipeline`] (the proxy port:
 //! the one function that orders the stages), [`admin`] (the admin port: one
-//! route table), [`server`] (startup, shutdown), [`demo`] and [`echo`].
+//! route table), [`fanout`] (with a shared store: other replicas' writes
+//! evict this replica's caches), [`server`] (startup, shutdown), [`demo`]
+//! and [`echo`].
 //!
 //! # Request flow (proxy port)
 //! 1. `listener` accepts and hands each request to [`pipeline::Proxy::serve`].
