@@ -26,14 +26,18 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 pub use checks::{is_plain_name, secure_url};
+// The shared backends' settings live with the backends (which need nothing
+// from here); validation builds them.
+pub use crate::rate_limit::redis::{RedisConfig, RedisDown, RedisMode};
+pub use crate::store::postgres::PostgresConfig;
 pub use file::FileConfig;
 pub use identity::{
     AttributeNames, ClaimNames, IdentityMapping, NAME_ID, RoleSource, SourceNames, Sources,
 };
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, PostgresConfig, ProxyConfig, RateLimitConfig,
-    RedisConfig, RedisDown, RedisMode, SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
+    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
+    SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

@@ -20,6 +20,8 @@ use super::{ConfigError, Problem};
 use crate::header_pattern::HeaderPattern;
 use crate::model::Tenant;
 use crate::rate_limit::Rate;
+use crate::rate_limit::redis::{RedisConfig, RedisDown, RedisMode};
+use crate::store::postgres::PostgresConfig;
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone)]
@@ -241,95 +243,6 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// Set with `backend = "postgres"`: the shared store.
     pub postgres: Option<PostgresConfig>,
-}
-
-/// The shared store's connection settings.
-#[derive(Clone)]
-pub struct PostgresConfig {
-    /// Connection URL (may hold a password: never printed).
-    pub url: String,
-    /// Schema of costguard's tables.
-    pub schema: String,
-    /// Connections per replica.
-    pub pool_size: usize,
-    /// Connection and pool wait bound.
-    pub connect_timeout: Duration,
-    /// `statement_timeout` of every connection.
-    pub statement_timeout: Duration,
-    /// CA bundle for TLS (`None`: the system's roots).
-    pub tls_ca_file: Option<PathBuf>,
-    /// Outbox poll period.
-    pub invalidation_poll: Duration,
-}
-
-impl std::fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresConfig")
-            .field("url", &"<redacted>")
-            .field("schema", &self.schema)
-            .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("statement_timeout", &self.statement_timeout)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .field("invalidation_poll", &self.invalidation_poll)
-            .finish()
-    }
-}
-
-/// How the shared limiter counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RedisMode {
-    /// One round trip per request; exact across replicas.
-    Exact,
-    /// Up to `lease_size` requests per key taken ahead by each replica.
-    Leased,
-}
-
-/// What a request meets when Redis does not answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RedisDown {
-    /// 503 `service_unavailable`.
-    Refuse,
-    /// Local limits at the rate divided by the live replica count.
-    Local,
-    /// No rate limit (quota counted locally).
-    Allow,
-}
-
-/// The shared limiter's settings (`rate_limit.backend = "redis"`).
-#[derive(Clone)]
-pub struct RedisConfig {
-    /// Connection URL (may hold a password: never printed).
-    pub url: String,
-    /// Prefix of every key and channel.
-    pub prefix: String,
-    /// Exact or leased.
-    pub mode: RedisMode,
-    /// Requests per lease.
-    pub lease_size: u32,
-    /// A lease's lifetime.
-    pub lease_ttl: Duration,
-    /// Longest wait for an answer.
-    pub timeout: Duration,
-    /// Behaviour without Redis.
-    pub down: RedisDown,
-    /// Invalidations over pub/sub too.
-    pub pubsub: bool,
-}
-
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &"<redacted>")
-            .field("prefix", &self.prefix)
-            .field("mode", &self.mode)
-            .field("lease_size", &self.lease_size)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("timeout", &self.timeout)
-            .field("down", &self.down)
-            .field("pubsub", &self.pubsub)
-            .finish()
-    }
 }
 
 /// `[policy]`, validated.

@@ -72,9 +72,11 @@
 mod fallback;
 mod leased;
 mod memo;
+mod settings;
 
 pub use fallback::divide;
 use fallback::heartbeat;
+pub use settings::{RedisConfig, RedisDown, RedisMode};
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,7 +89,6 @@ use tokio::sync::Notify;
 
 use self::memo::{Expiring, Lease, Refusal, Subject};
 use super::{LimiterError, LocalRateLimiter, Rate, RateStatus, ceil_secs};
-use crate::config::{RedisConfig, RedisDown, RedisMode};
 use crate::store::{Counter, UsageKey};
 use crate::usage::{self, Usage};
 

@@ -23,6 +23,7 @@
 mod migrate;
 mod records;
 mod sessions;
+mod settings;
 mod shared_keys;
 mod tls;
 
@@ -36,9 +37,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 pub use migrate::migrate;
+pub use settings::PostgresConfig;
 
 use super::{Change, StoreError};
-use crate::config::PostgresConfig;
 
 /// Capacity of the post-commit event channel; a receiver that falls further
 /// behind gets `Lagged` and should fall back to the outbox.
@@ -187,33 +188,40 @@ fn pg_config(
     Ok(pg)
 }
 
+/// A pool of connections to `cfg`'s schema (`pool_size`, waits and
+/// connects bounded by `connect_timeout`, TLS when the URL says
+/// `sslmode=require`, `statement_timeout` on every connection), without
+/// migrating or connecting yet: also what read-only tools (`costguard audit
+/// verify --shipped`) use.
+pub fn pool(cfg: &PostgresConfig) -> Result<Pool, StoreError> {
+    let pg_cfg = pg_config(cfg, Some(cfg.statement_timeout))?;
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Verified,
+    };
+    let manager = match tls::connector(cfg, &pg_cfg)? {
+        Some(tls) => deadpool_postgres::Manager::from_config(pg_cfg, tls, manager_config),
+        None => {
+            deadpool_postgres::Manager::from_config(pg_cfg, tokio_postgres::NoTls, manager_config)
+        }
+    };
+    let bound = (!cfg.connect_timeout.is_zero()).then_some(cfg.connect_timeout);
+    Pool::builder(manager)
+        .max_size(cfg.pool_size.max(1))
+        .wait_timeout(bound)
+        .create_timeout(bound)
+        .recycle_timeout(bound)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))
+}
+
 impl PgStore {
     /// Connects (pool of `pool_size`, waits and connects bounded by
     /// `connect_timeout`, TLS when the URL says `sslmode=require`), applies
     /// pending migrations ([`migrate`]), and checks one connection works.
     pub async fn connect(cfg: &PostgresConfig) -> Result<Self, StoreError> {
         migrate::migrate(cfg).await?;
-        let pg_cfg = pg_config(cfg, Some(cfg.statement_timeout))?;
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Verified,
-        };
-        let manager = match tls::connector(cfg, &pg_cfg)? {
-            Some(tls) => deadpool_postgres::Manager::from_config(pg_cfg, tls, manager_config),
-            None => deadpool_postgres::Manager::from_config(
-                pg_cfg,
-                tokio_postgres::NoTls,
-                manager_config,
-            ),
-        };
-        let bound = (!cfg.connect_timeout.is_zero()).then_some(cfg.connect_timeout);
-        let pool = Pool::builder(manager)
-            .max_size(cfg.pool_size.max(1))
-            .wait_timeout(bound)
-            .create_timeout(bound)
-            .recycle_timeout(bound)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Backend(format!("postgres pool: {e}")))?;
+        let pool = pool(cfg)?;
         let class = schema_hash("tenant-lock", &cfg.schema);
         let store = Self {
             pool,

@@ -1,74 +1,19 @@
 //! The shipper's SQL, and a pool built from `[store]` for the command
 //! line (the server gets its pool from the shared store).
 
-use std::sync::Arc;
-
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use serde_json::Value;
 
 use super::ShipError;
 use super::reader::Line;
 use crate::audit::writer::Head;
-use crate::config::PostgresConfig;
+use crate::store::postgres::PostgresConfig;
 
-/// A pool for `config`: its URL, its schema first on the `search_path`,
-/// its timeouts, and TLS through rustls (the system's roots plus
-/// `tls_ca_file`) unless the URL says `sslmode=disable`.
+/// A pool for `config` (the store's own settings: schema, timeouts, TLS
+/// when the URL says `sslmode=require`), for the command line; the server
+/// reuses the shared store's pool.
 pub fn connect(config: &PostgresConfig) -> Result<Pool, ShipError> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        // The parser's message never repeats the URL (which may hold a
-        // password).
-        .map_err(|e| ShipError::Config(format!("store.url: {e}")))?;
-    let schema = config.schema.replace('"', "\"\"");
-    pg.options(format!(
-        "-c search_path=\"{schema}\" -c statement_timeout={}",
-        config.statement_timeout.as_millis()
-    ));
-    pg.connect_timeout(config.connect_timeout);
-    let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Fast,
-    };
-    let manager = if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
-    } else {
-        Manager::from_config(pg, tls(config)?, manager_config)
-    };
-    Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(config.connect_timeout))
-        .create_timeout(Some(config.connect_timeout))
-        .recycle_timeout(Some(config.connect_timeout))
-        .build()
-        .map_err(|e| ShipError::Config(e.to_string()))
-}
-
-fn tls(config: &PostgresConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ShipError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = &config.tls_ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ShipError::Config(format!("{}: {e}", path.display())))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| ShipError::Config(format!("{}: {e}", path.display())))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ShipError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+    crate::store::postgres::pool(config).map_err(|e| ShipError::Config(e.to_string()))
 }
 
 /// What the database has of `stream`: the last shipped seq and its hash,

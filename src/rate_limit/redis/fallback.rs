@@ -6,9 +6,9 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::Notify;
 
+use super::RedisDown;
 use super::memo;
 use super::{Ask, Down, HEARTBEAT, Inner, LIVE_WINDOW_SECS, PROBE, REPLICAS, Refused};
-use crate::config::RedisDown;
 use crate::rate_limit::{Rate, RateStatus};
 use crate::usage::{self, AdmitError};
 

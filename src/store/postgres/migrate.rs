@@ -11,8 +11,8 @@
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
+use super::PostgresConfig;
 use super::{pg, pg_config, schema_hash};
-use crate::config::PostgresConfig;
 use crate::store::StoreError;
 
 /// One embedded migration.

@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::PostgresConfig;
+use super::PostgresConfig;
 use crate::store::StoreError;
 
 /// The TLS connector `pg` asks for, or `None` for plain TCP.
