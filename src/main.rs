@@ -146,12 +146,21 @@ fn verify_shipped(
         );
         return ExitCode::from(2);
     };
-    let key_path = key_file.unwrap_or(&config.audit.hmac_key_file);
-    let key = match costguard::audit::writer::read_key(key_path) {
-        Ok(key) => key,
-        Err(e) => {
-            eprintln!("{}: cannot read the key: {e}", key_path.display());
-            return ExitCode::from(2);
+    // The key the replicas sign with: the named file, else (no file named
+    // in the configuration) the copy the replicas keep in the store.
+    let named = key_file.unwrap_or(&config.audit.hmac_key_file);
+    let from_store = key_file.is_none()
+        && config.audit.hmac_key_file == config.store.path.join("audit-hmac.key")
+        && !named.exists();
+    let file_key = if from_store {
+        None
+    } else {
+        match costguard::audit::writer::read_key(named) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                eprintln!("{}: cannot read the key: {e}", named.display());
+                return ExitCode::from(2);
+            }
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -166,6 +175,17 @@ fn verify_shipped(
     };
     let result = runtime.block_on(async {
         let pool = ship::connect(pg)?;
+        let key = match file_key {
+            Some(key) => key,
+            None => costguard::store::postgres::read_shared_key(&pool, "audit-hmac")
+                .await
+                .map_err(|e| ship::ShipError::Config(e.to_string()))?
+                .ok_or_else(|| {
+                    ship::ShipError::Config(
+                        "no audit key: name audit.hmac_key_file (or --key-file); the store holds none".into(),
+                    )
+                })?,
+        };
         ship::verify::verify_shipped(&pool, &key).await
     });
     let streams = match result {

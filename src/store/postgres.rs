@@ -38,6 +38,7 @@ use tokio_postgres::types::{Json, ToSql};
 
 pub use migrate::migrate;
 pub use settings::PostgresConfig;
+pub use shared_keys::read_shared_key;
 
 use super::{Change, StoreError};
 

@@ -1,7 +1,9 @@
 //! Keys all replicas must agree on, kept in the database when the operator
 //! did not mount one Secret into every pod (see `server`).
 
-use super::{PgStore, StoreError, pg};
+use deadpool_postgres::Pool;
+
+use super::{PgStore, StoreError, pg, pool_error};
 
 impl PgStore {
     /// The 32-byte key named `name`: created (from the OS CSPRNG) by the
@@ -26,4 +28,21 @@ impl PgStore {
             .map_err(pg)?;
         row.try_get::<_, Vec<u8>>(0).map_err(pg)
     }
+}
+
+/// The key named `name` as replicas use it (lower-case hex, as a key file
+/// holds it), or `None` when no replica created it: for tools that verify
+/// what the replicas signed.
+pub async fn read_shared_key(pool: &Pool, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let row = client
+        .query_opt("SELECT value FROM shared_keys WHERE name = $1", &[&name])
+        .await
+        .map_err(pg)?;
+    row.map(|r| {
+        r.try_get::<_, Vec<u8>>(0)
+            .map(|k| crate::model::hex(&k).into_bytes())
+            .map_err(pg)
+    })
+    .transpose()
 }
