@@ -236,6 +236,13 @@ impl Server {
             &config.budget,
             usage.clone(),
         );
+        if config.rate_limit.redis.is_some() && shared.is_none() {
+            // Works (one pod, or limits shared while each pod keeps its
+            // own keys), but each pod's durable counts are its own.
+            tracing::warn!(
+                "rate_limit.backend = \"redis\" with the embedded store: limits are shared through Redis, but keys, tenants and the durable usage counts stay in this pod; use store.backend = \"postgres\" for many replicas."
+            );
+        }
         if let Some(redis) = &config.rate_limit.redis {
             throttle = throttle.with_redis(
                 RedisLimits::new(redis, usage.clone())

@@ -530,15 +530,6 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         ),
         postgres,
     };
-    if store.postgres.is_none() && r.backend == "redis" {
-        // Redis counts; the store keeps what must survive a Redis loss.
-        // One pod's sled store cannot do that for many replicas.
-        c.fail(
-            "rate_limit.backend",
-            "\"redis\" needs the shared store (store.backend = \"postgres\")",
-        );
-    }
-
     if !file.policy.dir.is_dir() {
         c.fail(
             "policy.dir",
