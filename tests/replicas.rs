@@ -450,12 +450,26 @@ async fn shipped_audit_streams_verify_and_tampering_is_caught() {
         }
         cli.run()
     };
-    // Shipped within a second or two (records are synced, then shipped).
+    let sql = |query: String| {
+        let out = std::process::Command::new("psql")
+            .args([&shared.pg_url, "-Atc"])
+            .arg(query)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Shipped within a second or two (records are synced, then shipped):
+    // every request's record, and both streams verified.
     let start = Instant::now();
     let out = loop {
         let out = verify();
         let streams = out.stdout.lines().filter(|l| l.contains(": ok (")).count();
-        if out.status.success() && streams == 2 {
+        let requests = sql(format!(
+            "SELECT count(*) FROM {}.audit_records WHERE event_type = 'request.allowed'",
+            shared.schema
+        ));
+        if out.status.success() && streams == 2 && requests == "20" {
             break out;
         }
         assert!(
@@ -467,16 +481,15 @@ async fn shipped_audit_streams_verify_and_tampering_is_caught() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(!out.stdout.contains("BROKEN"), "{}", out.stdout);
-    let tampered = std::process::Command::new("psql")
-        .args([&shared.pg_url, "-qc"])
-        .arg(format!(
-            "UPDATE {}.audit_records SET line = replace(line, '\"request.allowed\"', '\"request.allowed \"') \
-             WHERE seq = (SELECT min(seq) FROM {}.audit_records WHERE event_type = 'request.allowed')",
-            shared.schema, shared.schema
-        ))
-        .output()
-        .unwrap();
-    assert!(tampered.status.success(), "{tampered:?}");
+    // One shipped request record edited (its line no longer hashes).
+    let edited = sql(format!(
+        "WITH one AS (SELECT stream, seq FROM {s}.audit_records WHERE event_type = 'request.allowed' \
+         ORDER BY stream, seq LIMIT 1) \
+         UPDATE {s}.audit_records r SET line = replace(r.line, '\"request.allowed\"', '\"request.allowed \"') \
+         FROM one WHERE r.stream = one.stream AND r.seq = one.seq RETURNING r.seq",
+        s = shared.schema
+    ));
+    assert!(!edited.is_empty(), "one row edited");
     let out = verify();
     assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("BROKEN"), "{}", out.stdout);
