@@ -407,35 +407,17 @@ async fn cancelled_operations_never_leave_a_connection_in_a_transaction() {
     }
 }
 
-/// A CA and a leaf for 127.0.0.1 / localhost: (CA PEM, leaf PEM, leaf key PEM).
-fn pki() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "costguard test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
-}
-
 /// `sslmode=require` speaks TLS (rustls) and checks the server against
 /// `tls_ca_file`: the right CA connects and stores; another CA is refused
 /// (no silent fallback to plain text), and so is a server without TLS.
 #[tokio::test]
 async fn tls_to_postgres_verifies_the_server() {
-    let (ca, cert, key) = pki();
+    let (ca, cert, key) = support::test_pki();
     let pg = support::services::OwnPostgres::start_with_tls(Some((&cert, &key)));
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca).unwrap();
-    let (other_ca, _, _) = pki();
+    let (other_ca, _, _) = support::test_pki();
     let other_file = dir.path().join("other-ca.pem");
     std::fs::write(&other_file, &other_ca).unwrap();
 

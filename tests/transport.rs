@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use support::{Upstream, sidecar};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
@@ -68,30 +67,14 @@ struct Pki {
     dir: tempfile::TempDir,
 }
 
-/// A CA and a leaf for 127.0.0.1 / localhost (rustls refuses a self-signed
-/// CA used as its own end entity).
+/// A CA and a leaf for 127.0.0.1 / localhost, the leaf's files in a
+/// directory.
 fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "costguard test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-
-    let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-
+    let (ca_pem, cert, key) = support::test_pki();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cert.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        dir,
-    }
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), key).unwrap();
+    Pki { ca_pem, dir }
 }
 
 fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
