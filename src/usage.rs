@@ -328,7 +328,15 @@ impl Usage {
             counts
                 .iter_mut()
                 .filter(|(_, c)| c.pending > 0)
-                .map(|(k, c)| (k.clone(), std::mem::take(&mut c.pending)))
+                .map(|(k, c)| {
+                    let n = std::mem::take(&mut c.pending);
+                    if !c.loaded {
+                        // Not loaded, the value is only what was counted
+                        // here: once in the store, the load adds it back.
+                        c.value = c.value.saturating_sub(n);
+                    }
+                    (k.clone(), n)
+                })
                 .collect()
         };
         if batch.is_empty() {
@@ -338,7 +346,11 @@ impl Usage {
             tracing::warn!(error = %e, counters = batch.len(), "Usage flush failed; will retry.");
             let mut counts = self.lock();
             for (key, n) in batch {
-                counts.entry(key).or_default().pending += n;
+                let c = counts.entry(key).or_default();
+                c.pending += n;
+                if !c.loaded {
+                    c.value = c.value.saturating_add(n);
+                }
             }
         }
     }
@@ -356,6 +368,30 @@ impl Usage {
 
 #[cfg(test)]
 mod tests {
+
+    /// Counts a shared limiter recorded, flushed before anything loaded
+    /// the counter, are counted once: the load finds them in the store.
+    #[tokio::test]
+    async fn counts_flushed_before_a_load_are_not_counted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::store::sled::SledStore::open(&dir.path().join("db")).unwrap());
+        let usage = Usage::new(store.clone());
+        let key = UsageKey {
+            tenant_id: "org-1".into(),
+            counter: Counter::Requests { day: today() },
+        };
+        usage.count(key.clone(), 5);
+        usage.flush().await;
+        assert_eq!(store.usage(&key).await.unwrap(), 5);
+        usage.count(key.clone(), 2);
+        assert_eq!(usage.durable(&key).await.unwrap(), 7);
+        assert_eq!(usage.value(&key).await.unwrap(), 7, "5 stored + 2 pending");
+        usage.flush().await;
+        assert_eq!(store.usage(&key).await.unwrap(), 7);
+        assert_eq!(usage.value(&key).await.unwrap(), 7);
+    }
+
     use super::*;
     use crate::store::sled::SledStore;
 

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::ops::{AdminOps, store_error};
+use crate::store::{Counter, UsageKey};
 use crate::usage;
 
 impl AdminOps {
@@ -13,9 +14,16 @@ impl AdminOps {
     pub async fn usage(&self, tenant_id: &str) -> Result<Value, ApiError> {
         let t = self.tenant(tenant_id).await?;
         let day = usage::today();
+        // What every replica counted (the store, plus this replica's
+        // unflushed counts), not this replica's cached value: with a
+        // shared store the others count too.
+        let counter = |counter| UsageKey {
+            tenant_id: tenant_id.into(),
+            counter,
+        };
         let requests = self
             .usage
-            .requests_on(tenant_id, day)
+            .durable(&counter(Counter::Requests { day }))
             .await
             .map_err(store_error)?;
         let projects = self
@@ -26,14 +34,20 @@ impl AdminOps {
         let month = usage::this_month();
         let spend = self
             .usage
-            .spend_in(tenant_id, None, month)
+            .durable(&counter(Counter::Spend {
+                month,
+                project: None,
+            }))
             .await
             .map_err(store_error)?;
         let mut project_spend = serde_json::Map::new();
         for p in &projects {
             let spent = self
                 .usage
-                .spend_in(tenant_id, Some(&p.project_id), month)
+                .durable(&counter(Counter::Spend {
+                    month,
+                    project: Some(p.project_id.as_str().into()),
+                }))
                 .await
                 .map_err(store_error)?;
             project_spend.insert(
