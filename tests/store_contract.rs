@@ -27,7 +27,19 @@ async fn acknowledged_writes_survive_a_reopen() {
         store.insert_tenant(&tenant).await.unwrap();
         store.insert_key(&key, -1).await.unwrap();
     }
-    let store = SledStore::open(&path).unwrap();
+    // sled's flusher thread lets go of the file lock a moment after the
+    // last handle is dropped (a busy machine can stretch that moment).
+    let start = std::time::Instant::now();
+    let store = loop {
+        match SledStore::open(&path) {
+            Ok(store) => break store,
+            Err(e) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
     assert_eq!(
         store.get_tenant(&tenant.tenant_id).await.unwrap(),
         Some(tenant)
