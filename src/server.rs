@@ -81,10 +81,7 @@ async fn replica_key(
                 key = name,
                 "No key file named: every replica uses the shared store's copy of this key (mount one Secret into every pod to keep it out of the database)."
             );
-            pg.shared_key(name)
-                .await
-                .map(|k| crate::model::hex(&k).into_bytes())
-                .map_err(std::io::Error::other)
+            pg.shared_key(name).await.map_err(std::io::Error::other)
         }
         _ => writer::load_or_create_key(named),
     }

@@ -6,8 +6,9 @@ use deadpool_postgres::Pool;
 use super::{PgStore, StoreError, pg, pool_error};
 
 impl PgStore {
-    /// The 32-byte key named `name`: created (from the OS CSPRNG) by the
-    /// first replica that asks, the same for every replica afterwards.
+    /// The key named `name`, 32 bytes from the OS CSPRNG created by the
+    /// first replica that asks and the same for every replica afterwards,
+    /// as a key file holds it (lower-case hex, which is what signs).
     pub async fn shared_key(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh)
@@ -22,19 +23,13 @@ impl PgStore {
             )
             .await
             .map_err(pg)?;
-        let row = client
-            .query_one("SELECT value FROM shared_keys WHERE name = $1", &[&name])
-            .await
-            .map_err(pg)?;
-        row.try_get::<_, Vec<u8>>(0).map_err(pg)
+        read(&client, name)
+            .await?
+            .ok_or_else(|| StoreError::Backend(format!("shared key {name} vanished")))
     }
 }
 
-/// The key named `name` as replicas use it (lower-case hex, as a key file
-/// holds it), or `None` when no replica created it: for tools that verify
-/// what the replicas signed.
-pub async fn read_shared_key(pool: &Pool, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let client = pool.get().await.map_err(pool_error)?;
+async fn read(client: &tokio_postgres::Client, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let row = client
         .query_opt("SELECT value FROM shared_keys WHERE name = $1", &[&name])
         .await
@@ -45,4 +40,12 @@ pub async fn read_shared_key(pool: &Pool, name: &str) -> Result<Option<Vec<u8>>,
             .map_err(pg)
     })
     .transpose()
+}
+
+/// The key named `name` as replicas use it (lower-case hex, as a key file
+/// holds it), or `None` when no replica created it: for tools that verify
+/// what the replicas signed.
+pub async fn read_shared_key(pool: &Pool, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    read(&client, name).await
 }
