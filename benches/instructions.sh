@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request under callgrind
+# (../shared/bench/instr.py): nginx proxy_pass beside costguard with
+# everything on (API key, policy, limits, audit) and with the audit log off,
+# in one run. Deterministic on a noisy machine (it repeats to within 0.1 %),
+# so it judges a change before the load harness (benches/proxy-bench.sh)
+# confirms it. Caveat: valgrind hides SHA-NI, so hashing counts several
+# times its native cost (see instr.py).
+#
+# It builds the release binary, makes a store with one tenant and one
+# viewer key through the real admin API (as proxy-bench.sh does), then
+# runs instr.py with that key. Loopback only; it stops only what it started.
+#
+#   benches/instructions.sh [instr.py options, e.g. -n 3000 -c 8]
+#   BEFORE_BIN=/path/to/older/costguard benches/instructions.sh   # adds that build (A/B)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+INSTR=${INSTR:-../shared/bench/instr.py}
+WORK=$(mktemp -d /tmp/costguard-instr.XXXXXX)
+
+cargo build --release --bin costguard
+TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+BIN=$TARGET/release/costguard
+CONFIG=$WORK/empty.toml
+: >"$CONFIG"
+
+TOKEN=bench-admin-token-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+COSTGUARD_ADMIN_TOKEN=$TOKEN COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_PROXY_LISTEN=127.0.0.1:0 \
+  COSTGUARD_ADMIN_LISTEN=127.0.0.1:18289 COSTGUARD_LOG_FORMAT=json \
+  "$BIN" serve --config "$CONFIG" >"$WORK/setup.log" 2>&1 &
+SETUP_PID=$!
+for _ in $(seq 50); do curl -sf http://127.0.0.1:18289/ready >/dev/null && break; sleep 0.1; done
+TENANT=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"organization_name":"Bench","admin_email":"bench@example.com","tier":"enterprise"}' \
+  http://127.0.0.1:18289/admin/v1/tenants | python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant_id"])')
+KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"description":"bench","roles":["viewer"],"rate_limit_per_minute":1000000}' \
+  http://127.0.0.1:18289/admin/v1/tenants/$TENANT/keys | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
+# sled allows one process per store: each candidate gets its own copy.
+cp -r "$WORK/store" "$WORK/store2"
+
+common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0 COSTGUARD_LOG_ACCESS_LOG=false"
+args=(--auth-key "$KEY" --path "/v1/tenants/$TENANT/costs?month=2026-11"
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store $BIN serve --config $CONFIG" --name costguard
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-noaudit)
+if [[ -n ${BEFORE_BIN:-} ]]; then
+  cp -r "$WORK/store" "$WORK/store3"
+  args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 $BEFORE_BIN serve --config $CONFIG" --name costguard-before)
+fi
+python3 "$INSTR" "${args[@]}" --out "$WORK/instr" "$@"
+echo "profiles (callgrind_annotate): $WORK/instr"
