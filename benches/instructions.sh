@@ -24,19 +24,9 @@ BIN=$TARGET/release/costguard
 CONFIG=$WORK/empty.toml
 : >"$CONFIG"
 
-TOKEN=bench-admin-token-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-COSTGUARD_ADMIN_TOKEN=$TOKEN COSTGUARD_STORE_PATH=$WORK/store COSTGUARD_PROXY_LISTEN=127.0.0.1:0 \
-  COSTGUARD_ADMIN_LISTEN=127.0.0.1:18289 COSTGUARD_LOG_FORMAT=json \
-  "$BIN" serve --config "$CONFIG" >"$WORK/setup.log" 2>&1 &
-SETUP_PID=$!
-for _ in $(seq 50); do curl -sf http://127.0.0.1:18289/ready >/dev/null && break; sleep 0.1; done
-TENANT=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-  -d '{"organization_name":"Bench","admin_email":"bench@example.com","tier":"enterprise"}' \
-  http://127.0.0.1:18289/admin/v1/tenants | python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant_id"])')
-KEY=$(curl -sf -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-  -d '{"description":"bench","roles":["viewer"],"rate_limit_per_minute":1000000}' \
-  http://127.0.0.1:18289/admin/v1/tenants/$TENANT/keys | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
-kill -TERM "$SETUP_PID"; wait "$SETUP_PID" || true
+# One tenant and key in a fresh store, created through the admin API.
+. benches/bench-store.sh
+bench_store "$BIN" "$CONFIG" "$WORK/store" 18289
 # sled allows one process per store: each candidate gets its own copy.
 cp -r "$WORK/store" "$WORK/store2"
 
