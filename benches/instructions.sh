@@ -13,14 +13,16 @@
 #
 #   benches/instructions.sh [instr.py options, e.g. -n 3000 -c 8]
 #   BEFORE_BIN=/path/to/older/costguard benches/instructions.sh   # adds that build (A/B)
+#   BIN=/path/to/costguard benches/instructions.sh                # measures that build (no cargo build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 INSTR=${INSTR:-../shared/bench/instr.py}
 WORK=$(mktemp -d /tmp/costguard-instr.XXXXXX)
 
-cargo build --release --bin costguard
-TARGET=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
-BIN=$TARGET/release/costguard
+if [[ -z ${BIN:-} ]]; then
+  cargo build --release --bin costguard
+  BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/costguard
+fi
 CONFIG=$WORK/empty.toml
 : >"$CONFIG"
 

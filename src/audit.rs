@@ -106,8 +106,7 @@ impl Record {
 
     /// SHA-256 of [`Record::canonical`], hex.
     pub fn compute_hash(&self) -> String {
-        use sha2::Digest;
-        crate::model::hex(&sha2::Sha256::digest(self.canonical()))
+        crate::model::hex(&crate::model::sha256(&self.canonical()))
     }
 
     /// Appends the record's line (no newline) to `out` with its hash and
@@ -115,12 +114,11 @@ impl Record {
     /// with `"hash":""` last, so the hash goes in before the final `"}`.
     /// `self.hash` must be empty.
     pub fn append_to(&self, out: &mut Vec<u8>) -> String {
-        use sha2::Digest;
         debug_assert!(self.hash.is_empty());
         let start = out.len();
         serde_json::to_writer(&mut *out, self).expect("a record serializes");
         debug_assert!(out.ends_with(br#""hash":""}"#));
-        let hash = crate::model::hex(&sha2::Sha256::digest(&out[start..]));
+        let hash = crate::model::hex(&crate::model::sha256(&out[start..]));
         out.truncate(out.len() - 2);
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(b"\"}");

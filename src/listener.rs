@@ -366,11 +366,15 @@ impl<H: Handler> Serve<H> {
             let handler = handler.clone();
             let info = info.clone();
             let (guard, open) = in_flight.request_started();
-            async move {
+            // Boxed: hyper moves the service's future into its dispatcher,
+            // and the pipeline's future is several kilobytes; one
+            // allocation beats copying it (measured: 13k instructions of
+            // memcpy per request).
+            Box::pin(async move {
                 let resp = handler.handle(req, &info).await;
                 drop(guard);
                 Ok::<_, Infallible>(resp.map(|body| OpenBody::new(body, open)))
-            }
+            })
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

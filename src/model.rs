@@ -260,6 +260,30 @@ pub fn is_tenant_id(s: &str) -> bool {
     })
 }
 
+/// SHA-256 of `data`.
+///
+/// ring's implementation, not the sha2 crate's: both use the CPU's SHA
+/// extensions when it has them, but without them (older CPUs, and valgrind,
+/// which hides them) ring's assembly takes ~40 % fewer instructions than
+/// sha2's portable Rust (measured under callgrind), and the audit chain
+/// hashes every proxied request's record.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    sha256_parts(&[data])
+}
+
+/// SHA-256 of the concatenation of `parts`.
+pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    context
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

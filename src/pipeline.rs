@@ -300,9 +300,9 @@ where
                 throttle: &this.context.throttle,
             };
             let ip = this.hygiene.client_ip(conn.peer.ip(), req.headers());
-            let resp = endpoints
-                .serve(this.sso.as_deref(), req, ip, request_id)
-                .await;
+            // Boxed: the sign-on flows' future is ~10 KB, and inline it
+            // would grow every proxied request's future by as much.
+            let resp = Box::pin(endpoints.serve(this.sso.as_deref(), req, ip, request_id)).await;
             return Ok(resp.map(Either::Right));
         }
         let (permit, rate) = self.decide(&req, conn, trail).await?;

@@ -32,8 +32,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
-
 use super::files;
 use super::{Record, Severity};
 
@@ -135,10 +133,7 @@ impl Hasher {
         if s.is_empty() {
             return 0;
         }
-        let d = Sha256::new()
-            .chain_update(self.key)
-            .chain_update(s.as_bytes())
-            .finalize();
+        let d = crate::model::sha256_parts(&[&self.key, s.as_bytes()]);
         u64::from_le_bytes(d[..8].try_into().expect("8 bytes")).max(1)
     }
 }

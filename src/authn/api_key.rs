@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::AuthnError;
@@ -30,7 +29,7 @@ pub fn generate() -> String {
 
 /// SHA-256 of a key.
 pub fn hash(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+    model::sha256(key.as_bytes())
 }
 
 /// SHA-256 of a key, lower-case hex (what the store indexes).

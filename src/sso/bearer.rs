@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use sha2::Digest;
 
 use crate::authn::{AuthnError, Credential, Loader};
 use crate::principal::{AuthMethod, Authenticated, Principal};
@@ -109,7 +108,7 @@ pub fn looks_like_jwt(token: &str) -> bool {
 impl Sso {
     /// Authenticates a bearer JWT from one of the configured issuers.
     pub async fn bearer(&self, raw: &str) -> Result<Authenticated, AuthnError> {
-        let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        let digest = crate::model::sha256(raw.as_bytes());
         let now = self.now();
         if let Some(cache) = &self.verified
             && let Some(hit) = cache.get(&digest)
@@ -185,7 +184,7 @@ impl Sso {
     /// A bearer JWT from the verified-token cache only (see
     /// [`crate::authn::Authenticator::authenticate_cached`]).
     pub async fn bearer_cached(&self, raw: &str) -> Option<Authenticated> {
-        let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        let digest = crate::model::sha256(raw.as_bytes());
         let hit = self.verified.as_ref()?.get(&digest)?;
         if self.now() > hit.exp
             || self.providers[hit.provider].jwks.generation() != hit.key_generation

@@ -173,8 +173,7 @@ impl Jwks {
         if n == 0 {
             return Err(format!("{uri}: no usable signing key"));
         }
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(resp.body()).into();
+        let digest = crate::model::sha256(resp.body());
         self.keys.store(Arc::new(set));
         let mut last = self.last_document.lock().unwrap_or_else(|e| e.into_inner());
         if *last != digest {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::Digest;
 use time::OffsetDateTime;
 
 use super::claims::Identity;
@@ -110,7 +109,7 @@ pub struct NewSession<'a> {
 
 /// SHA-256 hex of a cookie secret.
 pub fn token_hash(cookie: &str) -> String {
-    model::hex(&sha2::Sha256::digest(cookie.as_bytes()))
+    model::hex(&model::sha256(cookie.as_bytes()))
 }
 
 impl Sessions {

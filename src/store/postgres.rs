@@ -31,7 +31,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
@@ -157,7 +156,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
 /// keys that differ per schema, so tests and deployments sharing one
 /// database do not serialize on each other.
 fn schema_hash(label: &str, schema: &str) -> [u8; 8] {
-    let digest = Sha256::digest(format!("costguard:{label}:{schema}").as_bytes());
+    let digest = crate::model::sha256(format!("costguard:{label}:{schema}").as_bytes());
     let mut out = [0u8; 8];
     out.copy_from_slice(&digest[..8]);
     out

@@ -8,7 +8,6 @@
 //! was applied, or a database migrated by a newer costguard, is refused:
 //! running against a schema this binary does not describe would corrupt it.
 
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use super::PostgresConfig;
@@ -42,10 +41,7 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::model::hex(&crate::model::sha256(sql.as_bytes()))
 }
 
 /// Applies the migrations `cfg`'s schema lacks (creating the schema if
