@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 
 use crate::authn;
 use crate::authz::Permit;
-use crate::config::UpstreamTarget;
 use crate::listener::ConnInfo;
 use crate::response::{self, ErrorResponse, Problem};
 use headers::{Hygiene, Origin};
@@ -24,7 +23,7 @@ pub type UpstreamBody<B = Incoming> = Limited<B>;
 
 /// What goes back to the client: the upstream's body as it streams in, or a
 /// small body costguard made itself (errors, health).
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody<B = Incoming> = Either<upstream::UpstreamResponse<B>, Full<Bytes>>;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +39,13 @@ pub enum ForwardError {
     },
     /// The client's body broke off (disconnect, bad chunking).
     #[error("request body could not be read")]
-    BodyRead(#[source] hyper_util::client::legacy::Error),
+    BodyRead(#[source] hyper::Error),
     /// No connection to the upstream could be made in time.
     #[error("upstream unavailable")]
-    Unavailable(#[source] hyper_util::client::legacy::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The upstream accepted the request but failed before a response.
     #[error("upstream failed")]
-    Failed(#[source] hyper_util::client::legacy::Error),
+    Failed(#[source] hyper::Error),
     /// The upstream did not answer within `proxy.upstream_response_timeout`.
     #[error("upstream did not respond in time")]
     Timeout,
@@ -93,7 +92,6 @@ pub fn prepare<B>(
     request_id: &HeaderValue,
     hygiene: &Hygiene,
     permit: &Permit,
-    target: &UpstreamTarget,
     max_body: u64,
 ) -> Result<Request<UpstreamBody<B>>, ForwardError> {
     if req.method() == Method::CONNECT {
@@ -130,12 +128,8 @@ pub fn prepare<B>(
         principal.headers.apply(&mut parts.headers);
     }
     parts.headers.insert(header::HOST, host);
-    parts.uri = Uri::builder()
-        .scheme(target.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ForwardError::BadRequest("invalid request target"))?;
+    // Origin-form (`/path?query`): the connection is already the upstream's.
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(
         parts,

@@ -87,3 +87,4 @@ pub mod store;
 pub mod telemetry;
 pub mod throttle;
 pub mod usage;
+pub mod worker;

@@ -2,6 +2,13 @@
 //! (hyper-util's auto builder: h2 by ALPN over TLS, h2c by prior knowledge
 //! in clear), the header-read and idle timeouts, and graceful drain.
 //!
+//! The proxy port is served by the per-core workers ([`crate::worker`]):
+//! one socket per worker, all bound to the same address with
+//! `SO_REUSEPORT`, so the kernel spreads new connections over the workers
+//! and each connection is accepted, served and forwarded on one thread. (The
+//! kernel only lets sockets of the same user share the port.) The admin
+//! port has one socket on the main runtime.
+//!
 //! Each accepted connection holds a permit of the listener's semaphore until
 //! it closes. That one semaphore bounds concurrent connections (the accept
 //! loop waits for a permit, so excess clients queue in the kernel backlog)
@@ -32,6 +39,7 @@ use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -78,7 +86,15 @@ pub struct BindError {
 
 /// A bound listener and what it needs to serve.
 pub struct Listener<H> {
-    tcp: TcpListener,
+    /// One per worker (or one, served on the caller's runtime).
+    sockets: Vec<std::net::TcpListener>,
+    /// The runtimes the sockets are served on; empty: the caller's.
+    workers: Vec<Handle>,
+    accept: Accept<H>,
+}
+
+/// What every accept loop of a listener shares.
+struct Accept<H> {
     tls: Option<TlsAcceptor>,
     handler: H,
     limits: Limits,
@@ -134,47 +150,154 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Listen backlog of every socket (what tokio's own `bind` uses).
+const BACKLOG: i32 = 1024;
+
+/// A listening socket on `addr`; `shared`: `SO_REUSEPORT`, so the workers'
+/// sockets can share the address.
+fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 impl<H: Handler> Listener<H> {
-    /// Binds `addr` (port 0 picks a free port).
-    pub async fn bind(
+    /// Binds `addr` (port 0 picks a free port), one socket served on the
+    /// caller's runtime.
+    pub fn bind(
         name: &'static str,
         addr: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
         handler: H,
         limits: Limits,
     ) -> Result<Self, BindError> {
-        let tcp = TcpListener::bind(addr).await.map_err(|source| BindError {
+        let failed = |source| BindError {
             listener: name,
             addr,
             source,
-        })?;
-        Ok(Self {
-            tcp,
-            tls: tls.map(TlsAcceptor::from),
-            handler,
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            sources: Arc::default(),
-            exempt: Vec::new(),
-            limits,
-            name,
-        })
+        };
+        let socket = listen(addr, false).map_err(failed)?;
+        Ok(Self::bind_with(vec![socket], name, tls, handler, limits))
+    }
+
+    /// Binds `addr` once per worker (`SO_REUSEPORT`; port 0 picks one free
+    /// port for all), each socket served on its worker's runtime. The
+    /// connection limits hold for the listener as a whole.
+    pub fn bind_workers(
+        name: &'static str,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: H,
+        limits: Limits,
+        workers: &[Handle],
+    ) -> Result<Self, BindError> {
+        let failed = |source| BindError {
+            listener: name,
+            addr,
+            source,
+        };
+        let first = listen(addr, true).map_err(failed)?;
+        let bound = first.local_addr().map_err(failed)?;
+        let mut sockets = vec![first];
+        for _ in 1..workers.len() {
+            sockets.push(listen(bound, true).map_err(failed)?);
+        }
+        let mut listener = Self::bind_with(sockets, name, tls, handler, limits);
+        listener.workers = workers.to_vec();
+        Ok(listener)
+    }
+
+    fn bind_with(
+        sockets: Vec<std::net::TcpListener>,
+        name: &'static str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: H,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            sockets,
+            workers: Vec::new(),
+            accept: Accept {
+                tls: tls.map(TlsAcceptor::from),
+                handler,
+                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                sources: Arc::default(),
+                exempt: Vec::new(),
+                limits,
+                name,
+            },
+        }
     }
 
     /// Exempts these peers (trusted proxies) from the per-source cap.
     pub fn exempt_sources(mut self, nets: Vec<IpNet>) -> Self {
-        self.exempt = nets;
+        self.accept.exempt = nets;
         self
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.sockets[0].local_addr()
     }
 
-    /// Accepts until `shutdown` turns true, then stops accepting (the socket
-    /// is closed), asks every connection to finish gracefully, and waits up
-    /// to `grace` for them. Returns whether every connection finished.
-    pub async fn serve(self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> bool {
+    /// Accepts until `shutdown` turns true, then stops accepting (the
+    /// sockets are closed), asks every connection to finish gracefully, and
+    /// waits up to `grace` for them. Returns whether every connection
+    /// finished.
+    pub async fn serve(self, shutdown: watch::Receiver<bool>, grace: Duration) -> bool {
+        let Listener {
+            sockets,
+            workers,
+            accept,
+        } = self;
+        let accept = Arc::new(accept);
+        let mut loops = Vec::with_capacity(sockets.len());
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let task = accept.clone().run(socket, shutdown.clone());
+            loops.push(match workers.get(i) {
+                Some(worker) => worker.spawn(task),
+                None => tokio::spawn(task),
+            });
+        }
+        for task in loops {
+            let _ = task.await;
+        }
+        let all = u32::try_from(accept.limits.max_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(grace, accept.connections.acquire_many(all))
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                listener = accept.name,
+                "Grace period over with connections still open; closing them."
+            );
+        }
+        drained
+    }
+}
+
+impl<H: Handler> Accept<H> {
+    /// One socket's accept loop, on the runtime it runs on (the socket is
+    /// registered with that runtime's reactor), until `shutdown`.
+    async fn run(
+        self: Arc<Self>,
+        socket: std::net::TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let tcp = match TcpListener::from_std(socket) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::error!(listener = self.name, error = %e, "Cannot serve a listening socket.");
+                return;
+            }
+        };
         let builder = Arc::new(http_builder(&self.limits));
         loop {
             let permit = tokio::select! {
@@ -182,7 +305,7 @@ impl<H: Handler> Listener<H> {
                 _ = stopped(&mut shutdown) => break,
             };
             let (stream, peer) = tokio::select! {
-                r = self.tcp.accept() => match r {
+                r = tcp.accept() => match r {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -226,18 +349,6 @@ impl<H: Handler> Listener<H> {
                 drop(permit);
             });
         }
-        drop(self.tcp);
-        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(grace, self.connections.acquire_many(all))
-            .await
-            .is_ok();
-        if !drained {
-            tracing::warn!(
-                listener = self.name,
-                "Grace period over with connections still open; closing them."
-            );
-        }
-        drained
     }
 }
 

@@ -33,7 +33,7 @@ use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
 use crate::authz::{self, AuthzOutcome, BadTarget, Denied, Permit};
-use crate::config::{Config, Limits, UpstreamTarget};
+use crate::config::{Config, Limits};
 use crate::context::Context;
 use crate::forward::headers::{self, Hygiene};
 use crate::forward::upstream::Upstream;
@@ -127,7 +127,6 @@ impl<B> Clone for Proxy<B> {
 struct Inner<B> {
     limits: Limits,
     hygiene: Hygiene,
-    target: UpstreamTarget,
     upstream: Upstream<B>,
     context: Context,
     authn: Authenticator,
@@ -215,7 +214,6 @@ where
                 config.proxy.strip_headers.clone(),
                 config.proxy.trusted_proxies.clone(),
             ),
-            target: config.proxy.upstream.clone(),
             upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
             context,
             authn,
@@ -230,7 +228,7 @@ where
         &self,
         req: Request<B>,
         conn: &ConnInfo,
-    ) -> Response<LoggedBody<ResponseBody>> {
+    ) -> Response<LoggedBody<ResponseBody<B>>> {
         let context = &self.0.context;
         let exchange = Exchange::begin(context.access_log.as_ref(), "proxy", &req, conn.peer.ip());
         let request_id = &exchange.request_id;
@@ -276,7 +274,7 @@ where
         request_id: &HeaderValue,
         facts: &mut Option<Facts>,
         trail: &mut Trail,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<Response<ResponseBody<B>>, Error> {
         let this = &*self.0;
         this.hygiene
             .notice_untrusted_proxy(conn.peer.ip(), req.headers());
@@ -320,7 +318,6 @@ where
             request_id,
             &this.hygiene,
             &permit,
-            &this.target,
             this.limits.max_body_bytes,
         )?;
         let mut resp = this.upstream.send(upstream_req).await?;

@@ -40,6 +40,7 @@ use crate::store::sled::SledStore;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
 use crate::usage::Usage;
+use crate::worker::Workers;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +133,8 @@ fn pubsub(config: &Config) -> Option<PubSub> {
 /// A started server: store open, both ports bound, not yet serving.
 pub struct Server {
     proxy: Listener<Proxy>,
+    /// The proxy port's per-core threads (see [`crate::worker`]).
+    workers: Workers,
     admin: Listener<Admin>,
     readiness: Arc<Readiness>,
     store: Arc<dyn Store>,
@@ -330,14 +333,22 @@ impl Server {
         let authn = Authenticator::new(keys.clone(), loaders);
         let wiring = (config.clone(), context.clone(), authn.clone());
         let proxy = Proxy::new(config, context.clone(), authn, sso.clone());
-        let proxy = Listener::bind(
+        let workers =
+            Workers::start("costguard-proxy", config.proxy.workers).map_err(|source| {
+                BindError {
+                    listener: "proxy",
+                    addr: config.proxy.listen,
+                    source,
+                }
+            })?;
+        let proxy = Listener::bind_workers(
             "proxy",
             config.proxy.listen,
             config.proxy.tls.clone(),
             proxy,
             config.limits.clone(),
-        )
-        .await?
+            workers.handles(),
+        )?
         .exempt_sources(config.proxy.trusted_proxies.clone());
         warn_about_exposure(config);
         if config.admin.token_hash.is_none() {
@@ -357,10 +368,10 @@ impl Server {
             None,
             admin,
             config.limits.clone(),
-        )
-        .await?;
+        )?;
         let server = Self {
             proxy,
+            workers,
             admin,
             readiness,
             store,
@@ -383,6 +394,7 @@ impl Server {
             admin = %server.admin_addr(),
             upstream = %config.proxy.upstream.authority,
             tls = config.proxy.tls.is_some(),
+            workers = server.workers.len(),
             "Listening."
         );
         Ok(server)
@@ -485,6 +497,10 @@ impl Server {
         if let Some(log) = &self.access_log {
             log.flush();
         }
+        // Last: a worker's runtime may drive connections the steps above
+        // used (a database connection first opened by a request).
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         tracing::info!(drained, "Stopped.");
         drained
     }

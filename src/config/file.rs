@@ -80,6 +80,12 @@ pub struct ProxySection {
     /// `terminationGracePeriodSeconds`.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads serving the proxy port, each with its own single-threaded
+    /// runtime, listening socket (`SO_REUSEPORT`: the kernel spreads new
+    /// connections) and upstream connection pool. 0: as many as the CPUs
+    /// the process may use (the container's CPU quota, rounded down, at
+    /// least 1; `COSTGUARD_PROXY_WORKERS`).
+    pub workers: u64,
 }
 
 impl Default for ProxySection {
@@ -96,6 +102,7 @@ impl Default for ProxySection {
             upstream_pool_idle_timeout: Duration::from_secs(90),
             upstream_pool_max_idle: 256,
             shutdown_grace: Duration::from_secs(25),
+            workers: 0,
         }
     }
 }

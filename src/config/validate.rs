@@ -77,6 +77,8 @@ pub struct ProxyConfig {
     pub upstream_pool_max_idle: usize,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Proxy worker threads (resolved: never 0).
+    pub workers: usize,
 }
 
 /// The upstream's scheme and authority; the request's own path and query are
@@ -394,6 +396,10 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             100_000,
         ) as usize,
         shutdown_grace: c.duration("proxy.shutdown_grace", p.shutdown_grace),
+        workers: match c.bounded("proxy.workers", p.workers, 0, 1024) {
+            0 => crate::worker::available_cpus(),
+            n => n as usize,
+        },
     };
 
     let l = &file.limits;
