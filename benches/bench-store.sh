@@ -19,3 +19,15 @@ bench_store() {
     "http://127.0.0.1:$port/admin/v1/tenants/$TENANT/keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
   kill -TERM "$pid"; wait "$pid" || true
 }
+
+# A policy directory whose one route is public (every method, every path):
+# costguard then authenticates, authorizes, limits and audits nothing, so a
+# candidate on it measures costguard's own pass-through (listener, request
+# id, size limits, target check, header hygiene, forwarding).
+#
+#   passthrough_policy DIR
+passthrough_policy() {
+  mkdir -p "$1"
+  cp policies/roles.toml "$1/"
+  printf '[[public]]\nmethod = "*"\npath = "/**"\n' >"$1/public.toml"
+}

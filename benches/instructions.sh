@@ -9,7 +9,9 @@
 #
 # It builds the release binary, makes a store with one tenant and one
 # viewer key through the real admin API (as proxy-bench.sh does), then
-# runs instr.py with that key. Loopback only; it stops only what it started.
+# runs instr.py with that key, beside costguard as a plain pass-through
+# (one public route, audit and limits off: costguard's own floor).
+# Loopback only; it stops only what it started.
 #
 #   benches/instructions.sh [instr.py options, e.g. -n 3000 -c 8]
 #   BEFORE_BIN=/path/to/older/costguard benches/instructions.sh   # adds that build (A/B)
@@ -31,11 +33,14 @@ CONFIG=$WORK/empty.toml
 bench_store "$BIN" "$CONFIG" "$WORK/store" 18289
 # sled allows one process per store: each candidate gets its own copy.
 cp -r "$WORK/store" "$WORK/store2"
+cp -r "$WORK/store" "$WORK/store4"
+passthrough_policy "$WORK/passthrough"
 
 common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0 COSTGUARD_LOG_ACCESS_LOG=false"
 args=(--auth-key "$KEY" --path "/v1/tenants/$TENANT/costs?month=2026-11"
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store $BIN serve --config $CONFIG" --name costguard
-  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-noaudit)
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-noaudit
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store4 COSTGUARD_POLICY_DIR=$WORK/passthrough COSTGUARD_AUDIT_ENABLED=false COSTGUARD_RATE_LIMIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-passthrough)
 if [[ -n ${BEFORE_BIN:-} ]]; then
   cp -r "$WORK/store" "$WORK/store3"
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 $BEFORE_BIN serve --config $CONFIG" --name costguard-before)

@@ -9,10 +9,12 @@
 //! kernel only lets sockets of the same user share the port.) The admin
 //! port has one socket on the main runtime.
 //!
-//! Each accepted connection holds a permit of the listener's semaphore until
-//! it closes. That one semaphore bounds concurrent connections (the accept
-//! loop waits for a permit, so excess clients queue in the kernel backlog)
-//! and tells the drain when the last connection is gone.
+//! Each served connection holds a permit of the listener's semaphore until
+//! it closes. That one semaphore bounds concurrent connections (an accept
+//! loop that has accepted a connection waits for a permit before serving it
+//! or accepting another, so excess clients queue in the kernel backlog, at
+//! most one per worker waiting accepted) and tells the drain when the last
+//! connection is gone.
 //!
 //! So that one client cannot take every permit, connections are also counted
 //! per source address (IPv6: per /64): one over `max_connections_per_source`
@@ -300,10 +302,6 @@ impl<H: Handler> Accept<H> {
         };
         let builder = Arc::new(http_builder(&self.limits));
         loop {
-            let permit = tokio::select! {
-                p = self.connections.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stopped(&mut shutdown) => break,
-            };
             let (stream, peer) = tokio::select! {
                 r = tcp.accept() => match r {
                     Ok(accepted) => accepted,
@@ -331,6 +329,14 @@ impl<H: Handler> Accept<H> {
                         continue;
                     }
                 }
+            };
+            // Accepted first, then a permit: with one socket per worker, a
+            // loop holding a permit while it waits in `accept` could keep
+            // the only free slot from the worker the kernel hands the next
+            // connection to.
+            let permit = tokio::select! {
+                p = self.connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stopped(&mut shutdown) => break,
             };
             let conn = Connection {
                 stream,
