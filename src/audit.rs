@@ -43,6 +43,7 @@ pub mod anonymous;
 mod event_type;
 pub mod files;
 pub mod index;
+mod line;
 pub mod retention;
 pub mod ship;
 pub mod verify;
@@ -110,13 +111,14 @@ impl Record {
     }
 
     /// Appends the record's line (no newline) to `out` with its hash and
-    /// returns the hash, serializing once: the canonical form is the line
+    /// returns the hash, serializing once (by hand, exactly as
+    /// [`Record::canonical`]: see `line`): the canonical form is the line
     /// with `"hash":""` last, so the hash goes in before the final `"}`.
     /// `self.hash` must be empty.
     pub fn append_to(&self, out: &mut Vec<u8>) -> String {
         debug_assert!(self.hash.is_empty());
         let start = out.len();
-        serde_json::to_writer(&mut *out, self).expect("a record serializes");
+        line::write(self, out);
         debug_assert!(out.ends_with(br#""hash":""}"#));
         let hash = crate::model::hex(&crate::model::sha256(&out[start..]));
         out.truncate(out.len() - 2);
