@@ -284,7 +284,8 @@ impl Authz {
                 Some(p) => perms = perms.union(p),
                 None => {
                     if custom.is_none() {
-                        custom = Some(self.tenant_roles(tenant_id).await?);
+                        // Boxed: see `ApiKeys::authenticate`.
+                        custom = Some(Box::pin(self.tenant_roles(tenant_id)).await?);
                     }
                     if let Some(p) = custom.as_ref().and_then(|c| c.get(role.as_str())) {
                         perms = perms.union(*p);
@@ -325,13 +326,12 @@ impl Authz {
                     let store = self.store.clone();
                     let (t, p) = key.clone();
                     let noted = self.generation.current();
-                    let loaded = self
-                        .projects
-                        .try_get_with(key.clone(), async move {
-                            store.get_project(&t, &p).await.map(|p| p.map(|p| p.budget))
-                        })
-                        .await
-                        .map_err(AuthzOutcome::Store)?;
+                    // Boxed: see `ApiKeys::authenticate`.
+                    let loaded = Box::pin(self.projects.try_get_with(key.clone(), async move {
+                        store.get_project(&t, &p).await.map(|p| p.map(|p| p.budget))
+                    }))
+                    .await
+                    .map_err(AuthzOutcome::Store)?;
                     if self.generation.moved_since(noted) {
                         self.projects.invalidate(&key).await;
                     }

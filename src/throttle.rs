@@ -265,7 +265,9 @@ impl Throttle {
         let principal = &auth.principal;
         let rate = self.rates.rate_for(principal.rate_per_minute, &auth.tenant);
         if let Some(shared) = &self.shared {
-            return self.decide_shared(shared, auth, permit, target, rate).await;
+            // Boxed: the shared path's future (Redis, the store) is large,
+            // and inline it would grow every request's future.
+            return Box::pin(self.decide_shared(shared, auth, permit, target, rate)).await;
         }
         let status = match rate {
             Some(rate) => {

@@ -110,9 +110,11 @@ impl ApiKeys {
             Some(hit) => hit,
             None => {
                 let noted = self.generation.current();
-                let loaded = self
-                    .keys
-                    .try_get_with(digest, self.load(digest))
+                // Boxed (here and on the other cache misses of the request
+                // path): the store's futures are large, and inline they
+                // would make every request's future, hits included, as
+                // large (moved and copied per request).
+                let loaded = Box::pin(self.keys.try_get_with(digest, self.load(digest)))
                     .await
                     .map_err(AuthnError::Store)?;
                 if self.generation.moved_since(noted) {
@@ -177,15 +179,11 @@ impl ApiKeys {
             return Ok(hit);
         }
         let noted = self.generation.current();
-        let loaded = self
-            .tenants
-            .try_get_with_by_ref(tenant_id, async {
-                Ok::<_, crate::store::StoreError>(
-                    self.store.get_tenant(tenant_id).await?.map(Arc::new),
-                )
-            })
-            .await
-            .map_err(AuthnError::Store)?;
+        let loaded = Box::pin(self.tenants.try_get_with_by_ref(tenant_id, async {
+            Ok::<_, crate::store::StoreError>(self.store.get_tenant(tenant_id).await?.map(Arc::new))
+        }))
+        .await
+        .map_err(AuthnError::Store)?;
         if self.generation.moved_since(noted) {
             self.tenants.invalidate(tenant_id).await;
         }
