@@ -18,6 +18,7 @@
 #   benches/proxy-bench.sh [run.sh options, e.g. -r 3 -d 10]
 #   PLAIN_BIN=/path/to/costguard-without-auth benches/proxy-bench.sh   # adds that build as "costguard-plain"
 #   BEFORE_BIN=/path/to/older/costguard benches/proxy-bench.sh          # adds that build as "costguard-before" (A/B)
+#   OTHER_BINS="glibc=/path/a other=/path/b" benches/proxy-bench.sh     # adds those builds as "costguard-glibc", ... (everything on)
 #   BENCH_CANDIDATES="costguard costguard-noaudit" benches/proxy-bench.sh -c 64 -r 6   # only those
 #   SHARED=1 benches/proxy-bench.sh   # adds "costguard-shared": PostgreSQL store + Redis limiter
 #                                     # (127.0.0.1:5432 database test, a schema of its own; 127.0.0.1:6379)
@@ -82,6 +83,14 @@ if [[ -n ${BEFORE_BIN:-} ]]; then
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store6 COSTGUARD_LOG_ACCESS_LOG=false $BEFORE_BIN serve --config $CONFIG"
     --port 18096 --name costguard-before)
 fi
+port=18110
+for other in ${OTHER_BINS:-}; do
+  name=${other%%=*}; path=${other#*=}
+  cp -r "$WORK/store" "$WORK/store-$name"
+  args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store-$name COSTGUARD_LOG_ACCESS_LOG=false $path serve --config $CONFIG"
+    --port $port --name "costguard-$name")
+  port=$((port + 1))
+done
 if [[ -n ${SHARED:-} ]]; then
   # The same tenant and key in a schema of its own, dropped afterwards.
   SCHEMA=cgbench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')

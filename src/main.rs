@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use costguard::config::{self, Env, FileConfig, LogFormat};
 use costguard::server::{Server, shutdown_signal};
 
+/// mimalloc instead of glibc's malloc: a request allocates a few dozen
+/// small, short-lived blocks across the proxy's threads, which mimalloc's
+/// per-thread free lists serve faster (see README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// costguard: authentication/authorization sidecar for LLM Cost Ops.
 ///
 /// It sits in front of the cost service in the same pod, checks every
