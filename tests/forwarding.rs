@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use support::{Upstream, client, raw_request, sidecar};
+use support::{Sidecar, Upstream, client, config_for, raw_request, sidecar};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwards_method_path_query_headers_and_body_exactly() {
@@ -319,4 +319,48 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     ] {
         assert!(!logs.contains(secret), "{secret} appears in the logs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_workers_serve_one_port_and_keep_their_upstream_connections() {
+    let up = Upstream::start().await;
+    let cg = Sidecar::start(
+        &config_for(&up.url(), ""),
+        &[("COSTGUARD_PROXY_WORKERS", "3")],
+    );
+    let who = cg.tenant_and_key();
+    assert!(
+        cg.logs().contains("\"workers\":3"),
+        "the start says how many workers serve: {}",
+        cg.logs()
+    );
+    // 12 clients at once, each its own connection, 5 requests each.
+    let mut tasks = Vec::new();
+    for c in 0..12 {
+        let url = cg.url(&format!("/v1/items/{c}"));
+        let key = who.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            for _ in 0..5 {
+                let req = Request::get(&url)
+                    .header("authorization", format!("Bearer {key}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = client.request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(up.count(), 60, "every request reached the upstream once");
+    // Pooled per worker: at most one upstream connection per request in
+    // flight at once (12), never one per request (60).
+    let opened = up.connections();
+    assert!(
+        (1..=12).contains(&opened),
+        "{opened} upstream connections for 60 requests from 12 clients"
+    );
 }

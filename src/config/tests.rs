@@ -536,3 +536,20 @@ redis_down = "shrug"
     .unwrap();
     assert!(config.rate_limit.redis.is_some() && config.store.postgres.is_none());
 }
+
+#[test]
+fn proxy_workers_default_to_the_usable_cpus_and_are_bounded() {
+    let resolved =
+        |text: &str, pairs: &[(&str, &str)]| from_file(parse(text, "t.toml", &env(pairs)).unwrap());
+    assert_eq!(
+        resolved("", &[]).unwrap().proxy.workers,
+        crate::worker::available_cpus()
+    );
+    let c = resolved("", &[("COSTGUARD_PROXY_WORKERS", "3")]).unwrap();
+    assert_eq!(c.proxy.workers, 3);
+    let err = resolved("[proxy]\nworkers = 5000\n", &[]).unwrap_err();
+    assert!(
+        err.problems.iter().any(|p| p.key == "proxy.workers"),
+        "{err:?}"
+    );
+}
