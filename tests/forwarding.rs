@@ -364,3 +364,92 @@ async fn several_workers_serve_one_port_and_keep_their_upstream_connections() {
         "{opened} upstream connections for 60 requests from 12 clients"
     );
 }
+
+/// An upstream that answers every request with 200 `ok` and then, per
+/// `close_after`, closes the connection at once (`None`: never) or after it
+/// sat idle that long, as servers with a short keep-alive timeout do.
+/// Returns its address and the number of connections it accepted.
+fn closing_upstream(
+    close_after: Option<std::time::Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    stream
+                        .set_read_timeout(close_after.filter(|d| !d.is_zero()))
+                        .unwrap();
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return, // closed, or idle too long
+                        Ok(n) => n,
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let close = close_after.is_none_or(|d| d.is_zero());
+                        let reply: &[u8] = if close {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                        };
+                        if stream.write_all(reply).is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn get_ok(cg: &Sidecar, key: &str, path: &str) {
+    let req = Request::get(cg.url(path))
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_closes_every_connection_is_never_answered_with_502() {
+    let (addr, accepted) = closing_upstream(Some(std::time::Duration::ZERO));
+    let cg = Sidecar::start(&config_for(&format!("http://{addr}"), ""), &[]);
+    let who = cg.tenant_and_key();
+    for i in 0..20 {
+        get_ok(&cg, &who.key, &format!("/v1/items/{i}")).await;
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        20,
+        "one connection per request, none reused after the upstream closed it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_connections_the_upstream_closed_while_idle_are_not_used() {
+    // The upstream closes a connection idle for 30 ms; requests come 80 ms
+    // apart, so every pooled connection is stale by the next request.
+    let (addr, accepted) = closing_upstream(Some(std::time::Duration::from_millis(30)));
+    let cg = Sidecar::start(&config_for(&format!("http://{addr}"), ""), &[]);
+    let who = cg.tenant_and_key();
+    for i in 0..10 {
+        get_ok(&cg, &who.key, &format!("/v1/items/{i}")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 10);
+}
