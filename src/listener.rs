@@ -93,6 +93,8 @@ pub struct Listener<H> {
     /// The runtimes the sockets are served on; empty: the caller's.
     workers: Vec<Handle>,
     accept: Accept<H>,
+    /// Told when every socket is closed (see [`Listener::on_closed`]).
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What every accept loop of a listener shares.
@@ -205,6 +207,13 @@ impl<H: Handler> Listener<H> {
             addr,
             source,
         };
+        if addr.port() != 0 {
+            // Another process listening here with SO_REUSEPORT (a second
+            // costguard of the same user, an old one still draining) would
+            // otherwise silently share this port's connections: a plain
+            // bind first fails if anything listens on it.
+            drop(listen(addr, false).map_err(failed)?);
+        }
         let first = listen(addr, true).map_err(failed)?;
         let bound = first.local_addr().map_err(failed)?;
         let mut sockets = vec![first];
@@ -226,6 +235,7 @@ impl<H: Handler> Listener<H> {
         Self {
             sockets,
             workers: Vec::new(),
+            closed: None,
             accept: Accept {
                 tls: tls.map(TlsAcceptor::from),
                 handler,
@@ -244,6 +254,15 @@ impl<H: Handler> Listener<H> {
         self
     }
 
+    /// Resolves once [`Listener::serve`] has stopped accepting and closed
+    /// its sockets (before the drain), so a caller can say "draining" only
+    /// when no new connection can arrive.
+    pub fn on_closed(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.closed = Some(tx);
+        rx
+    }
+
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.sockets[0].local_addr()
@@ -258,6 +277,7 @@ impl<H: Handler> Listener<H> {
             sockets,
             workers,
             accept,
+            closed,
         } = self;
         let accept = Arc::new(accept);
         let mut loops = Vec::with_capacity(sockets.len());
@@ -270,6 +290,9 @@ impl<H: Handler> Listener<H> {
         }
         for task in loops {
             let _ = task.await;
+        }
+        if let Some(closed) = closed {
+            let _ = closed.send(());
         }
         let all = u32::try_from(accept.limits.max_connections).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(grace, accept.connections.acquire_many(all))

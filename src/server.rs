@@ -454,12 +454,18 @@ impl Server {
         };
         let (stop_proxy, proxy_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
-        let proxy = tokio::spawn(self.proxy.serve(proxy_rx, self.grace));
+        let mut proxy = self.proxy;
+        let proxy_closed = proxy.on_closed();
+        let proxy = tokio::spawn(proxy.serve(proxy_rx, self.grace));
         let admin = tokio::spawn(self.admin.serve(admin_rx, Duration::from_secs(1)));
         shutdown.await;
         tracing::info!(grace = ?self.grace, "Shutting down: draining in-flight requests.");
-        self.readiness.start_draining();
+        // The proxy port closes first (its workers close their sockets),
+        // then readiness says draining: once it does, no new connection
+        // is accepted.
         let _ = stop_proxy.send(true);
+        let _ = proxy_closed.await;
+        self.readiness.start_draining();
         let drained = proxy.await.unwrap_or(false);
         let _ = stop_admin.send(true);
         let _ = admin.await;

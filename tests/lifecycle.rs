@@ -259,3 +259,55 @@ async fn demo_serves_the_echo_upstream_through_the_proxy() {
     let exit = tokio::task::block_in_place(|| cg.wait(Duration::from_secs(15)));
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_costguard_on_the_same_port_refuses_to_start() {
+    // The proxy port's workers share it with SO_REUSEPORT; another costguard
+    // must still not be able to join them and take half the connections.
+    let up = Upstream::start().await;
+    let first = sidecar(&up, "workers = 2\n");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"{}\"\nupstream = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n",
+            first.proxy,
+            up.url(),
+            dir.path().join("store").display()
+        ),
+    )
+    .unwrap();
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let mut second = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("COSTGUARD_POLICY_DIR", policy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second instance started and shares the port");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains(&format!("cannot listen on {}", first.proxy)),
+        "{all}"
+    );
+    // The first still serves.
+    let (status, _, _) = get(&first.url("/health")).await;
+    assert_eq!(status, 200);
+}
