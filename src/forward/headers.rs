@@ -39,6 +39,23 @@ fn hop_by_hop() -> [&'static HeaderName; 10] {
     ]
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(&name)
+}
+
+/// Removes every hop-by-hop header: one pass over the names present (most
+/// messages carry none), not a hashed lookup per hop-by-hop name.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in &doomed {
+        headers.remove(name);
+    }
+}
+
 /// Headers a `Connection` token may not remove: the request would change
 /// meaning (Host, body framing).
 fn protected(name: &HeaderName) -> bool {
@@ -179,14 +196,12 @@ impl Hygiene {
         request_id: &HeaderValue,
     ) {
         strip_connection_tokens(headers);
-        for name in hop_by_hop() {
-            headers.remove(name);
-        }
         let trusted = self.is_trusted(origin.peer);
         let mut doomed: Vec<HeaderName> = Vec::new();
         for name in headers.keys() {
             let s = name.as_str();
-            if is_costops_lookalike(s)
+            if is_hop_by_hop(name)
+                || is_costops_lookalike(s)
                 || is_method_override(s)
                 || is_credential_lookalike(s)
                 || self.strip.iter().any(|p| p.matches(s))
@@ -255,9 +270,7 @@ fn strip_connection_tokens(headers: &mut HeaderMap) {
 /// Cleans an upstream response's headers before it goes to the client.
 pub fn response(headers: &mut HeaderMap) {
     strip_connection_tokens(headers);
-    for name in hop_by_hop() {
-        headers.remove(name);
-    }
+    remove_hop_by_hop(headers);
 }
 
 #[cfg(test)]
