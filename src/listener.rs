@@ -347,7 +347,7 @@ impl<H: Handler> Accept<H> {
                 {
                     Some(slot) => Some(slot),
                     None => {
-                        // Closed at once: the permit goes back with it.
+                        // Closed at once, before it takes a connection permit.
                         tracing::debug!(listener = self.name, peer = %peer, "Too many connections from this source; closed.");
                         continue;
                     }
