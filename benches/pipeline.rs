@@ -148,7 +148,8 @@ fn roundtrips(c: &mut Criterion) {
         let config = config::from_file(file).unwrap();
         let server = Server::bind(&config).await.unwrap();
         let proxy = server.proxy_addr();
-        // A real tenant and viewer key, made through the admin operations.
+        // A real tenant and viewer key, made through the admin operations;
+        // a rate high enough that criterion's iterations are never refused.
         let root = costguard::admin::auth::Caller::Root;
         let tenant = server
             .ops()
@@ -157,7 +158,7 @@ fn roundtrips(c: &mut Criterion) {
             .unwrap();
         let (_, key) = server
             .ops()
-            .create_key(&root, &tenant.tenant_id, serde_json::from_value(serde_json::json!({"roles": ["viewer"]})).unwrap())
+            .create_key(&root, &tenant.tenant_id, serde_json::from_value(serde_json::json!({"roles": ["viewer"], "rate_limit_per_minute": 1_000_000})).unwrap())
             .await
             .unwrap();
         tokio::spawn(server.run(std::future::pending()));
