@@ -54,6 +54,9 @@ pub enum StartError {
     /// A listener could not bind.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The proxy's worker threads could not be started.
+    #[error("proxy workers: {0}")]
+    Workers(#[source] std::io::Error),
     /// The audit log could not be opened.
     #[error("audit log: {0}")]
     Audit(#[source] std::io::Error),
@@ -334,13 +337,7 @@ impl Server {
         let wiring = (config.clone(), context.clone(), authn.clone());
         let proxy = Proxy::new(config, context.clone(), authn, sso.clone());
         let workers =
-            Workers::start("costguard-proxy", config.proxy.workers).map_err(|source| {
-                BindError {
-                    listener: "proxy",
-                    addr: config.proxy.listen,
-                    source,
-                }
-            })?;
+            Workers::start("costguard-proxy", config.proxy.workers).map_err(StartError::Workers)?;
         let proxy = Listener::bind_workers(
             "proxy",
             config.proxy.listen,

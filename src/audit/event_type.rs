@@ -25,6 +25,17 @@ pub enum Severity {
     Low,
 }
 
+impl Severity {
+    /// The name records carry (what serde writes for it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::High => "HIGH",
+            Severity::Medium => "MEDIUM",
+            Severity::Low => "LOW",
+        }
+    }
+}
+
 /// Declares [`EventType`] from one table of variants and their names, so
 /// [`EventType::as_str`], parsing and [`EventType::ALL`] cannot disagree.
 macro_rules! event_types {
@@ -173,6 +184,13 @@ impl FromStr for EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn severity_names_are_what_serde_writes() {
+        for s in [Severity::High, Severity::Medium, Severity::Low] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 
     /// The seed's `AuditEventType` values and `_determine_severity`.
     const SEED: &[(&str, Severity)] = &[

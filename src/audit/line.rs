@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use super::{Details, Record, RequestDetails, Severity};
+use super::{Details, Record, RequestDetails};
 
 /// Appends `record`'s line (no newline) to `out`.
 pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
@@ -29,7 +29,7 @@ pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
     }
     field(out, b",\"ip_address\":", &record.ip_address);
     field(out, b",\"user_agent\":", &record.user_agent);
-    field(out, b",\"severity\":", severity(record.severity));
+    field(out, b",\"severity\":", record.severity.as_str());
     field(out, b",\"request_id\":", &record.request_id);
     field(out, b",\"prev_hash\":", &record.prev_hash);
     field(out, b",\"hash\":", &record.hash);
@@ -61,14 +61,6 @@ fn request_details(r: &RequestDetails, out: &mut Vec<u8>) {
 /// Any other details (admin actions, policy): serde's own writer.
 fn json(value: &Value, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, value).expect("a JSON value serializes");
-}
-
-fn severity(s: Severity) -> &'static str {
-    match s {
-        Severity::High => "HIGH",
-        Severity::Medium => "MEDIUM",
-        Severity::Low => "LOW",
-    }
 }
 
 fn field(out: &mut Vec<u8>, key: &[u8], value: &str) {
@@ -138,6 +130,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::audit::Severity;
 
     fn record(text: &str, details: Details) -> Record {
         Record {
