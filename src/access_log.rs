@@ -25,6 +25,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::config::LogFormat;
+use crate::metrics::{Outcome, RequestMetrics, UpstreamError};
 use crate::request_id::{self, X_REQUEST_ID};
 
 /// How often the writer thread writes the buffered lines.
@@ -209,12 +210,29 @@ pub struct Entry {
 
 /// What every handler does around a request, on both ports: keep or make
 /// the request id, start the access-log line, and at the end echo the id
-/// and hand the body to the line. Written once here.
+/// and hand the body to the line (and the request's metrics, when
+/// counted). Written once here.
 #[derive(Debug)]
 pub struct Exchange {
     /// The request's id (kept from the client when valid).
     pub request_id: HeaderValue,
     entry: Option<Entry>,
+}
+
+/// A request's metrics, counted when its response body is done (with the
+/// whole latency) or abandoned.
+#[derive(Debug)]
+pub struct Observed {
+    /// Where they are counted.
+    pub metrics: Arc<RequestMetrics>,
+    /// The series.
+    pub outcome: Outcome,
+    /// When the request arrived.
+    pub start: Instant,
+    /// How long the decision took, if one was made.
+    pub decision: Option<Duration>,
+    /// Why forwarding failed, if it did.
+    pub upstream_error: Option<UpstreamError>,
 }
 
 impl Exchange {
@@ -232,11 +250,26 @@ impl Exchange {
 
     /// The response as it goes out: `X-Request-Id` set, the line written
     /// when its body is done.
-    pub fn finish<B>(self, mut resp: Response<B>) -> Response<LoggedBody<B>> {
+    pub fn finish<B>(self, resp: Response<B>) -> Response<LoggedBody<B>> {
+        self.finish_observed(resp, None)
+    }
+
+    /// [`Exchange::finish`], and `observed` counted when the body is done.
+    pub fn finish_observed<B>(
+        self,
+        mut resp: Response<B>,
+        observed: Option<Box<Observed>>,
+    ) -> Response<LoggedBody<B>> {
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), self.request_id);
         let status = resp.status();
-        resp.map(|body| LoggedBody::new(body, self.entry, status))
+        resp.map(|inner| LoggedBody {
+            inner,
+            entry: self.entry,
+            observed,
+            status,
+            bytes: 0,
+        })
     }
 }
 
@@ -246,6 +279,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         entry: Option<Entry>,
+        observed: Option<Box<Observed>>,
         status: StatusCode,
         bytes: u64,
     }
@@ -255,6 +289,10 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(e) = this.entry.take() {
                 e.sink.emit(&e, *this.status, *this.bytes);
+            }
+            if let Some(o) = this.observed.take() {
+                o.metrics
+                    .record(&o.outcome, o.start.elapsed(), o.decision, o.upstream_error);
             }
         }
     }
@@ -266,6 +304,7 @@ impl<B> LoggedBody<B> {
         Self {
             inner,
             entry,
+            observed: None,
             status,
             bytes: 0,
         }

@@ -46,6 +46,7 @@ pub use self::error::ApiError;
 use crate::access_log::{Exchange, LoggedBody};
 use crate::context::Context;
 use crate::listener::{ConnInfo, Handler};
+use crate::metrics::Exposition;
 use crate::response::{self, json_response};
 use crate::throttle::Port;
 use auth::AdminAuth;
@@ -64,37 +65,25 @@ struct Inner {
     auth: AdminAuth,
     ops: AdminOps,
     max_body: usize,
+    exposition: Arc<Exposition>,
 }
 
 impl Admin {
     /// Builds the admin router.
-    pub fn new(context: Context, auth: AdminAuth, ops: AdminOps, max_body: usize) -> Self {
+    pub fn new(
+        context: Context,
+        auth: AdminAuth,
+        ops: AdminOps,
+        max_body: usize,
+        exposition: Arc<Exposition>,
+    ) -> Self {
         Self(Arc::new(Inner {
             context,
             auth,
             ops,
+            exposition,
             max_body,
         }))
-    }
-
-    /// `GET /metrics`: Prometheus text. Counts and sizes only, never an id
-    /// or a secret, so it needs no credential (the admin port is loopback
-    /// unless configured otherwise).
-    fn metrics(&self) -> Response<Full<Bytes>> {
-        let mut text = String::new();
-        self.0.context.throttle.metrics(&mut text);
-        if let Some(audit) = &self.0.context.audit {
-            audit.metrics(&mut text);
-        }
-        if let Some(fanout) = &self.0.context.fanout {
-            fanout.metrics(&mut text);
-        }
-        let mut resp = Response::new(Full::new(Bytes::from(text)));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        resp
     }
 
     async fn route(
@@ -205,12 +194,55 @@ impl Handler for Admin {
             .await
         {
             Some(resp) => resp,
-            None if req.method() == Method::GET && req.uri().path() == "/metrics" => self.metrics(),
+            None if req.method() == Method::GET && req.uri().path() == "/metrics" => {
+                metrics_page(&self.0.exposition, req.headers())
+            }
             None => match self.route(req, conn.peer.ip(), request_id).await {
                 Ok(resp) => resp,
                 Err(e) => response::error(&e, request_id),
             },
         };
         exchange.finish(resp)
+    }
+}
+
+/// `GET /metrics`: counts, sizes, durations and configured names only,
+/// never an id or a secret, so it needs no credential (the admin port is
+/// loopback unless configured otherwise). OpenMetrics when the scraper
+/// asks for it (`Accept: application/openmetrics-text`), else the
+/// Prometheus text format.
+fn metrics_page(exposition: &Exposition, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (text, content_type) = exposition.render(openmetrics);
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// The read-only metrics listener (`metrics.listen`): `GET /metrics` and
+/// nothing else, so a Prometheus outside the pod can scrape while the admin
+/// API stays on loopback. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MetricsPort(pub Arc<Exposition>);
+
+impl Handler for MetricsPort {
+    type Body = Full<Bytes>;
+
+    async fn handle(&self, req: Request<Incoming>, _conn: &ConnInfo) -> Response<Self::Body> {
+        let request_id = crate::request_id::take_or_generate(req.headers());
+        if req.uri().path() != "/metrics" {
+            return response::error(&ApiError::NoRoute, &request_id);
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return response::error(&ApiError::MethodNotAllowed("GET, HEAD"), &request_id);
+        }
+        metrics_page(&self.0, req.headers())
     }
 }

@@ -52,11 +52,14 @@ pub mod writer;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 pub use event_type::{EventType, Severity, UnknownEventType};
+
+use crate::metrics;
 
 /// One audit record as written (design.md's fields, plus `seq`, the
 /// record's position in the chain).
@@ -578,52 +581,89 @@ impl Audit {
                 .is_some_and(|free| free < self.min_free_bytes)
     }
 
-    /// Prometheus text for the audit log.
-    pub fn metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// The audit log's metrics.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let s = &*self.stats;
-        let _ = writeln!(
-            out,
-            "# HELP costguard_audit_records_total Audit records written.\n\
-             # TYPE costguard_audit_records_total counter\n\
-             costguard_audit_records_total {}\n\
-             # HELP costguard_audit_write_failures_total Audit batches that could not be written.\n\
-             # TYPE costguard_audit_write_failures_total counter\n\
-             costguard_audit_write_failures_total {}\n\
-             # HELP costguard_audit_failed_open_total Requests let through unrecorded (audit.fail_open).\n\
-             # TYPE costguard_audit_failed_open_total counter\n\
-             costguard_audit_failed_open_total {}\n\
-             # HELP costguard_audit_index_failures_total Batches the query index could not take (a restart re-indexes them).\n\
-             # TYPE costguard_audit_index_failures_total counter\n\
-             costguard_audit_index_failures_total {}\n\
-             # HELP costguard_audit_bytes_written_total Bytes appended to the audit log files.\n\
-             # TYPE costguard_audit_bytes_written_total counter\n\
-             costguard_audit_bytes_written_total {}\n\
-             # HELP costguard_audit_anonymous_aggregated_total Anonymous denials counted into a per-window record instead of one record each.\n\
-             # TYPE costguard_audit_anonymous_aggregated_total counter\n\
-             costguard_audit_anonymous_aggregated_total {}",
-            s.written.load(Ordering::Relaxed),
-            s.failures.load(Ordering::Relaxed),
-            s.failed_open.load(Ordering::Relaxed),
-            s.index_failures.load(Ordering::Relaxed),
-            s.bytes_written.load(Ordering::Relaxed),
-            s.anonymous_aggregated.load(Ordering::Relaxed),
-        );
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::counter(
+            enc,
+            "costguard_audit_records",
+            "Audit records written.",
+            load(&s.written),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_write_failures",
+            "Audit batches that could not be written.",
+            load(&s.failures),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_failed_open",
+            "Requests let through unrecorded (audit.fail_open).",
+            load(&s.failed_open),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_index_failures",
+            "Batches the query index could not take (a restart re-indexes them).",
+            load(&s.index_failures),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_bytes_written",
+            "Bytes appended to the audit log files.",
+            load(&s.bytes_written),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_anonymous_aggregated",
+            "Anonymous denials counted into a per-window record instead of one record each.",
+            load(&s.anonymous_aggregated),
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_audit_unwritable",
+            "1 while the audit files cannot be written (requests get 503 unless audit.fail_open).",
+            u64::from(s.unwritable.load(Ordering::Relaxed)),
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_audit_queue_depth",
+            "Audit records waiting for the writer thread.",
+            (self.tx.max_capacity() - self.tx.capacity()) as u64,
+        )?;
+        if let Ok(files) = files::files(&self.dir) {
+            let bytes: u64 = files
+                .iter()
+                .filter_map(|(_, path)| std::fs::metadata(path).ok())
+                .map(|m| m.len())
+                .sum();
+            metrics::gauge(
+                enc,
+                "costguard_audit_disk_used_bytes",
+                "Bytes of the audit log files on disk.",
+                bytes,
+            )?;
+        }
         if let Some(free) = self.disk_free_bytes() {
-            let _ = writeln!(
-                out,
-                "# HELP costguard_audit_disk_free_bytes Free space on the audit directory's file system.\n\
-                 # TYPE costguard_audit_disk_free_bytes gauge\n\
-                 costguard_audit_disk_free_bytes {free}\n\
-                 # HELP costguard_audit_disk_low 1 while that free space is below audit.min_free_bytes.\n\
-                 # TYPE costguard_audit_disk_low gauge\n\
-                 costguard_audit_disk_low {}",
-                u8::from(self.min_free_bytes > 0 && free < self.min_free_bytes),
-            );
+            metrics::gauge(
+                enc,
+                "costguard_audit_disk_free_bytes",
+                "Free space on the audit directory's file system.",
+                free,
+            )?;
+            metrics::gauge(
+                enc,
+                "costguard_audit_disk_low",
+                "1 while that free space is below audit.min_free_bytes.",
+                u64::from(self.min_free_bytes > 0 && free < self.min_free_bytes),
+            )?;
         }
         if let Some(link) = self.shipping() {
-            link.stats.metrics(out);
+            link.stats.encode(enc)?;
         }
+        Ok(())
     }
 }
 

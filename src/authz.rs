@@ -21,6 +21,7 @@ use std::time::Duration;
 use http::{Request, header};
 use moka::future::Cache;
 
+use crate::metrics::CacheStats;
 use crate::principal::Principal;
 use crate::response::{ErrorResponse, Problem};
 use crate::roles::{Permission, Permissions};
@@ -167,6 +168,8 @@ pub struct Authz {
     projects: Cache<(String, String), Option<f64>>,
     /// Bumped by every eviction, so a load racing one does not keep what it read.
     generation: Arc<crate::generation::Generation>,
+    /// Hits and misses of `custom_roles` and `projects`, for `/metrics`.
+    stats: Arc<[CacheStats; 2]>,
 }
 
 impl Authz {
@@ -189,7 +192,21 @@ impl Authz {
                 .time_to_live(ttl)
                 .build(),
             generation: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The caches' hits and misses, by cache name.
+    pub fn cache_stats(&self) -> [(&'static str, &CacheStats); 2] {
+        [
+            ("custom_roles", &self.stats[0]),
+            ("projects", &self.stats[1]),
+        ]
+    }
+
+    /// The policy and its reloads (for `/metrics`).
+    pub fn policy_handle(&self) -> &PolicyHandle {
+        &self.policy
     }
 
     /// The policy in force (an `Arc`, so it can be held across awaits).
@@ -203,8 +220,10 @@ impl Authz {
         tenant_id: &str,
     ) -> Result<Arc<HashMap<String, Permissions>>, Arc<StoreError>> {
         if let Some(hit) = self.custom_roles.get(tenant_id).await {
+            self.stats[0].hit();
             return Ok(hit);
         }
+        self.stats[0].miss();
         let noted = self.generation.current();
         let loaded = self
             .custom_roles
@@ -321,8 +340,12 @@ impl Authz {
         if let Some(project) = m.param("project") {
             let key = (tenant.to_string(), project.to_string());
             let found = match self.projects.get(&key).await {
-                Some(hit) => hit,
+                Some(hit) => {
+                    self.stats[1].hit();
+                    hit
+                }
                 None => {
+                    self.stats[1].miss();
                     let store = self.store.clone();
                     let (t, p) = key.clone();
                     let noted = self.generation.current();

@@ -36,7 +36,7 @@ pub use identity::{
 };
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
-    NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
+    MetricsConfig, NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
     SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
 };
 

@@ -9,6 +9,7 @@ use crate::audit::Audit;
 use crate::authz::Authz;
 use crate::fanout::Fanout;
 use crate::health::Readiness;
+use crate::metrics::RequestMetrics;
 use crate::throttle::Throttle;
 
 /// The stages and sinks both ports use. Cheap to clone.
@@ -26,4 +27,6 @@ pub struct Context {
     pub access_log: Option<AccessLog>,
     /// The invalidation fan-out, with a shared store (for `/metrics`).
     pub fanout: Option<Fanout>,
+    /// Per-request counts and latencies, unless `metrics.enabled = false`.
+    pub metrics: Option<Arc<RequestMetrics>>,
 }

@@ -25,10 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::Notify;
 
 use crate::authn::api_key::ApiKeys;
 use crate::authz::Authz;
+use crate::metrics;
 use crate::sso::Sso;
 use crate::store::Change;
 use crate::store::postgres::PgStore;
@@ -345,31 +347,36 @@ impl Fanout {
     }
 
     /// The fan-out's Prometheus metrics.
-    pub fn metrics(&self, out: &mut String) {
-        use std::fmt::Write;
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let i = &*self.0;
-        let _ = writeln!(
-            out,
-            "# HELP costguard_invalidations_applied_total Cache invalidations applied, by the path they arrived on first.\n\
-             # TYPE costguard_invalidations_applied_total counter\n\
-             costguard_invalidations_applied_total{{source=\"pubsub\"}} {}\n\
-             costguard_invalidations_applied_total{{source=\"outbox\"}} {}\n\
-             costguard_invalidations_applied_total{{source=\"local\"}} {}\n\
-             # HELP costguard_invalidations_published_total This replica's changes published on Redis.\n\
-             # TYPE costguard_invalidations_published_total counter\n\
-             costguard_invalidations_published_total {}\n\
-             # HELP costguard_invalidation_errors_total Failed outbox reads, publishes and subscriptions.\n\
-             # TYPE costguard_invalidation_errors_total counter\n\
-             costguard_invalidation_errors_total {}\n\
-             # HELP costguard_invalidation_pubsub_up Whether the Redis invalidation subscription is live.\n\
-             # TYPE costguard_invalidation_pubsub_up gauge\n\
-             costguard_invalidation_pubsub_up {}",
-            i.applied_pubsub.load(Ordering::Relaxed),
-            i.applied_outbox.load(Ordering::Relaxed),
-            i.applied_local.load(Ordering::Relaxed),
+        metrics::counters(
+            enc,
+            "costguard_invalidations_applied",
+            "Cache invalidations applied, by the path they arrived on first.",
+            "source",
+            [
+                ("pubsub", i.applied_pubsub.load(Ordering::Relaxed)),
+                ("outbox", i.applied_outbox.load(Ordering::Relaxed)),
+                ("local", i.applied_local.load(Ordering::Relaxed)),
+            ],
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_invalidations_published",
+            "This replica's changes published on Redis.",
             i.published.load(Ordering::Relaxed),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_invalidation_errors",
+            "Failed outbox reads, publishes and subscriptions.",
             i.errors.load(Ordering::Relaxed),
-            u8::from(self.pubsub_up()),
-        );
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_invalidation_pubsub_up",
+            "Whether the Redis invalidation subscription is live.",
+            u64::from(self.pubsub_up()),
+        )
     }
 }

@@ -20,6 +20,8 @@
 //! The stages, in the order a request meets them:
 //! - [`listener`]: accept loop, connection limits, TLS, HTTP/1.1 + HTTP/2, timeouts.
 //! - [`access_log`]: request id and access-log line around every request ([`access_log::Exchange`]).
+//! - [`metrics`]: `/metrics` (Prometheus client library): per-request counts and latencies by
+//!   worker shard, every stage's counters at scrape time, bounded label values.
 //! - [`health`]: `/health` and `/ready`.
 //! - [`sso`]: single sign-on (OpenID Connect and SAML logins, sessions,
 //!   IdP-issued JWTs, the `/auth/*` endpoints), plugged into `authn` as loaders.
@@ -73,6 +75,7 @@ pub mod header_pattern;
 pub mod health;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod principal;

@@ -20,6 +20,7 @@
 //! written, requests are refused (503) unless `audit.fail_open`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -27,7 +28,7 @@ use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::access_log::{Exchange, LoggedBody};
+use crate::access_log::{Exchange, LoggedBody, Observed};
 use crate::audit::{AuditError, Details, Event, EventType, RequestDetails};
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
@@ -40,6 +41,7 @@ use crate::forward::upstream::Upstream;
 use crate::forward::{self, ForwardError, ResponseBody};
 use crate::limits::TooLarge;
 use crate::listener::{ConnInfo, Handler};
+use crate::metrics::{self, Decision, Outcome, RequestMetrics, UpstreamError, UpstreamStatus};
 use crate::principal::{AuthMethod, Principal};
 use crate::rate_limit::RateStatus;
 use crate::response::{self, ErrorResponse, Problem};
@@ -134,13 +136,22 @@ struct Inner<B> {
     sso: Option<Arc<Sso>>,
 }
 
-/// What the pipeline learned about a request, for its audit record.
+/// What the pipeline learned about a request, for its audit record and
+/// its metrics.
 #[derive(Debug, Default)]
 struct Trail {
     client: Option<std::net::IpAddr>,
     principal: Option<Arc<Principal>>,
     route: Option<Arc<str>>,
+    /// The matched route's template (a metrics label, never the path).
+    template: Option<Arc<str>>,
     permission: Option<&'static str>,
+    /// Answered by costguard itself (probes, sign-on endpoints).
+    local: bool,
+    /// Whether a permit was issued (a later failure is not a denial).
+    permitted: bool,
+    /// How long `decide` took, when metrics are on.
+    decision_time: Option<Duration>,
 }
 
 /// The request as the audit record shows it (captured before the body is
@@ -234,10 +245,15 @@ where
         let request_id = &exchange.request_id;
         let mut facts = context.audit.as_ref().map(|_| Facts::of(&req));
         let mut trail = Trail::default();
-        let resp = match self
+        let counted = context
+            .metrics
+            .as_ref()
+            .map(|m| (m, Instant::now(), metrics::method_label(req.method())));
+        let result = self
             .stages(req, conn, request_id, &mut facts, &mut trail)
-            .await
-        {
+            .await;
+        let observed = counted.map(|(m, start, method)| observe(m, start, method, &trail, &result));
+        let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 if let (Some(audit), Some(facts)) = (&context.audit, facts.take())
@@ -262,7 +278,7 @@ where
                 response::error(&e, request_id).map(Either::Right)
             }
         };
-        exchange.finish(resp)
+        exchange.finish_observed(resp, observed)
     }
 
     /// The stages in order. Each returns early with an error, which
@@ -286,6 +302,7 @@ where
             .respond(req.method(), req.uri().path(), false)
             .await
         {
+            trail.local = true;
             return Ok(resp.map(Either::Right));
         }
         // Bounds first: nothing below reads an oversized request.
@@ -301,9 +318,20 @@ where
             // Boxed: the sign-on flows' future is ~10 KB, and inline it
             // would grow every proxied request's future by as much.
             let resp = Box::pin(endpoints.serve(this.sso.as_deref(), req, ip, request_id)).await;
+            trail.local = true;
             return Ok(resp.map(Either::Right));
         }
-        let (permit, rate) = self.decide(&req, conn, trail).await?;
+        let decided = match this.context.metrics {
+            Some(_) => {
+                let start = Instant::now();
+                let decided = self.decide(&req, conn, trail).await;
+                trail.decision_time = Some(start.elapsed());
+                decided
+            }
+            None => self.decide(&req, conn, trail).await,
+        };
+        let (permit, rate) = decided?;
+        trail.permitted = true;
         let mut req = req;
         if let Some(sso) = &this.sso {
             sso.strip_cookies(req.headers_mut());
@@ -351,6 +379,7 @@ where
         let matched = policy.enforce.find(method, path);
         if let Some(m) = &matched {
             trail.route = Some(m.route.origin.clone());
+            trail.template = Some(m.route.pattern.clone());
             if let Access::Permission(p) = m.route.access {
                 trail.permission = Some(p.as_str());
             }
@@ -430,6 +459,64 @@ where
             "Shadow policy decision."
         );
     }
+}
+
+/// A request's metrics series, from what the stages learned and how they
+/// ended.
+fn observe<T>(
+    metrics: &Arc<RequestMetrics>,
+    start: Instant,
+    method: &'static str,
+    trail: &Trail,
+    result: &Result<Response<T>, Error>,
+) -> Box<Observed> {
+    let (decision, reason, upstream, upstream_error) = match result {
+        Ok(_) if trail.local => (Decision::Local, "none", UpstreamStatus::None, None),
+        Ok(resp) => (
+            Decision::Allowed,
+            "none",
+            UpstreamStatus::of(resp.status()),
+            None,
+        ),
+        Err(e) => {
+            let decision = if e.is_denial() {
+                Decision::Denied
+            } else if trail.permitted {
+                Decision::Allowed
+            } else {
+                Decision::Undecided
+            };
+            let upstream_error = match e {
+                Error::Forward(ForwardError::Unavailable(_)) => Some(UpstreamError::Connect),
+                Error::Forward(ForwardError::Timeout) => Some(UpstreamError::Timeout),
+                Error::Forward(ForwardError::Failed(_)) => Some(UpstreamError::Response),
+                _ => None,
+            };
+            let upstream = if upstream_error.is_some() {
+                UpstreamStatus::Error
+            } else {
+                UpstreamStatus::None
+            };
+            (decision, e.problem().code, upstream, upstream_error)
+        }
+    };
+    Box::new(Observed {
+        metrics: metrics.clone(),
+        outcome: Outcome {
+            decision,
+            reason,
+            auth_method: trail
+                .principal
+                .as_ref()
+                .map_or("none", |p| p.method.as_str()),
+            method,
+            route: trail.template.clone(),
+            upstream,
+        },
+        start,
+        decision: trail.decision_time,
+        upstream_error,
+    })
 }
 
 impl Handler for Proxy {

@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
-use crate::admin::Admin;
 use crate::admin::auth::AdminAuth;
 use crate::admin::ops::AdminOps;
+use crate::admin::{Admin, MetricsPort};
 use crate::audit::Audit;
 use crate::audit::index::Index;
 use crate::audit::retention;
@@ -30,6 +30,7 @@ use crate::context::Context;
 use crate::fanout::{Caches, Fanout, PubSub};
 use crate::health::{Check, DependencyCheck, Readiness};
 use crate::listener::{BindError, Listener};
+use crate::metrics::{self, Exposition, FnSource, RequestMetrics};
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
 use crate::rate_limit::redis::RedisLimits;
@@ -41,6 +42,7 @@ use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
 use crate::usage::Usage;
 use crate::worker::Workers;
+use prometheus_client::encoding::DescriptorEncoder;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,8 @@ pub struct Server {
     /// The proxy port's per-core threads (see [`crate::worker`]).
     workers: Workers,
     admin: Listener<Admin>,
+    /// The read-only metrics listener (`metrics.listen`), if configured.
+    metrics: Option<Listener<MetricsPort>>,
     readiness: Arc<Readiness>,
     store: Arc<dyn Store>,
     usage: Usage,
@@ -325,6 +329,10 @@ impl Server {
             audit: audit.clone(),
             access_log: access_log.clone(),
             fanout,
+            metrics: config
+                .metrics
+                .enabled
+                .then(|| Arc::new(RequestMetrics::new(config.proxy.workers))),
         };
         let loaders: Vec<Arc<dyn Loader>> = match &sso {
             Some(sso) => vec![
@@ -353,11 +361,23 @@ impl Server {
                 "No admin token configured (admin.token_file): only API keys with admin roles can use the admin API, and nobody can create tenants."
             );
         }
+        let exposition = Arc::new(exposition(&context, &keys, sso.clone()));
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some(Listener::bind(
+                "metrics",
+                addr,
+                None,
+                MetricsPort(exposition.clone()),
+                config.limits.clone(),
+            )?),
+            None => None,
+        };
         let admin = Admin::new(
             context,
             AdminAuth::new(config.admin.token_hash, keys, authz),
             ops.clone(),
             config.admin.max_body_bytes,
+            exposition,
         );
         let admin = Listener::bind(
             "admin",
@@ -370,6 +390,7 @@ impl Server {
             proxy,
             workers,
             admin,
+            metrics,
             readiness,
             store,
             usage,
@@ -389,6 +410,7 @@ impl Server {
         tracing::info!(
             proxy = %server.proxy_addr(),
             admin = %server.admin_addr(),
+            metrics = %server.metrics_addr().map(|a| a.to_string()).unwrap_or_default(),
             upstream = %config.proxy.upstream.authority,
             tls = config.proxy.tls.is_some(),
             workers = server.workers.len(),
@@ -402,6 +424,11 @@ impl Server {
         self.proxy
             .local_addr()
             .expect("bound socket has an address")
+    }
+
+    /// The bound read-only metrics address, if `metrics.listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -454,7 +481,10 @@ impl Server {
         let mut proxy = self.proxy;
         let proxy_closed = proxy.on_closed();
         let proxy = tokio::spawn(proxy.serve(proxy_rx, self.grace));
-        let admin = tokio::spawn(self.admin.serve(admin_rx, Duration::from_secs(1)));
+        let admin = tokio::spawn(self.admin.serve(admin_rx.clone(), Duration::from_secs(1)));
+        let metrics = self
+            .metrics
+            .map(|m| tokio::spawn(m.serve(admin_rx, Duration::from_secs(1))));
         shutdown.await;
         tracing::info!(grace = ?self.grace, "Shutting down: draining in-flight requests.");
         // The proxy port closes first (its workers close their sockets),
@@ -466,6 +496,9 @@ impl Server {
         let drained = proxy.await.unwrap_or(false);
         let _ = stop_admin.send(true);
         let _ = admin.await;
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         flusher.abort();
         watcher.abort();
         janitor.abort();
@@ -592,4 +625,33 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Everything `/metrics` shows: the per-request counts, then each stage's
+/// own counters, gathered at scrape time.
+fn exposition(context: &Context, keys: &ApiKeys, sso: Option<Arc<Sso>>) -> Exposition {
+    let (context, keys) = (context.clone(), keys.clone());
+    Exposition::new(FnSource(move |enc: &mut DescriptorEncoder<'_>| {
+        if let Some(requests) = &context.metrics {
+            requests.encode(enc)?;
+        }
+        context.authz.policy_handle().encode(enc)?;
+        let mut caches: Vec<_> = keys.cache_stats().into();
+        caches.extend(context.authz.cache_stats());
+        if let Some(sso) = &sso {
+            caches.extend(sso.cache_stats());
+        }
+        metrics::caches(enc, &caches)?;
+        context.throttle.encode(enc)?;
+        if let Some(audit) = &context.audit {
+            audit.encode(enc)?;
+        }
+        if let Some(fanout) = &context.fanout {
+            fanout.encode(enc)?;
+        }
+        if let Some(sso) = &sso {
+            sso.encode(enc)?;
+        }
+        Ok(())
+    }))
 }

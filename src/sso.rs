@@ -54,6 +54,8 @@ pub use bearer::{BearerTokens, looks_like_jwt};
 pub use session_auth::SessionCookies;
 pub use web::{SAML_COOKIE, cookie, cross_site_write, safe_redirect};
 
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use std::sync::Arc;
 
 use ::http::Response;
@@ -98,6 +100,9 @@ pub struct Sso {
     /// sessions (the same clock [`Sessions`] reads), so a test clock moves
     /// them all.
     clock: Clock,
+    /// Logins by (configured provider name, method, outcome), for
+    /// `/metrics`; a provider name nobody configured counts as `unknown`.
+    logins: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str, &'static str), u64>>,
 }
 
 impl std::fmt::Debug for Sso {
@@ -184,7 +189,63 @@ impl Sso {
                     .build()
             }),
             clock,
+            logins: Default::default(),
         }))
+    }
+
+    /// Counts a finished login (success or failure) for `/metrics`.
+    pub(crate) fn count_login(&self, provider: &str, method: &'static str, ok: bool) {
+        let known = self.providers.iter().any(|p| p.config.name == provider);
+        #[cfg(feature = "saml")]
+        let known = known || self.saml.iter().any(|p| p.config.name == provider);
+        let provider = if known { provider } else { "unknown" };
+        let outcome = if ok { "success" } else { "failure" };
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        *logins
+            .entry((provider.to_string(), method, outcome))
+            .or_default() += 1;
+    }
+
+    /// Single sign-on's metrics: logins and signing-key fetches.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut m = enc.encode_descriptor(
+            "costguard_sso_logins",
+            "Browser sign-ons by provider, method (oidc, saml) and outcome (success, failure).",
+            None,
+            MetricType::Counter,
+        )?;
+        for ((provider, method, outcome), n) in
+            self.logins.lock().unwrap_or_else(|p| p.into_inner()).iter()
+        {
+            m.encode_family(&[
+                ("provider", provider.as_str()),
+                ("method", method),
+                ("outcome", outcome),
+            ])?
+            .encode_counter::<NoLabelSet, _, f64>(n, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "costguard_jwks_fetches",
+            "Fetches of an OpenID provider's signing keys (JWKS) by provider and result (ok, error).",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &self.providers {
+            let (ok, failed) = p.jwks.fetches();
+            for (result, n) in [("ok", ok), ("error", failed)] {
+                m.encode_family(&[("provider", p.config.name.as_str()), ("result", result)])?
+                    .encode_counter::<NoLabelSet, _, f64>(&n, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The user and session caches' hits and misses, by cache name.
+    pub fn cache_stats(&self) -> [(&'static str, &crate::metrics::CacheStats); 2] {
+        [
+            ("sso_users", &self.directory.stats),
+            ("sessions", &self.sessions.stats),
+        ]
     }
 
     /// Now, in seconds since the epoch, by the flows' clock.

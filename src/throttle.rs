@@ -13,16 +13,18 @@
 //! share one address, and a flood of bad keys there must not lock the
 //! operators out of the admin port (nor the other way round).
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderMap;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::authn::AuthnError;
 use crate::authz::Permit;
 use crate::config::{BudgetConfig, RateLimitConfig};
+use crate::metrics;
 use crate::model::Tenant;
 use crate::principal::Authenticated;
 use crate::rate_limit::failed_auth::{Blocked, FailedAuth};
@@ -403,44 +405,44 @@ impl Throttle {
         }
     }
 
-    /// The stage's Prometheus metrics (text exposition format).
-    pub fn metrics(&self, out: &mut String) {
+    /// The stage's metrics.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let r = &*self.refused;
-        let _ = writeln!(
-            out,
-            "# HELP costguard_limited_requests_total Requests held back by the limits stage, by reason.\n\
-             # TYPE costguard_limited_requests_total counter"
-        );
-        for (reason, n) in [
-            ("rate_limited", &r.rate),
-            ("quota_exceeded", &r.quota),
-            ("budget_exceeded", &r.budget),
-            ("failed_auth_blocked", &r.auth_failures),
-        ] {
-            let _ = writeln!(
-                out,
-                "costguard_limited_requests_total{{reason=\"{reason}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP costguard_rate_limit_buckets Per-key rate-limit buckets held in memory.\n\
-             # TYPE costguard_rate_limit_buckets gauge\n\
-             costguard_rate_limit_buckets {}\n\
-             # HELP costguard_failed_auth_sources Client addresses tracked for failed authentications on the proxy port.\n\
-             # TYPE costguard_failed_auth_sources gauge\n\
-             costguard_failed_auth_sources {}\n\
-             # HELP costguard_admin_failed_auth_sources Client addresses tracked for failed authentications on the admin port.\n\
-             # TYPE costguard_admin_failed_auth_sources gauge\n\
-             costguard_admin_failed_auth_sources {}",
-            self.limiter.buckets(),
-            self.failed_auth.sources(),
-            self.admin_failed_auth.sources()
-        );
+        metrics::counters(
+            enc,
+            "costguard_limited_requests",
+            "Requests held back by the limits stage, by reason.",
+            "reason",
+            [
+                ("rate_limited", &r.rate),
+                ("quota_exceeded", &r.quota),
+                ("budget_exceeded", &r.budget),
+                ("failed_auth_blocked", &r.auth_failures),
+            ]
+            .map(|(reason, n)| (reason, n.load(Ordering::Relaxed))),
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_rate_limit_buckets",
+            "Per-key rate-limit buckets held in memory.",
+            self.limiter.buckets() as u64,
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_failed_auth_sources",
+            "Client addresses tracked for failed authentications on the proxy port.",
+            self.failed_auth.sources() as u64,
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_admin_failed_auth_sources",
+            "Client addresses tracked for failed authentications on the admin port.",
+            self.admin_failed_auth.sources() as u64,
+        )?;
         if let Some(shared) = &self.shared {
-            shared.metrics(out);
+            shared.encode(enc)?;
         }
+        Ok(())
     }
 }
 
@@ -502,8 +504,8 @@ mod tests {
     }
 
     fn metric(t: &Throttle, line: &str) -> u64 {
-        let mut out = String::new();
-        t.metrics(&mut out);
+        let t = t.clone();
+        let out = crate::metrics::text_of(move |enc| t.encode(enc));
         out.lines()
             .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("no {line} in\n{out}"))

@@ -344,8 +344,10 @@ async fn database_outage_never_stops_the_writer_and_the_shipper_catches_up() {
     let stats = handle.stats().clone();
     assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert!(!stats.up.load(std::sync::atomic::Ordering::Relaxed));
-    let mut metrics = String::new();
-    audit.metrics(&mut metrics);
+    let metrics = {
+        let audit = audit.clone();
+        costguard::metrics::text_of(move |enc| audit.encode(enc))
+    };
     assert!(metrics.contains("costguard_audit_ship_up 0"), "{metrics}");
     assert!(
         metrics.contains("costguard_audit_ship_lag_records 300"),
@@ -372,8 +374,10 @@ async fn database_outage_never_stops_the_writer_and_the_shipper_catches_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(db.count("SELECT count(*) FROM audit_records").await, 350);
-    let mut metrics = String::new();
-    audit.metrics(&mut metrics);
+    let metrics = {
+        let audit = audit.clone();
+        costguard::metrics::text_of(move |enc| audit.encode(enc))
+    };
     assert!(metrics.contains("costguard_audit_ship_up 1"), "{metrics}");
     assert!(
         metrics.contains("costguard_audit_shipped_total 350"),

@@ -153,7 +153,7 @@ proptest! {
         for segs in patterns {
             let route = Route {
                 methods: vec![Method::GET],
-                pattern: render(&segs),
+                pattern: render(&segs).into(),
                 access: Access::Permission(Permission::ViewCosts),
                 cost: false,
                 params: vec![],

@@ -130,8 +130,8 @@ fn rate(limit: u32, secs: u64) -> Rate {
 }
 
 fn metric(l: &RedisLimits, name: &str) -> u64 {
-    let mut out = String::new();
-    l.metrics(&mut out);
+    let l = l.clone();
+    let out = costguard::metrics::text_of(move |enc| l.encode(enc));
     out.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no {name} in\n{out}"))

@@ -48,12 +48,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
 
 pub use pg::connect;
 
 use super::Audit;
 use super::writer::{HEAD, Head};
+use crate::metrics;
 use reader::Cursor;
 
 /// Most rows per `INSERT`.
@@ -134,28 +136,32 @@ pub struct ShipStats {
 }
 
 impl ShipStats {
-    /// Prometheus text.
-    pub fn metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP costguard_audit_shipped_total Audit records shipped to PostgreSQL by this process.\n\
-             # TYPE costguard_audit_shipped_total counter\n\
-             costguard_audit_shipped_total {}\n\
-             # HELP costguard_audit_ship_lag_records Synced audit records not yet shipped to PostgreSQL.\n\
-             # TYPE costguard_audit_ship_lag_records gauge\n\
-             costguard_audit_ship_lag_records {}\n\
-             # HELP costguard_audit_ship_errors_total Audit shipping attempts that failed (retried).\n\
-             # TYPE costguard_audit_ship_errors_total counter\n\
-             costguard_audit_ship_errors_total {}\n\
-             # HELP costguard_audit_ship_up 1 while the audit shipper reaches PostgreSQL.\n\
-             # TYPE costguard_audit_ship_up gauge\n\
-             costguard_audit_ship_up {}",
+    /// The shipper's metrics.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        metrics::counter(
+            enc,
+            "costguard_audit_shipped",
+            "Audit records shipped to PostgreSQL by this process.",
             self.shipped.load(Ordering::Relaxed),
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_audit_ship_lag_records",
+            "Synced audit records not yet shipped to PostgreSQL.",
             self.lag.load(Ordering::Relaxed),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_audit_ship_errors",
+            "Audit shipping attempts that failed (retried).",
             self.errors.load(Ordering::Relaxed),
-            u8::from(self.up.load(Ordering::Relaxed)),
-        );
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_audit_ship_up",
+            "1 while the audit shipper reaches PostgreSQL.",
+            u64::from(self.up.load(Ordering::Relaxed)),
+        )
     }
 }
 

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::AuthnError;
 use crate::generation::Generation;
+use crate::metrics::CacheStats;
 use crate::model::{self, ApiKey, KeyStatus, Tenant, TenantStatus};
 use crate::principal::{AuthMethod, Authenticated, IdentityHeaders, Principal};
 use crate::roles::{Permission, Permissions};
@@ -80,6 +81,8 @@ pub struct ApiKeys {
     tenants: Cache<String, Option<Arc<Tenant>>>,
     /// Bumped by every eviction, so a load racing one does not keep what it read.
     generation: Arc<Generation>,
+    /// Hits and misses of `keys` and `tenants`, for `/metrics`.
+    stats: Arc<[CacheStats; 2]>,
 }
 
 impl ApiKeys {
@@ -96,7 +99,13 @@ impl ApiKeys {
                 .time_to_live(ttl)
                 .build(),
             generation: Arc::default(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The caches' hits and misses, by cache name.
+    pub fn cache_stats(&self) -> [(&'static str, &CacheStats); 2] {
+        [("api_keys", &self.stats[0]), ("tenants", &self.stats[1])]
     }
 
     /// Checks a presented API key.
@@ -107,8 +116,12 @@ impl ApiKeys {
         let digest = hash(key);
         // A plain read first: the hit path skips the initializer machinery.
         let cached = match self.keys.get(&digest).await {
-            Some(hit) => hit,
+            Some(hit) => {
+                self.stats[0].hit();
+                hit
+            }
             None => {
+                self.stats[0].miss();
                 let noted = self.generation.current();
                 // Boxed (here and on the other cache misses of the request
                 // path): the store's futures are large, and inline they
@@ -176,8 +189,10 @@ impl ApiKeys {
     /// A tenant (status, tier, limits), through the cache; `None`: deleted.
     pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<Tenant>>, AuthnError> {
         if let Some(hit) = self.tenants.get(tenant_id).await {
+            self.stats[1].hit();
             return Ok(hit);
         }
+        self.stats[1].miss();
         let noted = self.generation.current();
         let loaded = Box::pin(self.tenants.try_get_with_by_ref(tenant_id, async {
             Ok::<_, crate::store::StoreError>(self.store.get_tenant(tenant_id).await?.map(Arc::new))

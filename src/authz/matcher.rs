@@ -28,8 +28,8 @@ pub enum Access {
 pub struct Route {
     /// Methods it applies to; empty = any method.
     pub methods: Vec<Method>,
-    /// The pattern as written.
-    pub pattern: String,
+    /// The pattern as written (shared: a metrics label).
+    pub pattern: Arc<str>,
     /// What it requires.
     pub access: Access,
     /// Whether requests on it incur cost (budgets, later).
@@ -345,7 +345,7 @@ mod tests {
                 .unwrap()
                 .route
                 .pattern,
-            "/v1/tenants/{tenant}/costs"
+            Arc::from("/v1/tenants/{tenant}/costs")
         );
         assert_eq!(
             m.find(&Method::PATCH, "/v1/tenants/o/budgets/b")

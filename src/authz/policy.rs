@@ -389,7 +389,7 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
             };
             let route = Route {
                 methods,
-                pattern: path.get_ref().clone(),
+                pattern: path.get_ref().as_str().into(),
                 access,
                 cost,
                 params: vec![],

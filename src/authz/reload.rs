@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::{Value, json};
 
 use super::policy::{self, Policy, PolicyError};
+use crate::metrics;
 
 /// Where the policy comes from.
 #[derive(Debug, Clone)]
@@ -118,6 +120,40 @@ impl PolicyHandle {
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
         Reloaded::Rejected(e)
+    }
+
+    /// The policy's metrics: reloads, rejections, whether the last change
+    /// was rejected, and the fingerprint of the policy in force (an info
+    /// metric: the same value on every replica means the same policy).
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        metrics::counters(
+            enc,
+            "costguard_policy_reloads",
+            "Policy changes by result: applied, or rejected (the previous policy stays in force).",
+            "result",
+            [
+                ("applied", self.reloads.load(Ordering::Relaxed)),
+                ("rejected", self.rejected.load(Ordering::Relaxed)),
+            ],
+        )?;
+        let rejected = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        metrics::gauge(
+            enc,
+            "costguard_policy_last_reload_rejected",
+            "1 while the last policy change was rejected and an older policy is in force.",
+            u64::from(rejected),
+        )?;
+        let fingerprint = format!("{:016x}", self.current.load().fingerprint);
+        metrics::info(
+            enc,
+            "costguard_policy",
+            "The policy in force: its content fingerprint.",
+            &[("fingerprint", fingerprint.as_str())],
+        )
     }
 
     /// Reload state for `/ready`.

@@ -35,6 +35,8 @@ pub struct FileConfig {
     pub policy: PolicySection,
     /// Logging.
     pub log: LogSection,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
     /// The audit log.
     pub audit: AuditSection,
     /// Single sign-on: sessions and `[[sso.oidc]]` providers.
@@ -530,6 +532,31 @@ impl Default for LogSection {
             format: "human".into(),
             level: "info".into(),
             access_log: true,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsSection {
+    /// Count every proxied request (`costguard_requests_total`, the latency
+    /// histograms) and serve `/metrics` on the admin port. `false` turns the
+    /// per-request counting off (a few hundred nanoseconds a request); the
+    /// stages' own counters stay on `/metrics`.
+    pub enabled: bool,
+    /// Optional address of a read-only listener that serves only `GET
+    /// /metrics`, for a Prometheus outside the pod while the admin port
+    /// stays on loopback (oauth2-proxy's `--metrics-address`). Unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
         }
     }
 }

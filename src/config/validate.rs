@@ -48,6 +48,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
     /// Single sign-on.
     pub sso: SsoConfig,
     /// Sections accepted but not acted on by this build, to warn about.
@@ -256,6 +258,15 @@ pub struct PolicyConfig {
     pub dir: PathBuf,
     /// Check interval.
     pub reload_interval: Duration,
+}
+
+/// `[metrics]`, validated.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Whether every proxied request is counted.
+    pub enabled: bool,
+    /// The read-only metrics listener, if any.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[log]`, validated.
@@ -561,6 +572,14 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             format!("invalid filter {:?}: {e}", file.log.level),
         );
     }
+    let metrics = MetricsConfig {
+        enabled: file.metrics.enabled,
+        listen: file
+            .metrics
+            .listen
+            .as_deref()
+            .map(|a| c.socket_addr("metrics.listen", a)),
+    };
     let log = LogConfig {
         format,
         level: file.log.level.clone(),
@@ -612,6 +631,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             store,
             policy,
             log,
+            metrics,
             sso,
             warnings,
         })

@@ -78,17 +78,19 @@ pub use fallback::divide;
 use fallback::heartbeat;
 pub use settings::{RedisConfig, RedisDown, RedisMode};
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{RedisError, Script};
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::Notify;
 
 use self::memo::{Expiring, Lease, Refusal, Subject};
 use super::{LimiterError, LocalRateLimiter, Rate, RateStatus, ceil_secs};
+use crate::metrics;
 use crate::store::{Counter, UsageKey};
 use crate::usage::{self, Usage};
 
@@ -370,42 +372,50 @@ impl RedisLimits {
         super::RateLimiter::cleanup(&self.inner.local);
     }
 
-    /// The shared limiter's Prometheus metrics (text exposition format).
-    pub fn metrics(&self, out: &mut String) {
+    /// The shared limiter's metrics.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let c = &self.inner.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP costguard_rate_limit_redis_up Whether Redis answered the last round trip.\n\
-             # TYPE costguard_rate_limit_redis_up gauge\n\
-             costguard_rate_limit_redis_up {}\n\
-             # HELP costguard_rate_limit_redis_errors_total Redis round trips that failed or timed out.\n\
-             # TYPE costguard_rate_limit_redis_errors_total counter\n\
-             costguard_rate_limit_redis_errors_total {}\n\
-             # HELP costguard_rate_limit_redis_round_trips_total Script calls sent to Redis.\n\
-             # TYPE costguard_rate_limit_redis_round_trips_total counter\n\
-             costguard_rate_limit_redis_round_trips_total {}\n\
-             # HELP costguard_rate_limit_local_refusals_total Requests refused from a remembered Redis refusal, without a round trip.\n\
-             # TYPE costguard_rate_limit_local_refusals_total counter\n\
-             costguard_rate_limit_local_refusals_total {}\n\
-             # HELP costguard_rate_limit_redis_replicas Live replicas at the last heartbeat.\n\
-             # TYPE costguard_rate_limit_redis_replicas gauge\n\
-             costguard_rate_limit_redis_replicas {}\n\
-             # HELP costguard_rate_limit_fallback_total Requests decided without Redis, by the configured behaviour.\n\
-             # TYPE costguard_rate_limit_fallback_total counter",
-            u8::from(self.redis_up()),
+        metrics::gauge(
+            enc,
+            "costguard_rate_limit_redis_up",
+            "Whether Redis answered the last round trip.",
+            u64::from(self.redis_up()),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_rate_limit_redis_errors",
+            "Redis round trips that failed or timed out.",
             load(&c.errors),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_rate_limit_redis_round_trips",
+            "Script calls sent to Redis.",
             load(&c.round_trips),
+        )?;
+        metrics::counter(
+            enc,
+            "costguard_rate_limit_local_refusals",
+            "Requests refused from a remembered Redis refusal, without a round trip.",
             load(&c.local_refusals),
+        )?;
+        metrics::gauge(
+            enc,
+            "costguard_rate_limit_redis_replicas",
+            "Live replicas at the last heartbeat.",
             self.replicas(),
-        );
-        for (i, mode) in ["refuse", "local", "allow"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "costguard_rate_limit_fallback_total{{mode=\"{mode}\"}} {}",
-                load(&c.fallback[i])
-            );
-        }
+        )?;
+        metrics::counters(
+            enc,
+            "costguard_rate_limit_fallback",
+            "Requests decided without Redis, by the configured behaviour.",
+            "mode",
+            ["refuse", "local", "allow"]
+                .iter()
+                .enumerate()
+                .map(|(i, mode)| (*mode, load(&c.fallback[i]))),
+        )
     }
 
     /// Remembered refusals and leases held (for tests and metrics).

@@ -56,6 +56,8 @@ pub struct Jwks {
     last_document: std::sync::Mutex<[u8; 32]>,
     ttl: Duration,
     cooldown: Duration,
+    /// Fetches that succeeded and failed, for `/metrics`.
+    fetched: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Jwks {
@@ -81,6 +83,7 @@ impl Jwks {
             last_document: std::sync::Mutex::new([0; 32]),
             ttl,
             cooldown,
+            fetched: Default::default(),
         }
     }
 
@@ -155,9 +158,23 @@ impl Jwks {
         }
     }
 
+    /// Fetches that succeeded and that failed since the start.
+    pub fn fetches(&self) -> (u64, u64) {
+        (
+            self.fetched[0].load(Ordering::Relaxed),
+            self.fetched[1].load(Ordering::Relaxed),
+        )
+    }
+
     /// Fetches the set now and replaces the cached one (the old one stays
     /// on failure).
     pub async fn refresh(&self) -> Result<usize, String> {
+        let fetched = self.fetch().await;
+        self.fetched[usize::from(fetched.is_err())].fetch_add(1, Ordering::Relaxed);
+        fetched
+    }
+
+    async fn fetch(&self) -> Result<usize, String> {
         *self.last_attempt.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let uri = self.uri.load_full();
         let req = http::Request::get(uri.as_str())

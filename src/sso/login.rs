@@ -321,6 +321,7 @@ impl Sso {
             })
             .await
             .map_err(|_| fail(S::SERVICE_UNAVAILABLE, "store_unavailable"))?;
+        self.count_login(login.provider, login.method, true);
         self.audit(
             EventType::Login,
             &session.tenant_id,
@@ -424,6 +425,7 @@ impl Sso {
     }
 
     pub(super) async fn audit_failure(&self, f: &LoginFailure, client: &Client) {
+        self.count_login(&f.provider, f.method, false);
         let details = json!({"reason": f.reason, "provider": f.provider, "auth_method": f.method});
         self.audit(
             EventType::LoginFailed,

@@ -77,6 +77,8 @@ pub struct Sessions {
     sealer: Sealer,
     /// Bumped by every eviction another replica asked for.
     generation: crate::generation::Generation,
+    /// Hits and misses of `cache`, for `/metrics`.
+    pub stats: crate::metrics::CacheStats,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -139,6 +141,7 @@ impl Sessions {
             clock,
             sealer,
             generation: Default::default(),
+            stats: Default::default(),
         }
     }
 
@@ -219,11 +222,13 @@ impl Sessions {
         }
         let hash = token_hash(cookie);
         let noted = self.generation.current();
+        let missed = std::sync::atomic::AtomicBool::new(false);
         // One load per session however many requests arrive at once, so
         // they share one `Live` (and its one-refresh-at-a-time lock).
         let loaded = self
             .cache
             .try_get_with_by_ref(&hash, async {
+                missed.store(true, std::sync::atomic::Ordering::Relaxed);
                 match self.store.session_by_token(&hash).await {
                     Ok(Some(session)) => Ok(Arc::new(Live {
                         written: Mutex::new(session.last_seen),
@@ -236,6 +241,8 @@ impl Sessions {
                 }
             })
             .await;
+        self.stats
+            .count(!missed.load(std::sync::atomic::Ordering::Relaxed));
         if self.generation.moved_since(noted) {
             // Another replica changed or ended a session meanwhile: what
             // was read may be stale, so it is not kept.

@@ -45,6 +45,8 @@ pub struct Directory {
     /// under an older epoch is rebuilt before it is used again. One entry
     /// per tenant whose users changed since the start.
     epochs: DashMap<String, u64>,
+    /// Hits and misses of `users`, for `/metrics`.
+    pub stats: crate::metrics::CacheStats,
 }
 
 impl Directory {
@@ -59,6 +61,7 @@ impl Directory {
                 .time_to_live(ttl)
                 .build(),
             epochs: DashMap::new(),
+            stats: Default::default(),
         }
     }
 
@@ -86,8 +89,10 @@ impl Directory {
         if let Some((at, user)) = self.users.get(&key).await
             && at == epoch
         {
+            self.stats.hit();
             return Ok(user);
         }
+        self.stats.miss();
         let user = self
             .store
             .get_user(tenant_id, user_id)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the test peers: Debian chromium and xmlsec1 (apt), the npm packages in this
+# Installs the test peers: Debian chromium, xmlsec1 and promtool (apt), the npm packages in this
 # directory (oidc-provider, playwright-core) and a Python venv at .venv with
 # requirements-saml.txt (pysaml2 for saml_idp.py). Idempotent; does nothing when
 # already installed.
@@ -52,6 +52,18 @@ install_xmlsec1() {
   apt_install xmlsec1 /usr/bin/xmlsec1
 }
 
+# promtool (Debian's prometheus package): checks the /metrics page in
+# tests/metrics.rs and the alert rules in deploy/monitoring/ (.ci/run). The
+# package's server is not started (--no-install-recommends; the unit is
+# not enabled without systemd).
+install_promtool() {
+  if [[ -x /usr/bin/promtool ]]; then
+    echo "install.sh: promtool already installed"
+    return
+  fi
+  apt_install prometheus /usr/bin/promtool
+}
+
 install_saml_venv() {
   local venv="$here/.venv" req="$here/requirements-saml.txt"
   local marker="$venv/.requirements-saml.installed"
@@ -89,6 +101,7 @@ install_node_modules() {
 
 install_chromium
 install_xmlsec1
+install_promtool
 install_node_modules
 install_saml_venv
 echo "install.sh: done"

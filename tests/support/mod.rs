@@ -117,6 +117,12 @@ async fn handle(
     let (parts, mut body) = req.into_parts();
     // `x-test-cost: V` asks for the cost header a metered upstream sends.
     let cost = parts.headers.get("x-test-cost").cloned();
+    // `x-test-status: N` asks for that response status.
+    let status = parts
+        .headers
+        .get("x-test-status")
+        .and_then(|v| StatusCode::from_bytes(v.as_bytes()).ok())
+        .unwrap_or(StatusCode::OK);
     let target = parts
         .uri
         .path_and_query()
@@ -159,7 +165,7 @@ async fn handle(
         resp = resp.header("x-costops-cost-usd", cost);
     }
     let resp = resp
-        .status(StatusCode::OK)
+        .status(status)
         .header("x-upstream", "yes")
         .header("connection", "x-upstream-private")
         .header("x-upstream-private", "secret")
