@@ -305,6 +305,20 @@ def config_problems(cfg, ctx, where):
     return problems
 
 
+def paths_mounted_problems(c, cfg, volumes, where):
+    """Every file and directory a costguard.toml names must be mounted into
+    each container that loads it (`migrate` validates the whole file too)."""
+    problems = []
+    mounts = c.get("volumeMounts") or []
+    named = [("policy.dir", cfg.get("policy", {}).get("dir", "policies"))] + list(walk_files(cfg))
+    store_path = cfg.get("store", {}).get("path", "./costguard-data")
+    named += [("store.path", store_path), ("audit.dir", cfg.get("audit", {}).get("dir") or f"{store_path}/audit")]
+    for key, path in named:
+        if not path.startswith("/") or not mount_for(path, mounts) or mount_for(path, mounts)["name"] not in volumes:
+            problems.append(f"{where}: {key} {path} is not mounted into this container")
+    return problems
+
+
 # --- the workload policy -----------------------------------------------------
 
 def container_problems(c, pod_sc, where):
@@ -432,6 +446,11 @@ def workload_problems(fname, doc, docs, documented, defaults, forms):
             problems.append(f"{cw}: --config {path} is not in a ConfigMap volume")
     else:
         problems.append(f"{cw}: no --config FILE")
+
+    if cfg is not None:
+        for c in inits + mains:
+            if "costguard" in c.get("image", ""):
+                problems += paths_mounted_problems(c, cfg, volumes, f"{where} container {c['name']}")
 
     # Scale, rollout, autoscaling: the shared store scales, sled does not.
     backend = (cfg or {}).get("store", {}).get("backend", "sled")
@@ -704,6 +723,10 @@ MUTATIONS = [
      lambda m: _toml(m, NATIVE, 'path = "/var/lib/costguard/store"', 'path = "/srv/costguard"')),
     ("store path is the mount point", "mount point",
      lambda m: _toml(m, CLASSIC, 'path = "/var/lib/costguard/store"', 'path = "/var/lib/costguard"')),
+    ("migrate without the policies mount", "container migrate: policy.dir",
+     lambda m: _pod(m, SHARED)["initContainers"][0]["volumeMounts"].pop(1)),
+    ("migrate without the secrets mount", "container migrate: admin.token_file",
+     lambda m: _pod(m, SHARED)["initContainers"][0]["volumeMounts"].pop(2)),
     ("policies mounted with subPath", "subPath",
      lambda m: next(v for v in _cg(m, NATIVE)["volumeMounts"] if v["name"] == "policies").update(subPath="roles.toml")),
     ("policy ConfigMap differs from policies/", "differs from policies/",
