@@ -27,6 +27,7 @@ use http_body::{Body, Frame, SizeHint};
 use crate::config::LogFormat;
 use crate::metrics::{Outcome, RequestMetrics, UpstreamError};
 use crate::request_id::{self, X_REQUEST_ID};
+use crate::trace_context::TraceContext;
 
 /// How often the writer thread writes the buffered lines.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -86,6 +87,7 @@ impl AccessLog {
             uri: req.uri().clone(),
             peer,
             start: Instant::now(),
+            trace_id: None,
         }
     }
 
@@ -141,6 +143,9 @@ fn json_line(e: &Entry, status: StatusCode, bytes: u64) -> String {
     let _ = serde_json::to_writer(unsafe_free::StringWriter(&mut s), e.method.as_str());
     s.push_str(r#","path":"#);
     let _ = serde_json::to_writer(unsafe_free::StringWriter(&mut s), e.uri.path());
+    if let Some(t) = &e.trace_id {
+        let _ = write!(s, r#","trace_id":"{t}""#);
+    }
     let _ = writeln!(
         s,
         r#","status":{},"latency_us":{},"bytes":{},"peer":"{}","target":"costguard::access"}}"#,
@@ -156,10 +161,11 @@ fn human_line(e: &Entry, status: StatusCode, bytes: u64) -> String {
     let mut s = String::with_capacity(256);
     let _ = writeln!(
         s,
-        "{}  INFO costguard::access: Request served. listener={:?} request_id={:?} method={} path={:?} status={} latency_us={} bytes={} peer={}",
+        "{}  INFO costguard::access: Request served. listener={:?} request_id={:?} trace_id={} method={} path={:?} status={} latency_us={} bytes={} peer={}",
         timestamp(),
         e.listener,
         e.request_id.to_str().unwrap_or_default(),
+        e.trace_id.as_deref().unwrap_or("-"),
         e.method,
         e.uri.path(),
         status.as_u16(),
@@ -206,6 +212,8 @@ pub struct Entry {
     pub peer: std::net::IpAddr,
     /// When the request arrived.
     pub start: Instant,
+    /// The W3C trace id, on the proxy port.
+    pub trace_id: Option<String>,
 }
 
 /// What every handler does around a request, on both ports: keep or make
@@ -236,15 +244,20 @@ pub struct Observed {
 }
 
 impl Exchange {
-    /// At the start of a request on `listener` from `peer`.
+    /// At the start of a request on `listener` from `peer`; `trace` is
+    /// the trace it belongs to, when it is forwarded.
     pub fn begin<B>(
         log: Option<&AccessLog>,
         listener: &'static str,
         req: &Request<B>,
         peer: std::net::IpAddr,
+        trace: Option<&TraceContext>,
     ) -> Self {
         let request_id = request_id::take_or_generate(req.headers());
-        let entry = log.map(|log| log.entry(listener, req, &request_id, peer));
+        let entry = log.map(|log| Entry {
+            trace_id: trace.map(TraceContext::trace_id_hex),
+            ..log.entry(listener, req, &request_id, peer)
+        });
         Self { request_id, entry }
     }
 

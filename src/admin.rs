@@ -186,7 +186,13 @@ impl Handler for Admin {
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
         let context = &self.0.context;
-        let exchange = Exchange::begin(context.access_log.as_ref(), "admin", &req, conn.peer.ip());
+        let exchange = Exchange::begin(
+            context.access_log.as_ref(),
+            "admin",
+            &req,
+            conn.peer.ip(),
+            None,
+        );
         let request_id = &exchange.request_id;
         let resp = match context
             .readiness

@@ -20,6 +20,7 @@
 //! The stages, in the order a request meets them:
 //! - [`listener`]: accept loop, connection limits, TLS, HTTP/1.1 + HTTP/2, timeouts.
 //! - [`access_log`]: request id and access-log line around every request ([`access_log::Exchange`]).
+//! - [`trace_context`]: W3C `traceparent`/`tracestate`, continued or started, sent upstream.
 //! - [`metrics`]: `/metrics` (Prometheus client library): per-request counts and latencies by
 //!   worker shard, every stage's counters at scrape time, bounded label values.
 //! - [`health`]: `/health` and `/ready`.
@@ -89,5 +90,6 @@ pub mod sso;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod trace_context;
 pub mod usage;
 pub mod worker;

@@ -665,7 +665,7 @@ mod tests {
             "{page}"
         );
         assert!(
-            page.contains("costguard_decision_duration_seconds_bucket{le=\"5e-6\"} 2\n"),
+            page.contains("costguard_decision_duration_seconds_bucket{le=\"5e-06\"} 2\n"),
             "{page}"
         );
         assert!(

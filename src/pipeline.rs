@@ -8,7 +8,8 @@
 //! caches already vouch for, else 429; cross-site session writes refused) → authz (route,
 //! tenant, project, permission → Permit) → shadow policy (logged) → limits
 //! (key rate, budget, daily quota) → forward (header hygiene, credentials
-//! out, identity headers in, pooled upstream client) → response hygiene,
+//! out, identity headers in, W3C traceparent continued or started, pooled
+//! upstream client) → response hygiene,
 //! cost recorded, RateLimit-* headers
 //!              any stage error → response::error → JSON error response
 //! every response → X-Request-Id echoed, access-log line when its body ends
@@ -48,6 +49,7 @@ use crate::response::{self, ErrorResponse, Problem};
 use crate::sso::Sso;
 use crate::sso::endpoints::Endpoints;
 use crate::throttle::{Limited, Port};
+use crate::trace_context::TraceContext;
 
 /// Anything a proxied request can fail with: one stage's error each.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +243,14 @@ where
         conn: &ConnInfo,
     ) -> Response<LoggedBody<ResponseBody<B>>> {
         let context = &self.0.context;
-        let exchange = Exchange::begin(context.access_log.as_ref(), "proxy", &req, conn.peer.ip());
+        let trace = TraceContext::continue_or_start(req.headers());
+        let exchange = Exchange::begin(
+            context.access_log.as_ref(),
+            "proxy",
+            &req,
+            conn.peer.ip(),
+            Some(&trace),
+        );
         let request_id = &exchange.request_id;
         let mut facts = context.audit.as_ref().map(|_| Facts::of(&req));
         let mut trail = Trail::default();
@@ -250,7 +259,7 @@ where
             .as_ref()
             .map(|m| (m, Instant::now(), metrics::method_label(req.method())));
         let result = self
-            .stages(req, conn, request_id, &mut facts, &mut trail)
+            .stages(req, conn, request_id, &trace, &mut facts, &mut trail)
             .await;
         let observed = counted.map(|(m, start, method)| observe(m, start, method, &trail, &result));
         let resp = match result {
@@ -288,6 +297,7 @@ where
         req: Request<B>,
         conn: &ConnInfo,
         request_id: &HeaderValue,
+        trace: &TraceContext,
         facts: &mut Option<Facts>,
         trail: &mut Trail,
     ) -> Result<Response<ResponseBody<B>>, Error> {
@@ -340,7 +350,7 @@ where
             let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
         }
-        let upstream_req = forward::prepare(
+        let mut upstream_req = forward::prepare(
             req,
             conn,
             request_id,
@@ -348,6 +358,7 @@ where
             &permit,
             this.limits.max_body_bytes,
         )?;
+        trace.apply(upstream_req.headers_mut());
         let mut resp = this.upstream.send(upstream_req).await?;
         headers::response(resp.headers_mut());
         if permit.principal().is_some() {

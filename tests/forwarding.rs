@@ -453,3 +453,99 @@ async fn pooled_connections_the_upstream_closed_while_idle_are_not_used() {
     }
     assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 10);
 }
+
+/// The access-log line of the request with `X-Request-Id: id` (written
+/// when its body ends, so polled briefly).
+async fn access_line(cg: &support::Sidecar, id: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(l) = cg
+            .logs()
+            .lines()
+            .find(|l| l.contains(id) && l.contains("Request served."))
+        {
+            return serde_json::from_str(l).unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no access-log line for {id}:\n{}", cg.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_is_continued_or_started_and_named_in_the_access_log() {
+    let up = Upstream::start().await;
+    let cg = sidecar(&up, "");
+    let who = cg.tenant_and_key();
+    let url = cg.url("/v1/things");
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    // The caller's trace: same trace id and flags, our span as parent, its
+    // tracestate forwarded.
+    let (status, _, _) = support::send(
+        "GET",
+        &url,
+        &[
+            ("x-api-key", who.key.as_str()),
+            ("x-request-id", "traced-1"),
+            ("traceparent", parent),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    let sent = seen.headers["traceparent"].to_str().unwrap().to_string();
+    assert_eq!(sent.len(), 55, "{sent}");
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(&sent[36..52], "00f067aa0ba902b7", "costguard's own span");
+    assert_eq!(seen.headers["tracestate"], "congo=t61rcWkgMzE");
+    assert_eq!(
+        access_line(&cg, "traced-1").await["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+
+    // No trace: a new sampled one, the same id upstream and in the log.
+    let (status, _, _) = support::send(
+        "GET",
+        &url,
+        &[
+            ("x-api-key", who.key.as_str()),
+            ("x-request-id", "traced-2"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = up.last().headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with("00-") && sent.ends_with("-01") && sent.len() == 55,
+        "{sent}"
+    );
+    assert_eq!(access_line(&cg, "traced-2").await["trace_id"], sent[3..35]);
+
+    // An invalid parent (upper-case hex) starts a new trace; its state is
+    // dropped with it.
+    let (status, _, _) = support::send(
+        "GET",
+        &url,
+        &[
+            ("x-api-key", who.key.as_str()),
+            ("traceparent", &parent.to_uppercase()),
+            ("tracestate", "evil=1"),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = up.last();
+    let sent = seen.headers["traceparent"].to_str().unwrap();
+    assert!(!sent.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{sent}");
+    assert!(seen.headers.get("tracestate").is_none());
+}
