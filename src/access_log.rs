@@ -26,6 +26,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::config::LogFormat;
 use crate::metrics::{Outcome, RequestMetrics, UpstreamError};
+use crate::otlp::{RequestSpans, Tracer};
 use crate::request_id::{self, X_REQUEST_ID};
 use crate::trace_context::TraceContext;
 
@@ -227,6 +228,18 @@ pub struct Exchange {
     entry: Option<Entry>,
 }
 
+/// A request's spans, exported when its response body is done (or
+/// abandoned), with the whole duration.
+#[derive(Debug)]
+pub struct Traced {
+    /// Where they go.
+    pub tracer: Tracer,
+    /// When the request arrived.
+    pub start: Instant,
+    /// The spans (duration and status filled in at the end).
+    pub spans: RequestSpans,
+}
+
 /// A request's metrics, counted when its response body is done (with the
 /// whole latency) or abandoned.
 #[derive(Debug)]
@@ -264,22 +277,28 @@ impl Exchange {
     /// The response as it goes out: `X-Request-Id` set, the line written
     /// when its body is done.
     pub fn finish<B>(self, resp: Response<B>) -> Response<LoggedBody<B>> {
-        self.finish_observed(resp, None)
+        self.finish_observed(resp, None, None)
     }
 
-    /// [`Exchange::finish`], and `observed` counted when the body is done.
+    /// [`Exchange::finish`], and `observed` counted and `traced` exported
+    /// when the body is done.
     pub fn finish_observed<B>(
         self,
         mut resp: Response<B>,
         observed: Option<Box<Observed>>,
+        mut traced: Option<Box<Traced>>,
     ) -> Response<LoggedBody<B>> {
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), self.request_id);
         let status = resp.status();
+        if let Some(t) = &mut traced {
+            t.spans.status = status.as_u16();
+        }
         resp.map(|inner| LoggedBody {
             inner,
             entry: self.entry,
             observed,
+            traced,
             status,
             bytes: 0,
         })
@@ -293,6 +312,7 @@ pin_project_lite::pin_project! {
         inner: B,
         entry: Option<Entry>,
         observed: Option<Box<Observed>>,
+        traced: Option<Box<Traced>>,
         status: StatusCode,
         bytes: u64,
     }
@@ -307,6 +327,10 @@ pin_project_lite::pin_project! {
                 o.metrics
                     .record(&o.outcome, o.start.elapsed(), o.decision, o.upstream_error);
             }
+            if let Some(mut t) = this.traced.take() {
+                t.spans.duration = t.start.elapsed();
+                t.tracer.submit(t.spans);
+            }
         }
     }
 }
@@ -318,6 +342,7 @@ impl<B> LoggedBody<B> {
             inner,
             entry,
             observed: None,
+            traced: None,
             status,
             bytes: 0,
         }

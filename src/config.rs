@@ -295,6 +295,16 @@ fn apply_env(
                     continue;
                 }
             },
+            Some(Value::Float(_)) => match raw.trim().parse::<f64>() {
+                Ok(n) => Value::Float(n),
+                Err(_) => {
+                    problems.push(Problem::new(
+                        var.clone(),
+                        format!("expected a number, got {raw:?}"),
+                    ));
+                    continue;
+                }
+            },
             Some(Value::Boolean(_)) => match raw.trim() {
                 "true" | "1" | "yes" => Value::Boolean(true),
                 "false" | "0" | "no" => Value::Boolean(false),

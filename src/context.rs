@@ -10,6 +10,7 @@ use crate::authz::Authz;
 use crate::fanout::Fanout;
 use crate::health::Readiness;
 use crate::metrics::RequestMetrics;
+use crate::otlp::Tracer;
 use crate::throttle::Throttle;
 
 /// The stages and sinks both ports use. Cheap to clone.
@@ -29,4 +30,6 @@ pub struct Context {
     pub fanout: Option<Fanout>,
     /// Per-request counts and latencies, unless `metrics.enabled = false`.
     pub metrics: Option<Arc<RequestMetrics>>,
+    /// Span export, when `tracing.otlp_endpoint` is set.
+    pub tracer: Option<Tracer>,
 }

@@ -21,6 +21,7 @@
 //! - [`listener`]: accept loop, connection limits, TLS, HTTP/1.1 + HTTP/2, timeouts.
 //! - [`access_log`]: request id and access-log line around every request ([`access_log::Exchange`]).
 //! - [`trace_context`]: W3C `traceparent`/`tracestate`, continued or started, sent upstream.
+//! - [`otlp`]: spans of each request and its stages, exported over OTLP/HTTP when configured.
 //! - [`metrics`]: `/metrics` (Prometheus client library): per-request counts and latencies by
 //!   worker shard, every stage's counters at scrape time, bounded label values.
 //! - [`health`]: `/health` and `/ready`.
@@ -78,6 +79,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod otlp;
 pub mod pipeline;
 pub mod principal;
 pub mod private_files;

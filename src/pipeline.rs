@@ -21,7 +21,7 @@
 //! written, requests are refused (503) unless `audit.fail_open`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -29,7 +29,7 @@ use http_body::Body;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::access_log::{Exchange, LoggedBody, Observed};
+use crate::access_log::{Exchange, LoggedBody, Observed, Traced};
 use crate::audit::{AuditError, Details, Event, EventType, RequestDetails};
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
@@ -43,6 +43,7 @@ use crate::forward::{self, ForwardError, ResponseBody};
 use crate::limits::TooLarge;
 use crate::listener::{ConnInfo, Handler};
 use crate::metrics::{self, Decision, Outcome, RequestMetrics, UpstreamError, UpstreamStatus};
+use crate::otlp::{RequestSpans, Stage};
 use crate::principal::{AuthMethod, Principal};
 use crate::rate_limit::RateStatus;
 use crate::response::{self, ErrorResponse, Problem};
@@ -152,8 +153,24 @@ struct Trail {
     local: bool,
     /// Whether a permit was issued (a later failure is not a denial).
     permitted: bool,
-    /// How long `decide` took, when metrics are on.
+    /// How long `decide` took, when metrics or tracing are on.
     decision_time: Option<Duration>,
+    /// The stages' spans, when this request is traced: when it arrived,
+    /// and each stage's offsets from then.
+    spans: Option<(Instant, Vec<Stage>)>,
+}
+
+impl Trail {
+    /// Notes a stage that ran from `start` to now, if traced.
+    fn stage(&mut self, name: &'static str, start: Instant) {
+        if let Some((arrived, stages)) = &mut self.spans {
+            stages.push(Stage {
+                name,
+                start: start.saturating_duration_since(*arrived),
+                end: arrived.elapsed(),
+            });
+        }
+    }
 }
 
 /// The request as the audit record shows it (captured before the body is
@@ -243,7 +260,12 @@ where
         conn: &ConnInfo,
     ) -> Response<LoggedBody<ResponseBody<B>>> {
         let context = &self.0.context;
-        let trace = TraceContext::continue_or_start(req.headers());
+        let mut trace = TraceContext::continue_or_start(req.headers());
+        if let Some(tracer) = &context.tracer
+            && !trace.continued
+        {
+            tracer.sample_new(&mut trace);
+        }
         let exchange = Exchange::begin(
             context.access_log.as_ref(),
             "proxy",
@@ -254,14 +276,39 @@ where
         let request_id = &exchange.request_id;
         let mut facts = context.audit.as_ref().map(|_| Facts::of(&req));
         let mut trail = Trail::default();
-        let counted = context
-            .metrics
+        let method = metrics::method_label(req.method());
+        let counted = context.metrics.as_ref().map(|m| (m, Instant::now()));
+        let traced = context
+            .tracer
             .as_ref()
-            .map(|m| (m, Instant::now(), metrics::method_label(req.method())));
+            .filter(|_| trace.flags & 1 == 1)
+            .map(|t| (t, Instant::now(), SystemTime::now()));
+        if let Some((_, start, _)) = traced {
+            trail.spans = Some((start, Vec::with_capacity(3)));
+        }
         let result = self
             .stages(req, conn, request_id, &trace, &mut facts, &mut trail)
             .await;
-        let observed = counted.map(|(m, start, method)| observe(m, start, method, &trail, &result));
+        let observed = counted.map(|(m, start)| observe(m, start, method, &trail, &result));
+        let traced = traced.map(|(tracer, start, arrived)| {
+            let end = conclude(&trail, &result);
+            Box::new(Traced {
+                tracer: tracer.clone(),
+                start,
+                spans: RequestSpans {
+                    trace,
+                    arrived,
+                    duration: Duration::ZERO,
+                    stages: trail.spans.take().map(|s| s.1).unwrap_or_default(),
+                    method,
+                    route: trail.template.clone(),
+                    status: 0,
+                    decision: end.decision.as_str(),
+                    reason: end.reason,
+                    request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                },
+            })
+        });
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
@@ -287,7 +334,7 @@ where
                 response::error(&e, request_id).map(Either::Right)
             }
         };
-        exchange.finish_observed(resp, observed)
+        exchange.finish_observed(resp, observed, traced)
     }
 
     /// The stages in order. Each returns early with an error, which
@@ -331,14 +378,14 @@ where
             trail.local = true;
             return Ok(resp.map(Either::Right));
         }
-        let decided = match this.context.metrics {
-            Some(_) => {
-                let start = Instant::now();
-                let decided = self.decide(&req, conn, trail).await;
-                trail.decision_time = Some(start.elapsed());
-                decided
-            }
-            None => self.decide(&req, conn, trail).await,
+        let decided = if this.context.metrics.is_some() || trail.spans.is_some() {
+            let start = Instant::now();
+            let decided = self.decide(&req, conn, trail).await;
+            trail.decision_time = Some(start.elapsed());
+            trail.stage("costguard.decide", start);
+            decided
+        } else {
+            self.decide(&req, conn, trail).await
         };
         let (permit, rate) = decided?;
         trail.permitted = true;
@@ -347,8 +394,12 @@ where
             sso.strip_cookies(req.headers_mut());
         }
         if let (Some(audit), Some(facts)) = (&this.context.audit, facts.take()) {
+            let start = trail.spans.is_some().then(Instant::now);
             let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
+            if let Some(start) = start {
+                trail.stage("costguard.audit", start);
+            }
         }
         let mut upstream_req = forward::prepare(
             req,
@@ -359,7 +410,11 @@ where
             this.limits.max_body_bytes,
         )?;
         trace.apply(upstream_req.headers_mut());
+        let start = trail.spans.is_some().then(Instant::now);
         let mut resp = this.upstream.send(upstream_req).await?;
+        if let Some(start) = start {
+            trail.stage("costguard.upstream", start);
+        }
         headers::response(resp.headers_mut());
         if permit.principal().is_some() {
             this.context
@@ -472,15 +527,16 @@ where
     }
 }
 
-/// A request's metrics series, from what the stages learned and how they
-/// ended.
-fn observe<T>(
-    metrics: &Arc<RequestMetrics>,
-    start: Instant,
-    method: &'static str,
-    trail: &Trail,
-    result: &Result<Response<T>, Error>,
-) -> Box<Observed> {
+/// How a request ended, for its metrics and spans.
+struct Conclusion {
+    decision: Decision,
+    reason: &'static str,
+    upstream: UpstreamStatus,
+    upstream_error: Option<UpstreamError>,
+}
+
+/// How a request ended, from what the stages learned and their result.
+fn conclude<T>(trail: &Trail, result: &Result<Response<T>, Error>) -> Conclusion {
     let (decision, reason, upstream, upstream_error) = match result {
         Ok(_) if trail.local => (Decision::Local, "none", UpstreamStatus::None, None),
         Ok(resp) => (
@@ -511,6 +567,28 @@ fn observe<T>(
             (decision, e.problem().code, upstream, upstream_error)
         }
     };
+    Conclusion {
+        decision,
+        reason,
+        upstream,
+        upstream_error,
+    }
+}
+
+/// A request's metrics series.
+fn observe<T>(
+    metrics: &Arc<RequestMetrics>,
+    start: Instant,
+    method: &'static str,
+    trail: &Trail,
+    result: &Result<Response<T>, Error>,
+) -> Box<Observed> {
+    let Conclusion {
+        decision,
+        reason,
+        upstream,
+        upstream_error,
+    } = conclude(trail, result);
     Box::new(Observed {
         metrics: metrics.clone(),
         outcome: Outcome {

@@ -31,6 +31,7 @@ use crate::fanout::{Caches, Fanout, PubSub};
 use crate::health::{Check, DependencyCheck, Readiness};
 use crate::listener::{BindError, Listener};
 use crate::metrics::{self, Exposition, FnSource, RequestMetrics};
+use crate::otlp::Tracer;
 use crate::pipeline::Proxy;
 use crate::rate_limit::LocalRateLimiter;
 use crate::rate_limit::redis::RedisLimits;
@@ -68,6 +69,9 @@ pub enum StartError {
     /// The shared limiter could not be set up (its URL).
     #[error("rate limiter: {0}")]
     Limiter(String),
+    /// The trace exporter could not start.
+    #[error("tracing: {0}")]
+    Tracing(String),
 }
 
 /// A key every replica must share (the audit HMAC key, the login-cookie
@@ -333,6 +337,7 @@ impl Server {
                 .metrics
                 .enabled
                 .then(|| Arc::new(RequestMetrics::new(config.proxy.workers))),
+            tracer: Tracer::start(&config.tracing).map_err(StartError::Tracing)?,
         };
         let loaders: Vec<Arc<dyn Loader>> = match &sso {
             Some(sso) => vec![
@@ -651,6 +656,9 @@ fn exposition(context: &Context, keys: &ApiKeys, sso: Option<Arc<Sso>>) -> Expos
         }
         if let Some(sso) = &sso {
             sso.encode(enc)?;
+        }
+        if let Some(tracer) = &context.tracer {
+            tracer.encode(enc)?;
         }
         Ok(())
     }))

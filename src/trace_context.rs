@@ -28,6 +28,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// costguard's span id: the upstream's parent.
     pub span_id: [u8; 8],
+    /// The caller's span id, when the caller's trace was continued.
+    pub parent_id: Option<[u8; 8]>,
     /// The trace flags (bit 0: sampled).
     pub flags: u8,
     /// Whether the caller's trace was continued (its `tracestate` is
@@ -40,11 +42,12 @@ impl TraceContext {
     pub fn continue_or_start(headers: &HeaderMap) -> Self {
         let mut values = headers.get_all(&TRACEPARENT).iter();
         if let (Some(v), None) = (values.next(), values.next())
-            && let Some((trace_id, flags)) = parse(v.as_bytes())
+            && let Some((trace_id, parent, flags)) = parse(v.as_bytes())
         {
             return Self {
                 trace_id,
                 span_id: span_id(),
+                parent_id: Some(parent),
                 flags,
                 continued: true,
             };
@@ -53,6 +56,7 @@ impl TraceContext {
         Self {
             trace_id: id,
             span_id: span_id(),
+            parent_id: None,
             flags: 0x01,
             continued: false,
         }
@@ -105,8 +109,8 @@ fn span_id() -> [u8; 8] {
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` (or a later version's longer form with
-/// more fields after a dash): the trace id and flags, if valid.
-fn parse(v: &[u8]) -> Option<([u8; 16], u8)> {
+/// more fields after a dash): the trace id, parent id and flags, if valid.
+fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     if v.len() < 55 {
         return None;
     }
@@ -131,7 +135,7 @@ fn parse(v: &[u8]) -> Option<([u8; 16], u8)> {
     if trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((trace_id, flags))
+    Some((trace_id, parent, flags))
 }
 
 /// Two lower-case hex digits as a byte (upper case is invalid).

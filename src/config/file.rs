@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub log: LogSection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+    /// Trace export over OTLP.
+    pub tracing: TracingSection,
     /// The audit log.
     pub audit: AuditSection,
     /// Single sign-on: sessions and `[[sso.oidc]]` providers.
@@ -532,6 +534,46 @@ impl Default for LogSection {
             format: "human".into(),
             level: "info".into(),
             access_log: true,
+        }
+    }
+}
+
+/// `[tracing]`: W3C `traceparent` is always propagated; spans are exported
+/// only when `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TracingSection {
+    /// OTLP/HTTP traces endpoint, e.g.
+    /// `http://otel-collector.observability:4318/v1/traces` (protobuf).
+    /// Unset: no spans are recorded or exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (no sampled `traceparent` from the caller) that
+    /// are sampled and exported, 0 to 1. A caller's sampling decision is
+    /// kept.
+    pub sample_ratio: f64,
+    /// Requests whose spans may wait for export; beyond, they are dropped
+    /// (counted in `costguard_trace_requests_dropped_total`).
+    pub max_queue: u64,
+    /// Longest one export call may take.
+    #[serde(with = "duration")]
+    pub export_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for an `https` endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "costguard".into(),
+            sample_ratio: 1.0,
+            max_queue: 4096,
+            export_timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }

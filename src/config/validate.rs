@@ -50,6 +50,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// Trace export.
+    pub tracing: crate::otlp::TracingConfig,
     /// Single sign-on.
     pub sso: SsoConfig,
     /// Sections accepted but not acted on by this build, to warn about.
@@ -572,6 +574,33 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             format!("invalid filter {:?}: {e}", file.log.level),
         );
     }
+    let t = &file.tracing;
+    if let Some(url) = &t.otlp_endpoint {
+        match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => c.fail(
+                "tracing.otlp_endpoint",
+                format!("expected an http:// or https:// URL, got {url:?}"),
+            ),
+        }
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        c.fail(
+            "tracing.sample_ratio",
+            format!("must be between 0 and 1, got {}", t.sample_ratio),
+        );
+    }
+    if t.service_name.is_empty() || t.service_name.len() > 255 {
+        c.fail("tracing.service_name", "must be 1 to 255 characters");
+    }
+    let tracing = crate::otlp::TracingConfig {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        service_name: t.service_name.clone(),
+        sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
+        max_queue: c.bounded("tracing.max_queue", t.max_queue, 1, 1_000_000) as usize,
+        export_timeout: c.duration("tracing.export_timeout", t.export_timeout),
+        ca_file: t.ca_file.clone(),
+    };
     let metrics = MetricsConfig {
         enabled: file.metrics.enabled,
         listen: file
@@ -632,6 +661,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             policy,
             log,
             metrics,
+            tracing,
             sso,
             warnings,
         })
