@@ -372,14 +372,17 @@ impl Sidecar {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "Listening."
-                {
+                let listening = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .filter(|v| v["message"] == "Listening.");
+                // Kept before the addresses are handed over, so a test that
+                // reads the logs right after the start finds the line.
+                sink.lock().unwrap().push(line);
+                if let Some(v) = listening {
                     let p = v["proxy"].as_str().unwrap().parse().unwrap();
                     let a = v["admin"].as_str().unwrap().parse().unwrap();
                     let _ = tx.send((p, a));
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let sink = logs.clone();
