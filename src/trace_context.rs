@@ -52,7 +52,12 @@ impl TraceContext {
                 continued: true,
             };
         }
-        let id = uuid::Uuid::new_v4().into_bytes();
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&random_u64().to_be_bytes());
+        id[8..].copy_from_slice(&random_u64().to_be_bytes());
+        if id == [0; 16] {
+            id[15] = 1;
+        }
         Self {
             trace_id: id,
             span_id: span_id(),
@@ -69,13 +74,11 @@ impl TraceContext {
 
     /// The `traceparent` sent upstream: version 00, our span as parent.
     pub fn traceparent(&self) -> HeaderValue {
-        let s = format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        );
-        HeaderValue::from_str(&s).expect("hex digits and dashes")
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut buf[3..35], &self.trace_id);
+        hex_into(&mut buf[36..52], &self.span_id);
+        hex_into(&mut buf[53..55], &[self.flags]);
+        HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
     }
 
     /// Sets `traceparent` on the upstream request's headers, and keeps
@@ -98,14 +101,34 @@ impl TraceContext {
 
 /// A fresh, non-zero span id.
 fn span_id() -> [u8; 8] {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&bytes[8..]);
-    // The specification forbids the all-zero id (1 in 2^62 here).
-    if id == [0; 8] {
-        id[7] = 1;
+    match random_u64() {
+        // The specification forbids the all-zero id.
+        0 => 1u64.to_be_bytes(),
+        n => n.to_be_bytes(),
     }
-    id
+}
+
+/// A random 64-bit number: SplitMix64 per thread, seeded from the OS. Trace
+/// and span ids must be unique, not secret (the specification asks for
+/// randomness, not unpredictability), and a request must not pay for a
+/// cryptographic generator twice.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            getrandom::fill(&mut seed).expect("the OS random source works");
+            u64::from_ne_bytes(seed)
+        });
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }
 
 /// `00-<32 hex>-<16 hex>-<2 hex>` (or a later version's longer form with
@@ -148,14 +171,20 @@ fn byte(two: &[u8]) -> Option<u8> {
     Some(digit(two[0])? << 4 | digit(two[1])?)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lower-case hex into `out` (twice their length).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    String::from_utf8(out).expect("hex digits")
 }
 
 #[cfg(test)]

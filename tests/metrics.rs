@@ -231,6 +231,12 @@ async fn every_decision_kind_is_counted_under_its_labels() {
     );
     assert!(page.contains("costguard_build_info{version=\""), "{page}");
     promtool_accepts(&page);
+    // Kept as a test artifact (the page an operator would see).
+    std::fs::write(
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/metrics-every-decision.prom"),
+        &page,
+    )
+    .unwrap();
 
     // OpenMetrics when asked for.
     let (status, headers, body) = send(
