@@ -216,7 +216,7 @@ impl<'a> Reader<'a> {
     fn end(self) -> Result<Manifest, BackupError> {
         if self.current.is_some() || !self.buf.is_empty() {
             return Err(BackupError::Invalid(
-                "the stream ended inside a file".into(),
+                "the stream ended inside a file (the server stopped or failed: see its log)".into(),
             ));
         }
         let Some(manifest) = self.manifest else {

@@ -130,7 +130,16 @@ fn export_store(
     scratch: &std::path::Path,
 ) -> Result<(File, u64, StoreSummary), BackupError> {
     let path = super::sibling(&scratch.join("backup"), "export");
-    let file = super::new_file(&path)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(BackupError::io(format!("create {}", path.display())))?
+    };
     // Unlinked at once: the data lives as long as the handle, and a crash
     // leaves nothing behind.
     let _ = std::fs::remove_file(&path);
