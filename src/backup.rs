@@ -125,7 +125,7 @@ pub enum Frame {
         bytes: u64,
     },
     /// The last frame: the manifest of everything sent.
-    Manifest(Manifest),
+    Manifest(Box<Manifest>),
     /// The server could not finish; the backup is unusable.
     Error(String),
 }

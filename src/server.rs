@@ -165,11 +165,9 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let policy = PolicyHandle::load(Source::Dir(config.policy.dir.clone()))?;
         // The embedded store is also kept as itself, for backups.
-        let (store, shared, embedded): (
-            Arc<dyn Store>,
-            Option<Arc<PgStore>>,
-            Option<Arc<SledStore>>,
-        ) = match &config.store.postgres {
+        /// The store as the server uses it, the shared one, the embedded one.
+        type Stores = (Arc<dyn Store>, Option<Arc<PgStore>>, Option<Arc<SledStore>>);
+        let (store, shared, embedded): Stores = match &config.store.postgres {
             Some(pg) => {
                 let shared = Arc::new(PgStore::connect(pg).await?);
                 (shared.clone(), Some(shared), None)

@@ -171,7 +171,7 @@ impl<'a> Reader<'a> {
                 .map_err(|e| BackupError::Invalid(format!("not a backup stream: {e}")))?;
             match frame {
                 Frame::File { path, bytes } => self.open(path, bytes)?,
-                Frame::Manifest(m) => self.manifest = Some(m),
+                Frame::Manifest(m) => self.manifest = Some(*m),
                 Frame::Error(e) => {
                     return Err(BackupError::Invalid(format!(
                         "the server failed while sending the backup: {e}"

@@ -300,7 +300,7 @@ impl Snapshot {
             audit,
             files: entries,
         };
-        put(tx, frame_line(&Frame::Manifest(manifest)))
+        put(tx, frame_line(&Frame::Manifest(Box::new(manifest))))
     }
 }
 
