@@ -719,3 +719,108 @@ fn the_shared_store_is_backed_up_with_pg_dump() {
     let help = cli(["restore", "--help"]).run();
     assert!(help.success_stdout().contains("fresh data"));
 }
+
+/// RTO and the writers' pause with a larger store: 100,000 API keys (about
+/// the store of a large single-pod install). Timing, not behaviour, so it
+/// is run on demand and prints its figures:
+/// `cargo test --release --test backup -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn measure_backup_and_restore_of_a_hundred_thousand_keys() {
+    use costguard::authn::api_key;
+    use costguard::model::Tier;
+    use costguard::store::conformance::{sample_key, sample_tenant};
+
+    const KEYS: usize = 100_000;
+    let up = Upstream::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("old").join("data");
+    let tenant = sample_tenant(Tier::Enterprise);
+    let secrets: Vec<String> = (0..KEYS).map(|_| api_key::generate()).collect();
+    {
+        let store = SledStore::open(&data).unwrap();
+        store.insert_tenant(&tenant).await.unwrap();
+        let keys: Vec<_> = secrets
+            .iter()
+            .map(|s| sample_key(&tenant.tenant_id, &api_key::hash_hex(s)))
+            .collect();
+        store.import_keys(&keys).await.unwrap();
+    }
+    let config = config_for(&up.url(), "[rate_limit]\nenterprise = \"unlimited\"\n");
+    let cg = Sidecar::start_with_store(&config, &[], Some(&data));
+    let old_bytes = dir_bytes(&data);
+    // Proxied requests go on during the backup; their slowest is reported.
+    let stop = Arc::new(AtomicBool::new(false));
+    let slowest = Arc::new(AtomicU64::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, slowest) = (stop.clone(), slowest.clone());
+            let (url, key) = (
+                cg.url(&format!("/v1/tenants/{}/costs", tenant.tenant_id)),
+                secrets[w].clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let (status, _, _) = get_as(&url, &key).await;
+                    assert_eq!(status, 200);
+                    slowest.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let token_file = work.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
+    let backup = work.path().join("backup");
+    let admin_url = format!("http://{}", cg.admin);
+    let took = Instant::now();
+    let run = {
+        let (backup, token_file) = (backup.clone(), token_file.clone());
+        tokio::task::spawn_blocking(move || {
+            cli(["backup"])
+                .arg(&backup)
+                .args(["--admin-url", &admin_url, "--token-file"])
+                .arg(&token_file)
+                .run()
+        })
+        .await
+        .unwrap()
+    };
+    let backup_time = took.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(run.status.success(), "{}", run.stderr);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(backup.join("manifest.json")).unwrap()).unwrap();
+    let backup_bytes = dir_bytes(&backup);
+    drop(cg);
+    let new_data = work.path().join("new").join("data");
+    let rto = Instant::now();
+    let out = restore(&backup, &new_data, &data.join("audit-hmac.key"));
+    assert!(out.status.success(), "{}", out.stderr);
+    let restore_time = rto.elapsed();
+    let cg = Sidecar::start_with_store(&config, &[], Some(&new_data));
+    wait_ready(&cg);
+    let rto = rto.elapsed();
+    for secret in secrets.iter().step_by(KEYS / 100) {
+        let (status, _, _) = get_as(
+            &cg.url(&format!("/v1/tenants/{}/costs", tenant.tenant_id)),
+            secret,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    eprintln!(
+        "{KEYS} keys: store {} MiB on disk, backup {} MiB; backup took {:.2} s, writes paused {:.1} ms, slowest proxied request meanwhile {:.1} ms; restore {:.2} s, restore + start + ready (RTO) {:.2} s",
+        old_bytes >> 20,
+        backup_bytes >> 20,
+        backup_time.as_secs_f64(),
+        manifest["store"]["writes_paused_micros"].as_u64().unwrap() as f64 / 1000.0,
+        slowest.load(Ordering::Relaxed) as f64 / 1000.0,
+        restore_time.as_secs_f64(),
+        rto.as_secs_f64(),
+    );
+}

@@ -1,8 +1,9 @@
 //! The server's side of a backup: [`Source::take`] makes one snapshot,
 //! [`Snapshot::stream`] sends it.
 //!
-//! Consistency: the store is exported under its backup gate (writes wait,
-//! reads go on) into an unnamed temporary file beside the store; right
+//! Consistency: the store is copied under its backup gate (writes wait,
+//! reads go on) into an unnamed temporary file beside the store, and
+//! encoded for the backup once the gate is released; right
 //! after, the audit log is cut at a record boundary (a few field reads
 //! under the writer's lock) and the files up to the cut are opened. So the
 //! audit part ends at or after the store snapshot: an admin change in the
@@ -124,34 +125,53 @@ impl Source {
     }
 }
 
-/// Exports the store into an unnamed file in `scratch`.
+/// A new file in `scratch` for the snapshot, readable and writable, whose
+/// name is removed at once: its data lives as long as the handle, and a
+/// crash leaves nothing behind.
+fn scratch_file(scratch: &std::path::Path, tag: &str) -> Result<File, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = super::sibling(&scratch.join("backup"), tag);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(BackupError::io(format!("create {}", path.display())))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(file)
+}
+
+/// Snapshots the store under its gate into a raw scratch file (the writers'
+/// pause), then, with writes going again, turns it into the backup's JSON
+/// lines in a second one.
 fn export_store(
     store: &SledStore,
     scratch: &std::path::Path,
 ) -> Result<(File, u64, StoreSummary), BackupError> {
-    let path = super::sibling(&scratch.join("backup"), "export");
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(BackupError::io(format!("create {}", path.display())))?
+    let rewind = |f: &mut File| {
+        f.seek(SeekFrom::Start(0))
+            .map(drop)
+            .map_err(BackupError::io("store snapshot"))
     };
-    // Unlinked at once: the data lives as long as the handle, and a crash
-    // leaves nothing behind.
-    let _ = std::fs::remove_file(&path);
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let exported = store.export(&mut out)?;
+    let mut raw = std::io::BufWriter::with_capacity(1 << 20, scratch_file(scratch, "snapshot")?);
+    let exported = store.snapshot(&mut raw)?;
+    let mut raw = raw
+        .into_inner()
+        .map_err(|e| BackupError::io("store snapshot")(e.into_error()))?;
+    rewind(&mut raw)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, scratch_file(scratch, "export")?);
+    SledStore::raw_to_lines(
+        &mut std::io::BufReader::with_capacity(1 << 20, raw),
+        &mut out,
+    )?;
     let mut file = out
         .into_inner()
         .map_err(|e| BackupError::io("store export")(e.into_error()))?;
     let bytes = file
         .seek(SeekFrom::End(0))
-        .and_then(|n| file.seek(SeekFrom::Start(0)).map(|_| n))
         .map_err(BackupError::io("store export"))?;
+    rewind(&mut file)?;
     tracing::info!(
         paused_ms = exported.writes_paused.as_secs_f64() * 1000.0,
         bytes,

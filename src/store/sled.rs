@@ -206,9 +206,10 @@ impl SledStore {
 
 // === backup ===
 
-/// The trees a backup holds, by name, in the order they are written. A
-/// tree added to [`SledStore`] must be added here too (the export test
-/// checks that every tree sled has is listed).
+/// The trees a backup holds, by name, in the order they are written (the
+/// index is the tree's number in a raw snapshot). A tree added to
+/// [`SledStore`] must be added here too (the export test checks that every
+/// tree sled has is listed).
 pub const TREES: [&str; 10] = [
     "tenants",
     "keys",
@@ -234,12 +235,12 @@ pub struct ExportLine {
     pub value: String,
 }
 
-/// What an export wrote.
+/// What a snapshot copied.
 #[derive(Debug, Clone, Default)]
 pub struct Exported {
     /// Records per tree (every tree of [`TREES`], zeros included).
     pub records: std::collections::BTreeMap<String, u64>,
-    /// How long writes waited for the export (the gate was held).
+    /// How long the gate was held (what a write could wait at most).
     pub writes_paused: std::time::Duration,
 }
 
@@ -260,46 +261,81 @@ impl SledStore {
         })
     }
 
-    /// Writes every record of every tree to `out` as JSON lines
-    /// ([`ExportLine`]), all at one point in time: the backup gate is held
-    /// exclusively meanwhile, so no write is half done (a key without its
-    /// hash index, a session without its token) and no tree is ahead of
-    /// another. Reads go on; writes wait, for as long as it takes to copy
-    /// the store into `out` (a local file: see `backup`), which the result
-    /// reports. Blocking: call it off the async workers.
-    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<Exported, StoreError> {
-        let waited = std::time::Instant::now();
+    /// Copies every record of every tree to `raw` (a private binary form:
+    /// tree index, key and value with their lengths; turn it into the
+    /// backup's JSON lines with [`SledStore::raw_to_lines`]), all at one
+    /// point in time: the backup gate is held exclusively meanwhile, so no
+    /// write is half done (a key without its hash index, a session without
+    /// its token) and no tree is ahead of another. Reads go on; writes
+    /// wait, for as long as this copy takes (records straight into a local
+    /// file, no encoding), which the result reports. Blocking: call it off
+    /// the async workers.
+    pub fn snapshot(&self, raw: &mut dyn std::io::Write) -> Result<Exported, StoreError> {
+        let asked = std::time::Instant::now();
         let gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let start = std::time::Instant::now();
-        let waited = start - waited;
         let mut records = std::collections::BTreeMap::new();
-        for name in TREES {
+        for (index, name) in TREES.iter().enumerate() {
             let tree = self.tree(name).expect("every listed tree exists");
             let mut n = 0u64;
             for item in tree.iter() {
                 let (k, v) = item.map_err(backend)?;
-                let line = ExportLine {
-                    tree: name.to_string(),
-                    key: crate::model::hex(&k),
-                    value: crate::model::hex(&v),
-                };
-                serde_json::to_writer(&mut *out, &line).map_err(backend)?;
-                out.write_all(b"\n").map_err(backend)?;
+                raw.write_all(&[index as u8]).map_err(backend)?;
+                for part in [&k[..], &v[..]] {
+                    raw.write_all(&(part.len() as u32).to_be_bytes())
+                        .map_err(backend)?;
+                    raw.write_all(part).map_err(backend)?;
+                }
                 n += 1;
             }
             records.insert(name.to_string(), n);
         }
-        out.flush().map_err(backend)?;
+        raw.flush().map_err(backend)?;
         drop(gate);
-        tracing::debug!(waited = ?waited, "Store export took the backup gate.");
+        let paused = start.elapsed();
+        tracing::debug!(waited_for_writers = ?(start - asked), paused = ?paused, "Store snapshot taken under the backup gate.");
         Ok(Exported {
             records,
-            writes_paused: start.elapsed(),
+            writes_paused: paused,
         })
     }
 
+    /// Turns a [`SledStore::snapshot`]'s `raw` copy into the backup's JSON
+    /// lines ([`ExportLine`]), after the gate is released.
+    pub fn raw_to_lines(
+        raw: &mut dyn std::io::Read,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(), StoreError> {
+        let mut index = [0u8; 1];
+        loop {
+            match raw.read_exact(&mut index) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(backend(e)),
+            }
+            let tree = TREES
+                .get(usize::from(index[0]))
+                .ok_or_else(|| StoreError::Backend("snapshot: unknown tree".into()))?;
+            let mut parts = [Vec::new(), Vec::new()];
+            for part in &mut parts {
+                let mut len = [0u8; 4];
+                raw.read_exact(&mut len).map_err(backend)?;
+                part.resize(u32::from_be_bytes(len) as usize, 0);
+                raw.read_exact(part).map_err(backend)?;
+            }
+            let line = ExportLine {
+                tree: (*tree).to_string(),
+                key: crate::model::hex(&parts[0]),
+                value: crate::model::hex(&parts[1]),
+            };
+            serde_json::to_writer(&mut *out, &line).map_err(backend)?;
+            out.write_all(b"\n").map_err(backend)?;
+        }
+        out.flush().map_err(backend)
+    }
+
     /// Creates a store in `path` (which must hold no store: every tree
-    /// must be empty) from an [`SledStore::export`]'s lines, and flushes
+    /// must be empty) from the backup's lines ([`SledStore::raw_to_lines`]), and flushes
     /// it. Returns the records per tree. Blocking (restore is offline).
     pub fn import(
         path: &Path,
@@ -891,8 +927,10 @@ mod tests {
             tree.insert(format!("t/{i}/b"), b"{\"json\": true}".to_vec())
                 .unwrap();
         }
+        let mut raw = Vec::new();
+        let exported = store.snapshot(&mut raw).unwrap();
         let mut out = Vec::new();
-        let exported = store.export(&mut out).unwrap();
+        SledStore::raw_to_lines(&mut &raw[..], &mut out).unwrap();
         assert!(exported.records.values().all(|n| *n == 2), "{exported:?}");
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 2 * TREES.len());
         let imported = SledStore::import(&dir.path().join("b"), &out[..]).unwrap();
