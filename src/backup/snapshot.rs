@@ -1,11 +1,12 @@
 //! The server's side of a backup: [`Source::take`] makes one snapshot,
 //! [`Snapshot::stream`] sends it.
 //!
-//! Consistency: the store is copied under its backup gate (writes wait,
-//! reads go on) into an unnamed temporary file beside the store, and
-//! encoded for the backup once the gate is released; right
-//! after, the audit log is cut at a record boundary (a few field reads
-//! under the writer's lock) and the files up to the cut are opened. So the
+//! Consistency: the store is copied raw under its backup gate (writes
+//! wait, reads go on) into an unnamed temporary file beside the store;
+//! right after the gate is released, the audit log is cut at a record
+//! boundary (a few field reads under the writer's lock) and the files up
+//! to the cut are opened; then the raw copy is encoded as the backup's JSON
+//! lines into a second temporary file, with writes going again. So the
 //! audit part ends at or after the store snapshot: an admin change in the
 //! store copy has its record in the audit copy unless its record was
 //! still being written at that instant. Once opened, the files are read
@@ -105,11 +106,13 @@ impl Source {
             .map_err(|_| BackupError::Busy)?;
         let (scratch, audit) = (self.scratch.clone(), self.audit.clone());
         let (store, audit) = tokio::task::spawn_blocking(move || {
-            let store = export_store(&store, &scratch)?;
+            let (raw, exported) = snapshot_store(&store, &scratch)?;
+            // Cut the log right after the store copy, then encode.
             let audit = match &audit {
                 Some(audit) => Some(cut_audit(audit)?),
                 None => None,
             };
+            let store = encode_store(raw, exported, &scratch)?;
             Ok::<_, BackupError>((store, audit))
         })
         .await
@@ -142,24 +145,34 @@ fn scratch_file(scratch: &std::path::Path, tag: &str) -> Result<File, BackupErro
     Ok(file)
 }
 
-/// Snapshots the store under its gate into a raw scratch file (the writers'
-/// pause), then, with writes going again, turns it into the backup's JSON
-/// lines in a second one.
-fn export_store(
+fn rewind(f: &mut File) -> Result<(), BackupError> {
+    f.seek(SeekFrom::Start(0))
+        .map(drop)
+        .map_err(BackupError::io("store snapshot"))
+}
+
+/// Snapshots the store under its gate into a raw scratch file (the
+/// writers' pause).
+fn snapshot_store(
     store: &SledStore,
     scratch: &std::path::Path,
-) -> Result<(File, u64, StoreSummary), BackupError> {
-    let rewind = |f: &mut File| {
-        f.seek(SeekFrom::Start(0))
-            .map(drop)
-            .map_err(BackupError::io("store snapshot"))
-    };
+) -> Result<(File, crate::store::sled::Exported), BackupError> {
     let mut raw = std::io::BufWriter::with_capacity(1 << 20, scratch_file(scratch, "snapshot")?);
     let exported = store.snapshot(&mut raw)?;
     let mut raw = raw
         .into_inner()
         .map_err(|e| BackupError::io("store snapshot")(e.into_error()))?;
     rewind(&mut raw)?;
+    Ok((raw, exported))
+}
+
+/// With writes going again, turns the raw snapshot into the backup's JSON
+/// lines in a second scratch file.
+fn encode_store(
+    raw: File,
+    exported: crate::store::sled::Exported,
+    scratch: &std::path::Path,
+) -> Result<(File, u64, StoreSummary), BackupError> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, scratch_file(scratch, "export")?);
     SledStore::raw_to_lines(
         &mut std::io::BufReader::with_capacity(1 << 20, raw),
