@@ -680,6 +680,31 @@ async fn backup_needs_system_admin() {
         assert!(out.stderr.contains("refused the backup"), "{}", out.stderr);
         assert!(!dir.exists());
     }
+    // The admin token and port from the configuration and the environment
+    // (as an operator runs it beside the server): accepted.
+    let port = support::idp::free_port();
+    let config = config_for(&up.url(), "");
+    drop(cg);
+    let cg = Sidecar::start_with_store(
+        &config,
+        &[("COSTGUARD_ADMIN_LISTEN", &format!("0.0.0.0:{port}"))],
+        Some(&work.path().join("data")),
+    );
+    let config_file = work.path().join("costguard.toml");
+    std::fs::write(
+        &config_file,
+        format!("[admin]\nlisten = \"0.0.0.0:{port}\"\n"),
+    )
+    .unwrap();
+    let dir = work.path().join("backup-by-config");
+    let out = cli(["backup"])
+        .arg(&dir)
+        .arg("--config")
+        .arg(&config_file)
+        .env("COSTGUARD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .run();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(dir.join("manifest.json").exists());
     // The tenant admin's attempt is on record as a denial.
     let (s, b) = cg.admin(
         "GET",

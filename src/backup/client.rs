@@ -72,7 +72,7 @@ async fn fetch(uri: http::Uri, token: &str, tmp: &Path) -> Result<Manifest, Back
     let resp = tokio::time::timeout(STALL, client.request(req))
         .await
         .map_err(|_| BackupError::Refused(format!("{uri}: no answer within {STALL:?}")))?
-        .map_err(|e| BackupError::Refused(format!("{uri}: cannot connect: {e}")))?;
+        .map_err(|e| BackupError::Refused(format!("{uri}: cannot connect: {}", chain(&e))))?;
     let status = resp.status();
     let mut body = resp.into_body();
     if status != http::StatusCode::OK {
@@ -256,6 +256,19 @@ fn finish(tmp: &Path, dir: &Path, manifest: &Manifest) -> Result<(), BackupError
     )))?;
     super::sync_dir(&parent(dir))?;
     Ok(())
+}
+
+/// An error with its causes (`client error (Connect): tcp connect error:
+/// Connection refused`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The directory holding `path` (`.` for a bare name).
