@@ -233,6 +233,7 @@ mod tests {
         ("role.deleted", Severity::Low),
         ("admin.action", Severity::Low),
         ("audit.purged", Severity::Low),
+        ("audit.backup", Severity::Medium),
     ];
 
     #[test]
