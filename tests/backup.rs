@@ -637,6 +637,47 @@ async fn restore_refuses_a_tampered_backup_and_a_target_in_use() {
     assert!(out.status.success(), "{}", out.stderr);
     assert!(target.join("audit").join("audit.head").exists());
 
+    // Targets from a configuration: the audit log and its key outside the
+    // data directory (as with a Secret-mounted key).
+    let elsewhere = work.path().join("elsewhere");
+    let config = work.path().join("restore.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{0}/data\"\n[audit]\ndir = \"{0}/audit-log\"\nhmac_key_file = \"{0}/keys/audit.key\"\n",
+            elsewhere.display()
+        ),
+    )
+    .unwrap();
+    let out = cli(["restore"])
+        .arg(&backup)
+        .arg("--config")
+        .arg(&config)
+        .arg("--audit-key-file")
+        .arg(&key)
+        .run();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!elsewhere.join("data").join("audit").exists());
+    let verify = cli(["audit", "verify"])
+        .arg(elsewhere.join("audit-log"))
+        .arg("--key-file")
+        .arg(elsewhere.join("keys").join("audit.key"))
+        .run();
+    assert!(
+        verify.stdout.contains("head signature verified"),
+        "{}{}",
+        verify.stdout,
+        verify.stderr
+    );
+    // Run again: everything is in place now, so it is refused.
+    let out = cli(["restore"])
+        .arg(&backup)
+        .arg("--config")
+        .arg(&config)
+        .run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stderr.contains("is not empty"), "{}", out.stderr);
+
     // A backup never writes into a non-empty directory.
     let token_file = work.path().join("admin-token");
     let out = cli(["backup"])
