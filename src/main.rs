@@ -94,9 +94,10 @@ enum Command {
     /// The server holds the store's lock, so it makes the snapshot itself:
     /// this asks its admin port (GET /admin/v1/backup, system_admin only,
     /// audited as audit.backup) and writes what it streams into DIR. The
-    /// snapshot is one point in time for every store tree (writes wait a
-    /// few milliseconds while it is copied; reads and proxied requests go
-    /// on), and the audit log up to a record boundary with a signed head,
+    /// snapshot is one point in time for every store tree (writes wait
+    /// while it is copied: under a millisecond for a small store, about
+    /// 0.7 s per 100,000 keys; reads and proxied requests go on), and the
+    /// audit log up to a record boundary with a signed head,
     /// so `costguard audit verify` passes on the restored copy.
     ///
     /// DIR must be new or empty; it is written beside and renamed into
