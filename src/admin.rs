@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - this file: the port's handler; one admin call, in order: route,
-//!   throttle, authenticate, read the body, dispatch, record.
+//!   throttle, authenticate, read the body, dispatch, record. Also
+//!   `GET /admin/v1/backup`, outside the route table because its answer
+//!   is a stream, not JSON (see [`crate::backup`]).
 //! - `routes`: the table of endpoints, one row each: method, path,
 //!   permission, audit event types, handler.
 //! - `router`: what is read from that table: matching (404, 405 and
@@ -132,10 +134,7 @@ impl Admin {
                 "backups are not available on this server".into(),
             ));
         };
-        if let Some(audit) = audit {
-            record::backup(audit, &facts, &caller).await?;
-        }
-        let snapshot = source.take().await.map_err(|e| match e {
+        let refused = |e| match e {
             crate::backup::BackupError::Busy => {
                 ApiError::Busy("another backup is being taken; try again shortly")
             }
@@ -145,7 +144,13 @@ impl Admin {
                 tracing::error!(error = %other, "Backup failed.");
                 ApiError::Backup
             }
-        })?;
+        };
+        // The slot first: a backup that cannot start is not recorded as one.
+        let reserved = source.reserve().map_err(refused)?;
+        if let Some(audit) = audit {
+            record::backup(audit, &facts, &caller).await?;
+        }
+        let snapshot = reserved.take().await.map_err(refused)?;
         tracing::info!(actor = %caller.actor(), "Backup taken; streaming it.");
         let mut resp = Response::new(Either::Right(snapshot.stream()));
         let headers = resp.headers_mut();

@@ -92,8 +92,10 @@ impl Source {
         }
     }
 
-    /// Takes a snapshot (off the async workers).
-    pub async fn take(&self) -> Result<Snapshot, BackupError> {
+    /// Reserves the one backup slot, or says why no backup can be taken
+    /// (another is running; the store is the shared one). Cheap: the
+    /// caller records the backup between this and [`Reserved::take`].
+    pub fn reserve(&self) -> Result<Reserved<'_>, BackupError> {
         let Some(store) = self.store.clone() else {
             return Err(BackupError::Unsupported(
                 "this server uses the shared PostgreSQL store: back it up with pg_dump (see the README, Backup and restore); Redis holds only rate-limit windows and needs no backup".into(),
@@ -104,8 +106,33 @@ impl Source {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BackupError::Busy)?;
-        let (scratch, audit) = (self.scratch.clone(), self.audit.clone());
-        let (store, audit) = tokio::task::spawn_blocking(move || {
+        Ok(Reserved {
+            source: self,
+            store,
+            permit,
+        })
+    }
+}
+
+/// The backup slot, held: [`Reserved::take`] makes the snapshot.
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    source: &'a Source,
+    store: Arc<SledStore>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Reserved<'_> {
+    /// Takes the snapshot (off the async workers).
+    pub async fn take(self) -> Result<Snapshot, BackupError> {
+        let Reserved {
+            source,
+            store,
+            permit,
+        } = self;
+        let (scratch, audit) = (source.scratch.clone(), source.audit.clone());
+        let (created_at, store, audit) = tokio::task::spawn_blocking(move || {
+            let created_at = crate::model::now();
             let (raw, exported) = snapshot_store(&store, &scratch)?;
             // Cut the log right after the store copy, then encode.
             let audit = match &audit {
@@ -113,12 +140,12 @@ impl Source {
                 None => None,
             };
             let store = encode_store(raw, exported, &scratch)?;
-            Ok::<_, BackupError>((store, audit))
+            Ok::<_, BackupError>((created_at, store, audit))
         })
         .await
         .map_err(|e| BackupError::io("backup task")(std::io::Error::other(e)))??;
         Ok(Snapshot {
-            created_at: crate::model::now()
+            created_at: created_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default(),
             store,
