@@ -36,6 +36,7 @@ pub mod restore;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +256,79 @@ pub(crate) fn is_fresh(path: &std::path::Path) -> Result<bool, BackupError> {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(BackupError::io(format!("read {}", path.display()))(e)),
+    }
+}
+
+/// Where a directory is built before it is put in place, so a target is
+/// either complete or as it was. A missing target is built beside it
+/// (`.NAME.TAG-RANDOM`, same file system) and renamed onto it. An existing
+/// (empty) target may be a volume's mount point, which cannot be renamed
+/// onto, and whose parent may be read-only: it is built inside it
+/// (`.TAG-RANDOM`), then the entries are moved up one by one, the one
+/// named `last` (the manifest) last, and the staging directory removed.
+#[derive(Debug)]
+pub(crate) struct Staging {
+    /// The directory to build in.
+    pub(crate) dir: PathBuf,
+    target: PathBuf,
+    inside: bool,
+}
+
+impl Staging {
+    /// Makes the staging directory for `target` (0700).
+    pub(crate) fn new(target: &Path, tag: &str) -> Result<Self, BackupError> {
+        let inside = target.is_dir();
+        let dir = if inside {
+            let mut b = [0u8; 6];
+            getrandom::fill(&mut b).expect("the OS random source works");
+            target.join(format!(".{tag}-{}", crate::model::hex(&b)))
+        } else {
+            let parent = client::parent(target);
+            std::fs::create_dir_all(&parent)
+                .map_err(BackupError::io(format!("create {}", parent.display())))?;
+            sibling(target, tag)
+        };
+        new_dir(&dir)?;
+        Ok(Self {
+            dir,
+            target: target.to_path_buf(),
+            inside,
+        })
+    }
+
+    /// Puts the built directory in place (synced).
+    pub(crate) fn commit(self, last: Option<&str>) -> Result<(), BackupError> {
+        sync_dir(&self.dir)?;
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to).map_err(BackupError::io(format!(
+                "rename {} to {}",
+                from.display(),
+                to.display()
+            )))
+        };
+        if !self.inside {
+            rename(&self.dir, &self.target)?;
+            return sync_dir(&client::parent(&self.target));
+        }
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(BackupError::io(format!("read {}", self.dir.display())))?
+        {
+            let entry = entry.map_err(BackupError::io(format!("read {}", self.dir.display())))?;
+            names.push(entry.file_name());
+        }
+        names.sort_by_key(|n| Some(n.as_os_str()) == last.map(std::ffi::OsStr::new));
+        for name in names {
+            rename(&self.dir.join(&name), &self.target.join(&name))?;
+        }
+        std::fs::remove_dir(&self.dir)
+            .map_err(BackupError::io(format!("remove {}", self.dir.display())))?;
+        sync_dir(&self.target)
+    }
+
+    /// Removes what was built (after a failure).
+    pub(crate) fn abandon(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

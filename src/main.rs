@@ -100,8 +100,8 @@ enum Command {
     /// audit log up to a record boundary with a signed head,
     /// so `costguard audit verify` passes on the restored copy.
     ///
-    /// DIR must be new or empty; it is written beside and renamed into
-    /// place (0700, files 0600) once every file matched the server's
+    /// DIR must be new or empty; it is built in a hidden staging
+    /// directory and put in place (0700, files 0600) once every file matched the server's
     /// SHA-256 and size, with manifest.json last. It holds the store's
     /// records (keys and session cookies only as hashes) and the audit
     /// files, never the admin token, the audit HMAC key or the cookie key:

@@ -636,6 +636,12 @@ async fn restore_refuses_a_tampered_backup_and_a_target_in_use() {
     let out = restore(&backup, &target, &key);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(target.join("audit").join("audit.head").exists());
+    // Built inside the existing directory (it may be a volume's mount
+    // point) and moved up: nothing of the staging is left.
+    for e in std::fs::read_dir(&target).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "{name} left behind");
+    }
 
     // Targets from a configuration: the audit log and its key outside the
     // data directory (as with a Secret-mounted key).
@@ -738,6 +744,8 @@ async fn backup_needs_system_admin() {
     )
     .unwrap();
     let dir = work.path().join("backup-by-config");
+    // An existing empty directory (a mount point, say) is filled in place.
+    std::fs::create_dir(&dir).unwrap();
     let out = cli(["backup"])
         .arg(&dir)
         .arg("--config")
@@ -746,6 +754,11 @@ async fn backup_needs_system_admin() {
         .run();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(dir.join("manifest.json").exists());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        3,
+        "store.jsonl, audit/, manifest.json"
+    );
     // The tenant admin's attempt is on record as a denial.
     let (s, b) = cg.admin(
         "GET",

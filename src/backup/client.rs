@@ -5,9 +5,9 @@
 //! must be one a backup holds ([`super::allowed_path`]), each file's size,
 //! SHA-256 and line count as received must equal the server's manifest,
 //! and the stream must end with that manifest. The files go into a hidden
-//! sibling directory (0700, files 0600), are synced, and the directory is
-//! renamed onto `DIR` only when everything matched, so `DIR` is either a
-//! complete backup or untouched.
+//! staging directory (0700, files 0600; see `Staging`), are synced, and
+//! are put in place only when everything matched, the manifest last, so
+//! `DIR` is either a complete backup or untouched.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,16 +50,29 @@ pub async fn backup(target: &Target, dir: &Path) -> Result<Manifest, BackupError
     let uri: http::Uri = format!("{base}/admin/v1/backup")
         .parse()
         .map_err(|e| BackupError::Refused(format!("{base}: not a URL: {e}")))?;
-    let tmp = super::sibling(dir, "backup");
-    super::new_dir(&tmp)?;
-    let result = fetch(uri, &target.token, &tmp).await.and_then(|manifest| {
-        finish(&tmp, dir, &manifest)?;
-        Ok(manifest)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+    let staging = super::Staging::new(dir, "backup")?;
+    match fetch(uri, &target.token, &staging.dir).await {
+        Ok(manifest) => {
+            let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+            let written = super::write_new(&staging.dir.join(MANIFEST), &text).and_then(|()| {
+                if staging.dir.join(AUDIT_DIR).exists() {
+                    super::sync_dir(&staging.dir.join(AUDIT_DIR))?;
+                }
+                Ok(())
+            });
+            match written {
+                Ok(()) => staging.commit(Some(MANIFEST)).map(|()| manifest),
+                Err(e) => {
+                    staging.abandon();
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => {
+            staging.abandon();
+            Err(e)
+        }
     }
-    result
 }
 
 async fn fetch(uri: http::Uri, token: &str, tmp: &Path) -> Result<Manifest, BackupError> {
@@ -239,23 +252,6 @@ impl<'a> Reader<'a> {
         }
         Ok(manifest)
     }
-}
-
-/// Writes the manifest, syncs, and renames `tmp` onto `dir`.
-fn finish(tmp: &Path, dir: &Path, manifest: &Manifest) -> Result<(), BackupError> {
-    let text = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
-    super::write_new(&tmp.join(MANIFEST), &text)?;
-    if tmp.join(AUDIT_DIR).exists() {
-        super::sync_dir(&tmp.join(AUDIT_DIR))?;
-    }
-    super::sync_dir(tmp)?;
-    std::fs::rename(tmp, dir).map_err(BackupError::io(format!(
-        "rename {} to {}",
-        tmp.display(),
-        dir.display()
-    )))?;
-    super::sync_dir(&parent(dir))?;
-    Ok(())
 }
 
 /// An error with its causes (`client error (Connect): tcp connect error:

@@ -8,15 +8,16 @@
 //! 2. The targets are fresh (missing or empty: a server using a store has
 //!    files in it, so this also refuses a live one), and the audit key
 //!    given is the one that signed the backup's head.
-//! 3. The store is imported into a hidden sibling of the data directory,
-//!    the audit files copied beside it, and `audit verify` run on the copy
-//!    with the key; only then are they renamed into place.
+//! 3. The store is imported into a hidden staging directory (beside the
+//!    data directory, or inside it when it exists: a volume's mount point
+//!    cannot be renamed onto; see `Staging`), the audit files copied with
+//!    it, and `audit verify` run on the copy with the key; only then are
+//!    they put in place.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::client::parent;
 use super::{AUDIT_DIR, BackupError, FORMAT, Hasher, MANIFEST, Manifest, STORE_FILE, allowed_path};
 use crate::store::sled::SledStore;
 
@@ -199,30 +200,62 @@ pub fn restore(dir: &Path, targets: &Targets) -> Result<Restored, BackupError> {
             Some(key)
         }
     };
-    let data_tmp = super::sibling(&targets.data_dir, "restore");
-    let mut made = vec![data_tmp.clone()];
-    let result = build(
+    let data = super::Staging::new(&targets.data_dir, "restore")?;
+    let audit_dir = audit.map(|(_, d)| d);
+    // The audit files: inside the data directory's copy when the log lives
+    // there (the default), else in their own staging directory.
+    let separate = match audit_dir {
+        Some(d) if !is_inside(d, &targets.data_dir) => match super::Staging::new(d, "restore") {
+            Ok(s) => Some(s),
+            Err(e) => {
+                data.abandon();
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
+    match build(
         dir,
         &manifest,
         targets,
-        audit.map(|(_, d)| d),
+        audit_dir,
         key.as_deref(),
-        &data_tmp,
-        &mut made,
-    );
-    match result {
-        Ok((records, audit_records)) => Ok(Restored {
-            records,
-            audit_records,
-            key_written,
-        }),
+        &data.dir,
+        separate.as_ref().map(|s| s.dir.as_path()),
+    ) {
+        Ok((records, audit_records, key_outside)) => {
+            // Into place: the data directory, then the audit directory,
+            // then the key (the targets were checked fresh).
+            data.commit(None)?;
+            if let Some(s) = separate {
+                s.commit(None)?;
+            }
+            if let Some(key) = key_outside {
+                if let Some(p) = targets.key_file.parent() {
+                    std::fs::create_dir_all(p)
+                        .map_err(BackupError::io(format!("create {}", p.display())))?;
+                }
+                super::write_new(&targets.key_file, &key)?;
+            }
+            Ok(Restored {
+                records,
+                audit_records,
+                key_written,
+            })
+        }
         Err(e) => {
-            for p in made {
-                let _ = std::fs::remove_dir_all(p);
+            data.abandon();
+            if let Some(s) = separate {
+                s.abandon();
             }
             Err(e)
         }
     }
+}
+
+/// Whether `path` is `dir` or inside it.
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    relative(path, dir).is_some()
 }
 
 /// `inside`'s path relative to `dir`, if it is inside it.
@@ -230,6 +263,10 @@ fn relative(inside: &Path, dir: &Path) -> Option<PathBuf> {
     inside.strip_prefix(dir).ok().map(Path::to_path_buf)
 }
 
+/// Builds the store (and the audit log and key, when they live in the
+/// data directory) in `data_tmp`, the audit log in `audit_tmp` when it
+/// lives elsewhere, and verifies the log. Returns the records per tree, the
+/// audit records, and the key to write outside the data directory.
 fn build(
     dir: &Path,
     manifest: &Manifest,
@@ -237,13 +274,8 @@ fn build(
     audit_dir: Option<&PathBuf>,
     key: Option<&[u8]>,
     data_tmp: &Path,
-    made: &mut Vec<PathBuf>,
-) -> Result<(BTreeMap<String, u64>, u64), BackupError> {
-    std::fs::create_dir_all(parent(&targets.data_dir)).map_err(BackupError::io(format!(
-        "create {}",
-        parent(&targets.data_dir).display()
-    )))?;
-    super::new_dir(data_tmp)?;
+    audit_tmp: Option<&Path>,
+) -> Result<(BTreeMap<String, u64>, u64, Option<Vec<u8>>), BackupError> {
     let store = std::fs::File::open(dir.join(STORE_FILE)).map_err(BackupError::io(format!(
         "open {}",
         dir.join(STORE_FILE).display()
@@ -257,22 +289,15 @@ fn build(
             )));
         }
     }
-    // The audit files: inside the data directory's copy when the log
-    // lives there (the default), else in their own hidden sibling.
     let mut audit_records = 0;
-    let mut audit_tmp = None;
     if let Some(audit_dir) = audit_dir {
-        let (tmp, separate) = match relative(audit_dir, &targets.data_dir) {
-            Some(rel) if !rel.as_os_str().is_empty() => (data_tmp.join(rel), false),
-            _ => (super::sibling(audit_dir, "restore"), true),
+        let tmp = match (audit_tmp, relative(audit_dir, &targets.data_dir)) {
+            (Some(t), _) => t.to_path_buf(),
+            (None, Some(rel)) => data_tmp.join(rel),
+            (None, None) => {
+                unreachable!("an audit directory outside the data directory is staged apart")
+            }
         };
-        if separate {
-            std::fs::create_dir_all(parent(audit_dir)).map_err(BackupError::io(format!(
-                "create {}",
-                parent(audit_dir).display()
-            )))?;
-            made.push(tmp.clone());
-        }
         std::fs::create_dir_all(&tmp)
             .map_err(BackupError::io(format!("create {}", tmp.display())))?;
         crate::private_files::restrict_tree(&tmp)
@@ -283,21 +308,17 @@ fn build(
             .filter(|f| f.path.starts_with(AUDIT_DIR))
         {
             let name = &f.path[AUDIT_DIR.len() + 1..];
-            let to = tmp.join(name);
             let bytes = std::fs::read(dir.join(&f.path)).map_err(BackupError::io(format!(
                 "read {}",
                 dir.join(&f.path).display()
             )))?;
-            super::write_new(&to, &bytes)?;
+            super::write_new(&tmp.join(name), &bytes)?;
         }
         super::sync_dir(&tmp)?;
         let report = crate::audit::verify::verify(&tmp, key).map_err(|broken| {
             BackupError::Invalid(format!("the restored audit log does not verify: {broken}"))
         })?;
         audit_records = report.records;
-        if separate {
-            audit_tmp = Some((tmp, audit_dir.clone()));
-        }
     }
     // The key, where the server will read it, if it was given.
     let mut key_outside = None;
@@ -306,34 +327,15 @@ fn build(
     {
         match relative(&targets.key_file, &targets.data_dir) {
             Some(rel) if !rel.as_os_str().is_empty() => {
-                super::write_new(&data_tmp.join(rel), key)?;
+                let to = data_tmp.join(rel);
+                if let Some(p) = to.parent() {
+                    std::fs::create_dir_all(p)
+                        .map_err(BackupError::io(format!("create {}", p.display())))?;
+                }
+                super::write_new(&to, key)?;
             }
-            _ => key_outside = Some(key),
+            _ => key_outside = Some(key.to_vec()),
         }
     }
-    super::sync_dir(data_tmp)?;
-    // Into place: the data directory, then the audit directory, then the
-    // key (each rename atomic; the targets were checked fresh).
-    rename_into(data_tmp, &targets.data_dir)?;
-    made.clear();
-    if let Some((tmp, audit_dir)) = audit_tmp {
-        rename_into(&tmp, &audit_dir)?;
-    }
-    if let Some(key) = key_outside {
-        if let Some(p) = targets.key_file.parent() {
-            std::fs::create_dir_all(p)
-                .map_err(BackupError::io(format!("create {}", p.display())))?;
-        }
-        super::write_new(&targets.key_file, key)?;
-    }
-    Ok((records, audit_records))
-}
-
-fn rename_into(tmp: &Path, to: &Path) -> Result<(), BackupError> {
-    std::fs::rename(tmp, to).map_err(BackupError::io(format!(
-        "rename {} to {} (it must be a directory on the same file system, not a mount point)",
-        tmp.display(),
-        to.display()
-    )))?;
-    super::sync_dir(&parent(to))
+    Ok((records, audit_records, key_outside))
 }
