@@ -223,7 +223,11 @@ pub fn restore(dir: &Path, targets: &Targets) -> Result<Restored, BackupError> {
         &data.dir,
         separate.as_ref().map(|s| s.dir.as_path()),
     ) {
-        Ok((records, audit_records, key_outside)) => {
+        Ok(Built {
+            records,
+            audit_records,
+            key_outside,
+        }) => {
             // Into place: the data directory, then the audit directory,
             // then the key (the targets were checked fresh).
             data.commit(None)?;
@@ -275,7 +279,7 @@ fn build(
     key: Option<&[u8]>,
     data_tmp: &Path,
     audit_tmp: Option<&Path>,
-) -> Result<(BTreeMap<String, u64>, u64, Option<Vec<u8>>), BackupError> {
+) -> Result<Built, BackupError> {
     let store = std::fs::File::open(dir.join(STORE_FILE)).map_err(BackupError::io(format!(
         "open {}",
         dir.join(STORE_FILE).display()
@@ -337,5 +341,18 @@ fn build(
             _ => key_outside = Some(key.to_vec()),
         }
     }
-    Ok((records, audit_records, key_outside))
+    Ok(Built {
+        records,
+        audit_records,
+        key_outside,
+    })
+}
+
+/// What [`build`] made.
+struct Built {
+    records: BTreeMap<String, u64>,
+    audit_records: u64,
+    /// The audit key, to write where the server reads it (outside the data
+    /// directory) once everything is in place.
+    key_outside: Option<Vec<u8>>,
 }
