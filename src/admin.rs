@@ -5,7 +5,9 @@
 //!
 //! # Layout
 //! - this file: the port's handler; one admin call, in order: route,
-//!   throttle, authenticate, read the body, dispatch, record.
+//!   throttle, authenticate, read the body, dispatch, record. Also
+//!   `GET /admin/v1/backup`, outside the route table because its answer
+//!   is a stream, not JSON (see [`crate::backup`]).
 //! - `routes`: the table of endpoints, one row each: method, path,
 //!   permission, audit event types, handler.
 //! - `router`: what is read from that table: matching (404, 405 and
@@ -39,11 +41,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
 pub use self::error::ApiError;
 use crate::access_log::{Exchange, LoggedBody};
+use crate::backup::snapshot::{BackupBody, Source as BackupSource};
 use crate::context::Context;
 use crate::listener::{ConnInfo, Handler};
 use crate::metrics::Exposition;
@@ -66,16 +69,27 @@ struct Inner {
     ops: AdminOps,
     max_body: usize,
     exposition: Arc<Exposition>,
+    /// What `GET /admin/v1/backup` snapshots (`None`: no backups here).
+    backup: Option<Arc<BackupSource>>,
 }
 
+/// An admin response's body: JSON (or text), or a backup's stream.
+pub type AdminBody = Either<Full<Bytes>, BackupBody>;
+
+/// The backup endpoint's path (not in the route table: its answer is a
+/// stream, not JSON).
+const BACKUP_PATH: &str = "/admin/v1/backup";
+
 impl Admin {
-    /// Builds the admin router.
+    /// Builds the admin router; `backup`: what `GET /admin/v1/backup`
+    /// snapshots, if anything.
     pub fn new(
         context: Context,
         auth: AdminAuth,
         ops: AdminOps,
         max_body: usize,
         exposition: Arc<Exposition>,
+        backup: Option<Arc<BackupSource>>,
     ) -> Self {
         Self(Arc::new(Inner {
             context,
@@ -83,7 +97,101 @@ impl Admin {
             ops,
             exposition,
             max_body,
+            backup,
         }))
+    }
+
+    /// `GET /admin/v1/backup`: a consistent snapshot of the store and the
+    /// audit log, streamed (see [`crate::backup`]). `system_admin` only
+    /// (the admin token, or a key holding it), throttled and authenticated
+    /// like every admin call, and recorded (`audit.backup`, synced) before
+    /// the snapshot is taken, so the backup holds its own record and no
+    /// backup is taken unrecorded. The caller names nothing on the server.
+    async fn backup(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+        request_id: &http::HeaderValue,
+    ) -> Result<Response<AdminBody>, ApiError> {
+        if req.method() != Method::GET {
+            return Err(ApiError::MethodNotAllowed("GET"));
+        }
+        let throttle = &self.0.context.throttle;
+        throttle.before_authentication(Port::Admin, client)?;
+        let audit = self.0.context.audit.as_ref();
+        let facts = Facts {
+            client,
+            user_agent: crate::audit::user_agent(req.headers()),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            method: req.method().clone(),
+            path: BACKUP_PATH.to_string(),
+        };
+        let caller = self.authenticate(req.headers(), client, &facts).await?;
+        if let Err(e) = caller.authorize(None, &[crate::roles::Permission::SystemAdmin]) {
+            if let Some(audit) = audit {
+                record::refused(audit, &facts, &caller, &e).await?;
+            }
+            return Err(e);
+        }
+        let Some(source) = &self.0.backup else {
+            return Err(ApiError::NotFound(
+                "backups are not available on this server".into(),
+            ));
+        };
+        let refused = |e| match e {
+            crate::backup::BackupError::Busy => {
+                ApiError::Busy("another backup is being taken; try again shortly")
+            }
+            crate::backup::BackupError::Unsupported(m) => ApiError::Conflict(m),
+            crate::backup::BackupError::Audit(e) => ApiError::Audit(e),
+            other => {
+                tracing::error!(error = %other, "Backup failed.");
+                ApiError::Backup
+            }
+        };
+        // The slot first: a backup that cannot start is not recorded as one.
+        let reserved = source.reserve().map_err(refused)?;
+        if let Some(audit) = audit {
+            record::backup(audit, &facts, &caller).await?;
+        }
+        let snapshot = reserved.take().await.map_err(refused)?;
+        tracing::info!(actor = %caller.actor(), "Backup taken; streaming it.");
+        let mut resp = Response::new(Either::Right(snapshot.stream()));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/x-costguard-backup"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        Ok(resp)
+    }
+
+    /// The caller of an admin call; a refused credential is counted
+    /// against its source and recorded.
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        client: IpAddr,
+        facts: &Facts,
+    ) -> Result<auth::Caller, ApiError> {
+        match self.0.auth.caller(headers).await {
+            Ok(caller) => Ok(caller),
+            Err(e) => {
+                self.0
+                    .context
+                    .throttle
+                    .authentication_failed(Port::Admin, client, &e);
+                if let Some(audit) = self.0.context.audit.as_ref()
+                    && e.is_bad_credential()
+                {
+                    record::refused_credential(audit, facts, &e).await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn route(
@@ -117,18 +225,7 @@ impl Admin {
             method: req.method().clone(),
             path: path.clone(),
         };
-        let caller = match self.0.auth.caller(req.headers()).await {
-            Ok(caller) => caller,
-            Err(e) => {
-                throttle.authentication_failed(Port::Admin, client, &e);
-                if let Some(audit) = audit
-                    && e.is_bad_credential()
-                {
-                    record::refused_credential(audit, &facts, &e).await;
-                }
-                return Err(e.into());
-            }
-        };
+        let caller = self.authenticate(req.headers(), client, &facts).await?;
         let query = req.uri().query().map(str::to_string);
         let body = self.body(req).await?;
         let call = Call {
@@ -182,7 +279,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    type Body = LoggedBody<Full<Bytes>>;
+    type Body = LoggedBody<AdminBody>;
 
     async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Self::Body> {
         let context = &self.0.context;
@@ -199,13 +296,19 @@ impl Handler for Admin {
             .respond(req.method(), req.uri().path(), true)
             .await
         {
-            Some(resp) => resp,
+            Some(resp) => resp.map(Either::Left),
             None if req.method() == Method::GET && req.uri().path() == "/metrics" => {
-                metrics_page(&self.0.exposition, req.headers())
+                metrics_page(&self.0.exposition, req.headers()).map(Either::Left)
+            }
+            None if req.uri().path() == BACKUP_PATH => {
+                match self.backup(req, conn.peer.ip(), request_id).await {
+                    Ok(resp) => resp,
+                    Err(e) => response::error(&e, request_id).map(Either::Left),
+                }
             }
             None => match self.route(req, conn.peer.ip(), request_id).await {
-                Ok(resp) => resp,
-                Err(e) => response::error(&e, request_id),
+                Ok(resp) => resp.map(Either::Left),
+                Err(e) => response::error(&e, request_id).map(Either::Left),
             },
         };
         exchange.finish(resp)

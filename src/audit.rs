@@ -539,6 +539,13 @@ impl Audit {
             .catch_up();
     }
 
+    /// Where the chain ends now, at a record boundary (for a backup: see
+    /// [`writer::Cut`]). Takes the writer's lock for a few field reads;
+    /// nothing is synced or written.
+    pub fn cut(&self) -> Result<writer::Cut, AuditError> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).cut()
+    }
+
     /// The directory of the files (queries read records back from it).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir

@@ -38,7 +38,8 @@
 //! Top: [`context`] (what both ports share), [`pipeline`] (the proxy port:
 //! the one function that orders the stages), [`admin`] (the admin port: one
 //! route table), [`fanout`] (with a shared store: other replicas' writes
-//! evict this replica's caches), [`server`] (startup, shutdown), [`demo`]
+//! evict this replica's caches), [`server`] (startup, shutdown), [`backup`]
+//! (`costguard backup` / `restore`: the store and audit log), [`demo`]
 //! and [`echo`].
 //!
 //! # Request flow (proxy port)
@@ -66,6 +67,7 @@ pub mod admin;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+pub mod backup;
 pub mod config;
 pub mod context;
 pub mod demo;

@@ -172,18 +172,21 @@ impl Server {
     /// Opens the store and binds both ports.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let policy = PolicyHandle::load(Source::Dir(config.policy.dir.clone()))?;
-        let (store, shared): (Arc<dyn Store>, Option<Arc<PgStore>>) = match &config.store.postgres {
+        // The embedded store is also kept as itself, for backups.
+        /// The store as the server uses it, the shared one, the embedded one.
+        type Stores = (Arc<dyn Store>, Option<Arc<PgStore>>, Option<Arc<SledStore>>);
+        let (store, shared, embedded): Stores = match &config.store.postgres {
             Some(pg) => {
                 let shared = Arc::new(PgStore::connect(pg).await?);
-                (shared.clone(), Some(shared))
+                (shared.clone(), Some(shared), None)
             }
-            None => (
-                Arc::new(SledStore::open_with_cache(
+            None => {
+                let sled = Arc::new(SledStore::open_with_cache(
                     &config.store.path,
                     config.store.cache_bytes,
-                )?),
-                None,
-            ),
+                )?);
+                (sled.clone(), None, Some(sled))
+            }
         };
         let keys = ApiKeys::new(
             store.clone(),
@@ -383,6 +386,11 @@ impl Server {
             ops.clone(),
             config.admin.max_body_bytes,
             exposition,
+            Some(Arc::new(crate::backup::snapshot::Source::new(
+                embedded,
+                config.store.path.clone(),
+                audit.clone(),
+            ))),
         );
         let admin = Listener::bind(
             "admin",

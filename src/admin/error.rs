@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A bounded resource is in use (429, `Retry-After: 1`).
     #[error("{0}")]
     Busy(&'static str),
+    /// A backup could not be taken (500; the cause is in the server's log).
+    #[error("the backup could not be taken")]
+    Backup,
 }
 
 impl ErrorResponse for ApiError {
@@ -94,6 +97,11 @@ impl ErrorResponse for ApiError {
                 "the store failed; nothing was changed",
             ),
             ApiError::Audit(e) => e.problem(),
+            ApiError::Backup => fixed(
+                S::INTERNAL_SERVER_ERROR,
+                "backup_failed",
+                "the backup could not be taken; see the server's log",
+            ),
             ApiError::TooLarge => response::BODY_TOO_LARGE,
             ApiError::Limited(l) => l.problem(),
             ApiError::Authn(e) => e.problem(),

@@ -83,7 +83,7 @@ pub(super) async fn refused_credential(audit: &Audit, facts: &Facts, e: &AuthnEr
 /// Whatever a refused caller sends, no record appears in another
 /// tenant's log, nothing it invented is written, and no index file is
 /// made for a tenant that does not exist.
-async fn refused(
+pub(super) async fn refused(
     audit: &Audit,
     facts: &Facts,
     caller: &Caller,
@@ -103,6 +103,21 @@ async fn refused(
         ..facts.event_as(caller, EventType::AccessDenied)
     };
     audit.record(event, Durability::Written).await?;
+    Ok(())
+}
+
+/// Records a backup about to be taken (synced before the snapshot, so
+/// the backup holds it; if it cannot be recorded, no backup is taken).
+pub(super) async fn backup(audit: &Audit, facts: &Facts, caller: &Caller) -> Result<(), ApiError> {
+    let event = Event {
+        details: Details::Json(json!({
+            "action": facts.action(),
+            "actor": caller.actor(),
+            "outcome": "started",
+        })),
+        ..facts.event_as(caller, EventType::AuditBackup)
+    };
+    audit.record(event, Durability::Synced).await?;
     Ok(())
 }
 

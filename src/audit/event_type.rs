@@ -127,6 +127,8 @@ event_types! {
     AdminAction = "admin.action",
     /// Retention removed records from the index or log files.
     AuditPurged = "audit.purged",
+    /// A backup of the store and the audit log was taken (admin API).
+    AuditBackup = "audit.backup",
 }
 
 impl EventType {
@@ -148,7 +150,8 @@ impl EventType {
             | CostExported | ReportGenerated | UserUpdated | ApiKeyCreated => Severity::Low,
             // Costguard's own (not in the seed).
             TenantDeleted | TenantSuspended => Severity::High,
-            PolicyRejected => Severity::Medium,
+            // A copy of every credential hash and session left the process.
+            PolicyRejected | AuditBackup => Severity::Medium,
             RequestAllowed | PolicyReloaded | TenantCreated | TenantUpdated | ApiKeyRotated
             | ProjectCreated | RoleDefined | RoleDeleted | AdminAction | AuditPurged => {
                 Severity::Low
@@ -230,6 +233,7 @@ mod tests {
         ("role.deleted", Severity::Low),
         ("admin.action", Severity::Low),
         ("audit.purged", Severity::Low),
+        ("audit.backup", Severity::Medium),
     ];
 
     #[test]

@@ -120,6 +120,14 @@ impl Head {
         }
     }
 
+    /// The head as the file `audit.head` holds it: its JSON padded with
+    /// spaces to a fixed size (see `HEAD_BYTES`).
+    pub fn block(&self) -> Vec<u8> {
+        let mut block = serde_json::to_vec(self).expect("a head serializes");
+        block.resize(HEAD_BYTES.max(block.len()), b' ');
+        block
+    }
+
     /// Whether the signature is `key`'s (constant time).
     pub fn is_signed_by(&self, key: &[u8]) -> bool {
         let Some(tag) = crate::model::unhex(&self.mac) else {
@@ -187,6 +195,23 @@ pub struct State {
     /// records it names are synced, so it may lag the files, never lead
     /// (not even after a power loss).
     head_seq: u64,
+}
+
+/// A point in the log at a record boundary, taken under the writer's lock
+/// ([`crate::audit::Audit::cut`]): the files before `file_no` whole, and
+/// `file_no` up to `file_bytes`, hold exactly the records up to the head's.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// The file being written.
+    pub file_no: u64,
+    /// Its length at the cut (what was appended before, in the page cache
+    /// if not yet synced: a copy reads it back the same).
+    pub file_bytes: u64,
+    /// A head naming the last record before the cut, signed with the log's
+    /// key as the writer signs its own (`None`: nothing recorded yet). It
+    /// is the head the writer would write after its next sync; `verify`
+    /// checks a copy with it exactly as it checks the live log.
+    pub head: Option<Head>,
 }
 
 /// Ids whose index hash the writer remembers.
@@ -532,6 +557,30 @@ impl State {
         (result, self.last_sync.elapsed() >= Duration::from_secs(1))
     }
 
+    /// Where the chain ends right now, for a backup (see [`Cut`]). Fails
+    /// while a batch waits to be retried: its records are in the chain but
+    /// not in the file, so no cut would match a record boundary.
+    pub(crate) fn cut(&self) -> Result<Cut, AuditError> {
+        if self.held.is_some() {
+            return Err(AuditError::Unwritable(
+                "a batch waits to be written; try the backup again".into(),
+            ));
+        }
+        let head = (self.seq > 0).then(|| {
+            Head::signed(
+                &self.config.key,
+                file_name(self.file_no),
+                self.seq,
+                self.hash.clone(),
+            )
+        });
+        Ok(Cut {
+            file_no: self.file_no,
+            file_bytes: self.file_bytes,
+            head,
+        })
+    }
+
     /// Brings the index up to the last record written (the writer thread
     /// at each sync; a query before it reads the index).
     pub(crate) fn catch_up(&mut self) {
@@ -774,9 +823,7 @@ impl State {
     fn write_head(&self, file_no: u64, seq: u64, hash: String) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let head = Head::signed(&self.config.key, file_name(file_no), seq, hash);
-        let mut block = serde_json::to_vec(&head).expect("a head serializes");
-        block.resize(HEAD_BYTES.max(block.len()), b' ');
-        self.head.write_all_at(&block, 0)
+        self.head.write_all_at(&head.block(), 0)
     }
 }
 
