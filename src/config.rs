@@ -37,7 +37,7 @@ pub use identity::{
 pub use validate::{
     AdminConfig, AuditConfig, AuthConfig, BudgetConfig, Config, Limits, LogConfig, LogFormat,
     MetricsConfig, NAME_ID_EMAIL, OidcProviderConfig, PolicyConfig, ProxyConfig, RateLimitConfig,
-    SamlProviderConfig, SsoConfig, StoreConfig, UpstreamTarget,
+    SamlProviderConfig, SsoConfig, StoreConfig, TracingConfig, UpstreamTarget,
 };
 
 /// Environment variables that start with the prefix but are not settings.

@@ -28,6 +28,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
+use crate::config::TracingConfig;
 use crate::metrics;
 use crate::sso::http::IdpClient;
 use crate::trace_context::TraceContext;
@@ -36,23 +37,6 @@ use crate::trace_context::TraceContext;
 const BATCH: usize = 512;
 /// How often a partial batch is sent.
 const INTERVAL: Duration = Duration::from_secs(1);
-
-/// `[tracing]`, validated.
-#[derive(Debug, Clone)]
-pub struct TracingConfig {
-    /// Where spans are sent (`http(s)://host:port/v1/traces`); `None`: off.
-    pub otlp_endpoint: Option<String>,
-    /// The `service.name` resource attribute.
-    pub service_name: String,
-    /// Share of new traces sampled (and exported), 0 to 1.
-    pub sample_ratio: f64,
-    /// Requests whose spans may wait for export; more are dropped.
-    pub max_queue: usize,
-    /// Longest an export call may take.
-    pub export_timeout: Duration,
-    /// Extra CA certificates (PEM) for an `https` endpoint.
-    pub ca_file: Option<std::path::PathBuf>,
-}
 
 /// A stage's span: its name and when it started and ended, as offsets
 /// from the request's arrival.

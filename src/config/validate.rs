@@ -51,7 +51,7 @@ pub struct Config {
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
     /// Trace export.
-    pub tracing: crate::otlp::TracingConfig,
+    pub tracing: TracingConfig,
     /// Single sign-on.
     pub sso: SsoConfig,
     /// Sections accepted but not acted on by this build, to warn about.
@@ -260,6 +260,23 @@ pub struct PolicyConfig {
     pub dir: PathBuf,
     /// Check interval.
     pub reload_interval: Duration,
+}
+
+/// `[tracing]`, validated.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// Where spans are sent (`http(s)://host:port/v1/traces`); `None`: off.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Share of new traces sampled (and exported), 0 to 1.
+    pub sample_ratio: f64,
+    /// Requests whose spans may wait for export; more are dropped.
+    pub max_queue: usize,
+    /// Longest an export call may take.
+    pub export_timeout: Duration,
+    /// Extra CA certificates (PEM) for an `https` endpoint.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[metrics]`, validated.
@@ -593,7 +610,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     if t.service_name.is_empty() || t.service_name.len() > 255 {
         c.fail("tracing.service_name", "must be 1 to 255 characters");
     }
-    let tracing = crate::otlp::TracingConfig {
+    let tracing = TracingConfig {
         otlp_endpoint: t.otlp_endpoint.clone(),
         service_name: t.service_name.clone(),
         sample_ratio: t.sample_ratio.clamp(0.0, 1.0),
