@@ -119,13 +119,7 @@ impl Admin {
         let throttle = &self.0.context.throttle;
         throttle.before_authentication(Port::Admin, client)?;
         let audit = self.0.context.audit.as_ref();
-        let facts = Facts {
-            client,
-            user_agent: crate::audit::user_agent(req.headers()),
-            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-            method: req.method().clone(),
-            path: BACKUP_PATH.to_string(),
-        };
+        let facts = Facts::of(&req, client, request_id, BACKUP_PATH.to_string());
         let caller = self.authenticate(req.headers(), client, &facts).await?;
         if let Err(e) = caller.authorize(None, &[crate::roles::Permission::SystemAdmin]) {
             if let Some(audit) = audit {
@@ -218,13 +212,7 @@ impl Admin {
         let throttle = &self.0.context.throttle;
         throttle.before_authentication(Port::Admin, client)?;
         let audit = self.0.context.audit.as_ref();
-        let facts = Facts {
-            client,
-            user_agent: crate::audit::user_agent(req.headers()),
-            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-            method: req.method().clone(),
-            path: path.clone(),
-        };
+        let facts = Facts::of(&req, client, request_id, path.clone());
         let caller = self.authenticate(req.headers(), client, &facts).await?;
         let query = req.uri().query().map(str::to_string);
         let body = self.body(req).await?;

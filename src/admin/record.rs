@@ -27,6 +27,23 @@ pub(super) struct Facts {
 }
 
 impl Facts {
+    /// The facts of `req` from `client`, with the request's id and the path
+    /// as recorded.
+    pub(super) fn of<B>(
+        req: &http::Request<B>,
+        client: IpAddr,
+        request_id: &http::HeaderValue,
+        path: String,
+    ) -> Self {
+        Self {
+            client,
+            user_agent: crate::audit::user_agent(req.headers()),
+            request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+            method: req.method().clone(),
+            path,
+        }
+    }
+
     fn event(&self, event_type: EventType) -> Event {
         Event {
             ip_address: self.client.to_string(),
