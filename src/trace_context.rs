@@ -69,7 +69,7 @@ impl TraceContext {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::model::hex(&self.trace_id)
     }
 
     /// The `traceparent` sent upstream: version 00, our span as parent.
@@ -179,12 +179,6 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    hex_into(&mut out, bytes);
-    String::from_utf8(out).expect("hex digits")
 }
 
 #[cfg(test)]
