@@ -167,8 +167,22 @@ async fn export(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let open = tokio::time::timeout(INTERVAL, rx.recv_many(&mut batch, BATCH)).await;
-        let closed = matches!(open, Ok(0));
+        // Collect for one interval, or until a batch is full, or until the
+        // last tracer is gone: one export call per second at most, unless
+        // the load fills batches sooner.
+        let deadline = tokio::time::Instant::now() + INTERVAL;
+        let mut closed = false;
+        while batch.len() < BATCH {
+            let room = BATCH - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
         if !batch.is_empty() {
             let n = batch.len() as u64;
             let body = encode(&service, &batch).encode_to_vec();
