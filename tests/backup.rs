@@ -278,22 +278,12 @@ async fn a_backup_under_load_restores_every_record_into_a_new_instance() {
     };
     // Let the load run, then back up while it goes on.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let token_file = work.path().join("admin-token");
-    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
-    let backup = work.path().join("backup");
-    let admin_url = format!("http://{}", cg.admin);
     let before_backup = Instant::now();
-    let run = {
-        let (backup, token_file) = (backup.clone(), token_file.clone());
-        tokio::task::spawn_blocking(move || {
-            cli(["backup"])
-                .arg(&backup)
-                .args(["--admin-url", &admin_url, "--token-file"])
-                .arg(&token_file)
-                .run()
-        })
-        .await
-        .unwrap()
+    let (run, backup) = {
+        let (admin, work) = (cg.admin, work.path().to_path_buf());
+        tokio::task::spawn_blocking(move || take_backup(admin, &work))
+            .await
+            .unwrap()
     };
     let after_backup = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -508,20 +498,24 @@ fn small_backup(work: &Path, up: &Upstream) -> (PathBuf, PathBuf, Sidecar) {
     let cg = Sidecar::start_with_store(&config_for(&up.url(), ""), &[], Some(&data));
     let t = cg.create_tenant("free");
     cg.create_key(&t, &["viewer"]);
+    let (run, backup) = take_backup(cg.admin, work);
+    assert!(run.status.success(), "{}", run.stderr);
+    (backup, data.join("audit-hmac.key"), cg)
+}
+
+/// `costguard backup WORK/backup` from the admin port at `admin`, with the
+/// admin token in a file (never on the command line): the run and the
+/// backup's directory. Blocks until the command ends.
+fn take_backup(admin: std::net::SocketAddr, work: &Path) -> (support::Run, PathBuf) {
     let token_file = work.join("admin-token");
     std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
     let backup = work.join("backup");
     let run = cli(["backup"])
         .arg(&backup)
-        .args([
-            "--admin-url",
-            &format!("http://{}", cg.admin),
-            "--token-file",
-        ])
+        .args(["--admin-url", &format!("http://{admin}"), "--token-file"])
         .arg(&token_file)
         .run();
-    assert!(run.status.success(), "{}", run.stderr);
-    (backup, data.join("audit-hmac.key"), cg)
+    (run, backup)
 }
 
 fn restore(backup: &Path, data: &Path, key: &Path) -> support::Run {
@@ -849,22 +843,12 @@ async fn measure_backup_and_restore_of_a_hundred_thousand_keys() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let token_file = work.path().join("admin-token");
-    std::fs::write(&token_file, ADMIN_TOKEN).unwrap();
-    let backup = work.path().join("backup");
-    let admin_url = format!("http://{}", cg.admin);
     let took = Instant::now();
-    let run = {
-        let (backup, token_file) = (backup.clone(), token_file.clone());
-        tokio::task::spawn_blocking(move || {
-            cli(["backup"])
-                .arg(&backup)
-                .args(["--admin-url", &admin_url, "--token-file"])
-                .arg(&token_file)
-                .run()
-        })
-        .await
-        .unwrap()
+    let (run, backup) = {
+        let (admin, work) = (cg.admin, work.path().to_path_buf());
+        tokio::task::spawn_blocking(move || take_backup(admin, &work))
+            .await
+            .unwrap()
     };
     let backup_time = took.elapsed();
     stop.store(true, Ordering::Relaxed);

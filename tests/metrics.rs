@@ -27,12 +27,7 @@ async fn scrape(cg: &Sidecar) -> String {
     body
 }
 
-/// The value of the sample `series` (name and labels exactly as printed).
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
+use support::metric_sample as sample;
 
 fn requests_series(page: &str) -> Vec<&str> {
     page.lines()

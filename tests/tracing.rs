@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::idp::{ensure_peers, first_line, peer_json, peers_dir};
-use support::{Sidecar, Upstream, send};
+use support::{Sidecar, Upstream, metric_sample, send};
 
 /// The receiver process, killed when dropped.
 struct Receiver {
@@ -75,14 +75,6 @@ fn start(up: &Upstream, receiver: &Receiver, extra: &[(&str, &str)]) -> Sidecar 
     let mut env = vec![("COSTGUARD_TRACING_OTLP_ENDPOINT", endpoint.as_str())];
     env.extend_from_slice(extra);
     Sidecar::start(&support::config_for(&up.url(), ""), &env)
-}
-
-fn metric(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in\n{page}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,7 +163,10 @@ async fn each_request_is_a_server_span_with_its_stages_in_the_callers_trace() {
         ["costguard.decide"]
     );
     let (_, _, page) = support::get(&format!("http://{}/metrics", cg.admin)).await;
-    assert_eq!(metric(&page, "costguard_trace_requests_exported_total"), 2);
+    assert_eq!(
+        metric_sample(&page, "costguard_trace_requests_exported_total"),
+        Some(2.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -234,8 +229,11 @@ async fn sampling_keeps_the_callers_decision_and_failures_are_counted() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, _, page) = support::get(&format!("http://{}/metrics", cg.admin)).await;
-        if metric(&page, "costguard_trace_export_failures_total") == 1 {
-            assert_eq!(metric(&page, "costguard_trace_requests_exported_total"), 1);
+        if metric_sample(&page, "costguard_trace_export_failures_total") == Some(1.0) {
+            assert_eq!(
+                metric_sample(&page, "costguard_trace_requests_exported_total"),
+                Some(1.0)
+            );
             break;
         }
         assert!(Instant::now() < deadline, "{page}");

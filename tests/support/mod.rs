@@ -724,3 +724,11 @@ pub fn test_pki() -> (String, String, String) {
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
     (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
 }
+
+/// The value of the sample `series` (metric name and labels exactly as
+/// `/metrics` prints them), if the page has it.
+pub fn metric_sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
