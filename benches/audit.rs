@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
     });
     let event = || Event {
         tenant_id: "org-1a2b3c4d".into(),
+        region: "us-east-1".into(),
         user_id: "0195f3a2-7c1e-7d4b-9a1e-5f6a7b8c9d0e".into(),
         ip_address: "10.1.2.3".into(),
         user_agent: "bench/1.0".into(),
@@ -133,6 +134,7 @@ fn bench(c: &mut Criterion) {
                 event_type: e.event_type.as_str().into(),
                 user_id: e.user_id,
                 tenant_id: e.tenant_id,
+                region: Some(e.region),
                 details: e.details,
                 ip_address: e.ip_address,
                 user_agent: e.user_agent,

@@ -78,6 +78,12 @@ pub struct Record {
     pub user_id: String,
     /// The tenant concerned; empty when none.
     pub tenant_id: String,
+    /// The data region of the tenant concerned (its `settings.data_region`
+    /// when the record was written); empty when the record concerns no
+    /// tenant. Absent only in records written before costguard recorded
+    /// regions (so they still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Event specifics: route, permission, decision, reason, target, changes.
     pub details: Details,
     /// The client address.
@@ -140,6 +146,9 @@ pub struct Event {
     pub user_id: String,
     /// Tenant.
     pub tenant_id: String,
+    /// The tenant's data region; left empty, the audit handle looks it up
+    /// (see [`Audit::resolve_regions_with`]).
+    pub region: String,
     /// Specifics.
     pub details: Details,
     /// Client address.
@@ -157,6 +166,7 @@ impl Event {
         for s in [
             &mut self.user_id,
             &mut self.tenant_id,
+            &mut self.region,
             &mut self.ip_address,
             &mut self.user_agent,
             &mut self.request_id,
@@ -182,6 +192,7 @@ impl Event {
             event_type,
             user_id: String::new(),
             tenant_id: String::new(),
+            region: String::new(),
             details: Details::Json(details),
             ip_address: String::new(),
             user_agent: String::new(),
@@ -378,6 +389,20 @@ pub struct Audit {
     /// Below this much free space in `dir`, `/metrics` says so and the log
     /// warns (`audit.min_free_bytes`; 0: never).
     min_free_bytes: u64,
+    /// Where a tenant's region comes from, for records whose producer did
+    /// not know it (set once at start-up, after the store is open).
+    regions: Arc<std::sync::OnceLock<Arc<dyn TenantRegions>>>,
+}
+
+/// Looks up a tenant's data region for its audit records (the server
+/// answers from the authenticator's tenant cache).
+pub trait TenantRegions: Send + Sync + std::fmt::Debug {
+    /// The tenant's `settings.data_region`; `None` if it does not exist or
+    /// cannot be read now.
+    fn region_of<'a>(
+        &'a self,
+        tenant_id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Option<String>>;
 }
 
 /// Counters for `/metrics`.
@@ -413,6 +438,24 @@ impl std::fmt::Debug for Message {
 }
 
 impl Audit {
+    /// From now on, records that name a tenant but not its region get the
+    /// region `regions` gives (once; later calls are ignored).
+    pub fn resolve_regions_with(&self, regions: Arc<dyn TenantRegions>) {
+        let _ = self.regions.set(regions);
+    }
+
+    /// Fills in the region of the event's tenant if its producer left it
+    /// empty.
+    async fn fill_region(&self, event: &mut Event) {
+        if event.region.is_empty()
+            && !event.tenant_id.is_empty()
+            && let Some(regions) = self.regions.get()
+            && let Some(region) = regions.region_of(&event.tenant_id).await
+        {
+            event.region = region;
+        }
+    }
+
     /// Records `event` and waits until it is `durability`; returns the seq
     /// of the last record written with it.
     /// Waits while the channel is full.
@@ -421,6 +464,7 @@ impl Audit {
         mut event: Event,
         durability: Durability,
     ) -> Result<u64, AuditError> {
+        self.fill_region(&mut event).await;
         event.bound(self.max_field_bytes);
         self.queue(Some(event), durability).await
     }
@@ -450,6 +494,7 @@ impl Audit {
     /// cannot be written, the request is refused (fail closed) unless
     /// `fail_open`, which lets it through unrecorded and counts it.
     pub async fn record_request(&self, mut event: Event) -> Result<(), AuditError> {
+        self.fill_region(&mut event).await;
         event.bound(self.max_field_bytes);
         let mut batch = vec![Message {
             event: Some(event),
@@ -693,6 +738,7 @@ mod tests {
             event_type: "request.allowed".into(),
             user_id: "u\"\n".into(),
             tenant_id: "t".into(),
+            region: Some("us-east-1".into()),
             details,
             ip_address: "::1".into(),
             user_agent: "x\r\n\"}{".into(),

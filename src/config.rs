@@ -323,6 +323,22 @@ fn apply_env(
                     .map(|s| Value::String(s.to_string()))
                     .collect(),
             ),
+            // A map (`[proxy.region_upstreams]`): `name=value,name=value`.
+            Some(Value::Table(_)) => {
+                let mut map = Table::new();
+                for pair in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match pair.split_once('=') {
+                        Some((k, v)) => {
+                            map.insert(k.trim().to_string(), Value::String(v.trim().to_string()));
+                        }
+                        None => problems.push(Problem::new(
+                            var.clone(),
+                            format!("expected name=value pairs separated by commas, got {pair:?}"),
+                        )),
+                    }
+                }
+                Value::Table(map)
+            }
             _ => Value::String(raw.clone()),
         };
         match table

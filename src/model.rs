@@ -260,6 +260,15 @@ pub fn is_tenant_id(s: &str) -> bool {
     })
 }
 
+/// Whether `s` can name a data region (`us-east-1`, `eu-west-1`, …):
+/// 1-128 of `A-Z a-z 0-9 . _ -`, so it is safe in a header, a metric label
+/// and an audit record.
+pub fn is_region(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// SHA-256 of `data`.
 ///
 /// ring's implementation, not the sha2 crate's: both use the CPU's SHA

@@ -43,6 +43,7 @@ use crate::forward::{self, ForwardError, ResponseBody};
 use crate::limits::TooLarge;
 use crate::listener::{ConnInfo, Handler};
 use crate::metrics::{self, Decision, Outcome, RequestMetrics, UpstreamError, UpstreamStatus};
+use crate::model::Tenant;
 use crate::otlp::{RequestSpans, Stage};
 use crate::principal::{AuthMethod, Principal};
 use crate::rate_limit::RateStatus;
@@ -145,6 +146,9 @@ struct Inner<B> {
 struct Trail {
     client: Option<std::net::IpAddr>,
     principal: Option<Arc<Principal>>,
+    /// The caller's tenant as it is now (its data region goes into the
+    /// record and picks the upstream).
+    tenant: Option<Arc<Tenant>>,
     route: Option<Arc<str>>,
     /// The matched route's template (a metrics label, never the path).
     template: Option<Arc<str>>,
@@ -218,6 +222,11 @@ impl Facts {
             },
             user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
             tenant_id: p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),
+            region: trail
+                .tenant
+                .as_ref()
+                .map(|t| t.settings.data_region.clone())
+                .unwrap_or_default(),
             details: Details::Request(Box::new(details)),
             ip_address: trail.client.unwrap_or(conn.peer.ip()).to_string(),
             user_agent: self.user_agent,
@@ -478,6 +487,7 @@ where
         };
         let principal = &auth.principal;
         trail.principal = Some(principal.clone());
+        trail.tenant = Some(auth.tenant.clone());
         if matches!(principal.method, AuthMethod::Oidc | AuthMethod::Saml)
             && crate::sso::cross_site_write(req.method(), req.headers())
         {

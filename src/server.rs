@@ -350,6 +350,9 @@ impl Server {
             None => Vec::new(),
         };
         let authn = Authenticator::new(keys.clone(), loaders);
+        if let Some(audit) = &audit {
+            audit.resolve_regions_with(Arc::new(CachedRegions(keys.clone())));
+        }
         let wiring = (config.clone(), context.clone(), authn.clone());
         let proxy = Proxy::new(config, context.clone(), authn, sso.clone());
         let workers =
@@ -670,4 +673,21 @@ fn exposition(context: &Context, keys: &ApiKeys, sso: Option<Arc<Sso>>) -> Expos
         }
         Ok(())
     }))
+}
+
+/// Tenants' data regions for the audit records whose producer did not know
+/// them (admin actions, sign-ins), from the key cache's tenants.
+#[derive(Debug)]
+struct CachedRegions(ApiKeys);
+
+impl crate::audit::TenantRegions for CachedRegions {
+    fn region_of<'a>(
+        &'a self,
+        tenant_id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let tenant = self.0.tenant(tenant_id).await.ok().flatten()?;
+            Some(tenant.settings.data_region.clone())
+        })
+    }
 }

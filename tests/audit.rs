@@ -775,6 +775,7 @@ async fn retention_purges_the_index_and_old_files_and_verify_still_passes() {
     for i in 0..40 {
         let event = Event {
             tenant_id: tenant.tenant_id.clone(),
+            region: tenant.settings.data_region.clone(),
             user_id: format!("user-{}", i % 3),
             ..Event::new(EventType::RequestAllowed, json!({"i": i}))
         };

@@ -162,6 +162,7 @@ async fn write(audit: &Audit, tenant: &str, n: usize, tag: &str) {
         };
         let event = Event {
             tenant_id: tenant.to_string(),
+            region: String::new(),
             user_id: format!("{tag}-user-{}", i % 3),
             // Some records hold a NUL (jsonb refuses it: shipped in a
             // cleaned form beside the exact line), most do not.

@@ -164,7 +164,7 @@ fn apply_settings(
 ) -> Result<(), ApiError> {
     let region = data_region.or(patch.and_then(|p| p.data_region.as_deref()));
     if let Some(r) = region {
-        if !req::is_id(r) {
+        if !model::is_region(r) {
             return Err(ApiError::bad(
                 "data_region must be 1 to 128 of A-Z a-z 0-9 . _ -",
             ));

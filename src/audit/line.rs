@@ -22,6 +22,9 @@ pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
     field(out, b",\"event_type\":", &record.event_type);
     field(out, b",\"user_id\":", &record.user_id);
     field(out, b",\"tenant_id\":", &record.tenant_id);
+    if let Some(region) = &record.region {
+        field(out, b",\"region\":", region);
+    }
     out.extend_from_slice(b",\"details\":");
     match &record.details {
         Details::Request(details) => request_details(details, out),
@@ -140,6 +143,7 @@ mod tests {
             event_type: "request.allowed".into(),
             user_id: text.to_string(),
             tenant_id: format!("org-{text}"),
+            region: Some(text.to_string()),
             details,
             ip_address: "127.0.0.1".into(),
             user_agent: text.to_string(),

@@ -48,6 +48,7 @@ pub async fn purge(
         if removed > 0 {
             let event = Event {
                 tenant_id: t.tenant_id.clone(),
+                region: t.settings.data_region.clone(),
                 ..Event::new(
                     EventType::AuditPurged,
                     json!({"removed_from_index": removed, "retention_days": days, "before_micros": before}),

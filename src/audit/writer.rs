@@ -283,6 +283,7 @@ pub fn start_bounded(
             bounds.anonymous_max_sources,
         )),
         min_free_bytes: bounds.min_free_bytes,
+        regions: Arc::default(),
     };
     watch_windows_and_disk(&audit)?;
     let thread = std::thread::Builder::new()
@@ -634,6 +635,7 @@ impl State {
                 event_type: e.event_type.as_str().to_string(),
                 user_id: e.user_id,
                 tenant_id: e.tenant_id,
+                region: Some(e.region),
                 details: e.details,
                 ip_address: e.ip_address,
                 user_agent: e.user_agent,

@@ -4,6 +4,7 @@
 //!
 //! [`Config`]: super::Config
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -53,6 +54,16 @@ pub struct ProxySection {
     pub listen: String,
     /// Base URL of the upstream service, `http://host:port` (`COSTGUARD_PROXY_UPSTREAM`).
     pub upstream: String,
+    /// Data residency: region name → that region's upstream
+    /// (`[proxy.region_upstreams]`, `"eu-west-1" = "http://10.0.0.5:9000"`;
+    /// `COSTGUARD_PROXY_REGION_UPSTREAMS="eu-west-1=http://…,us-east-1=http://…"`).
+    /// When set, a tenant's requests go only to the upstream of its
+    /// `settings.data_region`, and a tenant whose region has none here is
+    /// refused (403 `residency_violation`), so one costguard can front
+    /// several regions or, with one entry, serve one region and refuse the
+    /// rest. Requests that concern no tenant (public routes) go to
+    /// `upstream`. Empty (the default): every request goes to `upstream`.
+    pub region_upstreams: BTreeMap<String, String>,
     /// PEM certificate chain; with `tls_key_file`, the proxy port speaks TLS
     /// (HTTP/2 by ALPN, HTTP/1.1 otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +108,7 @@ impl Default for ProxySection {
         Self {
             listen: "0.0.0.0:8080".into(),
             upstream: "http://127.0.0.1:9000".into(),
+            region_upstreams: BTreeMap::new(),
             tls_cert_file: None,
             tls_key_file: None,
             trusted_proxies: Vec::new(),

@@ -1,6 +1,7 @@
 //! [`FileConfig`] → [`Config`]: every value parsed, bounded and loaded (TLS
 //! certificates included), every problem collected with its key path.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Where requests go.
     pub upstream: UpstreamTarget,
+    /// Data residency: each region's upstream; empty: no residency (every
+    /// request goes to `upstream`). See `[proxy] region_upstreams`.
+    pub region_upstreams: BTreeMap<Arc<str>, UpstreamTarget>,
     /// TLS termination, when a certificate and key are configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Peers whose forwarding headers are believed.
@@ -369,7 +373,25 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     };
     let p = &file.proxy;
     let listen = c.socket_addr("proxy.listen", &p.listen);
-    let upstream = upstream(&mut c, &p.upstream);
+    let upstream = upstream_target(&mut c, "proxy.upstream", &p.upstream);
+    let region_upstreams = p
+        .region_upstreams
+        .iter()
+        .filter_map(|(region, url)| {
+            let key = format!("proxy.region_upstreams.{region}");
+            if !crate::model::is_region(region) {
+                c.fail(
+                    key,
+                    "a region name is 1 to 128 of A-Z a-z 0-9 . _ - (as in `us-east-1`)",
+                );
+                return None;
+            }
+            Some((
+                Arc::from(region.as_str()),
+                upstream_target(&mut c, &key, url),
+            ))
+        })
+        .collect();
     let tls = tls(
         &mut c,
         p.tls_cert_file.as_deref(),
@@ -406,6 +428,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let proxy = ProxyConfig {
         listen,
         upstream,
+        region_upstreams,
         tls,
         trusted_proxies,
         strip_headers,
@@ -689,7 +712,7 @@ pub(crate) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
 }
 
-fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
+fn upstream_target(c: &mut Checker, key: &str, value: &str) -> UpstreamTarget {
     let fallback = UpstreamTarget {
         scheme: Scheme::HTTP,
         authority: Authority::from_static("127.0.0.1:9000"),
@@ -697,28 +720,28 @@ fn upstream(c: &mut Checker, value: &str) -> UpstreamTarget {
     let uri: http::Uri = match value.parse() {
         Ok(u) => u,
         Err(e) => {
-            c.fail("proxy.upstream", format!("not a URL ({e}): {value:?}"));
+            c.fail(key, format!("not a URL ({e}): {value:?}"));
             return fallback;
         }
     };
     if uri.scheme() != Some(&Scheme::HTTP) {
         c.fail(
-            "proxy.upstream",
+            key,
             format!("must start with http:// (the upstream runs in the same pod), got {value:?}"),
         );
         return fallback;
     }
     let Some(authority) = uri.authority().cloned() else {
-        c.fail("proxy.upstream", "has no host");
+        c.fail(key, "has no host");
         return fallback;
     };
     if authority.as_str().contains('@') {
-        c.fail("proxy.upstream", "must not contain credentials");
+        c.fail(key, "must not contain credentials");
         return fallback;
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         c.fail(
-            "proxy.upstream",
+            key,
             "must be scheme://host:port only; a path prefix is not supported",
         );
         return fallback;
