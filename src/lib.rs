@@ -56,10 +56,16 @@
 //! 8. `authz` checks tenant, project and permission and issues the `Permit`.
 //! 9. `throttle` applies the key's rate (429), the budget of cost routes
 //!    (402) and the tenant's daily quota (429).
-//! 10. `audit` records the decision (before forwarding; fail closed).
-//! 11. `forward` cleans the headers, replaces the credential with the
+//! 10. `residency` picks the upstream of the tenant's data region, or
+//!     refuses (403 `residency_violation`) when this costguard has none.
+//! 11. `audit` records the decision (before forwarding; fail closed).
+//! 12. `forward` cleans the headers, replaces the credential with the
 //!     identity headers and streams to the upstream (502/504/413).
-//! 12. Any stage error → [`response::error`]; `access_log` writes one line
+//! 13. `business_events`: when the upstream's response head arrives, the
+//!     route's business event (`cost.exported`, …) or the failure, and any
+//!     `budget.alert` the upstream raised, are recorded before the response
+//!     is forwarded.
+//! 14. Any stage error → [`response::error`]; `access_log` writes one line
 //!     when the response body is done.
 
 pub mod access_log;
@@ -68,6 +74,7 @@ pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod backup;
+pub mod business_events;
 pub mod config;
 pub mod context;
 pub mod demo;
@@ -87,6 +94,7 @@ pub mod principal;
 pub mod private_files;
 pub mod rate_limit;
 pub mod request_id;
+pub mod residency;
 pub mod response;
 pub mod roles;
 pub mod server;

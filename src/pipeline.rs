@@ -35,6 +35,7 @@ use crate::authn::{Authenticator, AuthnError};
 use crate::authz::matcher::{Access, Match};
 use crate::authz::policy::Policy;
 use crate::authz::{self, AuthzOutcome, BadTarget, Denied, Permit};
+use crate::business_events;
 use crate::config::{Config, Limits};
 use crate::context::Context;
 use crate::forward::headers::{self, Hygiene};
@@ -47,6 +48,7 @@ use crate::model::Tenant;
 use crate::otlp::{RequestSpans, Stage};
 use crate::principal::{AuthMethod, Principal};
 use crate::rate_limit::RateStatus;
+use crate::residency::{ResidencyViolation, Upstreams};
 use crate::response::{self, ErrorResponse, Problem};
 use crate::sso::Sso;
 use crate::sso::endpoints::Endpoints;
@@ -71,6 +73,9 @@ pub enum Error {
     /// Held back by a rate, quota or budget.
     #[error(transparent)]
     Limited(#[from] Limited),
+    /// The tenant's data region has no upstream here.
+    #[error(transparent)]
+    Residency(#[from] ResidencyViolation),
     /// Forwarding failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -88,6 +93,7 @@ impl Error {
             Error::BadTarget(e) => e,
             Error::Authz(e) => e,
             Error::Limited(e) => e,
+            Error::Residency(e) => e,
             Error::Forward(e) => e,
             Error::Audit(e) => e,
         }
@@ -103,6 +109,7 @@ impl Error {
                 | Error::BadTarget(_)
                 | Error::Authz(AuthzOutcome::Denied(_))
                 | Error::Limited(_)
+                | Error::Residency(_)
         )
     }
 }
@@ -133,7 +140,7 @@ impl<B> Clone for Proxy<B> {
 struct Inner<B> {
     limits: Limits,
     hygiene: Hygiene,
-    upstream: Upstream<B>,
+    upstreams: Upstreams<B>,
     context: Context,
     authn: Authenticator,
     /// Single sign-on, when configured: its `/auth/*` endpoints and cookies.
@@ -146,13 +153,17 @@ struct Inner<B> {
 struct Trail {
     client: Option<std::net::IpAddr>,
     principal: Option<Arc<Principal>>,
-    /// The caller's tenant as it is now (its data region goes into the
-    /// record and picks the upstream).
+    /// The tenant whose data the request concerns, as it is now: the
+    /// caller's, or the one a system admin's call names. Its data region
+    /// picks the upstream and goes into the records.
     tenant: Option<Arc<Tenant>>,
     route: Option<Arc<str>>,
     /// The matched route's template (a metrics label, never the path).
     template: Option<Arc<str>>,
     permission: Option<&'static str>,
+    /// The route's business event (`audit_event`), recorded once the
+    /// upstream has answered.
+    audit_event: Option<EventType>,
     /// Answered by costguard itself (probes, sign-on endpoints).
     local: bool,
     /// Whether a permit was issued (a later failure is not a denial).
@@ -179,7 +190,7 @@ impl Trail {
 
 /// The request as the audit record shows it (captured before the body is
 /// handed on): never the query string, never a credential.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Facts {
     method: http::Method,
     path: String,
@@ -235,6 +246,64 @@ impl Facts {
     }
 }
 
+impl Facts {
+    /// The second record of a request on a route that names a business
+    /// event, once it was answered with `status`: the event itself, or
+    /// `request.failed` for an error status (`error`: costguard's own
+    /// code when the upstream could not be reached).
+    fn outcome(
+        self,
+        trail: &Trail,
+        conn: &ConnInfo,
+        request_id: &HeaderValue,
+        status: u16,
+        error: Option<&'static str>,
+    ) -> Event {
+        let mut event = self.event(trail, conn, request_id, None);
+        event.event_type = match trail.audit_event {
+            Some(business) if status < 400 => business,
+            _ => EventType::RequestFailed,
+        };
+        if let Details::Request(d) = &mut event.details {
+            d.status = Some(status);
+            d.reason = error;
+        }
+        event
+    }
+}
+
+/// A `budget.alert` record for one alert header of the upstream's
+/// response (see [`business_events`]).
+fn budget_alert(
+    trail: &Trail,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    status: http::StatusCode,
+    alert: &HeaderValue,
+) -> Event {
+    let p = trail.principal.as_deref();
+    let mut details = business_events::alert_details(alert);
+    details.insert("route".into(), trail.route.as_deref().into());
+    details.insert("status".into(), status.as_u16().into());
+    // The budget is the tenant's whose data the request concerned.
+    let tenant = match &trail.tenant {
+        Some(t) => t.tenant_id.clone(),
+        None => p.map(|p| p.tenant_id.to_string()).unwrap_or_default(),
+    };
+    Event {
+        user_id: p.map(|p| p.user_id.to_string()).unwrap_or_default(),
+        tenant_id: tenant,
+        region: trail
+            .tenant
+            .as_ref()
+            .map(|t| t.settings.data_region.clone())
+            .unwrap_or_default(),
+        ip_address: trail.client.unwrap_or(conn.peer.ip()).to_string(),
+        request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+        ..Event::new(EventType::BudgetAlert, serde_json::Value::Object(details))
+    }
+}
+
 impl<B> Proxy<B>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
@@ -253,7 +322,7 @@ where
                 config.proxy.strip_headers.clone(),
                 config.proxy.trusted_proxies.clone(),
             ),
-            upstream: Upstream::new(&config.proxy, config.limits.max_body_bytes),
+            upstreams: Upstreams::new(&config.proxy, config.limits.max_body_bytes),
             context,
             authn,
             sso,
@@ -396,14 +465,20 @@ where
         } else {
             self.decide(&req, conn, trail).await
         };
-        let (permit, rate) = decided?;
+        let (permit, rate, upstream) = decided?;
         trail.permitted = true;
         let mut req = req;
         if let Some(sso) = &this.sso {
             sso.strip_cookies(req.headers_mut());
         }
+        // The business record (if the route names one) needs the facts
+        // again once the upstream has answered.
+        let mut outcome_facts = None;
         if let (Some(audit), Some(facts)) = (&this.context.audit, facts.take()) {
             let start = trail.spans.is_some().then(Instant::now);
+            if trail.audit_event.is_some() {
+                outcome_facts = Some(facts.clone());
+            }
             let event = facts.event(trail, conn, request_id, None);
             audit.record_request(event).await?;
             if let Some(start) = start {
@@ -420,9 +495,34 @@ where
         )?;
         trace.apply(upstream_req.headers_mut());
         let start = trail.spans.is_some().then(Instant::now);
-        let mut resp = this.upstream.send(upstream_req).await?;
+        let sent = upstream.send(upstream_req).await;
         if let Some(start) = start {
             trail.stage("costguard.upstream", start);
+        }
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                if let (Some(audit), Some(facts)) = (&this.context.audit, outcome_facts) {
+                    let Problem { status, code, .. } = e.problem();
+                    let event = facts.outcome(trail, conn, request_id, status.as_u16(), Some(code));
+                    if let Err(audit_error) = audit.record_request(event).await {
+                        tracing::error!(error = %audit_error, "Failed request not recorded in the audit log.");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let alerts = business_events::take_budget_alerts(resp.headers_mut());
+        if let Some(audit) = &this.context.audit {
+            if let Some(facts) = outcome_facts {
+                let event = facts.outcome(trail, conn, request_id, resp.status().as_u16(), None);
+                audit.record_request(event).await?;
+            }
+            for alert in &alerts {
+                audit
+                    .record_request(budget_alert(trail, conn, request_id, resp.status(), alert))
+                    .await?;
+            }
         }
         headers::response(resp.headers_mut());
         if permit.principal().is_some() {
@@ -444,7 +544,7 @@ where
         req: &Request<B>,
         conn: &ConnInfo,
         trail: &mut Trail,
-    ) -> Result<(Permit, Option<RateStatus>), Error> {
+    ) -> Result<(Permit, Option<RateStatus>, &Upstream<B>), Error> {
         let this = &*self.0;
         let Context {
             authz, throttle, ..
@@ -458,9 +558,12 @@ where
             if let Access::Permission(p) = m.route.access {
                 trail.permission = Some(p.as_str());
             }
+            trail.audit_event = m.route.audit_event;
         }
         if let Some(permit) = matched.as_ref().and_then(Permit::public) {
-            return Ok((permit, None));
+            // About no tenant: `[proxy] upstream`.
+            let upstream = this.upstreams.pick(None)?;
+            return Ok((permit, None, upstream));
         }
         let client = this.hygiene.client_ip(conn.peer.ip(), req.headers());
         trail.client = Some(client);
@@ -499,14 +602,28 @@ where
         };
         self.shadow(&policy, req, principal, decision.is_ok()).await;
         let permit = decision?;
-        // A system admin's call on another tenant's cost route spends that
-        // tenant's budget.
+        // A system admin's call on another tenant's route: that tenant's
+        // budget (cost routes) and data region.
+        let crossing = permit.crosses_tenants();
         let target = match permit.tenant() {
-            Some(t) if permit.cost() && permit.crosses_tenants() => this.authn.tenant(t).await?,
+            Some(t) if crossing && (permit.cost() || this.upstreams.enforced()) => {
+                this.authn.tenant(t).await?
+            }
             _ => None,
         };
+        // The data concerned is the named tenant's; one that does not
+        // exist has no region, which residency refuses.
+        let region = if crossing {
+            trail.tenant = target.clone();
+            target
+                .as_ref()
+                .map_or("", |t| t.settings.data_region.as_str())
+        } else {
+            auth.tenant.settings.data_region.as_str()
+        };
+        let upstream = this.upstreams.pick(Some(region))?;
         let rate = throttle.admit(&auth, &permit, target.as_deref()).await?;
-        Ok((permit, rate))
+        Ok((permit, rate, upstream))
     }
 
     /// Evaluates the shadow routes, if one matches, and logs what they would

@@ -156,6 +156,7 @@ proptest! {
                 pattern: render(&segs).into(),
                 access: Access::Permission(Permission::ViewCosts),
                 cost: false,
+                audit_event: None,
                 params: vec![],
                 origin: format!("r{}", kept.len()).into(),
             };

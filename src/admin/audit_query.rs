@@ -21,7 +21,7 @@ use super::error::ApiError;
 use crate::audit::index::{self, Entry, Index, Query};
 use crate::audit::ship::shared::{self, Filter, Position};
 use crate::audit::ship::{Link, ShipError};
-use crate::audit::{Audit, AuditError, Record, Severity, off_runtime};
+use crate::audit::{Audit, AuditError, EventType, Record, Severity, off_runtime};
 use crate::roles::Permission;
 
 /// Largest page.
@@ -347,10 +347,25 @@ impl ReportPart {
                 .collect()
         };
         let recent: Vec<Value> = self.recent.iter().map(|(_, r)| view(r)).collect();
+        // Every business event type, counted (0 included), so the report
+        // answers "how many exports" without a top-10 cut.
+        let business: serde_json::Map<String, Value> = EventType::BUSINESS
+            .iter()
+            .chain([&EventType::BudgetAlert])
+            .map(|t| {
+                let n = self
+                    .events
+                    .iter()
+                    .find(|(name, _)| name == t.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (t.as_str().to_string(), Value::from(n))
+            })
+            .collect();
         json!({
             "tenant_id": tenant,
             "days": days,
             "total_events": self.total,
+            "business_events": business,
             "event_distribution": top(self.events, 10, "event_type"),
             "most_active_users": top(self.users, 5, "user_id"),
             "high_severity_events": self.high_count,

@@ -85,6 +85,9 @@ pub(super) enum Events {
         updated: EventType,
         /// A suspension.
         suspended: EventType,
+        /// A change of data region, besides the above (where the tenant's
+        /// requests may go changed).
+        region: EventType,
     },
     /// `created` when it answered 201, else `updated`; and `roles` as well
     /// when the body holds a `roles` array.
@@ -346,12 +349,22 @@ impl Events {
         match self {
             Events::None => vec![UNNAMED],
             Events::One(t) => vec![t],
-            Events::TenantChange { updated, suspended } => {
-                if changes["status"] == "suspended" {
+            Events::TenantChange {
+                updated,
+                suspended,
+                region,
+            } => {
+                let mut events = if changes["status"] == "suspended" {
                     vec![suspended]
                 } else {
                     vec![updated]
+                };
+                if changes["data_region"].is_string()
+                    || changes["settings"]["data_region"].is_string()
+                {
+                    events.push(region);
                 }
+                events
             }
             Events::UserPut {
                 created,

@@ -54,6 +54,7 @@ pub(super) static ROUTES: &[Route] = &[
         events: Events::TenantChange {
             updated: EventType::TenantUpdated,
             suspended: EventType::TenantSuspended,
+            region: EventType::TenantRegionChanged,
         },
         handler: |c, p| {
             let body = c.body()?;

@@ -68,20 +68,21 @@ event_types! {
     Logout = "auth.logout",
     /// A sign-in was refused.
     LoginFailed = "auth.login_failed",
-    /// A seed event costguard does not write yet (design.md's business
-    /// events, named by a route).
+    /// Business events (the seed's), written once the upstream answered a
+    /// request on a route that names them (`audit_event` in the policy).
     BudgetCreated = "budget.created",
-    /// A seed event costguard does not write yet.
+    /// A business event (see `BudgetCreated`).
     BudgetUpdated = "budget.updated",
-    /// A seed event costguard does not write yet.
+    /// A business event (see `BudgetCreated`).
     BudgetDeleted = "budget.deleted",
-    /// A seed event costguard does not write yet.
+    /// The cost service said a budget crossed a threshold (its
+    /// `X-CostOps-Budget-Alert` response header).
     BudgetAlert = "budget.alert",
-    /// A seed event costguard does not write yet.
+    /// A business event (see `BudgetCreated`).
     CostViewed = "cost.viewed",
-    /// A seed event costguard does not write yet.
+    /// A business event (see `BudgetCreated`).
     CostExported = "cost.exported",
-    /// A seed event costguard does not write yet.
+    /// A business event (see `BudgetCreated`).
     ReportGenerated = "report.generated",
     /// A stored user was created.
     UserCreated = "user.created",
@@ -103,6 +104,10 @@ event_types! {
     // Costguard's own.
     /// A proxied request was let through.
     RequestAllowed = "request.allowed",
+    /// A request on a route that names a business event was answered
+    /// with an error (the upstream's 4xx/5xx, or costguard's 502/504), so
+    /// the business event did not happen.
+    RequestFailed = "request.failed",
     /// A new policy was loaded.
     PolicyReloaded = "policy.reloaded",
     /// A policy change was refused (the previous one stays in force).
@@ -115,6 +120,9 @@ event_types! {
     TenantSuspended = "tenant.suspended",
     /// A tenant was deleted.
     TenantDeleted = "tenant.deleted",
+    /// A tenant's data region was changed (its requests now go to another
+    /// region's upstream).
+    TenantRegionChanged = "tenant.region_changed",
     /// An API key was rotated.
     ApiKeyRotated = "apikey.rotated",
     /// A project was created.
@@ -132,6 +140,23 @@ event_types! {
 }
 
 impl EventType {
+    /// The seed's business events a route can name (`audit_event`).
+    pub const BUSINESS: [EventType; 6] = [
+        EventType::CostViewed,
+        EventType::CostExported,
+        EventType::ReportGenerated,
+        EventType::BudgetCreated,
+        EventType::BudgetUpdated,
+        EventType::BudgetDeleted,
+    ];
+
+    /// Whether a route may name it as its `audit_event`: only the seed's
+    /// business events, so no policy file can make a request look like a
+    /// sign-in, a key change or a denial.
+    pub fn is_business(self) -> bool {
+        Self::BUSINESS.contains(&self)
+    }
+
     /// The seed's `_determine_severity` for its events. Costguard's own
     /// events keep the severity they had before event types were typed:
     /// a deleted or suspended tenant is HIGH (like a deleted user), a
@@ -150,12 +175,13 @@ impl EventType {
             | CostExported | ReportGenerated | UserUpdated | ApiKeyCreated => Severity::Low,
             // Costguard's own (not in the seed).
             TenantDeleted | TenantSuspended => Severity::High,
+            // Where a tenant's data may go changed.
+            TenantRegionChanged => Severity::Medium,
             // A copy of every credential hash and session left the process.
             PolicyRejected | AuditBackup => Severity::Medium,
-            RequestAllowed | PolicyReloaded | TenantCreated | TenantUpdated | ApiKeyRotated
-            | ProjectCreated | RoleDefined | RoleDeleted | AdminAction | AuditPurged => {
-                Severity::Low
-            }
+            RequestAllowed | RequestFailed | PolicyReloaded | TenantCreated | TenantUpdated
+            | ApiKeyRotated | ProjectCreated | RoleDefined | RoleDeleted | AdminAction
+            | AuditPurged => Severity::Low,
         }
     }
 }

@@ -88,6 +88,12 @@ pub fn explain(policy: &Policy, caller: &Caller<'_>, method: &str, path: &str) -
         Access::Permission(p) => p,
     };
     lines.push(format!("needs: {needed}"));
+    lines.push(match m.route.audit_event {
+        Some(event) => format!(
+            "records: request.allowed before forwarding, then {event} once the upstream answers 1xx-3xx (request.failed otherwise)"
+        ),
+        None => "records: request.allowed before forwarding".into(),
+    });
     let mut perms = Permissions::NONE;
     for role in caller.roles {
         match policy.role(role) {
@@ -171,7 +177,17 @@ mod tests {
             "{:?}",
             e.lines
         );
+        assert!(
+            e.lines.iter().any(|l| l.contains("then cost.viewed once")),
+            "{:?}",
+            e.lines
+        );
         let e = explain(&p, &caller, "GET", "/v1/tenants/org-1/costs/export");
+        assert!(
+            e.lines
+                .iter()
+                .any(|l| l.contains("then cost.exported once"))
+        );
         assert!(!e.allowed);
         assert!(
             e.lines

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::Method;
 
 use super::path::MAX_SEGMENTS;
+use crate::audit::EventType;
 use crate::roles::Permission;
 
 /// Most `{param}` segments in one route.
@@ -34,6 +35,9 @@ pub struct Route {
     pub access: Access,
     /// Whether requests on it incur cost (budgets, later).
     pub cost: bool,
+    /// The business event its successful requests record besides the
+    /// decision (`cost.exported`, …), once the upstream has answered.
+    pub audit_event: Option<EventType>,
     /// Names of its `{param}` segments, in order.
     pub params: Vec<Box<str>>,
     /// Where it was defined, `file:line` (shared: permits carry it).
@@ -263,6 +267,7 @@ mod tests {
             pattern: pattern.into(),
             access: Access::Permission(p),
             cost: false,
+            audit_event: None,
             params: vec![],
             origin: format!("test:{pattern}").into(),
         }

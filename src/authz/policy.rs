@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::matcher::{Access, Matcher, PatternError, Route};
+use crate::audit::EventType;
 use crate::roles::{Permission, Permissions};
 
 /// A compiled policy snapshot. Immutable; replaced whole on reload.
@@ -116,6 +117,10 @@ struct RouteDef {
     permission: Spanned<String>,
     #[serde(default)]
     cost: bool,
+    /// The business event a successful request on this route records
+    /// (`cost.exported`, …; [`EventType::is_business`]).
+    #[serde(default)]
+    audit_event: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +324,7 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     &r.get_ref().path,
                     Some(&r.get_ref().permission),
                     r.get_ref().cost,
+                    r.get_ref().audit_event.as_ref(),
                 )
             })
             .chain(file.public.iter().map(|p| {
@@ -328,9 +334,10 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     &p.get_ref().path,
                     None,
                     false,
+                    None,
                 )
             }));
-        for (span, method, path, permission, cost) in entries {
+        for (span, method, path, permission, cost, audit_event) in entries {
             let line = line_of(text, span.start);
             let mut report = |line: usize, message: String| {
                 problems.push(PolicyProblem {
@@ -387,11 +394,29 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     }
                 },
             };
+            let audit_event = match audit_event {
+                None => None,
+                Some(e) => match e.get_ref().parse::<EventType>() {
+                    Ok(t) if t.is_business() => Some(t),
+                    _ => {
+                        report(
+                            line_of(text, e.span().start),
+                            format!(
+                                "audit_event {:?} is not a business event: use one of {}",
+                                e.get_ref(),
+                                EventType::BUSINESS.map(EventType::as_str).join(", ")
+                            ),
+                        );
+                        continue;
+                    }
+                },
+            };
             let route = Route {
                 methods,
                 pattern: path.get_ref().as_str().into(),
                 access,
                 cost,
+                audit_event,
                 params: vec![],
                 origin: format!("{name}:{line}").into(),
             };

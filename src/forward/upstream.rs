@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{ForwardError, UpstreamBody};
-use crate::config::ProxyConfig;
+use crate::config::{ProxyConfig, UpstreamTarget};
 
 /// The upstream client, for request bodies of type `B` (the listener's
 /// `Incoming`; in-process tests send in-memory bodies). Cheap to clone (the
@@ -93,12 +93,13 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// The pool for `[proxy]`'s upstream, sharded for `config.workers`;
-    /// `max_body` is reported in 413s.
-    pub fn new(config: &ProxyConfig, max_body: u64) -> Self {
+    /// The pool for `target` (`[proxy]`'s upstream or a region's), with
+    /// `[proxy]`'s timeouts and sharded for its workers; `max_body` is
+    /// reported in 413s.
+    pub fn new(config: &ProxyConfig, target: &UpstreamTarget, max_body: u64) -> Self {
         let shards = config.workers.max(1) + 1;
         Self(Arc::new(Pool {
-            authority: config.upstream.authority.to_string(),
+            authority: target.authority.to_string(),
             connect_timeout: config.upstream_connect_timeout,
             response_timeout: config.upstream_response_timeout,
             idle_timeout: config.upstream_pool_idle_timeout,

@@ -47,7 +47,9 @@ pub struct Seen {
 /// `/slow/<ms>` answers after a delay, `/hang` never answers,
 /// `/sink` counts the body without keeping it, anything else answers 200.
 /// A request header `x-test-cost: V` makes the answer carry
-/// `X-CostOps-Cost-USD: V`, as a metered upstream would.
+/// `X-CostOps-Cost-USD: V`, as a metered upstream would; each
+/// `x-test-budget-alert: V` an `X-CostOps-Budget-Alert: V`; and
+/// `x-test-status: N` sets the status.
 /// Every answer carries `x-upstream: yes`, a hop-by-hop `Connection` token
 /// and a `keep-alive` header the proxy must strip.
 #[derive(Clone)]
@@ -163,6 +165,11 @@ async fn handle(
     let mut resp = Response::builder();
     if let Some(cost) = cost {
         resp = resp.header("x-costops-cost-usd", cost);
+    }
+    // `x-test-budget-alert: V` (repeatable) asks for the budget alerts a
+    // cost service raises.
+    for alert in parts.headers.get_all("x-test-budget-alert") {
+        resp = resp.header("x-costops-budget-alert", alert);
     }
     let resp = resp
         .status(status)
