@@ -35,14 +35,17 @@ bench_store "$BIN" "$CONFIG" "$WORK/store" 18289
 cp -r "$WORK/store" "$WORK/store2"
 cp -r "$WORK/store" "$WORK/store4"
 cp -r "$WORK/store" "$WORK/store5"
+cp -r "$WORK/store" "$WORK/store6"
 passthrough_policy "$WORK/passthrough"
+no_business_policy "$WORK/nobusiness"
 
 common="COSTGUARD_PROXY_LISTEN=127.0.0.1:{PORT} COSTGUARD_PROXY_UPSTREAM=http://{UPSTREAM} COSTGUARD_ADMIN_LISTEN=127.0.0.1:0 COSTGUARD_LOG_ACCESS_LOG=false"
 args=(--auth-key "$KEY" --path "/v1/tenants/$TENANT/costs?month=2026-11"
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store $BIN serve --config $CONFIG" --name costguard
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store2 COSTGUARD_AUDIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-noaudit
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store4 COSTGUARD_POLICY_DIR=$WORK/passthrough COSTGUARD_AUDIT_ENABLED=false COSTGUARD_RATE_LIMIT_ENABLED=false $BIN serve --config $CONFIG" --name costguard-passthrough
-  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store5 COSTGUARD_METRICS_ENABLED=false $BIN serve --config $CONFIG" --name costguard-nometrics)
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store5 COSTGUARD_METRICS_ENABLED=false $BIN serve --config $CONFIG" --name costguard-nometrics
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store6 COSTGUARD_POLICY_DIR=$WORK/nobusiness $BIN serve --config $CONFIG" --name costguard-nobusiness)
 if [[ -n ${BEFORE_BIN:-} ]]; then
   cp -r "$WORK/store" "$WORK/store3"
   args+=(--candidate "env $common COSTGUARD_STORE_PATH=$WORK/store3 $BEFORE_BIN serve --config $CONFIG" --name costguard-before)

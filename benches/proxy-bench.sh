@@ -7,8 +7,11 @@
 # is counted), with the audit log off (`costguard-noaudit`), with the
 # JSON access log on (`costguard-accesslog`), and as a plain pass-through
 # (`costguard-passthrough`: one public route, audit and limits off), and
-# with the per-request metrics off (`costguard-nometrics`), so the access
-# decision's own cost (or the metrics') is the difference between two lines.
+# with the per-request metrics off (`costguard-nometrics`), and with the
+# shipped policy's business events off (`costguard-nobusiness`: one audit
+# record per request instead of two), so the access decision's own cost
+# (or the metrics', or the business record's) is the difference between
+# two lines.
 #
 # It builds the release binaries, makes a store with one tenant and one
 # viewer key
@@ -58,8 +61,11 @@ args=(--configs "${BENCH_CONFIGS:-direct nginx nginx-authreq haproxy}" --auth-ke
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store10 COSTGUARD_POLICY_DIR=$WORK/passthrough COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_AUDIT_ENABLED=false COSTGUARD_RATE_LIMIT_ENABLED=false $BIN serve --config $CONFIG"
   --port 18100 --name costguard-passthrough
   --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store11 COSTGUARD_LOG_ACCESS_LOG=false COSTGUARD_METRICS_ENABLED=false $BIN serve --config $CONFIG"
-  --port 18101 --name costguard-nometrics)
+  --port 18101 --name costguard-nometrics
+  --candidate "env $common COSTGUARD_STORE_PATH=$WORK/store12 COSTGUARD_POLICY_DIR=$WORK/nobusiness COSTGUARD_LOG_ACCESS_LOG=false $BIN serve --config $CONFIG"
+  --port 18102 --name costguard-nobusiness)
 passthrough_policy "$WORK/passthrough"
+no_business_policy "$WORK/nobusiness"
 # The access-log and no-limits candidates need their own store (sled allows one process per
 # store): copy the one with the key.
 cp -r "$WORK/store" "$WORK/store2"
@@ -67,6 +73,7 @@ cp -r "$WORK/store" "$WORK/store4"
 cp -r "$WORK/store" "$WORK/store5"
 cp -r "$WORK/store" "$WORK/store10"
 cp -r "$WORK/store" "$WORK/store11"
+cp -r "$WORK/store" "$WORK/store12"
 # BENCH_CANDIDATES="costguard costguard-noaudit" keeps only those candidates
 # (for a longer A/B run of two of them).
 if [[ -n ${BENCH_CANDIDATES:-} ]]; then

@@ -241,7 +241,7 @@ fn policy_check_and_explain() {
     let out = cli(["policy", "check"]).arg(dir.path()).run();
     assert_eq!(out.status.code(), Some(1));
     let stderr = &out.stderr;
-    assert!(stderr.contains("routes.toml:9: route \"/v1/tenants/{tenant}/costs\" conflicts with the route at bad.toml:1"), "{stderr}");
+    assert!(stderr.contains("routes.toml:13: route \"/v1/tenants/{tenant}/costs\" conflicts with the route at bad.toml:1"), "{stderr}");
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
     assert!(
         stderr.contains("bad.toml:7: unknown method \"GTE\""),

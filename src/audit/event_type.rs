@@ -247,12 +247,14 @@ mod tests {
     /// event types were strings.
     const OURS: &[(&str, Severity)] = &[
         ("request.allowed", Severity::Low),
+        ("request.failed", Severity::Low),
         ("policy.reloaded", Severity::Low),
         ("policy.rejected", Severity::Medium),
         ("tenant.created", Severity::Low),
         ("tenant.updated", Severity::Low),
         ("tenant.suspended", Severity::High),
         ("tenant.deleted", Severity::High),
+        ("tenant.region_changed", Severity::Medium),
         ("apikey.rotated", Severity::Low),
         ("project.created", Severity::Low),
         ("role.defined", Severity::Low),

@@ -935,7 +935,19 @@ mod tests {
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 2 * TREES.len());
         let imported = SledStore::import(&dir.path().join("b"), &out[..]).unwrap();
         assert_eq!(imported, exported.records);
-        let back = SledStore::open(&dir.path().join("b")).unwrap();
+        // sled's flusher thread may hold the imported database's file lock
+        // a moment after `import` returned (it lets go at its next wake-up).
+        let mut attempts = 0;
+        let back = loop {
+            match SledStore::open(&dir.path().join("b")) {
+                Ok(back) => break back,
+                Err(e) if attempts < 100 && e.to_string().contains("could not acquire lock") => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         for name in TREES {
             let a: Vec<_> = store
                 .tree(name)
