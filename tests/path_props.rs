@@ -158,6 +158,7 @@ proptest! {
                 cost: false,
                 params: vec![],
                 origin: format!("r{}", kept.len()).into(),
+                project_query: None,
             };
             if m.add(route).is_ok() {
                 kept.push(segs);

@@ -38,6 +38,10 @@ pub struct Route {
     pub params: Vec<Box<str>>,
     /// Where it was defined, `file:line` (shared: permits carry it).
     pub origin: Arc<str>,
+    /// The query parameter that names the route's project, for routes
+    /// without a `{project}` segment: project-scoped grants count on it
+    /// (`grants::query_project`). `None`: grants give nothing here.
+    pub project_query: Option<Box<str>>,
 }
 
 /// A request matched to a route, with the captured parameters.
@@ -265,6 +269,7 @@ mod tests {
             cost: false,
             params: vec![],
             origin: format!("test:{pattern}").into(),
+            project_query: None,
         }
     }
 

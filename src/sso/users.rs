@@ -132,10 +132,19 @@ impl Directory {
             });
         }
         if let Some(u) = user {
+            // Grants follow the admin API's roles: where the provider
+            // alone decides roles, the admin API's grants do not count
+            // either.
             match mapping.role_source() {
                 RoleSource::Idp => {}
-                RoleSource::Admin => identity.roles = u.roles.clone(),
-                RoleSource::Both => identity.roles.extend(u.roles.iter().cloned()),
+                RoleSource::Admin => {
+                    identity.roles = u.roles.clone();
+                    identity.grants = u.grants.clone();
+                }
+                RoleSource::Both => {
+                    identity.roles.extend(u.roles.iter().cloned());
+                    identity.grants = u.grants.clone();
+                }
             }
             identity.roles.sort();
             identity.roles.dedup();
