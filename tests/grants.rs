@@ -413,3 +413,86 @@ async fn a_users_grants_are_stored_shown_and_replaced_with_the_user() {
     assert_eq!(status, 200, "{body}");
     assert!(body.get("grants").is_none(), "{body}");
 }
+
+#[test]
+fn policy_explain_shows_grants_and_project_query() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_shipped_policy(dir.path());
+    std::fs::write(dir.path().join("zz-grants.toml"), GRANT_ROUTES).unwrap();
+    let explain = |args: &[&str]| {
+        let out = support::cli(["policy", "explain", "--policy"])
+            .arg(dir.path())
+            .args(args)
+            .run();
+        (out.status.code(), out.stdout, out.stderr)
+    };
+    let grant = [
+        "--role",
+        "viewer",
+        "--grant",
+        "analyst:proj-0000000a",
+        "--tenant",
+        "org-1",
+    ];
+    let (code, text, err) = explain(
+        &[
+            &grant[..],
+            &[
+                "GET",
+                "/v1/tenants/org-1/projects/proj-0000000a/costs/export",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(
+        text.contains(
+            "grant analyst on proj-0000000a: applies on proj-0000000a: view_costs, export_costs"
+        ),
+        "{text}"
+    );
+    let (code, text, _) = explain(
+        &[
+            &grant[..],
+            &[
+                "GET",
+                "/v1/tenants/org-1/projects/proj-0000000b/costs/export",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "grant analyst on proj-0000000a: does not apply: the project is not one of the grant's"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("decision: DENY (403 forbidden"), "{text}");
+    // The query route says where its project comes from.
+    let (code, text, _) = explain(
+        &[
+            &grant[..],
+            &["GET", "/v1/tenants/org-1/exports?project_id=proj-0000000a"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("project: from the query parameter project_id"),
+        "{text}"
+    );
+    // A JSON grant with a network condition, with and without --client.
+    let json_grant = r#"{"role": "analyst", "projects": ["proj-0000000a"], "conditions": {"networks": ["10.0.0.0/8"]}}"#;
+    let path = "/v1/tenants/org-1/projects/proj-0000000a/costs/export";
+    let (code, text, _) = explain(&["--role", "viewer", "--grant", json_grant, "GET", path]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no client address"), "{text}");
+    let (code, text, _) = explain(&[
+        "--role", "viewer", "--grant", json_grant, "--client", "10.2.3.4", "GET", path,
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    // A malformed grant is a usage error.
+    let (code, _, err) = explain(&["--grant", "analyst", "GET", path]);
+    assert_eq!(code, Some(2), "{err}");
+}
