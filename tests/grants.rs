@@ -496,3 +496,58 @@ fn policy_explain_shows_grants_and_project_query() {
     let (code, _, err) = explain(&["--grant", "analyst", "GET", path]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// Shared mode (PostgreSQL + Redis, two replicas): a key with a grant made
+/// on one replica is enforced the same on the other, and a change to the
+/// custom role a grant names reaches the other replica like any role
+/// change.
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_behave_the_same_on_every_replica_of_a_shared_store() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_shipped_policy(dir.path());
+    std::fs::write(dir.path().join("zz-grants.toml"), GRANT_ROUTES).unwrap();
+    let shared = support::shared::Shared::new();
+    let r = shared.replicas(
+        2,
+        &up,
+        &format!("{NO_AUTH_THROTTLE}{}", policy_table(dir.path())),
+        &[],
+    );
+    let (a, b) = (&r[0], &r[1]);
+    let t = a.create_tenant("enterprise");
+    let (pa, pb) = (project(a, &t), project(a, &t));
+    let role = |permissions: &[&str]| {
+        let (status, body) = a.admin(
+            "PUT",
+            &format!("/admin/v1/tenants/{t}/roles/exporter"),
+            Some(json!({"description": "x", "permissions": permissions})),
+        );
+        assert!(status == 200 || status == 201, "{status} {body}");
+    };
+    role(&["view_costs"]);
+    let (_, key) = a.create_key_with(
+        &t,
+        json!({"description": "shared", "roles": ["viewer"],
+               "grants": [{"role": "exporter", "projects": [pa]}]}),
+    );
+    let export = |p: &str| format!("/v1/tenants/{t}/projects/{p}/costs/export");
+    assert_denied(b, &up, &export(&pa), &key, "forbidden");
+    role(&["view_costs", "export_costs"]);
+    let since = std::time::Instant::now();
+    loop {
+        let (status, body) = get(b, &export(&pa), &key);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(5),
+            "the role change did not reach the other replica"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_allowed(a, &up, &export(&pa), &key);
+    assert_denied(b, &up, &export(&pb), &key, "forbidden");
+    assert_denied(a, &up, &export(&pb), &key, "forbidden");
+}
