@@ -199,10 +199,11 @@ pub enum QueryProject {
 
 /// The project the query's parameter `name` names: exactly one
 /// occurrence with a plain `proj-` id, else no project (a grant then gives
-/// nothing). Pairs are split on `&` and `;` and names are percent- and
-/// `+`-decoded and compared ignoring ASCII case, so a spelling that some upstream
-/// framework would read as the same parameter counts as another
-/// occurrence rather than slipping past.
+/// nothing). Pairs are split on `&` and `;` and every name that some
+/// upstream framework could read as `name` (encoded, other case, array
+/// syntax, PHP's `.` for `_`; see [`canonical`]) counts as an occurrence,
+/// so a second spelling makes the query ambiguous rather than slipping
+/// past; the one occurrence must be spelt exactly `name`.
 pub fn query_project<'q>(query: Option<&'q str>, name: &str) -> Result<&'q str, QueryProject> {
     let mut found = None;
     for pair in query.unwrap_or("").split(['&', ';']) {
@@ -222,35 +223,45 @@ pub fn query_project<'q>(query: Option<&'q str>, name: &str) -> Result<&'q str, 
     }
 }
 
-/// Whether a raw query key decodes to `name` (`%XX` and `+`).
+/// Whether a raw query key may be read as `name` by some parser: equal
+/// once both are canonical (see [`canonical`]).
 fn key_is(raw: &str, name: &str) -> bool {
-    if !raw.contains(['%', '+']) {
-        return raw.eq_ignore_ascii_case(name);
-    }
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
+    canonical(raw.as_bytes()) == canonical(name.as_bytes())
+}
+
+/// A query key as the most lenient common parsers read it: `%XX` and `+`
+/// decoded, ASCII lower case, cut at a `[` (`name[]=` and `name[x]=` are
+/// PHP's and Rails' arrays of `name`), `.` and space as `_` (PHP's
+/// renaming). Allocates, but runs only for a caller with grants on a
+/// `project_query` route its roles do not already allow.
+fn canonical(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
+    while i < raw.len() {
+        let b = match raw[i] {
+            b'%' if i + 2 < raw.len() => {
+                match std::str::from_utf8(&raw[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                 {
                     Some(b) => {
-                        decoded.push(b);
-                        i += 3;
-                        continue;
+                        i += 2;
+                        b
                     }
-                    None => decoded.push(b'%'),
+                    None => b'%',
                 }
             }
-            b'+' => decoded.push(b' '),
-            b => decoded.push(b),
-        }
+            b'+' => b' ',
+            b => b,
+        };
         i += 1;
+        match b {
+            b'[' => break,
+            b'.' | b' ' => out.push(b'_'),
+            b => out.push(b.to_ascii_lowercase()),
+        }
     }
-    decoded.eq_ignore_ascii_case(name.as_bytes())
+    out
 }
 
 #[cfg(test)]
@@ -401,6 +412,10 @@ mod tests {
             "project_id=proj-1&project%5Fid=proj-2",
             "project_id=proj-1;project_id=proj-2",
             "project_id=proj-1&PROJECT_ID=proj-2",
+            "project_id=proj-1&project_id[]=proj-2",
+            "project_id=proj-1&project_id%5B0%5D=proj-2",
+            "project_id=proj-1&project.id=proj-2",
+            "project_id=proj-1&project+id=proj-2",
         ] {
             assert_eq!(q(twice), Err(QueryProject::Several), "{twice}");
         }
@@ -411,6 +426,7 @@ mod tests {
             "project_id=proj-%31",
             "project_id=proj-1+",
             "project%5Fid=proj-1",
+            "project_id[]=proj-1",
         ] {
             assert_eq!(q(bad), Err(QueryProject::Invalid), "{bad}");
         }

@@ -376,6 +376,8 @@ async fn a_project_query_route_counts_a_grant_on_exactly_one_named_project() {
         format!("?project_id={b}&project_id={a}"),
         format!("?project_id={a}&project%5Fid={b}"),
         format!("?project_id={a};project_id={b}"),
+        format!("?project_id={a}&project_id%5B%5D={b}"),
+        format!("?project_id={a}&project.id={b}"),
         format!("?projectid={a}"),
     ] {
         assert_denied(&cg, &up, &format!("{exports}{query}"), &key, "forbidden");
