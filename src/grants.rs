@@ -201,7 +201,7 @@ pub enum QueryProject {
 /// occurrence with a plain `proj-` id, else no project (a grant then gives
 /// nothing). Pairs are split on `&` and `;` and every name that some
 /// upstream framework could read as `name` (encoded, other case, array
-/// syntax, PHP's `.` for `_`; see [`canonical`]) counts as an occurrence,
+/// syntax, PHP's `.` for `_`: see `canonical`) counts as an occurrence,
 /// so a second spelling makes the query ambiguous rather than slipping
 /// past; the one occurrence must be spelt exactly `name`.
 pub fn query_project<'q>(query: Option<&'q str>, name: &str) -> Result<&'q str, QueryProject> {

@@ -553,3 +553,34 @@ async fn grants_behave_the_same_on_every_replica_of_a_shared_store() {
     assert_denied(b, &up, &export(&pb), &key, "forbidden");
     assert_denied(a, &up, &export(&pb), &key, "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_hours_condition_is_matched_against_the_utc_clock() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cg = start(&up, &dir);
+    let t = cg.create_tenant("enterprise");
+    let a = project(&cg, &t);
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24;
+    // Windows two hours wide, so an hour boundary during the test moves
+    // neither across `now`.
+    let with_hours = |start: u64, end: u64| {
+        cg.create_key_with(
+            &t,
+            json!({"description": "hours", "roles": ["viewer"],
+                   "grants": [{"role": "analyst", "projects": [a],
+                               "conditions": {"hours_utc": {"start": start % 24, "end": end % 24}}}]}),
+        )
+        .1
+    };
+    let export = format!("/v1/tenants/{t}/projects/{a}/costs/export");
+    let now = with_hours(hour, hour + 2);
+    assert_allowed(&cg, &up, &export, &now);
+    let later = with_hours(hour + 2, hour + 4);
+    assert_denied(&cg, &up, &export, &later, "forbidden");
+}
