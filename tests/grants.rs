@@ -584,3 +584,67 @@ async fn an_hours_condition_is_matched_against_the_utc_clock() {
     let later = with_hours(hour + 2, hour + 4);
     assert_denied(&cg, &up, &export, &later, "forbidden");
 }
+
+/// A user's grants through the real single sign-on path: an IdP-issued
+/// JWT (npm `oidc-provider` on 127.0.0.2) for a user the admin API gave
+/// `viewer` and `analyst` on one project; replacing the user without the
+/// grant takes it away from the next request, like a role change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_grant_applies_to_their_jwt_and_goes_with_the_user() {
+    use support::idp::{Idp, client, now, provider_toml};
+    let setup = support::sso::Setup::new(&["enterprise"]);
+    let port = setup.port;
+    let idp = Idp::start(&json!({"clients": [client("cg", None, "RS256", port)], "users": {}}));
+    let dir = tempfile::tempdir().unwrap();
+    copy_shipped_policy(dir.path());
+    std::fs::write(dir.path().join("zz-grants.toml"), GRANT_ROUTES).unwrap();
+    let toml = format!(
+        "{NO_AUTH_THROTTLE}{}[sso]\n{}",
+        policy_table(dir.path()),
+        provider_toml(
+            "corp",
+            &idp.issuer,
+            "cg",
+            None,
+            port,
+            "tenant_claim = \"tenant_id\"\nroles_claim = \"roles\"\n",
+        ),
+    );
+    let w = setup.start(idp, &toml).await;
+    let (cg, up, t) = (&w.cg, &w.up, &w.tenant);
+    let (a, b) = (project(cg, t), project(cg, t));
+    let put = |grants: Value| {
+        let (status, body) = cg.admin(
+            "PUT",
+            &format!("/admin/v1/tenants/{t}/users/alice"),
+            Some(json!({"email": "alice@example.com", "roles": ["viewer"], "grants": grants})),
+        );
+        assert!(status == 200 || status == 201, "{status} {body}");
+    };
+    put(json!([{"role": "analyst", "projects": [a]}]));
+    // The provider says only viewer; the grant comes from the admin API.
+    let token = w
+        .idp
+        .mint(
+            json!({"iss": w.idp.issuer, "aud": "cg", "sub": "alice", "exp": now() + 300,
+                   "iat": now(), "tenant_id": t, "roles": ["viewer"],
+                   "jti": uuid::Uuid::new_v4().to_string()}),
+            json!({}),
+            "RS256",
+            None,
+        )
+        .await;
+    let export = |p: &str| format!("/v1/tenants/{t}/projects/{p}/costs/export");
+    assert_allowed(cg, up, &export(&a), &token);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-costops-user-id"], "alice");
+    assert_eq!(seen.headers["x-costops-auth-method"], "jwt");
+    assert_denied(cg, up, &export(&b), &token, "forbidden");
+    // The grant goes with the user's next version, for the same token.
+    put(json!([]));
+    assert_denied(cg, up, &export(&a), &token, "forbidden");
+    // And comes back with it.
+    put(json!([{"role": "analyst", "projects": [b]}]));
+    assert_allowed(cg, up, &export(&b), &token);
+    assert_denied(cg, up, &export(&a), &token, "forbidden");
+}

@@ -184,8 +184,8 @@ impl AdminOps {
     }
 
     /// What an identity of the tenant can do now: its stored roles and
-    /// grants (on any of their projects) and the roles its live sessions (`sessions`, the tenant's) carry from the
-    /// provider. `takeover`: the caller would create or replace the
+    /// grants (on any of their projects) and the roles its live sessions
+    /// (`sessions`, the tenant's) carry from the provider. `takeover`: the caller would create or replace the
     /// identity's record; under single sign-on a user id the admin API does
     /// not hold (or holds only as a tombstone) may be an identity whose
     /// provider roles are unknown until it logs in, so taking it over needs

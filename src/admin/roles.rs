@@ -1,8 +1,9 @@
-//! Roles: the one place roles are granted to keys and users
-//! ([`AdminOps::assign_roles`]), and a tenant's custom roles
-//! (`/admin/v1/tenants/{tenant}/roles[/{name}]`): define, list, read,
-//! delete, never beyond what the caller holds nor under a key or user
-//! more powerful than the caller.
+//! Roles: the one place roles are granted to keys and users, tenant-wide
+//! ([`AdminOps::assign_roles`]) or on some projects
+//! ([`AdminOps::assign_grants`]), under one rule (`grantable`); and a
+//! tenant's custom roles (`/admin/v1/tenants/{tenant}/roles[/{name}]`):
+//! define, list, read, delete, never beyond what the caller holds nor
+//! under a key or user more powerful than the caller.
 
 use super::auth::Caller;
 use super::error::ApiError;
