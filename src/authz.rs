@@ -6,7 +6,12 @@
 //! the store, cached); only `system_admin` crosses tenants. The caller's
 //! permissions are the union of its roles (policy roles, then the tenant's
 //! custom roles), narrowed by the key's scopes. No route: denied.
-//! A successful decision is a [`Permit`], which forwarding requires.
+//! On a route that names a project (its `{project}` segment, or the query
+//! parameter its `project_query` names), the roles of the caller's
+//! project-scoped grants on that project count too, while their
+//! conditions hold ([`crate::grants`]); only in the caller's own tenant,
+//! and before the scopes narrow. A successful decision is a [`Permit`],
+//! which forwarding requires.
 
 pub mod explain;
 pub mod matcher;
@@ -15,12 +20,14 @@ pub mod policy;
 pub mod reload;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, header};
 use moka::future::Cache;
 
+use crate::grants;
 use crate::metrics::CacheStats;
 use crate::principal::Principal;
 use crate::response::{ErrorResponse, Problem};
@@ -156,6 +163,28 @@ pub fn check_target<B>(req: &Request<B>) -> Result<(), BadTarget> {
     Ok(())
 }
 
+/// What a decision may look at besides the route and the caller: the
+/// request's attributes that project-scoped grants read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attributes<'a> {
+    /// The client address as resolved through `proxy.trusted_proxies`
+    /// (`None`: unknown, and a grant with a `networks` condition does not
+    /// apply).
+    pub client: Option<IpAddr>,
+    /// The request's query, for a route's `project_query`.
+    pub query: Option<&'a str>,
+}
+
+impl<'a> Attributes<'a> {
+    /// The attributes of `req` from `client`.
+    pub fn of<B>(req: &'a Request<B>, client: IpAddr) -> Self {
+        Self {
+            client: Some(client),
+            query: req.uri().query(),
+        }
+    }
+}
+
 /// The authorization stage. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Authz {
@@ -272,7 +301,9 @@ impl Authz {
         Ok(self.tenant_roles(tenant_id).await?.get(role).copied())
     }
 
-    /// The caller's effective permissions under `policy`.
+    /// The caller's tenant-wide permissions under `policy`: its roles',
+    /// narrowed by its scopes. Project-scoped grants are not in it (they
+    /// count only on a route naming one of their projects).
     pub async fn permissions(
         &self,
         policy: &Policy,
@@ -285,6 +316,30 @@ impl Authz {
             Some(scopes) => perms.intersect(scopes),
             None => perms,
         })
+    }
+
+    /// The permissions of the caller's grants that apply on `project`
+    /// (in the caller's own tenant) for a request with `attrs`.
+    pub async fn grants_permissions(
+        &self,
+        policy: &Policy,
+        principal: &Principal,
+        project: &str,
+        attrs: &Attributes<'_>,
+    ) -> Result<Permissions, Arc<StoreError>> {
+        let mut perms = Permissions::NONE;
+        for grant in &principal.grants {
+            if grant
+                .applies(project, attrs.client, time::OffsetDateTime::now_utc)
+                .is_ok()
+                // Boxed: see `ApiKeys::authenticate`.
+                && let Some(p) =
+                    Box::pin(self.role(policy, &principal.tenant_id, grant.role())).await?
+            {
+                perms = perms.union(p);
+            }
+        }
+        Ok(perms)
     }
 
     /// The union of `roles`' permissions in `tenant_id` under `policy`
@@ -322,11 +377,17 @@ impl Authz {
         policy: &Policy,
         m: &Match<'_, '_>,
         principal: &Arc<Principal>,
+        attrs: &Attributes<'_>,
     ) -> Result<Permit, AuthzOutcome> {
-        let perms = self
-            .permissions(policy, principal)
+        let narrow = |perms: Permissions| match principal.scopes {
+            Some(scopes) => perms.intersect(scopes),
+            None => perms,
+        };
+        let held = self
+            .roles_permissions(policy, &principal.tenant_id, &principal.roles)
             .await
             .map_err(AuthzOutcome::Store)?;
+        let mut perms = narrow(held);
         // The one cross-tenant rule: a route naming another tenant is
         // refused unless the caller is a system admin.
         let tenant = match m.param("tenant") {
@@ -369,7 +430,26 @@ impl Authz {
         if let Access::Permission(p) = m.route.access
             && !perms.contains(p)
         {
-            return Err(AuthzOutcome::Denied(Denied::Missing(p)));
+            // Grants count only in the caller's own tenant (never towards
+            // crossing), on the project the route names, and are looked at
+            // only when the tenant-wide roles fall short.
+            if !principal.grants.is_empty()
+                && tenant == &*principal.tenant_id
+                && let Some(project) = match (m.param("project"), &m.route.project_query) {
+                    (Some(project), _) => Some(project),
+                    (None, Some(name)) => grants::query_project(attrs.query, name).ok(),
+                    (None, None) => None,
+                }
+            {
+                let granted = self
+                    .grants_permissions(policy, principal, project, attrs)
+                    .await
+                    .map_err(AuthzOutcome::Store)?;
+                perms = narrow(held.union(granted));
+            }
+            if !perms.contains(p) {
+                return Err(AuthzOutcome::Denied(Denied::Missing(p)));
+            }
         }
         let tenant = if tenant == &*principal.tenant_id {
             principal.tenant_id.clone()
@@ -493,6 +573,17 @@ path = "/v1/tenants/{tenant}/projects/{project}/completions"
 permission = "view_costs"
 cost = true
 
+[[routes]]
+method = "GET"
+path = "/v1/tenants/{tenant}/projects/{project}/export"
+permission = "export_costs"
+
+[[routes]]
+method = "GET"
+path = "/v1/tenants/{tenant}/exports"
+permission = "export_costs"
+project_query = "project_id"
+
 [[public]]
 method = "GET"
 path = "/v1/status"
@@ -559,6 +650,7 @@ path = "/v1/status"
             .unwrap(),
             key_id: Some(key_id),
             roles: roles.into(),
+            grants: Box::default(),
             scopes: None,
             rate_per_minute: None,
             method: AuthMethod::ApiKey,
@@ -577,7 +669,9 @@ path = "/v1/status"
             .enforce
             .find(&method, path)
             .unwrap_or_else(|| panic!("no test route for {method} {path}"));
-        authz.authorize(&policy, &m, who).await
+        authz
+            .authorize(&policy, &m, who, &Attributes::default())
+            .await
     }
 
     fn costs(tenant: &str) -> String {
@@ -846,5 +940,192 @@ path = "/v1/status"
         let path = costs(TENANT_A);
         let protected = policy.enforce.find(&Method::GET, &path).unwrap();
         assert!(Permit::public(&protected).is_none());
+    }
+
+    /// `principal` with `grants` (compiled as authentication would).
+    fn with_grants(mut p: Principal, grants: &[model::Grant]) -> Arc<Principal> {
+        p.grants = crate::grants::compile_all(grants);
+        Arc::new(p)
+    }
+
+    fn grant(role: &str, projects: &[&str]) -> model::Grant {
+        model::Grant {
+            role: role.into(),
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+            conditions: None,
+        }
+    }
+
+    async fn decide_with(
+        authz: &Authz,
+        path_and_query: &str,
+        who: &Arc<Principal>,
+        client: Option<IpAddr>,
+    ) -> Result<Permit, AuthzOutcome> {
+        let policy = authz.policy();
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let m = policy.enforce.find(&Method::GET, path).unwrap();
+        authz
+            .authorize(&policy, &m, who, &Attributes { client, query })
+            .await
+    }
+
+    fn missing_export(r: Result<Permit, AuthzOutcome>) -> bool {
+        matches!(
+            r,
+            Err(AuthzOutcome::Denied(Denied::Missing(
+                Permission::ExportCosts
+            )))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_grant_counts_only_on_its_projects() {
+        let f = fixture().await;
+        let who = with_grants(
+            principal(TENANT_A, "key-g", &["viewer"]),
+            &[grant("admin", &[PROJECT_A])],
+        );
+        let export = |p: &str| format!("/v1/tenants/{TENANT_A}/projects/{p}/export");
+        assert!(
+            decide_with(&f.authz, &export(PROJECT_A), &who, None)
+                .await
+                .is_ok()
+        );
+        assert!(missing_export(
+            decide_with(&f.authz, &export(PROJECT_A2), &who, None).await
+        ));
+        // Not on the tenant-wide route either.
+        assert!(missing_export(
+            decide_with(
+                &f.authz,
+                &format!("/v1/tenants/{TENANT_A}/costs/export"),
+                &who,
+                None
+            )
+            .await
+        ));
+        // A grant never crosses tenants, even on a project id it names.
+        let export_b = format!("/v1/tenants/{TENANT_B}/projects/{PROJECT_A}/export");
+        assert!(matches!(
+            decide_with(&f.authz, &export_b, &who, None).await,
+            Err(AuthzOutcome::Denied(Denied::TenantMismatch))
+        ));
+    }
+
+    #[tokio::test]
+    async fn scopes_narrow_what_a_grant_gives() {
+        let f = fixture().await;
+        let mut p = principal(TENANT_A, "key-g", &["viewer"]);
+        p.scopes = Some(Permissions::of(&[Permission::ViewCosts]));
+        let who = with_grants(p, &[grant("admin", &[PROJECT_A])]);
+        assert!(missing_export(
+            decide_with(
+                &f.authz,
+                &format!("/v1/tenants/{TENANT_A}/projects/{PROJECT_A}/export"),
+                &who,
+                None
+            )
+            .await
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_grant_of_a_custom_role_follows_the_role() {
+        let f = fixture().await;
+        let who = with_grants(
+            principal(TENANT_A, "key-g", &["viewer"]),
+            &[grant("exporter", &[PROJECT_A])],
+        );
+        let path = format!("/v1/tenants/{TENANT_A}/projects/{PROJECT_A}/export");
+        assert!(missing_export(
+            decide_with(&f.authz, &path, &who, None).await
+        ));
+        f.store
+            .put_role(&CustomRole {
+                tenant_id: TENANT_A.into(),
+                name: "exporter".into(),
+                description: String::new(),
+                permissions: vec!["export_costs".into()],
+                updated_at: model::now(),
+            })
+            .await
+            .unwrap();
+        f.authz.forget_tenant(TENANT_A).await;
+        assert!(decide_with(&f.authz, &path, &who, None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn project_query_routes_count_grants_on_exactly_one_named_project() {
+        let f = fixture().await;
+        let who = with_grants(
+            principal(TENANT_A, "key-g", &["viewer"]),
+            &[grant("admin", &[PROJECT_A])],
+        );
+        let exports = format!("/v1/tenants/{TENANT_A}/exports");
+        assert!(
+            decide_with(
+                &f.authz,
+                &format!("{exports}?project_id={PROJECT_A}"),
+                &who,
+                None
+            )
+            .await
+            .is_ok()
+        );
+        for query in [
+            String::new(),
+            format!("?project_id={PROJECT_A2}"),
+            format!("?project_id={PROJECT_A}&project_id={PROJECT_A2}"),
+            format!("?project_id={PROJECT_A2}&project_id={PROJECT_A}"),
+            format!("?project_id={PROJECT_A}&project%5fid={PROJECT_A2}"),
+            "?project_id=proj-%61aaa00a1".to_string(),
+            format!("?other={PROJECT_A}"),
+        ] {
+            assert!(
+                missing_export(
+                    decide_with(&f.authz, &format!("{exports}{query}"), &who, None).await
+                ),
+                "{query}"
+            );
+        }
+        // A route without project_query ignores the query.
+        assert!(missing_export(
+            decide_with(
+                &f.authz,
+                &format!("/v1/tenants/{TENANT_A}/costs/export?project_id={PROJECT_A}"),
+                &who,
+                None
+            )
+            .await
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_network_condition_needs_a_client_inside_it() {
+        let f = fixture().await;
+        let mut g = grant("admin", &[PROJECT_A]);
+        g.conditions = Some(model::GrantConditions {
+            networks: vec!["10.0.0.0/8".into()],
+            hours_utc: None,
+        });
+        let who = with_grants(principal(TENANT_A, "key-g", &["viewer"]), &[g]);
+        let path = format!("/v1/tenants/{TENANT_A}/projects/{PROJECT_A}/export");
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(
+            decide_with(&f.authz, &path, &who, ip("10.9.8.7"))
+                .await
+                .is_ok()
+        );
+        assert!(missing_export(
+            decide_with(&f.authz, &path, &who, ip("127.0.0.1")).await
+        ));
+        // No client address: the condition cannot be evaluated.
+        assert!(missing_export(
+            decide_with(&f.authz, &path, &who, None).await
+        ));
     }
 }

@@ -55,6 +55,7 @@ pub async fn seed(ops: &AdminOps) -> Result<Vec<DemoKey>, ApiError> {
                     CreateKey {
                         description: format!("{DEMO_KEY}: {role}"),
                         roles: Some(vec![role.to_string()]),
+                        grants: vec![],
                         scopes: vec![],
                         rate_limit_per_minute: None,
                         expires_at: None,

@@ -10,6 +10,8 @@
 //! - [`response`]: the one path from an error to its JSON response
 //!   (`ErrorResponse`, implemented next to each stage's error type).
 //! - [`model`], [`roles`]: tenants, keys, projects, users; the seed's RBAC table.
+//! - [`grants`]: project-scoped grants as a principal carries them (roles on
+//!   some projects only, with network and time conditions).
 //! - [`store`]: the `Store` trait, its sled backend (one pod) and its
 //!   PostgreSQL backend (many replicas; the conformance suite behind the
 //!   test-only `conformance` feature); [`config`]: TOML file +
@@ -82,6 +84,7 @@ pub mod echo;
 pub mod fanout;
 pub mod forward;
 pub mod generation;
+pub mod grants;
 pub mod header_pattern;
 pub mod health;
 pub mod limits;

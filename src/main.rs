@@ -375,8 +375,16 @@ enum PolicyCommand {
         #[arg(long, value_name = "DIR", default_value = "policies")]
         policy: PathBuf,
         /// A role of the caller (repeat for several).
-        #[arg(long = "role", value_name = "ROLE", required = true)]
+        #[arg(long = "role", value_name = "ROLE", required_unless_present = "grants")]
         roles: Vec<String>,
+        /// A project-scoped grant of the caller (repeat for several):
+        /// `ROLE:PROJ[,PROJ…]`, or a grant as the admin API shows it
+        /// (JSON, with `conditions`).
+        #[arg(long = "grant", value_name = "GRANT", value_parser = parse_grant)]
+        grants: Vec<costguard::model::Grant>,
+        /// The client address, for grants with a `networks` condition.
+        #[arg(long, value_name = "ADDR")]
+        client: Option<std::net::IpAddr>,
         /// Scopes (permission names) narrowing the roles, comma-separated.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
@@ -385,9 +393,29 @@ enum PolicyCommand {
         tenant: Option<String>,
         /// The HTTP method.
         method: String,
-        /// The request path (a query string is ignored).
+        /// The request path, with its query (read only for a route's
+        /// `project_query`).
         path: String,
     },
+}
+
+/// A `--grant`: `ROLE:PROJ[,PROJ…]` or a JSON grant.
+fn parse_grant(s: &str) -> Result<costguard::model::Grant, String> {
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str(s).map_err(|e| format!("not a grant: {e}"));
+    }
+    let (role, projects) = s
+        .split_once(':')
+        .ok_or("expected ROLE:PROJ[,PROJ…] or a JSON grant")?;
+    let projects: Vec<String> = projects.split(',').map(|p| p.trim().to_string()).collect();
+    if role.is_empty() || projects.iter().any(|p| !costguard::model::is_project_id(p)) {
+        return Err("expected ROLE:PROJ[,PROJ…] with proj- ids".into());
+    }
+    Ok(costguard::model::Grant {
+        role: role.to_string(),
+        projects,
+        conditions: None,
+    })
 }
 
 fn policy_command(command: PolicyCommand) -> ExitCode {
@@ -417,6 +445,8 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             roles,
             scopes,
             tenant,
+            grants,
+            client,
             method,
             path,
         } => {
@@ -431,6 +461,8 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                 roles: &roles,
                 scopes: &scopes,
                 tenant: tenant.as_deref(),
+                grants: &grants,
+                client,
             };
             let e = explain::explain(&p, &caller, &method, &path);
             for line in &e.lines {

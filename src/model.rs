@@ -147,6 +147,11 @@ pub struct ApiKey {
     pub description: String,
     /// Role names.
     pub roles: Vec<String>,
+    /// Roles held on some of the tenant's projects only (beside `roles`,
+    /// which hold tenant-wide). Absent in documents written before grants
+    /// existed, and left out when empty so such documents stay as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
     /// Permission names narrowing the roles; empty = no narrowing.
     pub scopes: Vec<String>,
     /// Per-key rate limit; `None` = the tier default.
@@ -200,6 +205,9 @@ pub struct User {
     pub email: String,
     /// Role names.
     pub roles: Vec<String>,
+    /// Roles held on some of the tenant's projects only (see [`ApiKey::grants`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
     /// Active, disabled (cannot log in or use a session or token), or
     /// deleted (a tombstone the admin API no longer shows, kept so the
     /// identity provider cannot log the user straight back in).
@@ -224,6 +232,49 @@ pub enum UserStatus {
     /// hidden from listings and not counted against `max_users`; a new
     /// `PUT` brings the user back.
     Deleted,
+}
+
+/// A role held on some of the tenant's projects only: it counts on a route
+/// whose `{project}` (or, where the policy route says so, whose
+/// `project_query` parameter) names one of `projects`, and only while its
+/// conditions hold. Unknown fields are errors, here and in a stored
+/// document: a condition this build does not know must refuse the grant
+/// (or the whole identity), never be ignored into a wider one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// A policy role or one of the tenant's custom roles.
+    pub role: String,
+    /// `proj-` ids of the tenant's projects.
+    pub projects: Vec<String>,
+    /// When the grant applies; `None`: always (on its projects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<GrantConditions>,
+}
+
+/// Conditions on a request's attributes, all of which must hold for a
+/// grant to apply (see `grants` for why these two and not others).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConditions {
+    /// Client address ranges (CIDR, or one address): the client as
+    /// resolved through `proxy.trusted_proxies` must be in one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// A daily window in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hours_utc: Option<HoursUtc>,
+}
+
+/// A daily window of whole UTC hours: from `start:00` up to (not
+/// including) `end:00`; past midnight when `start > end` (22 → 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursUtc {
+    /// First hour (0-23).
+    pub start: u8,
+    /// Hour the window ends (0-23, not equal to `start`).
+    pub end: u8,
 }
 
 /// A tenant's own role, built from existing permissions.
@@ -267,6 +318,17 @@ pub fn is_region(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Whether `s` looks like a project id: `proj-` and 1-64 of
+/// `[A-Za-z0-9_-]` (what costguard makes is `proj-` + 8 hex).
+pub fn is_project_id(s: &str) -> bool {
+    s.strip_prefix("proj-").is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// SHA-256 of `data`.

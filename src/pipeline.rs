@@ -598,9 +598,13 @@ where
         }
         let decision = match &matched {
             None => Err(AuthzOutcome::Denied(Denied::NoRoute)),
-            Some(m) => authz.authorize(&policy, m, principal).await,
+            Some(m) => {
+                let attrs = authz::Attributes::of(req, client);
+                authz.authorize(&policy, m, principal, &attrs).await
+            }
         };
-        self.shadow(&policy, req, principal, decision.is_ok()).await;
+        self.shadow(&policy, req, principal, client, decision.is_ok())
+            .await;
         let permit = decision?;
         // A system admin's call on another tenant's route: that tenant's
         // budget (cost routes) and data region.
@@ -633,13 +637,20 @@ where
         policy: &Policy,
         req: &Request<B>,
         principal: &Arc<Principal>,
+        client: std::net::IpAddr,
         enforced_allow: bool,
     ) {
         let Some(m): Option<Match<'_, '_>> = policy.shadow.find(req.method(), req.uri().path())
         else {
             return;
         };
-        let would = self.0.context.authz.authorize(policy, &m, principal).await;
+        let attrs = authz::Attributes::of(req, client);
+        let would = self
+            .0
+            .context
+            .authz
+            .authorize(policy, &m, principal, &attrs)
+            .await;
         tracing::info!(
             route = %m.route.origin,
             tenant_id = %principal.tenant_id,

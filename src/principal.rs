@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderValue};
 
+use crate::grants::ProjectGrant;
 use crate::model::Tenant;
 use crate::roles::Permissions;
 
@@ -52,6 +53,10 @@ pub struct Principal {
     /// Role names (policy roles or the tenant's custom roles). Their
     /// permissions are looked up per request, so policy reloads apply at once.
     pub roles: Arc<[String]>,
+    /// Roles held on some projects only, parsed when the principal is
+    /// built. Empty (no allocation) for most principals, and then
+    /// authorization never looks at them.
+    pub grants: Box<[ProjectGrant]>,
     /// The key's scopes, narrowing whatever the roles grant; `None`: none.
     pub scopes: Option<Permissions>,
     /// The key's own rate limit (`None`: its tier's default).

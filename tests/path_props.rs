@@ -159,6 +159,7 @@ proptest! {
                 audit_event: None,
                 params: vec![],
                 origin: format!("r{}", kept.len()).into(),
+                project_query: None,
             };
             if m.add(route).is_ok() {
                 kept.push(segs);

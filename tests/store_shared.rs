@@ -123,6 +123,7 @@ async fn tier_limits_are_exact_across_replicas() {
             tenant_id: id.to_string(),
             email: format!("u{i}@example.com"),
             roles: vec!["viewer".into()],
+            grants: vec![],
             status: UserStatus::Active,
             updated_at: model::now(),
         };

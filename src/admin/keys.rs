@@ -26,6 +26,7 @@ pub(super) fn key_view(k: &ApiKey) -> Value {
         "tenant_id": k.tenant_id,
         "description": k.description,
         "roles": k.roles,
+        "grants": k.grants,
         "scopes": k.scopes,
         "rate_limit_per_minute": k.rate_limit_per_minute,
         "expires_at": k.expires_at.map(rfc3339),
@@ -100,12 +101,16 @@ impl AdminOps {
                 body.roles.as_deref().unwrap_or(&["viewer".to_string()]),
             )
             .await?;
+        let grants = self
+            .assign_grants(caller, tenant_id, &key_id, &body.grants)
+            .await?;
         let secret = api_key::generate();
         let key = ApiKey {
             key_id,
             tenant_id: tenant.tenant_id,
             description,
             roles,
+            grants,
             scopes,
             rate_limit_per_minute: body.rate_limit_per_minute,
             expires_at: body.expires_at,

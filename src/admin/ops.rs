@@ -140,9 +140,17 @@ impl AdminOps {
             .map_err(|e| ApiError::Authn(AuthnError::Store(e)))
     }
 
-    /// A key's effective permissions now: its roles', narrowed by its scopes.
+    /// A key's effective permissions now: its roles' and its grants' (on
+    /// any of their projects: acting on a key needs all it can do
+    /// somewhere), narrowed by its scopes.
     pub(super) async fn key_permissions(&self, key: &ApiKey) -> Result<Permissions, ApiError> {
-        let perms = self.roles_permissions(&key.tenant_id, &key.roles).await?;
+        let roles: Vec<String> = key
+            .roles
+            .iter()
+            .cloned()
+            .chain(key.grants.iter().map(|g| g.role.clone()))
+            .collect();
+        let perms = self.roles_permissions(&key.tenant_id, &roles).await?;
         Ok(match api_key::scopes(key) {
             Some(scopes) => perms.intersect(scopes),
             None => perms,
@@ -175,9 +183,9 @@ impl AdminOps {
         }
     }
 
-    /// What an identity of the tenant can do now: its stored roles and the
-    /// roles its live sessions (`sessions`, the tenant's) carry from the
-    /// provider. `takeover`: the caller would create or replace the
+    /// What an identity of the tenant can do now: its stored roles and
+    /// grants (on any of their projects) and the roles its live sessions
+    /// (`sessions`, the tenant's) carry from the provider. `takeover`: the caller would create or replace the
     /// identity's record; under single sign-on a user id the admin API does
     /// not hold (or holds only as a tombstone) may be an identity whose
     /// provider roles are unknown until it logs in, so taking it over needs
@@ -192,6 +200,11 @@ impl AdminOps {
     ) -> Result<Permissions, ApiError> {
         let stored = stored.filter(|u| u.status != UserStatus::Deleted);
         let mut roles: Vec<String> = stored.map(|u| u.roles.clone()).unwrap_or_default();
+        roles.extend(
+            stored
+                .iter()
+                .flat_map(|u| u.grants.iter().map(|g| g.role.clone())),
+        );
         for s in sessions.iter().filter(|s| s.user_id == user_id) {
             roles.extend(s.roles.iter().cloned());
         }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::error::ApiError;
-use crate::model::{TenantStatus, Tier};
+use crate::model::{Grant, TenantStatus, Tier};
 
 /// `POST /admin/v1/tenants`
 #[derive(Debug, Deserialize)]
@@ -109,6 +109,9 @@ pub struct CreateKey {
     /// Roles; default `["viewer"]`.
     #[serde(default)]
     pub roles: Option<Vec<String>>,
+    /// Roles on some of the tenant's projects only.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
     /// Permissions narrowing the roles.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -147,6 +150,9 @@ pub struct PutUser {
     pub email: String,
     /// Roles.
     pub roles: Vec<String>,
+    /// Roles on some of the tenant's projects only.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
     /// A disabled user cannot log in, and their sessions and tokens stop
     /// working.
     #[serde(default)]

@@ -38,11 +38,15 @@ impl AdminOps {
         let roles = self
             .assign_roles(caller, tenant_id, user_id, &body.roles)
             .await?;
+        let grants = self
+            .assign_grants(caller, tenant_id, user_id, &body.grants)
+            .await?;
         let user = User {
             user_id: user_id.to_string(),
             tenant_id: tenant.tenant_id.clone(),
             email,
             roles,
+            grants,
             status: if body.disabled {
                 UserStatus::Disabled
             } else {

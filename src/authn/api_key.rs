@@ -233,6 +233,7 @@ impl ApiKeys {
             rate_key: key_id.clone(),
             key_id: Some(key_id),
             roles: key.roles.clone().into(),
+            grants: crate::grants::compile_all(&key.grants),
             scopes: scopes(&key),
             rate_per_minute: key.rate_limit_per_minute,
             method: AuthMethod::ApiKey,

@@ -42,6 +42,10 @@ pub struct Route {
     pub params: Vec<Box<str>>,
     /// Where it was defined, `file:line` (shared: permits carry it).
     pub origin: Arc<str>,
+    /// The query parameter that names the route's project, for routes
+    /// without a `{project}` segment: project-scoped grants count on it
+    /// (`grants::query_project`). `None`: grants give nothing here.
+    pub project_query: Option<Box<str>>,
 }
 
 /// A request matched to a route, with the captured parameters.
@@ -270,6 +274,7 @@ mod tests {
             audit_event: None,
             params: vec![],
             origin: format!("test:{pattern}").into(),
+            project_query: None,
         }
     }
 

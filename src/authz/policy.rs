@@ -121,6 +121,10 @@ struct RouteDef {
     /// (`cost.exported`, …; [`EventType::is_business`]).
     #[serde(default)]
     audit_event: Option<Spanned<String>>,
+    /// The query parameter naming the project on a route without a
+    /// `{project}` segment, so project-scoped grants can count there.
+    #[serde(default)]
+    project_query: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +329,7 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     Some(&r.get_ref().permission),
                     r.get_ref().cost,
                     r.get_ref().audit_event.as_ref(),
+                    r.get_ref().project_query.as_ref(),
                 )
             })
             .chain(file.public.iter().map(|p| {
@@ -335,9 +340,10 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     None,
                     false,
                     None,
+                    None,
                 )
             }));
-        for (span, method, path, permission, cost, audit_event) in entries {
+        for (span, method, path, permission, cost, audit_event, project_query) in entries {
             let line = line_of(text, span.start);
             let mut report = |line: usize, message: String| {
                 problems.push(PolicyProblem {
@@ -411,6 +417,16 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                     }
                 },
             };
+            let project_query = match project_query {
+                None => None,
+                Some(q) => match check_project_query(q.get_ref(), path.get_ref()) {
+                    Ok(()) => Some(q.get_ref().as_str().into()),
+                    Err(message) => {
+                        report(line_of(text, q.span().start), message);
+                        continue;
+                    }
+                },
+            };
             let route = Route {
                 methods,
                 pattern: path.get_ref().as_str().into(),
@@ -419,6 +435,7 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
                 audit_event,
                 params: vec![],
                 origin: format!("{name}:{line}").into(),
+                project_query,
             };
             match matcher.add(route) {
                 Ok(()) => {}
@@ -453,6 +470,28 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
         fingerprint: fingerprint(files),
         files: files.iter().map(|f| f.0.clone()).collect(),
     })
+}
+
+/// A route's `project_query`: a plain parameter name, on a route whose
+/// path does not name the project itself (two sources of one project
+/// would be two answers to which project it is).
+fn check_project_query(name: &str, path: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "project_query {name:?} must be 1 to 64 of A-Z a-z 0-9 _ - ."
+        ));
+    }
+    if path.split('/').any(|s| s == "{project}") {
+        return Err(format!(
+            "project_query on {path:?}: the route's {{project}} segment already names the project"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads and compiles a policy directory.

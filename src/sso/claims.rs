@@ -24,6 +24,9 @@ pub struct Identity {
     pub email: Option<String>,
     /// Role names, sorted, no duplicates.
     pub roles: Vec<String>,
+    /// Roles on some projects only: only ever the admin API's (set by
+    /// `users::Directory::resolve`), never a provider's claim.
+    pub grants: Vec<crate::model::Grant>,
 }
 
 pub use crate::authn::refusal::ClaimError;
@@ -105,6 +108,7 @@ pub fn identity(p: &IdentityMapping, claims: &Map<String, Value>) -> Result<Iden
         user_id,
         email,
         roles,
+        grants: Vec::new(),
     })
 }
 

@@ -403,6 +403,7 @@ mod tests {
             user_id: "alice".into(),
             email: None,
             roles: vec!["viewer".into()],
+            grants: Vec::new(),
         }
     }
 

@@ -135,6 +135,7 @@ impl Sso {
                     user_id: s.user_id,
                     email: s.email,
                     roles: s.roles,
+                    grants: Vec::new(),
                 };
                 // A provider removed from the configuration takes its
                 // sessions with it.

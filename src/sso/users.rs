@@ -132,14 +132,123 @@ impl Directory {
             });
         }
         if let Some(u) = user {
+            // Grants follow the admin API's roles: where the provider
+            // alone decides roles, the admin API's grants do not count
+            // either.
             match mapping.role_source() {
                 RoleSource::Idp => {}
-                RoleSource::Admin => identity.roles = u.roles.clone(),
-                RoleSource::Both => identity.roles.extend(u.roles.iter().cloned()),
+                RoleSource::Admin => {
+                    identity.roles = u.roles.clone();
+                    identity.grants = u.grants.clone();
+                }
+                RoleSource::Both => {
+                    identity.roles.extend(u.roles.iter().cloned());
+                    identity.grants = u.grants.clone();
+                }
             }
             identity.roles.sort();
             identity.roles.dedup();
         }
         Ok((identity, epoch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A single sign-on user's project-scoped grants: they come from the
+    //! admin API's user (never the provider), follow `role_source`, and
+    //! count on the user's principal like a key's.
+
+    use super::*;
+    use crate::authz::tests::{PROJECT_A, PROJECT_A2, TENANT_A, fixture};
+    use crate::authz::{Attributes, AuthzOutcome, Denied};
+    use crate::model::{self, Grant};
+    use crate::principal::AuthMethod;
+    use crate::roles::Permission;
+
+    fn identity() -> Identity {
+        Identity {
+            tenant_id: TENANT_A.into(),
+            user_id: "alice".into(),
+            email: None,
+            roles: vec!["viewer".into()],
+            grants: Vec::new(),
+        }
+    }
+
+    fn mapping(role_source: &str) -> IdentityMapping {
+        IdentityMapping {
+            tenant: None,
+            sources: crate::config::Sources {
+                tenant: Some("tenant_id".into()),
+                roles: Some("roles".into()),
+                groups: None,
+                email: "email".into(),
+                user: "sub".into(),
+            },
+            email_domains: Default::default(),
+            group_roles: Default::default(),
+            default_roles: Vec::new(),
+            allow_system_admin: false,
+            role_source: role_source.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_grants_reach_its_principal_and_count_on_their_projects_only() {
+        let f = fixture().await;
+        f.store
+            .put_user(
+                &User {
+                    user_id: "alice".into(),
+                    tenant_id: TENANT_A.into(),
+                    email: "alice@example.com".into(),
+                    roles: vec!["viewer".into()],
+                    grants: vec![Grant {
+                        role: "admin".into(),
+                        projects: vec![PROJECT_A.into()],
+                        conditions: None,
+                    }],
+                    status: UserStatus::Active,
+                    updated_at: model::now(),
+                },
+                -1,
+            )
+            .await
+            .unwrap();
+        let dir = Directory::new(
+            f.store.clone(),
+            f.authz.clone(),
+            100,
+            Duration::from_secs(60),
+        );
+        // The provider's word alone: the admin API's grants do not count.
+        let (idp, _) = dir.resolve(&mapping("idp"), identity()).await.unwrap();
+        assert!(idp.grants.is_empty());
+        let (both, _) = dir.resolve(&mapping("both"), identity()).await.unwrap();
+        assert_eq!(both.grants.len(), 1);
+        let (resolved, _) = dir.resolve(&mapping(""), identity()).await.unwrap();
+        assert_eq!(resolved.grants.len(), 1);
+
+        let who = crate::sso::principal(&resolved, AuthMethod::Oidc).unwrap();
+        let policy = f.authz.policy();
+        let decide = |project: &str| {
+            let path = format!("/v1/tenants/{TENANT_A}/projects/{project}/export");
+            let (authz, policy, who) = (&f.authz, &policy, &who);
+            async move {
+                let m = policy.enforce.find(&http::Method::GET, &path).unwrap();
+                authz
+                    .authorize(policy, &m, who, &Attributes::default())
+                    .await
+                    .map(|_| ())
+            }
+        };
+        assert!(decide(PROJECT_A).await.is_ok());
+        assert!(matches!(
+            decide(PROJECT_A2).await,
+            Err(AuthzOutcome::Denied(Denied::Missing(
+                Permission::ExportCosts
+            )))
+        ));
     }
 }

@@ -6,8 +6,8 @@ use time::Duration;
 
 use super::{Counter, Store, StoreError, UsageKey};
 use crate::model::{
-    self, ApiKey, CustomRole, KeyStatus, Project, Session, Tenant, TenantStatus, Tier, User,
-    UserStatus,
+    self, ApiKey, CustomRole, Grant, GrantConditions, HoursUtc, KeyStatus, Project, Session,
+    Tenant, TenantStatus, Tier, User, UserStatus,
 };
 
 /// A tenant with fresh ids, for the suite.
@@ -39,6 +39,7 @@ pub fn sample_key(tenant_id: &str, hash: &str) -> ApiKey {
         tenant_id: tenant_id.into(),
         description: "conformance".into(),
         roles: vec!["viewer".into()],
+        grants: vec![],
         scopes: vec![],
         rate_limit_per_minute: None,
         expires_at: None,
@@ -60,6 +61,7 @@ pub async fn run(store: &dyn Store) {
     key_limit(store).await;
     projects_and_limits(store).await;
     users_and_limits(store).await;
+    grants(store).await;
     usage(store).await;
     roles(store).await;
     sessions(store).await;
@@ -266,6 +268,69 @@ async fn projects_and_limits(store: &dyn Store) {
     }
 }
 
+/// Project-scoped grants, conditions included, come back as written on
+/// keys (through a rotation's update too) and users.
+async fn grants(store: &dyn Store) {
+    let t = sample_tenant(Tier::Standard);
+    store.insert_tenant(&t).await.unwrap();
+    let granted = vec![
+        Grant {
+            role: "analyst".into(),
+            projects: vec!["proj-0000000a".into(), "proj-0000000b".into()],
+            conditions: None,
+        },
+        Grant {
+            role: "budget_manager".into(),
+            projects: vec!["proj-0000000a".into()],
+            conditions: Some(GrantConditions {
+                networks: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()],
+                hours_utc: Some(HoursUtc { start: 22, end: 6 }),
+            }),
+        },
+    ];
+    let mut k = sample_key(&t.tenant_id, "ab01");
+    k.grants = granted.clone();
+    store.insert_key(&k, -1).await.unwrap();
+    assert_eq!(store.key_by_hash("ab01").await.unwrap().as_ref(), Some(&k));
+    k.previous_hash = Some(k.hash.clone());
+    k.hash = "ab02".into();
+    store.update_key(&k).await.unwrap();
+    let rotated = store.key_by_hash("ab02").await.unwrap().unwrap();
+    assert_eq!(rotated.grants, granted, "a rotation keeps the grants");
+    let listed = store.list_keys(&t.tenant_id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].grants, granted);
+
+    let mut u = User {
+        user_id: "granted".into(),
+        tenant_id: t.tenant_id.clone(),
+        email: "granted@example.com".into(),
+        roles: vec!["viewer".into()],
+        grants: granted.clone(),
+        status: UserStatus::Active,
+        updated_at: model::now(),
+    };
+    store.put_user(&u, -1).await.unwrap();
+    assert_eq!(
+        store
+            .get_user(&t.tenant_id, "granted")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&u)
+    );
+    // Replacing the user replaces its grants (here: none left).
+    u.grants.clear();
+    store.put_user(&u, -1).await.unwrap();
+    let got = store
+        .get_user(&t.tenant_id, "granted")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.grants.is_empty());
+    assert_eq!(store.list_users(&t.tenant_id).await.unwrap(), vec![u]);
+}
+
 async fn users_and_limits(store: &dyn Store) {
     let t = sample_tenant(Tier::Free);
     store.insert_tenant(&t).await.unwrap();
@@ -274,6 +339,7 @@ async fn users_and_limits(store: &dyn Store) {
         tenant_id: t.tenant_id.clone(),
         email: format!("{id}@example.com"),
         roles: vec!["viewer".into()],
+        grants: vec![],
         status: UserStatus::Active,
         updated_at: model::now(),
     };

@@ -128,3 +128,31 @@ fn includes_and_shadow_files_compile() {
             .any(|p| p.contains("includes itself"))
     );
 }
+
+#[test]
+fn project_query_names_a_parameter_on_a_route_without_a_project_segment() {
+    let ok = "[[routes]]\nmethod = \"GET\"\npath = \"/t/{tenant}/exports\"\npermission = \"view_costs\"\nproject_query = \"project_id\"\n";
+    let policy = compile(&files(&[("r.toml", ROLES), ("routes.toml", ok)])).unwrap();
+    let m = policy
+        .enforce
+        .find(&Method::GET, "/t/org-1/exports")
+        .unwrap();
+    assert_eq!(m.route.project_query.as_deref(), Some("project_id"));
+
+    let both = "[[routes]]\nmethod = \"GET\"\npath = \"/t/{tenant}/p/{project}\"\npermission = \"view_costs\"\nproject_query = \"project_id\"\n";
+    let p = problems(&[("r.toml", ROLES), ("routes.toml", both)]);
+    assert!(
+        p[0].starts_with("routes.toml:5: project_query on \"/t/{tenant}/p/{project}\""),
+        "{p:?}"
+    );
+    let odd = "[[routes]]\nmethod = \"GET\"\npath = \"/t\"\npermission = \"view_costs\"\nproject_query = \"a&b\"\n";
+    let p = problems(&[("r.toml", ROLES), ("routes.toml", odd)]);
+    assert!(
+        p[0].starts_with("routes.toml:5: project_query \"a&b\""),
+        "{p:?}"
+    );
+    // Public routes take no project_query (nobody to hold a grant).
+    let public = "[[public]]\nmethod = \"GET\"\npath = \"/s\"\nproject_query = \"project_id\"\n";
+    let p = problems(&[("r.toml", ROLES), ("routes.toml", public)]);
+    assert!(p[0].contains("project_query"), "{p:?}");
+}

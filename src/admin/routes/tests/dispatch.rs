@@ -76,6 +76,7 @@ impl Fixture {
         let body = CreateKey {
             description: String::new(),
             roles: Some(vec![role.to_string()]),
+            grants: vec![],
             scopes: vec![],
             rate_limit_per_minute: None,
             expires_at: None,
