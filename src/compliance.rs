@@ -277,6 +277,8 @@ pub enum Scope {
     Tenant {
         /// The tenant.
         tenant_id: String,
+        /// Its display name (as the tenant's admins wrote it).
+        organization_name: String,
     },
     /// Every tenant (system_admin).
     All {
@@ -446,6 +448,7 @@ impl Compliance {
             Some(t) => (
                 Scope::Tenant {
                     tenant_id: t.tenant_id.clone(),
+                    organization_name: t.organization_name.clone(),
                 },
                 vec![t],
                 0,

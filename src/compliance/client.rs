@@ -112,7 +112,10 @@ pub fn any_fail(report: &Value) -> bool {
 pub fn render_text(report: &Value) -> String {
     let mut out = String::new();
     let scope = match report["scope"]["tenant_id"].as_str() {
-        Some(t) => format!("tenant {t}"),
+        Some(t) => format!(
+            "tenant {t} ({})",
+            report["scope"]["organization_name"].as_str().unwrap_or("")
+        ),
         None => format!(
             "all tenants ({})",
             report["scope"]["tenants"].as_u64().unwrap_or(0)

@@ -511,11 +511,15 @@ fn key_expiry(i: &Inputs<'_>) -> Outcome {
     let mut far = 0usize;
     let year = i.now + time::Duration::days(366);
     for t in i.tenants {
-        let ids: Vec<&str> = t
+        let ids: Vec<String> = t
             .keys
             .iter()
             .filter(|k| k.expires_at.is_none())
-            .map(|k| k.key_id.as_str())
+            .map(|k| {
+                let mut d = k.description.clone();
+                crate::audit::bound(&mut d, 60);
+                format!("{} ({d:?})", k.key_id)
+            })
             .collect();
         far += t
             .keys

@@ -84,7 +84,14 @@ fn badge(s: Status) -> String {
 pub fn render(report: &Report) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let scope = match &report.scope {
-        Scope::Tenant { tenant_id } => format!("tenant {}", escape(tenant_id)),
+        Scope::Tenant {
+            tenant_id,
+            organization_name,
+        } => format!(
+            "tenant {} ({})",
+            escape(tenant_id),
+            escape(organization_name)
+        ),
         Scope::All { tenants, .. } => format!("all tenants ({tenants})"),
     };
     let _ = write!(

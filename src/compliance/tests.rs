@@ -70,6 +70,7 @@ fn the_page_escapes_every_dynamic_string_and_its_csp_allows_only_its_stylesheet(
     let report = Report::new(
         Scope::Tenant {
             tenant_id: "org-<b>".into(),
+            organization_name: "Acme <i>".into(),
         },
         vec![control(
             "key-expiry",
@@ -82,6 +83,7 @@ fn the_page_escapes_every_dynamic_string_and_its_csp_allows_only_its_stylesheet(
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(page.contains("&quot;quoted&quot; &#39;single&#39;"));
     assert!(page.contains("org-&lt;b&gt;"));
+    assert!(page.contains("Acme &lt;i&gt;"));
     assert!(page.contains("do &lt;this&gt; &amp; that"));
     assert!(!page.contains("style=\""), "no inline style attributes");
     let csp = html::csp();
@@ -105,6 +107,7 @@ fn the_text_table_names_each_control_and_a_fail_is_found() {
     let report = Report::new(
         Scope::Tenant {
             tenant_id: "org-1".into(),
+            organization_name: "One".into(),
         },
         vec![
             control("proxy-tls", Status::Fail, "proxy.listen 0.0.0.0:8080"),
