@@ -46,6 +46,9 @@ pub const MAX_KEYS: usize = 10_000;
 pub const KEY_MAX_AGE_DAYS: i64 = 90;
 /// Most index entries read to find which keys were used, per tenant.
 pub const MAX_USE_SCAN: usize = 1_000_000;
+/// Most index entries one report reads for key use over all its tenants
+/// (cached scans cost nothing); tenants past it are reported as not known.
+pub const MAX_REPORT_SCAN: usize = 2_000_000;
 /// How long a chain verification is reused: it reads the whole log.
 pub const CHAIN_TTL: Duration = Duration::from_secs(300);
 /// How long a tenant's key-use scan is reused.
@@ -469,8 +472,9 @@ impl Compliance {
             }
         };
         let mut facts = Vec::with_capacity(tenants.len());
+        let mut budget = MAX_REPORT_SCAN;
         for tenant in tenants {
-            facts.push(self.tenant_facts(tenant).await?);
+            facts.push(self.tenant_facts(tenant, &mut budget).await?);
         }
         let chain = self.chain_check().await;
         let ctx = controls::Inputs {
@@ -486,7 +490,11 @@ impl Compliance {
         Ok(Report::new(scope, controls::evaluate(&ctx)))
     }
 
-    async fn tenant_facts(&self, tenant: Tenant) -> Result<TenantFacts, ComplianceError> {
+    async fn tenant_facts(
+        &self,
+        tenant: Tenant,
+        budget: &mut usize,
+    ) -> Result<TenantFacts, ComplianceError> {
         let mut keys: Vec<ApiKey> = self
             .store
             .list_keys(&tenant.tenant_id)
@@ -497,7 +505,7 @@ impl Compliance {
         keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         let keys_truncated = keys.len() > MAX_KEYS;
         keys.truncate(MAX_KEYS);
-        let key_use = self.key_use(&tenant, &keys).await;
+        let key_use = self.key_use(&tenant, &keys, budget).await;
         Ok(TenantFacts {
             tenant,
             keys,
@@ -510,8 +518,12 @@ impl Compliance {
     /// request's `user_id` is the key id; an admin call's is `key:<id>`)
     /// in the last [`KEY_MAX_AGE_DAYS`] days, or the tenant's retention if
     /// shorter: there is no last-used time on a key, so the audit query
-    /// index is what knows. Cached per tenant for [`USE_TTL`].
-    async fn key_use(&self, tenant: &Tenant, keys: &[ApiKey]) -> KeyUse {
+    /// index is what knows (its entries hold keyed 64-bit hashes of the
+    /// ids, compared here without reading records back). Only keys older
+    /// than the window are looked for; a scan reads at most
+    /// [`MAX_USE_SCAN`] entries and what is left of the report's `budget`.
+    /// Cached per tenant for [`USE_TTL`].
+    async fn key_use(&self, tenant: &Tenant, keys: &[ApiKey], budget: &mut usize) -> KeyUse {
         let Some(audit) = &self.audit else {
             return KeyUse::Unknown(
                 "the audit log is disabled (audit.enabled = false), so key use is not recorded"
@@ -538,18 +550,44 @@ impl Compliance {
         };
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
         let since_micros = now - window_days * 86_400 * 1_000_000;
-        let tenant_id = tenant.tenant_id.clone();
-        let ids: Vec<String> = keys.iter().map(|k| k.key_id.clone()).collect();
-        let scanned =
-            crate::audit::off_runtime(move || scan_key_use(&index, &tenant_id, &ids, since_micros))
-                .await;
-        let result = match scanned {
-            Ok((used, truncated)) => KeyUse::Seen {
+        let since =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_micros) * 1000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let ids: Vec<String> = keys
+            .iter()
+            .filter(|k| k.created_at < since)
+            .map(|k| k.key_id.clone())
+            .collect();
+        if ids.is_empty() {
+            // Nothing old enough to judge: no scan.
+            return KeyUse::Seen {
                 since_micros,
                 window_days,
-                used,
-                truncated,
-            },
+                used: HashSet::new(),
+                truncated: false,
+            };
+        }
+        if *budget == 0 {
+            return KeyUse::Unknown(format!(
+                "this report already read {MAX_REPORT_SCAN} audit index entries for other tenants; ask for this tenant alone (?tenant_id=)"
+            ));
+        }
+        let limit = MAX_USE_SCAN.min(*budget);
+        let tenant_id = tenant.tenant_id.clone();
+        let scanned = crate::audit::off_runtime(move || {
+            scan_key_use(&index, &tenant_id, &ids, since_micros, limit)
+        })
+        .await;
+        let result = match scanned {
+            Ok((used, truncated, read)) => {
+                *budget = budget.saturating_sub(read);
+                KeyUse::Seen {
+                    since_micros,
+                    window_days,
+                    used,
+                    truncated,
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Compliance: the audit index could not be read for key use.");
                 KeyUse::Unknown("the audit query index could not be read".into())
@@ -613,19 +651,32 @@ fn verify_live(dir: &std::path::Path, key: Option<&[u8]>) -> ChainCheck {
             records: r.records,
             signature_checked: r.signature_checked,
         },
-        Err(b) => ChainCheck::Broken(b.to_string()),
+        Err(b) => {
+            // The file's name, not its path: the log's place on the
+            // server is not the reader's business.
+            let file = b.file.file_name().map_or_else(
+                || "the log directory".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            ChainCheck::Broken(match b.line {
+                Some(line) => format!("{file}:{line}: {}", b.reason),
+                None => format!("{file}: {}", b.reason),
+            })
+        }
     }
 }
 
 /// Scans one tenant's index entries since `since_micros` for records
-/// under the ids of `keys`; stops when all were seen or after
-/// [`MAX_USE_SCAN`] entries (then `true`: the rest is not known).
+/// under the ids of `keys`; stops when all were seen or after about
+/// `limit` entries (then `true`: the rest is not known). Also returns the
+/// entries read.
 fn scan_key_use(
     index: &crate::audit::index::Index,
     tenant_id: &str,
     keys: &[String],
     since_micros: i64,
-) -> std::io::Result<(HashSet<String>, bool)> {
+    limit: usize,
+) -> std::io::Result<(HashSet<String>, bool, usize)> {
     use crate::audit::index::Query;
     let h = index.hasher();
     let mut wanted: HashMap<u64, &str> = HashMap::with_capacity(keys.len() * 2);
@@ -650,15 +701,15 @@ fn scan_key_use(
             }
         }
         match page.next {
-            Some(next) if scanned < MAX_USE_SCAN => q.after_seq = Some(next),
+            Some(next) if scanned < limit => q.after_seq = Some(next),
             Some(_) => {
                 let truncated = used.len() < keys.len();
-                return Ok((used, truncated));
+                return Ok((used, truncated, scanned));
             }
             None => break,
         }
     }
-    Ok((used, false))
+    Ok((used, false, scanned))
 }
 
 #[cfg(test)]

@@ -144,7 +144,10 @@ fn a_weak_configuration_fails_its_controls_with_the_settings_as_evidence() {
             .iter()
             .find(|x| x["id"] == f)
             .unwrap_or_else(|| panic!("{f} not rolled up"));
-        assert!(rollup["summary"]["total"].as_u64().unwrap() >= 1, "{rollup}");
+        assert!(
+            rollup["summary"]["total"].as_u64().unwrap() >= 1,
+            "{rollup}"
+        );
     }
     let s = &r["summary"];
     assert_eq!(
@@ -303,7 +306,11 @@ fn the_cli_prints_the_report_and_exits_by_its_worst_status() {
         .run();
     assert_eq!(run.status.code(), Some(1), "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("FAIL  proxy-tls"), "{}", run.stdout);
-    assert!(run.stdout.contains("audit.fail_open = true"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("audit.fail_open = true"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains(&key_id), "{}", run.stdout);
     assert!(run.stdout.contains("HIPAA 164.312(e)(1)"), "{}", run.stdout);
     assert!(!run.stdout.contains(ADMIN_TOKEN));
@@ -343,9 +350,16 @@ fn the_cli_prints_the_report_and_exits_by_its_worst_status() {
         .run();
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
-    let run = cli(["compliance", "--admin-url", &url, "--tenant", "../x", "--token-file"])
-        .arg(&root)
-        .run();
+    let run = cli([
+        "compliance",
+        "--admin-url",
+        &url,
+        "--tenant",
+        "../x",
+        "--token-file",
+    ])
+    .arg(&root)
+    .run();
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     let run = cli(["compliance", "--admin-url", &url])
         .env("COSTGUARD_ADMIN_TOKEN_FILE", dir.path().join("missing"))
@@ -356,7 +370,12 @@ fn the_cli_prints_the_report_and_exits_by_its_worst_status() {
 
     let help = cli(["compliance", "--help"]).run();
     let out = help.success_stdout();
-    for needle in ["--tenant", "--json", "--token-file", "Exits 0 when no control fails"] {
+    for needle in [
+        "--tenant",
+        "--json",
+        "--token-file",
+        "Exits 0 when no control fails",
+    ] {
         assert!(out.contains(needle), "{needle} in {out}");
     }
 
@@ -392,13 +411,24 @@ fn the_page_is_self_contained_escaped_and_renders_under_its_csp_in_chromium() {
     );
     let (_, admin_key) = cg.create_key(&t, &["admin"]);
 
-    let page = admin_get(&cg, &format!("/admin/compliance?tenant_id={t}"), ADMIN_TOKEN);
+    let page = admin_get(
+        &cg,
+        &format!("/admin/compliance?tenant_id={t}"),
+        ADMIN_TOKEN,
+    );
     assert_eq!(page.status, 200, "{}", page.body);
     let h = &page.headers;
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     let csp = &h["content-security-policy"];
-    assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
-    for d in ["frame-ancestors 'none'", "base-uri 'none'", "form-action 'none'"] {
+    assert!(
+        csp.starts_with("default-src 'none'; style-src 'sha256-"),
+        "{csp}"
+    );
+    for d in [
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ] {
         assert!(csp.contains(d), "{csp}");
     }
     assert!(!csp.contains("unsafe"), "{csp}");
@@ -408,13 +438,21 @@ fn the_page_is_self_contained_escaped_and_renders_under_its_csp_in_chromium() {
     // No script and no external asset; the names are escaped.
     let body = &page.body;
     assert!(!body.contains("<script"), "{body}");
-    assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{body}");
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
     assert!(body.contains(&key_id));
     for external in ["src=", "href=\"http", "<link", "@import", "url("] {
         assert!(!body.contains(external), "{external} in the page");
     }
     assert_eq!(
-        admin_get(&cg, "/admin/compliance", "costops_00000000000000000000000000000000").status,
+        admin_get(
+            &cg,
+            "/admin/compliance",
+            "costops_00000000000000000000000000000000"
+        )
+        .status,
         401
     );
 
@@ -444,12 +482,46 @@ fn the_page_is_self_contained_escaped_and_renders_under_its_csp_in_chromium() {
     assert_eq!(seen["violations"], json!([]), "CSP violations: {seen:#}");
     assert_eq!(seen["summary_visible"], true, "{seen:#}");
     let summary = seen["summary_text"].as_str().unwrap();
-    assert!(summary.contains("pass") && summary.contains("fail"), "{summary}");
+    assert!(
+        summary.contains("pass") && summary.contains("fail"),
+        "{summary}"
+    );
     assert!(seen["controls"].as_u64().unwrap() >= 12, "{seen:#}");
     // The stylesheet applied (its hash matches the CSP): a fail badge is red.
     assert_eq!(seen["fail_badge_color"], "rgb(207, 34, 46)", "{seen:#}");
     assert!(seen["title"].as_str().unwrap().contains(&t), "{seen:#}");
     let png = std::fs::read(&shot).expect("the screenshot was written");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    assert!(png.len() > 10_000, "a blank screenshot? {} bytes", png.len());
+    assert!(
+        png.len() > 10_000,
+        "a blank screenshot? {} bytes",
+        png.len()
+    );
+}
+
+#[test]
+fn an_altered_audit_record_fails_the_chain_control() {
+    let audit = tempfile::tempdir().unwrap();
+    let cg = Sidecar::start(
+        &config_for(UPSTREAM, ""),
+        &[("COSTGUARD_AUDIT_DIR", audit.path().to_str().unwrap())],
+    );
+    let t = cg.create_tenant("standard");
+    let file = audit.path().join("audit-000001.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"tenant.created\""), "{text}");
+    // Same length, so the writer's offsets stay valid: only the chain
+    // can tell.
+    std::fs::write(
+        &file,
+        text.replacen("\"tenant.created\"", "\"tenant.deleted\"", 1),
+    )
+    .unwrap();
+    let r = report(&cg, &format!("?tenant_id={t}"), ADMIN_TOKEN);
+    assert_eq!(status_of(&r, "audit-chain"), "fail", "{r:#}");
+    let e = evidence(&r, "audit-chain");
+    assert!(
+        e.contains("audit-000001.jsonl") && e.contains("hash mismatch"),
+        "{e}"
+    );
 }

@@ -718,14 +718,18 @@ fn key_unused(i: &Inputs<'_>) -> Outcome {
         evidence.push_str(&how);
         (Status::Warn, evidence, fix.into())
     } else {
-        (
-            Status::Pass,
+        let judged = if checked == 0 {
             format!(
-                "each of the {checked} active key(s) of {} old enough to judge was used; {how}",
+                "no active key of {} is old enough to be judged unused yet",
                 subject(i)
-            ),
-            fix.into(),
-        )
+            )
+        } else {
+            format!(
+                "each of the {checked} active key(s) of {} old enough to judge was used",
+                subject(i)
+            )
+        };
+        (Status::Pass, format!("{judged}; {how}"), fix.into())
     }
 }
 
