@@ -172,9 +172,9 @@ pub fn render_text(report: &Value) -> String {
             "{:<22} {:<6} {:>4} {:>4} {:>4}",
             f["id"].as_str().unwrap_or("?"),
             f["status"].as_str().unwrap_or("?").to_uppercase(),
-            f["summary"]["pass"],
-            f["summary"]["warn"],
-            f["summary"]["fail"]
+            f["summary"]["pass"].as_u64().unwrap_or(0),
+            f["summary"]["warn"].as_u64().unwrap_or(0),
+            f["summary"]["fail"].as_u64().unwrap_or(0)
         );
     }
     out

@@ -49,7 +49,7 @@ pub(super) fn evaluate(i: &Inputs<'_>) -> Vec<Control> {
                 "policy-enforce" => policy_enforce(i.policy),
                 "policy-reload" => policy_reload(i.policy),
                 "rate-limits" => rate_limits(i),
-                "audit-enabled" => audit_enabled(i.config, i.audit),
+                "audit-enabled" => audit_enabled(i.audit),
                 "audit-fail-closed" => audit_fail_closed(i.config, i.audit),
                 "audit-chain" => audit_chain(i.chain, i.audit),
                 "audit-retention" => audit_retention(i),
@@ -290,7 +290,7 @@ fn rate_limits(i: &Inputs<'_>) -> Outcome {
     }
 }
 
-fn audit_enabled(c: &Config, audit: Option<&Audit>) -> Outcome {
+fn audit_enabled(audit: Option<&Audit>) -> Outcome {
     let Some(audit) = audit else {
         return (
             Status::Fail,
@@ -302,7 +302,6 @@ fn audit_enabled(c: &Config, audit: Option<&Audit>) -> Outcome {
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let written = load(&s.written);
     let failures = load(&s.failures);
-    let dir = c.audit.dir.display();
     let index = if audit.index().is_some() {
         "with its query index"
     } else {
@@ -311,13 +310,13 @@ fn audit_enabled(c: &Config, audit: Option<&Audit>) -> Outcome {
     if s.unwritable.load(std::sync::atomic::Ordering::Relaxed) {
         (
             Status::Fail,
-            format!("audit.enabled = true, but the log files in {dir} cannot be written now ({failures} failed batch(es) since start)"),
+            format!("audit.enabled = true, but the log files in audit.dir cannot be written now ({failures} failed batch(es) since start)"),
             "Free space or fix permissions on audit.dir; records wait (or requests are refused) until it is writable.".into(),
         )
     } else {
         (
             Status::Pass,
-            format!("audit.enabled = true: one record per access decision and admin action, {written} written since start to {dir} {index}; {failures} failed batch(es)"),
+            format!("audit.enabled = true: one record per access decision and admin action, {written} written since start, {index}; {failures} failed batch(es)"),
             "Ship the log off the pod (the shared store's audit shipping) and watch costguard_audit_* metrics.".into(),
         )
     }

@@ -124,6 +124,10 @@ fn the_text_table_names_each_control_and_a_fail_is_found() {
         "{text}"
     );
     assert!(text.contains("GDPR Art. 17"), "{text}");
+    assert!(
+        text.contains(&format!("{:<22} FAIL      0    0    1\n", "SOC2 CC6.1")),
+        "{text}"
+    );
 }
 
 // === the decisions, on synthetic state ===
