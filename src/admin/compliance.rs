@@ -59,7 +59,9 @@ pub(super) async fn report(
     let compliance = ops.compliance.as_ref().ok_or_else(|| {
         ApiError::NotFound("the compliance report is not available on this server".into())
     })?;
-    let _slot = ops.report_slot()?;
+    let _slot = ops.report_slot().map_err(|_| {
+        ApiError::Busy("other compliance or audit reports are running; try again shortly")
+    })?;
     let tenant = match tenant {
         Some(t) => Some(ops.tenant(&t).await?),
         None => None,
