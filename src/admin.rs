@@ -17,11 +17,15 @@
 //! - `auth`: who calls (admin token or API key) and what they may do.
 //! - `ops`: [`ops::AdminOps`], the operations, independent of HTTP, with
 //!   one file per resource: `tenants`, `keys`, `projects`, `users`,
-//!   `sessions`, `roles`, `usage`; `audit_query` reads the audit log.
+//!   `sessions`, `roles`, `usage`; `audit_query` reads the audit log;
+//!   `compliance` decides who sees which compliance report, and serves
+//!   its HTML page (`GET /admin/compliance`, outside the route table:
+//!   its answer is not JSON).
 //! - `requests`: the request bodies; `error`: [`ApiError`].
 
 pub mod audit_query;
 pub mod auth;
+mod compliance;
 mod error;
 mod keys;
 pub mod ops;
@@ -291,6 +295,12 @@ impl Handler for Admin {
             None if req.uri().path() == BACKUP_PATH => {
                 match self.backup(req, conn.peer.ip(), request_id).await {
                     Ok(resp) => resp,
+                    Err(e) => response::error(&e, request_id).map(Either::Left),
+                }
+            }
+            None if req.uri().path() == compliance::PAGE_PATH => {
+                match self.compliance_page(req, conn.peer.ip(), request_id).await {
+                    Ok(resp) => resp.map(Either::Left),
                     Err(e) => response::error(&e, request_id).map(Either::Left),
                 }
             }

@@ -41,7 +41,8 @@
 //! the one function that orders the stages), [`admin`] (the admin port: one
 //! route table), [`fanout`] (with a shared store: other replicas' writes
 //! evict this replica's caches), [`server`] (startup, shutdown), [`backup`]
-//! (`costguard backup` / `restore`: the store and audit log), [`demo`]
+//! (`costguard backup` / `restore`: the store and audit log), [`compliance`]
+//! (the compliance report: controls computed from live config and state), [`demo`]
 //! and [`echo`].
 //!
 //! # Request flow (proxy port)
@@ -77,6 +78,7 @@ pub mod authn;
 pub mod authz;
 pub mod backup;
 pub mod business_events;
+pub mod compliance;
 pub mod config;
 pub mod context;
 pub mod demo;

@@ -124,6 +124,38 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
     },
+    /// Print the compliance report of the running server: each control
+    /// (TLS, SSO, key expiry, rotation and use, admin port, audit log,
+    /// retention, residency, rate limits, policy) with its status computed
+    /// from the live configuration and state, the SOC 2, GDPR and HIPAA
+    /// clauses it supports, its evidence and a remediation hint.
+    ///
+    /// Asks the admin port (GET /admin/v1/compliance) like `costguard
+    /// backup`: --admin-url or admin.listen from --config, and the admin
+    /// token (a system_admin sees every tenant) or a tenant's admin-role
+    /// API key (its own tenant only). Exits 0 when no control fails, 1
+    /// when any fails (warnings do not), 2 on bad usage or configuration,
+    /// a refused token or an unreachable server.
+    Compliance {
+        /// The configuration file: admin.listen and the admin token
+        /// (admin.token_file, admin.token, COSTGUARD_ADMIN_TOKEN).
+        #[arg(long, short, env = "COSTGUARD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin port's URL (default: http://ADMIN.LISTEN, with
+        /// 0.0.0.0 read as 127.0.0.1).
+        #[arg(long, value_name = "URL")]
+        admin_url: Option<String>,
+        /// A file holding the admin token or an admin-role API key (never
+        /// give a token on the command line).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Only this tenant's controls, plus the deployment-wide ones.
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<String>,
+        /// Print the server's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a backup made by `costguard backup` onto a fresh data
     /// directory, offline (no server may run on it).
     ///
@@ -493,6 +525,77 @@ fn file_config(path: Option<&std::path::Path>) -> Result<FileConfig, String> {
 
 const POSTGRES_BACKUP: &str = "store.backend is \"postgres\": costguard backup and restore are for the embedded sled store. Back up the shared store with pg_dump of its schema (pg_dump --format=custom --schema=SCHEMA URL > costguard.dump) and restore it with pg_restore (see the README, Backup and restore); Redis holds only rate-limit windows and needs no backup";
 
+/// The running server's admin port and the credential to show it, for the
+/// commands that ask it (`backup`, `compliance`): `--admin-url`, else
+/// `http://ADMIN.LISTEN` (0.0.0.0 read as 127.0.0.1); `--token-file`, else
+/// admin.token_file, else admin.token (COSTGUARD_ADMIN_TOKEN).
+fn admin_target(
+    file: &FileConfig,
+    admin_url: Option<String>,
+    token_file: Option<&std::path::Path>,
+) -> Result<costguard::backup::client::Target, String> {
+    let admin_url = admin_url.unwrap_or_else(|| {
+        let listen = file
+            .admin
+            .listen
+            .replace("0.0.0.0:", "127.0.0.1:")
+            .replace("[::]:", "[::1]:");
+        format!("http://{listen}")
+    });
+    let token = match (
+        token_file,
+        &file.admin.token,
+        file.admin.token_file.as_deref(),
+    ) {
+        (Some(path), _, _) | (None, None, Some(path)) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("{}: cannot read the admin token: {e}", path.display()))?,
+        (None, Some(token), _) => token.trim().to_string(),
+        (None, None, None) => {
+            return Err(
+                "error: no admin token: give --token-file FILE, or a configuration with admin.token_file (or COSTGUARD_ADMIN_TOKEN)".into(),
+            );
+        }
+    };
+    Ok(costguard::backup::client::Target { admin_url, token })
+}
+
+/// `costguard compliance`: 0 when no control fails, 1 when one does, 2
+/// on bad usage, configuration or connection (or a refused token).
+async fn compliance_command(
+    config: Option<&std::path::Path>,
+    admin_url: Option<String>,
+    token_file: Option<&std::path::Path>,
+    tenant: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use costguard::compliance::client;
+    let target = match file_config(config).and_then(|f| admin_target(&f, admin_url, token_file)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = match client::fetch(&target, tenant).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", client::render_text(&report));
+    }
+    Ok(if client::any_fail(&report) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// `costguard backup DIR`: 0 written, 2 bad usage or configuration, 1 failed.
 async fn backup_command(
     dir: &std::path::Path,
@@ -511,35 +614,13 @@ async fn backup_command(
         eprintln!("error: {POSTGRES_BACKUP}");
         return Ok(ExitCode::from(2));
     }
-    let admin_url = admin_url.unwrap_or_else(|| {
-        let listen = file
-            .admin
-            .listen
-            .replace("0.0.0.0:", "127.0.0.1:")
-            .replace("[::]:", "[::1]:");
-        format!("http://{listen}")
-    });
-    let token = match (
-        token_file,
-        &file.admin.token,
-        file.admin.token_file.as_deref(),
-    ) {
-        (Some(path), _, _) | (None, None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(t) => t.trim().to_string(),
-            Err(e) => {
-                eprintln!("{}: cannot read the admin token: {e}", path.display());
-                return Ok(ExitCode::from(2));
-            }
-        },
-        (None, Some(token), _) => token.trim().to_string(),
-        (None, None, None) => {
-            eprintln!(
-                "error: no admin token: give --token-file FILE, or a configuration with admin.token_file (or COSTGUARD_ADMIN_TOKEN)"
-            );
+    let target = match admin_target(&file, admin_url, token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
             return Ok(ExitCode::from(2));
         }
     };
-    let target = costguard::backup::client::Target { admin_url, token };
     let started = std::time::Instant::now();
     match costguard::backup::client::backup(&target, dir).await {
         Ok(m) => {
@@ -702,6 +783,22 @@ fn main() -> ExitCode {
                 admin_url,
                 token_file,
             } => backup_command(&dir, config.as_deref(), admin_url, token_file.as_deref()).await,
+            Command::Compliance {
+                config,
+                admin_url,
+                token_file,
+                tenant,
+                json,
+            } => {
+                compliance_command(
+                    config.as_deref(),
+                    admin_url,
+                    token_file.as_deref(),
+                    tenant.as_deref(),
+                    json,
+                )
+                .await
+            }
             Command::Policy { .. } | Command::Audit { .. } | Command::Restore { .. } => {
                 unreachable!("handled before the runtime starts")
             }

@@ -307,7 +307,14 @@ impl Server {
             config.rate_limit.clone(),
         )
         .with_sso(sso.clone())
-        .with_report_limit(config.admin.max_concurrent_reports);
+        .with_report_limit(config.admin.max_concurrent_reports)
+        .with_compliance(Arc::new(crate::compliance::Compliance::new(
+            config.clone(),
+            store.clone(),
+            policy.clone(),
+            audit.clone(),
+            audit_key.clone(),
+        )));
         let fanout = shared.as_ref().map(|pg| {
             Fanout::start(
                 pg.clone(),

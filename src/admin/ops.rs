@@ -45,6 +45,8 @@ pub struct AdminOps {
     /// Slots for audit reports (each may read a million index entries):
     /// bounded so a few callers cannot occupy the blocking pool.
     report_slots: Arc<tokio::sync::Semaphore>,
+    /// The compliance report's inputs (`None`: not offered here).
+    pub(super) compliance: Option<Arc<crate::compliance::Compliance>>,
 }
 
 /// A time as the API shows it.
@@ -87,6 +89,7 @@ impl AdminOps {
             rates,
             sso: None,
             report_slots: Arc::new(tokio::sync::Semaphore::new(2)),
+            compliance: None,
         }
     }
 
@@ -102,6 +105,12 @@ impl AdminOps {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::Busy("other audit reports are running; try again shortly"))
+    }
+
+    /// Offers the compliance report (`GET /admin/v1/compliance`).
+    pub fn with_compliance(mut self, compliance: Arc<crate::compliance::Compliance>) -> Self {
+        self.compliance = Some(compliance);
+        self
     }
 
     /// Lets the admin API list and revoke single sign-on sessions.

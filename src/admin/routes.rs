@@ -309,6 +309,19 @@ pub(super) static ROUTES: &[Route] = &[
             })
         },
     },
+    // === compliance ===
+    Route {
+        method: Method::GET,
+        path: "compliance",
+        access: Access::Handler,
+        events: Events::None,
+        handler: |c, _| {
+            run(async move {
+                let report = super::compliance::report(c.ops, c.caller, c.query).await?;
+                ok(json!(report))
+            })
+        },
+    },
 ];
 
 /// The admin API's router.

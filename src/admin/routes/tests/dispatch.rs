@@ -437,6 +437,14 @@ async fn every_row_reaches_its_operation() {
             Box::new(not_found("the audit log is disabled (audit.enabled)")),
         ),
         (
+            Method::GET,
+            "compliance".into(),
+            Value::Null,
+            Box::new(not_found(
+                "the compliance report is not available on this server",
+            )),
+        ),
+        (
             Method::DELETE,
             format!("tenants/{a}"),
             Value::Null,
