@@ -78,6 +78,11 @@ impl Audit {
         self.maintenance.lock().await
     }
 
+    /// [`Audit::maintenance`] from a blocking thread (a backup's cut).
+    pub fn maintenance_blocking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.maintenance.blocking_lock()
+    }
+
     /// Pseudonymises `user_id` (and `email`) in every record of
     /// `tenant_id`: files, index, and the shipped copy when shipping.
     pub async fn erase_user(
@@ -168,11 +173,14 @@ impl Audit {
     ) -> io::Result<()> {
         let dir = self.dir.to_path_buf();
         let index = self.index.clone();
-        let current = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .file_no();
+        // Every record of the files before the current one has its index
+        // entry in the index from here on (requests' entries wait in the
+        // writer until its next turn): relocating them below finds them all.
+        let current = {
+            let mut s = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            s.catch_up();
+            s.file_no()
+        };
         let mut rewrote = false;
         for (no, path) in files(&dir)? {
             if no >= current {
@@ -363,3 +371,6 @@ fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
