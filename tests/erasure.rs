@@ -240,6 +240,19 @@ async fn deleting_a_user_pseudonymises_them_and_the_log_still_verifies() {
     assert!(erasure["files_rewritten"].as_u64().unwrap() >= 2, "{body}");
     assert_eq!(erasure["legacy_records_left"], 0, "{body}");
 
+    // The deleted user's token is refused from now on, and the refusal's
+    // record (anonymous: no user, no tenant) does not bring their id back
+    // (checked below with the rest).
+    let r = get(
+        &cg,
+        &costs,
+        &format!(
+            "Authorization: Bearer {}\r\nUser-Agent: after-erasure/1.0\r\n",
+            token(USER, &t)
+        ),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let _ = admin_get(&cg, &format!("/admin/v1/audit?tenant_id={t}&limit=1"));
     // No plaintext left anywhere under the audit directory (files, the
     // index, the head): not the id, not either email, not the agent.
     for needle in [USER, EMAIL, OLD_EMAIL, AGENT] {
