@@ -129,8 +129,16 @@ impl Audit {
             })?;
             Ok(total)
         })
-        .await
-        .map_err(unreadable)?;
+        .await;
+        if let Some(link) = &link {
+            // The files may have changed under the shipper's cursor (even
+            // if the erasure then failed): it finds its place again at its
+            // next step.
+            link.stats
+                .epoch
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        let result = result.map_err(unreadable)?;
         outcome.records = result.records;
         outcome.legacy = result.legacy;
         outcome.files = result.files;
@@ -147,9 +155,6 @@ impl Audit {
             )
             .await
             .map_err(|e| AuditError::Unwritable(format!("erasure of the shipped copy: {e}")))?;
-            link.stats
-                .epoch
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         if outcome.legacy > 0 {
             tracing::warn!(
