@@ -262,6 +262,13 @@ async fn deleting_a_user_pseudonymises_them_and_the_log_still_verifies() {
             "{needle}"
         );
     }
+    // Outside the audit directory, only the store's files keep the id and
+    // email: the user's tombstone (status `deleted`), by design.
+    for needle in [USER, EMAIL] {
+        for f in files_containing(&store, needle) {
+            assert!(!f.starts_with(&log), "{}", f.display());
+        }
+    }
     let after = lines(&log);
     // The other lines are byte for byte what they were, in order.
     let kept: Vec<&String> = after.iter().filter(|l| untouched.contains(l)).collect();
