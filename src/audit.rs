@@ -34,6 +34,12 @@
 //!   UTF-8 boundary, with a marker), so no caller decides how large a
 //!   record is.
 //!
+//! A record's personal fields (user id, address, user agent, the user an
+//! admin record is about) are committed to through a salted digest the
+//! chain hash covers, not hashed directly ([`subject`]), so a deleted
+//! user can be pseudonymised in the log without breaking the chain
+//! ([`erasure`]).
+//!
 //! If the files cannot be written, the writer keeps the batch and retries;
 //! meanwhile proxied requests get 503 (fail closed) unless
 //! `audit.fail_open` is set, which lets them through unrecorded and counts
