@@ -151,19 +151,25 @@ impl Record {
     /// Appends the record's line (no newline) to `out` with its hash and
     /// returns the hash, serializing once (by hand, exactly as serde does:
     /// see `line`): the line ends with `"hash":""`, so the hash goes in
-    /// before the final `"}`. A proxied request's record is hashed from the
-    /// line itself with the personal values and the salt cut out (which is
-    /// [`Record::canonical`]'s form); an admin record's details may hold
+    /// before the final `"}`. A record whose details hold no personal
+    /// field (every proxied request's) is hashed from the line itself with
+    /// the personal values and the salt cut out (which is
+    /// [`Record::canonical`]'s form); an admin record's details hold
     /// personal fields too, so it is hashed from [`Record::canonical`]
-    /// (off the request path). `self.hash` must be empty.
+    /// (a second serialization, off the request path). `self.hash` must be
+    /// empty.
     pub fn append_to(&self, out: &mut Vec<u8>) -> String {
         debug_assert!(self.hash.is_empty());
         let start = out.len();
         let spans = line::write(self, out);
         debug_assert!(out.ends_with(br#""hash":""}"#));
-        let digest = match (&self.subject_digest, &self.details) {
-            (None, _) => crate::model::sha256(&out[start..]),
-            (Some(_), Details::Request(_)) => {
+        let digest = match &self.subject_digest {
+            None => crate::model::sha256(&out[start..]),
+            // Admin records: personal fields inside `details` too.
+            Some(_) if subject::details_personal(&self.details) => {
+                crate::model::sha256(&self.canonical())
+            }
+            Some(_) => {
                 let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
                 let mut at = start;
                 for cut in spans.personal() {
@@ -173,7 +179,6 @@ impl Record {
                 ctx.update(&out[at..]);
                 ctx.finish().as_ref().try_into().expect("32 bytes")
             }
-            (Some(_), Details::Json(_)) => crate::model::sha256(&self.canonical()),
         };
         let hash = crate::model::hex(&digest);
         out.truncate(out.len() - 2);

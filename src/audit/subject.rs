@@ -86,6 +86,15 @@ fn detail_mut<'a>(
     }
 }
 
+/// Whether `details` holds any personal field (admin records do): the
+/// chain hash of a record whose details hold none is the line with only
+/// the top-level personal values cut out (see `Record::append_to`).
+pub(super) fn details_personal(details: &Details) -> bool {
+    DETAIL_FIELDS
+        .iter()
+        .any(|path| detail(details, *path).is_some())
+}
+
 /// The record's personal fields, in slot order.
 fn values(r: &Record) -> [Option<&str>; SLOTS] {
     let mut out = [None; SLOTS];
@@ -303,6 +312,9 @@ pub fn pseudonymise_action(action: &str, target: &Target<'_>) -> String {
 pub struct Salts {
     seed: [u8; 32],
     counter: u64,
+    /// The second half of the last hash, not yet given out (one hash
+    /// makes two salts).
+    spare: Option<[u8; 16]>,
 }
 
 impl std::fmt::Debug for Salts {
@@ -316,13 +328,21 @@ impl Salts {
     pub fn new() -> std::io::Result<Self> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(std::io::Error::other)?;
-        Ok(Self { seed, counter: 0 })
+        Ok(Self {
+            seed,
+            counter: 0,
+            spare: None,
+        })
     }
 
     /// The next salt.
     pub fn next_salt(&mut self) -> [u8; 16] {
+        if let Some(salt) = self.spare.take() {
+            return salt;
+        }
         self.counter += 1;
         let d = crate::model::sha256_parts(&[&self.seed, &self.counter.to_le_bytes()]);
+        self.spare = Some(d[16..].try_into().expect("16 bytes"));
         d[..16].try_into().expect("16 bytes")
     }
 }
