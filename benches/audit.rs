@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use costguard::audit::index::{Entry, Index, Query};
 use costguard::audit::writer::{self, WriterConfig};
-use costguard::audit::{Durability, Event, EventType, Record, Severity};
+use costguard::audit::{
+    Details, Durability, Event, EventType, Record, RequestDetails, Severity, subject,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -140,12 +142,68 @@ fn bench(c: &mut Criterion) {
                 user_agent: e.user_agent,
                 severity: Severity::Low,
                 request_id: e.request_id,
+                subject_digest: None,
+                subject_salt: None,
+                subject_seal: None,
                 prev_hash: "0".repeat(64),
                 hash: String::new(),
             };
             record.append_to(&mut out)
         })
     });
+
+    // A proxied request's record (typed details), in the form written
+    // before erasure existed and in the chained form (salt, subject
+    // digest, hash over the line with the personal values cut out).
+    let request_record = |chained: bool, salts: &mut subject::Salts| {
+        let mut record = Record {
+            seq: 42,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            timestamp: "2026-11-27T18:00:00.123456Z".into(),
+            event_type: "request.allowed".into(),
+            user_id: "0195f3a2-7c1e-7d4b-9a1e-5f6a7b8c9d0e".into(),
+            tenant_id: "org-1a2b3c4d".into(),
+            region: Some("us-east-1".into()),
+            details: Details::Request(Box::new(RequestDetails {
+                auth_method: Some("api_key"),
+                decision: "allow",
+                method: http::Method::GET,
+                path: "/v1/tenants/org-1a2b3c4d/costs".into(),
+                permission: Some("view_costs"),
+                reason: None,
+                route: Some("routes.toml:9".into()),
+                status: None,
+            })),
+            ip_address: "10.1.2.3".into(),
+            user_agent: "bench/1.0".into(),
+            severity: Severity::Low,
+            request_id: "01a21df6-67d0-70e2-a902-5e55df858b48".into(),
+            subject_digest: None,
+            subject_salt: None,
+            subject_seal: None,
+            prev_hash: "0".repeat(64),
+            hash: String::new(),
+        };
+        if chained {
+            let salt = salts.next_salt();
+            record.subject_digest = Some(subject::digest(&salt, &record));
+            record.subject_salt = Some(costguard::model::hex(&salt));
+        }
+        record
+    };
+    for (name, chained) in [
+        ("audit_record/request_legacy_form", false),
+        ("audit_record/request_chained_form", true),
+    ] {
+        c.bench_function(name, |b| {
+            let mut out = Vec::with_capacity(1 << 16);
+            let mut salts = subject::Salts::new().unwrap();
+            b.iter(|| {
+                out.clear();
+                request_record(chained, &mut salts).append_to(&mut out)
+            })
+        });
+    }
 
     // An index of 1,000,000 records, 100 tenants, over 10 days.
     let index_dir = tempfile::tempdir().unwrap();

@@ -34,18 +34,26 @@
 //!   UTF-8 boundary, with a marker), so no caller decides how large a
 //!   record is.
 //!
+//! A record's personal fields (user id, address, user agent, the user an
+//! admin record is about) are committed to through a salted digest the
+//! chain hash covers, not hashed directly ([`subject`]), so a deleted
+//! user can be pseudonymised in the log without breaking the chain
+//! ([`erasure`]).
+//!
 //! If the files cannot be written, the writer keeps the batch and retries;
 //! meanwhile proxied requests get 503 (fail closed) unless
 //! `audit.fail_open` is set, which lets them through unrecorded and counts
 //! them.
 
 pub mod anonymous;
+pub mod erasure;
 mod event_type;
 pub mod files;
 pub mod index;
 mod line;
 pub mod retention;
 pub mod ship;
+pub mod subject;
 pub mod verify;
 pub mod writer;
 
@@ -95,6 +103,21 @@ pub struct Record {
     pub severity: Severity,
     /// The request's id.
     pub request_id: String,
+    /// SHA-256 commitment to the record's personal fields (see
+    /// [`subject`]): the chain hash covers this digest and not the fields
+    /// themselves, so erasure can pseudonymise them without breaking the
+    /// chain. Absent in records written before (they verify as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_digest: Option<String>,
+    /// The digest's random salt, hex; outside the chain hash. Removed by
+    /// erasure, which leaves the digest unguessable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_salt: Option<String>,
+    /// Set by erasure instead of the salt: an HMAC (audit key) over the
+    /// record's hash and its pseudonymised fields, so with the key an
+    /// altered pseudonym is detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_seal: Option<String>,
     /// `hash` of the previous record (64 zeros for the first).
     pub prev_hash: String,
     /// SHA-256 of this record's canonical form with `hash` empty, hex.
@@ -107,10 +130,16 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 impl Record {
     /// The bytes the hash covers: the record serialized with `hash` empty.
     /// Serialization is canonical: fields in declaration order, `details`
-    /// maps with sorted keys (serde_json without `preserve_order`).
+    /// maps with sorted keys (serde_json without `preserve_order`). A
+    /// record with a `subject_digest` is hashed with its personal fields
+    /// blanked and without its salt and seal (see [`subject`]); one without
+    /// (written before) as it is.
     pub fn canonical(&self) -> Vec<u8> {
         let mut unhashed = self.clone();
         unhashed.hash.clear();
+        if unhashed.subject_digest.is_some() {
+            subject::blank(&mut unhashed);
+        }
         serde_json::to_vec(&unhashed).expect("a record serializes")
     }
 
@@ -120,16 +149,38 @@ impl Record {
     }
 
     /// Appends the record's line (no newline) to `out` with its hash and
-    /// returns the hash, serializing once (by hand, exactly as
-    /// [`Record::canonical`]: see `line`): the canonical form is the line
-    /// with `"hash":""` last, so the hash goes in before the final `"}`.
-    /// `self.hash` must be empty.
+    /// returns the hash, serializing once (by hand, exactly as serde does:
+    /// see `line`): the line ends with `"hash":""`, so the hash goes in
+    /// before the final `"}`. A record whose details hold no personal
+    /// field (every proxied request's) is hashed from the line itself with
+    /// the personal values and the salt cut out (which is
+    /// [`Record::canonical`]'s form); an admin record's details hold
+    /// personal fields too, so it is hashed from [`Record::canonical`]
+    /// (a second serialization, off the request path). `self.hash` must be
+    /// empty.
     pub fn append_to(&self, out: &mut Vec<u8>) -> String {
         debug_assert!(self.hash.is_empty());
         let start = out.len();
-        line::write(self, out);
+        let spans = line::write(self, out);
         debug_assert!(out.ends_with(br#""hash":""}"#));
-        let hash = crate::model::hex(&crate::model::sha256(&out[start..]));
+        let digest = match &self.subject_digest {
+            None => crate::model::sha256(&out[start..]),
+            // Admin records: personal fields inside `details` too.
+            Some(_) if subject::details_personal(&self.details) => {
+                crate::model::sha256(&self.canonical())
+            }
+            Some(_) => {
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut at = start;
+                for cut in spans.personal() {
+                    ctx.update(&out[at..cut.start]);
+                    at = cut.end;
+                }
+                ctx.update(&out[at..]);
+                ctx.finish().as_ref().try_into().expect("32 bytes")
+            }
+        };
+        let hash = crate::model::hex(&digest);
         out.truncate(out.len() - 2);
         out.extend_from_slice(hash.as_bytes());
         out.extend_from_slice(b"\"}");
@@ -392,6 +443,9 @@ pub struct Audit {
     /// Where a tenant's region comes from, for records whose producer did
     /// not know it (set once at start-up, after the store is open).
     regions: Arc<std::sync::OnceLock<Arc<dyn TenantRegions>>>,
+    /// Held while log files are rewritten or removed (erasure, retention):
+    /// one at a time, so neither brings back or loses the other's work.
+    maintenance: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Looks up a tenant's data region for its audit records (the server
@@ -744,6 +798,9 @@ mod tests {
             user_agent: "x\r\n\"}{".into(),
             severity: Severity::Low,
             request_id: "r".into(),
+            subject_digest: None,
+            subject_salt: None,
+            subject_seal: None,
             prev_hash: GENESIS.into(),
             hash: String::new(),
         }

@@ -369,8 +369,13 @@ fn audit_command(command: AuditCommand) -> ExitCode {
     };
     match verify::verify(&dir, key.as_deref()) {
         Ok(report) => {
+            let erased = match (report.erased, key.is_some()) {
+                (0, _) => String::new(),
+                (n, true) => format!("; {n} erased records, seals verified"),
+                (n, false) => format!("; {n} erased records, seals NOT checked: no key"),
+            };
             println!(
-                "{}: OK ({} records in {} files; head signature {})",
+                "{}: OK ({} records in {} files; head signature {}{erased})",
                 dir.display(),
                 report.records,
                 report.files,

@@ -437,9 +437,11 @@ async fn verification_names_tampered_rows_gaps_and_bad_anchors() {
 
     db.exec("UPDATE audit_records SET line = replace(line, 'a-user-1', 'a-user-9') WHERE seq = 5")
         .await;
+    // A user id is a personal field: the chain hash covers it through the
+    // record's subject digest, which no longer matches.
     let why = broken_reason(&db, KEY).await;
     assert!(
-        why.contains("record 5") && why.contains("hash mismatch"),
+        why.contains("record 5") && why.contains("subject digest mismatch"),
         "{why}"
     );
     restore().await;
@@ -670,4 +672,114 @@ async fn the_shared_query_and_report_cover_every_replica() {
     let only = query(&solo, &[("tenant_id", "org-t")]).await;
     assert_eq!(only["count"], 2);
     assert_eq!(only["next_cursor"], serde_json::Value::Null);
+}
+
+/// GDPR erasure in shared mode: the rows of every replica's stream naming
+/// the erased user are pseudonymised as the local files are, the shipped
+/// copy still verifies (`audit verify --shipped`), and the erasing
+/// replica's shipper, whose files changed under it, ships on from the
+/// right place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_pseudonymises_the_shipped_rows_of_every_stream() {
+    let db = Db::new().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b): (PathBuf, PathBuf) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (audit_a, _wa, index_a) = replica(&dir_a, 16 * 1024);
+    let (audit_b, _wb, _) = replica(&dir_b, 1 << 20);
+    // Users x-user-0..2 in org-e on both replicas, and org-f's.
+    write(&audit_a, "org-e", 150, "x").await;
+    write(&audit_a, "org-f", 30, "x").await;
+    write(&audit_b, "org-e", 40, "x").await;
+    audit_a.flush().await.unwrap();
+    audit_b.flush().await.unwrap();
+    let mut ship_a = Shipper::new(db.pool.clone(), &dir_a, KEY.to_vec()).unwrap();
+    let mut ship_b = Shipper::new(db.pool.clone(), &dir_b, KEY.to_vec()).unwrap();
+    ship_a.catch_up().await.unwrap();
+    ship_b.catch_up().await.unwrap();
+    audit_a.attach_shipping(Arc::new(Link {
+        pool: db.pool.clone(),
+        stream: ship_a.stream().to_string(),
+        stats: ship_a.stats().clone(),
+    }));
+    let naming = "SELECT count(*) FROM audit_records WHERE tenant_id = 'org-e' \
+                  AND (strpos(line, 'x-user-1') > 0 OR strpos(record::text, 'x-user-1') > 0)";
+    let before = db.count(naming).await;
+    assert_eq!(before, 50 + 13, "150/3 on A, 40/3 on B");
+    assert!(files::files(&dir_a).unwrap().len() > 2, "several files");
+
+    let outcome = audit_a.erase_user("org-e", "x-user-1", None).await.unwrap();
+    assert_eq!(outcome.records, 50);
+    assert_eq!(outcome.shipped_rows, 63);
+    assert_eq!(db.count(naming).await, 0);
+    // org-f's x-user-1 is another tenant's user: untouched.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM audit_records WHERE tenant_id = 'org-f' \
+             AND strpos(line, 'x-user-1') > 0"
+        )
+        .await,
+        10
+    );
+    let p = outcome.pseudonym.clone();
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM audit_records WHERE record->>'user_id' = '{p}'"
+        ))
+        .await,
+        63
+    );
+    for report in db.verify(KEY).await {
+        assert_eq!(report.broken, None, "{report:?}");
+    }
+    assert!(
+        costguard::audit::verify::verify(&dir_a, Some(KEY))
+            .unwrap()
+            .erased
+            == 50
+    );
+    // The index answers for the pseudonym, from the rewritten files.
+    let entries = index_a
+        .query(&costguard::audit::index::Query {
+            user: Some(index_a.hasher().hash(&p)),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+        .entries;
+    assert_eq!(entries.len(), 50);
+    for e in &entries {
+        let r = costguard::audit::index::read_record(&dir_a, e).expect("readable at its new place");
+        assert_eq!(r.user_id, p);
+    }
+
+    // A tampered pseudonym in a row is caught.
+    db.exec(&format!(
+        "UPDATE audit_records SET line = replace(line, '{p}', 'erased-0000000000000000') \
+         WHERE seq = (SELECT min(seq) FROM audit_records WHERE record->>'user_id' = '{p}' \
+         AND stream = '{}') AND stream = '{}'",
+        ship_b.stream(),
+        ship_b.stream()
+    ))
+    .await;
+    let reasons: Vec<String> = db
+        .verify(KEY)
+        .await
+        .into_iter()
+        .filter_map(|r| r.broken)
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("erasure seal mismatch"), "{reasons:?}");
+
+    // A's shipper ships on from the right place after its files changed.
+    write(&audit_a, "org-e", 20, "y").await;
+    audit_a.flush().await.unwrap();
+    ship_a.catch_up().await.unwrap();
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM audit_records WHERE stream = '{}'",
+            ship_a.stream()
+        ))
+        .await,
+        200
+    );
 }

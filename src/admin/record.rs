@@ -162,6 +162,44 @@ pub(super) async fn mutation(
         body,
     } = m;
     let result = done.result;
+    // A deleted user's identifiers are erased from the log (GDPR, see
+    // `audit::erasure`): the records of their deletion, whatever its
+    // outcome (a retried delete answers 404; a refused one is recorded
+    // too), name only their pseudonym.
+    let erased = found
+        .user()
+        .zip(found.tenant())
+        .filter(|_| {
+            // (A deletion's event type does not depend on its outcome.)
+            found
+                .event_types(StatusCode::OK, &Value::Null)
+                .contains(&EventType::UserDeleted)
+        })
+        .map(|(user, tenant)| {
+            let pseudonym = audit.pseudonym(tenant, user);
+            let who = crate::audit::subject::Target {
+                tenant_id: tenant,
+                user_id: user,
+                email: None,
+                pseudonym: &pseudonym,
+            };
+            let path = crate::audit::subject::pseudonymise_action(&facts.path, &who);
+            (user, pseudonym, path)
+        });
+    let pseudonymised;
+    let facts = match &erased {
+        Some((_, _, path)) => {
+            pseudonymised = Facts {
+                client: facts.client,
+                user_agent: facts.user_agent.clone(),
+                request_id: facts.request_id.clone(),
+                method: facts.method.clone(),
+                path: path.clone(),
+            };
+            &pseudonymised
+        }
+        None => facts,
+    };
     if let Err(e) = result {
         let exists = match found.tenant() {
             Some(t) => ops.tenant_exists(t).await,
@@ -198,13 +236,28 @@ pub(super) async fn mutation(
             }
         }
     }
+    let event_types = found.event_types(status, &changes);
+    let action = facts.action();
+    let mut actor = caller.actor();
+    let mut erasure = Value::Null;
+    if let Some((user, pseudonym, _)) = &erased {
+        if target.get("user_id").and_then(Value::as_str) == Some(*user) {
+            target.insert("user_id".into(), Value::String(pseudonym.clone()));
+        }
+        if actor == *user {
+            actor = pseudonym.clone();
+        }
+        if let Some(e) = created.and_then(|v| v.get("audit_erasure")) {
+            erasure = e.clone();
+        }
+    }
     let mut events = Vec::new();
-    for event_type in found.event_types(status, &changes) {
-        events.push(Event {
+    for event_type in event_types {
+        let mut event = Event {
             tenant_id: tenant.clone(),
             details: Details::Json(json!({
-                "action": facts.action(),
-                "actor": caller.actor(),
+                "action": action,
+                "actor": actor,
                 "target": target,
                 "changes": changes,
                 "outcome": outcome,
@@ -212,7 +265,20 @@ pub(super) async fn mutation(
                 "error": error_code,
             })),
             ..facts.event_as(caller, event_type)
-        });
+        };
+        if let Some((user, _, _)) = &erased {
+            if event.user_id == *user {
+                // The user deleted themselves: their address and agent
+                // go with their id.
+                event.user_id = actor.clone();
+                event.ip_address.clear();
+                event.user_agent.clear();
+            }
+            if let (Details::Json(d), false) = (&mut event.details, erasure.is_null()) {
+                d["erasure"] = erasure.clone();
+            }
+        }
+        events.push(event);
     }
     let durability = if outcome == "success" {
         Durability::Synced

@@ -280,6 +280,11 @@ impl Found<'_> {
         self.params.get("tenant")
     }
 
+    /// The user the path names, if it has a `{user}`.
+    pub(super) fn user(&self) -> Option<&str> {
+        self.params.get("user")
+    }
+
     /// Runs the call: the handler reads it (a body that does not parse is
     /// refused here), the caller's access is checked, then the operation
     /// runs.

@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::audit_query;
+use super::error::ApiError;
 use super::keys::key_view;
 use super::router::{Access, EventType, Events, Reply, Route, Router, run};
 use crate::roles::Permission as P;
@@ -195,9 +196,25 @@ pub(super) static ROUTES: &[Route] = &[
         events: Events::One(EventType::UserDeleted),
         handler: |c, p| {
             run(async move {
-                let u = p.arg("user");
-                c.ops.delete_user(c.caller, p.arg("tenant"), u).await?;
-                ok(json!({"user_id": u, "deleted": true}))
+                let (t, u) = (p.arg("tenant"), p.arg("user"));
+                let user = match c.ops.delete_user(c.caller, t, u).await {
+                    Ok(user) => user,
+                    Err(ApiError::NotFound(why)) => {
+                        // Deleted before: erase again (idempotent; it
+                        // finishes an erasure a crash cut short), still 404.
+                        if let (Some(audit), Some(gone)) = (c.audit, c.ops.deleted_user(t, u).await)
+                        {
+                            erase_user(audit, &gone).await?;
+                        }
+                        return Err(ApiError::NotFound(why));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let erasure = match c.audit {
+                    Some(audit) => Some(erase_user(audit, &user).await?),
+                    None => None,
+                };
+                ok(json!({"user_id": u, "deleted": true, "audit_erasure": erasure}))
             })
         },
     },
@@ -342,4 +359,24 @@ fn created_or_ok(was_created: bool, v: Value) -> Reply {
 fn with_secret(mut view: Value, secret: String) -> Value {
     view["api_key"] = Value::String(secret);
     view
+}
+
+/// The audit erasure of a deleted user (GDPR): their identifiers in the
+/// tenant's audit records become their pseudonym. What the response (and
+/// the `user.deleted` record) says of it names no plaintext identifier.
+async fn erase_user(
+    audit: &crate::audit::Audit,
+    user: &crate::model::User,
+) -> Result<Value, ApiError> {
+    let email = (!user.email.is_empty()).then_some(user.email.as_str());
+    let outcome = audit
+        .erase_user(&user.tenant_id, &user.user_id, email)
+        .await?;
+    Ok(json!({
+        "pseudonym": outcome.pseudonym,
+        "records_pseudonymised": outcome.records,
+        "files_rewritten": outcome.files,
+        "legacy_records_left": outcome.legacy,
+        "shipped_rows_pseudonymised": outcome.shipped_rows,
+    }))
 }

@@ -71,13 +71,29 @@ impl AdminOps {
         self.store.list_users(tenant_id).await.map_err(store_error)
     }
 
-    /// Removes a user.
+    /// A deleted user's tombstone (what the store keeps of them: id,
+    /// email, status `deleted`), if `user_id` was deleted: a `DELETE` of
+    /// it runs the audit erasure again (finishing one a crash cut short).
+    pub async fn deleted_user(&self, tenant_id: &str, user_id: &str) -> Option<User> {
+        if !req::is_id(user_id) {
+            return None;
+        }
+        self.store
+            .get_user(tenant_id, user_id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|u| u.status == UserStatus::Deleted)
+    }
+
+    /// Removes a user; returns them as they were (the audit erasure needs
+    /// their email).
     pub async fn delete_user(
         &self,
         caller: &Caller,
         tenant_id: &str,
         user_id: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<User, ApiError> {
         self.tenant(tenant_id).await?;
         let user = if req::is_id(user_id) {
             self.store
@@ -113,7 +129,9 @@ impl AdminOps {
                     .map_err(store_error)?;
             }
         }
-        tracing::info!(tenant_id = %tenant_id, user_id = %user_id, actor = %caller.actor(), "User deleted.");
-        Ok(())
+        // The id is personal data the audit erasure removes from the log:
+        // not repeated in the process log either.
+        tracing::info!(tenant_id = %tenant_id, actor = %caller.actor(), "User deleted.");
+        Ok(user)
     }
 }

@@ -115,6 +115,22 @@ impl Entry {
     }
 }
 
+/// Where a record moved to within its file (erasure rewrote the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    /// Its line's new offset.
+    pub offset: u64,
+    /// Its line's new length.
+    pub len: u32,
+    /// Its new user hash (erased: the pseudonym's), if it changed.
+    pub user: Option<u64>,
+}
+
+/// A marker in the index directory: set while erasure rewrites log files
+/// and their entries; an index found with it at start is rebuilt from
+/// the files (a crash left entries pointing at old offsets).
+const STALE: &str = "stale";
+
 /// Turns ids into the index's keyed hashes.
 #[derive(Clone)]
 pub struct Hasher {
@@ -309,6 +325,18 @@ impl Index {
                 k
             }
         };
+        if dir.join(STALE).exists() {
+            // An erasure stopped between rewriting a log file and its
+            // entries: start the entries over (the key and retention's
+            // purges are kept; the catch-up below re-adds every record).
+            tracing::warn!(dir = %dir.display(), "Rebuilding the audit index: an erasure was interrupted.");
+            for (_, path) in Self::files(&dir)? {
+                fs::remove_file(path)?;
+            }
+            let _ = fs::remove_file(dir.join("all.idx"));
+            fs::remove_file(dir.join(STALE))?;
+            File::open(&dir)?.sync_all()?;
+        }
         let all_path = dir.join("all.idx");
         let all = open_append(&all_path)?;
         let last_seq = repair(&all_path, u64::MAX)?;
@@ -514,6 +542,80 @@ impl Index {
         })?;
         if cut > 0 {
             rewrite_from(self, &path, cut, None)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the index stale (see [`STALE`]) until [`Index::clear_stale`].
+    pub fn mark_stale(&self) -> io::Result<()> {
+        let path = self.dir.join(STALE);
+        if !path.exists() {
+            File::create(&path)?.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Every entry is right again.
+    pub fn clear_stale(&self) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(STALE)) {
+            Ok(()) => File::open(&self.dir)?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// After log file `file_no` (records `first..=last`) was rewritten:
+    /// its entries in `all.idx` and in the files of `tenants` (the tenants
+    /// with records in it) take their records' new places, in place.
+    pub fn relocate(
+        &self,
+        file_no: u64,
+        first: u64,
+        last: u64,
+        moves: &HashMap<u64, Move>,
+        tenants: &[u64],
+    ) -> io::Result<()> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let _state = self.state.lock().expect("index lock");
+        let paths = std::iter::once(self.dir.join("all.idx"))
+            .chain(tenants.iter().map(|t| tenant_file(&self.dir, *t)));
+        let mut buf = Vec::with_capacity(ENTRY);
+        for path in paths {
+            // Not the append handle: a positioned write on a file opened
+            // for appending would append.
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let n = entries_in(&file)?;
+            let mut at = lower_bound(&file, n, |e| e.seq < first)?;
+            while at < n {
+                let Some(mut e) = entry_at(&file, at)? else {
+                    at += 1;
+                    continue;
+                };
+                if e.seq > last {
+                    break;
+                }
+                if u64::from(e.file_no) == file_no
+                    && let Some(m) = moves.get(&e.seq)
+                {
+                    e.offset = m.offset;
+                    e.len = m.len;
+                    if let Some(user) = m.user {
+                        e.user = user;
+                    }
+                    buf.clear();
+                    e.encode(&mut buf);
+                    file.write_all_at(&buf, at * ENTRY as u64)?;
+                }
+                at += 1;
+            }
+            file.sync_data()?;
         }
         Ok(())
     }

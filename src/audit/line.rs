@@ -13,14 +13,33 @@ use serde_json::Value;
 
 use super::{Details, Record, RequestDetails};
 
-/// Appends `record`'s line (no newline) to `out`.
-pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
+/// Where the personal values and the salt are in a written line (byte
+/// ranges in `out`): the chain hash of a record with a subject digest
+/// covers the line without them (see [`super::subject`]).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spans {
+    /// The contents (inside the quotes) of `user_id`, `ip_address` and
+    /// `user_agent`, then the whole `,"subject_salt":"…"` (empty if none).
+    cuts: [std::ops::Range<usize>; 4],
+}
+
+impl Spans {
+    /// The ranges to leave out of the hash, in order.
+    pub(super) fn personal(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.cuts.iter().cloned()
+    }
+}
+
+/// Appends `record`'s line (no newline) to `out`; returns where its
+/// personal values are.
+pub(super) fn write(record: &Record, out: &mut Vec<u8>) -> Spans {
+    let mut spans = Spans::default();
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(itoa::Buffer::new().format(record.seq).as_bytes());
     field(out, b",\"event_id\":", &record.event_id);
     field(out, b",\"timestamp\":", &record.timestamp);
     field(out, b",\"event_type\":", &record.event_type);
-    field(out, b",\"user_id\":", &record.user_id);
+    spans.cuts[0] = value(out, b",\"user_id\":", &record.user_id);
     field(out, b",\"tenant_id\":", &record.tenant_id);
     if let Some(region) = &record.region {
         field(out, b",\"region\":", region);
@@ -30,13 +49,34 @@ pub(super) fn write(record: &Record, out: &mut Vec<u8>) {
         Details::Request(details) => request_details(details, out),
         Details::Json(value) => json(value, out),
     }
-    field(out, b",\"ip_address\":", &record.ip_address);
-    field(out, b",\"user_agent\":", &record.user_agent);
+    spans.cuts[1] = value(out, b",\"ip_address\":", &record.ip_address);
+    spans.cuts[2] = value(out, b",\"user_agent\":", &record.user_agent);
     field(out, b",\"severity\":", record.severity.as_str());
     field(out, b",\"request_id\":", &record.request_id);
+    if let Some(digest) = &record.subject_digest {
+        field(out, b",\"subject_digest\":", digest);
+    }
+    let salt_at = out.len();
+    if let Some(salt) = &record.subject_salt {
+        field(out, b",\"subject_salt\":", salt);
+    }
+    spans.cuts[3] = salt_at..out.len();
+    if let Some(seal) = &record.subject_seal {
+        field(out, b",\"subject_seal\":", seal);
+    }
     field(out, b",\"prev_hash\":", &record.prev_hash);
     field(out, b",\"hash\":", &record.hash);
     out.push(b'}');
+    spans
+}
+
+/// [`field`], returning where the string's contents are (inside the
+/// quotes).
+fn value(out: &mut Vec<u8>, key: &[u8], value: &str) -> std::ops::Range<usize> {
+    out.extend_from_slice(key);
+    let start = out.len() + 1;
+    string(out, value);
+    start..out.len() - 1
 }
 
 /// A proxied request's details: keys in sorted order, as a JSON object of
@@ -149,6 +189,9 @@ mod tests {
             user_agent: text.to_string(),
             severity: Severity::Medium,
             request_id: text.to_string(),
+            subject_digest: Some(text.to_string()),
+            subject_salt: Some(text.to_string()),
+            subject_seal: Some(text.to_string()),
             prev_hash: "0".repeat(64),
             hash: String::new(),
         }
@@ -169,7 +212,7 @@ mod tests {
 
     fn ours(r: &Record) -> String {
         let mut out = Vec::new();
-        write(r, &mut out);
+        let _ = write(r, &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -188,9 +231,18 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_line_is_what_serde_writes(text in any::<String>(), denied: bool, seq: u64) {
+        fn the_line_is_what_serde_writes(
+            text in any::<String>(),
+            denied: bool,
+            seq: u64,
+            subject in 0u8..8,
+        ) {
             let mut r = record(&text, request(&text, denied));
             r.seq = seq;
+            // Every combination of the optional subject fields.
+            if subject & 1 == 0 { r.subject_digest = None; }
+            if subject & 2 == 0 { r.subject_salt = None; }
+            if subject & 4 == 0 { r.subject_seal = None; }
             r.hash = text.clone();
             prop_assert_eq!(ours(&r), serde_json::to_string(&r).unwrap());
         }

@@ -32,6 +32,9 @@ pub async fn purge(
     now_micros: i64,
 ) -> Result<(), String> {
     let tenants = store.list_tenants().await.map_err(|e| e.to_string())?;
+    // Not while an erasure rewrites files (it could bring back a file
+    // removed here).
+    let _one_at_a_time = audit.maintenance().await;
     let mut longest = 0i64;
     for t in &tenants {
         let days = t.limits.retention_days.max(0);

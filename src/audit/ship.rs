@@ -133,6 +133,13 @@ pub struct ShipStats {
     pub errors: AtomicU64,
     /// Set while the last step reached the database.
     pub up: AtomicBool,
+    /// Held by the shipper for each step, and by an erasure while it
+    /// rewrites the files and the rows: the shipper never reads a file
+    /// mid-rewrite nor inserts a row the erasure has already passed.
+    pub gate: tokio::sync::Mutex<()>,
+    /// Bumped by each erasure (line lengths changed): the shipper finds
+    /// its place in the files again.
+    pub epoch: AtomicU64,
 }
 
 impl ShipStats {
@@ -213,6 +220,8 @@ pub struct Shipper {
     cursor: Option<Cursor>,
     /// An unusable head was already logged.
     head_warned: bool,
+    /// The erasure epoch the cursor was found in ([`ShipStats`]).
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -256,6 +265,7 @@ impl Shipper {
             anchored: 0,
             cursor: None,
             head_warned: false,
+            epoch: 0,
         })
     }
 
@@ -282,6 +292,13 @@ impl Shipper {
     /// reach it). After an error, the next step asks the database again
     /// where the stream ends.
     pub async fn step(&mut self) -> Result<Step, ShipError> {
+        let stats = self.stats.clone();
+        let _gate = stats.gate.lock().await;
+        let epoch = stats.epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.cursor = None;
+        }
         let result = self.try_step().await;
         match &result {
             Ok(_) => self.stats.up.store(true, Ordering::Relaxed),
@@ -534,4 +551,65 @@ pub fn start_every(
         stream,
         stats,
     })
+}
+
+/// Erasure in the shipped copy: every row of the target's tenant naming
+/// the user (any replica's stream, so also records whose replica is
+/// gone) is pseudonymised as the files are ([`super::subject::erase`]);
+/// its `line` and `record` are replaced, its hash stays. Returns how many
+/// rows changed. Pages through the candidates by `(stream, seq)`.
+pub(crate) async fn erase_rows(
+    link: &Link,
+    target: &super::subject::Target<'_>,
+    key: &[u8],
+) -> Result<u64, ShipError> {
+    const PAGE: i64 = 500;
+    let client = link.pool.get().await?;
+    let (mut stream, mut seq) = (String::new(), -1i64);
+    let mut changed = 0u64;
+    loop {
+        let rows = client
+            .query(
+                "SELECT stream, seq, line FROM audit_records \
+                 WHERE tenant_id = $1 AND (stream, seq) > ($2, $3) \
+                 AND (strpos(line, $4) > 0 OR strpos(line, $5) > 0) \
+                 ORDER BY stream, seq LIMIT $6",
+                &[
+                    &target.tenant_id,
+                    &stream,
+                    &seq,
+                    &target.user_id,
+                    &target.email.unwrap_or(target.user_id),
+                    &PAGE,
+                ],
+            )
+            .await?;
+        let Some(last) = rows.last() else { break };
+        (stream, seq) = (last.get(0), last.get(1));
+        for row in &rows {
+            let line: String = row.get(2);
+            let Ok(mut record) = serde_json::from_str::<super::Record>(&line) else {
+                continue;
+            };
+            if super::subject::erase(&mut record, target, key) != super::subject::Erased::Changed {
+                continue;
+            }
+            let line = serde_json::to_string(&record).expect("a record serializes");
+            let view = pg::jsonb_view(&record).to_string();
+            client
+                .execute(
+                    "UPDATE audit_records SET line = $3, record = $4::text::jsonb \
+                     WHERE stream = $1 AND seq = $2",
+                    &[
+                        &row.get::<_, String>(0),
+                        &row.get::<_, i64>(1),
+                        &line,
+                        &view,
+                    ],
+                )
+                .await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }

@@ -2,6 +2,9 @@
 //! record's hash, its link to the previous record, the sequence, the file
 //! numbering, and finally the signed head, so an altered byte, a removed
 //! record, a removed file and a cut tail each name the first broken place.
+//! Each record's personal fields are checked against its subject digest,
+//! or (erased records, with the key) its erasure seal: see
+//! [`super::subject`].
 
 use std::fmt;
 use std::fs;
@@ -20,6 +23,9 @@ pub struct Report {
     pub records: u64,
     /// Whether the head's signature was checked (a key was given).
     pub signature_checked: bool,
+    /// Records whose personal fields were pseudonymised by an erasure
+    /// (their seals checked only with a key).
+    pub erased: u64,
 }
 
 /// The first broken place.
@@ -103,6 +109,7 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
         Err(e) => return Err(broken(&anchor_path, None, format!("cannot read: {e}"))),
     }
     let first_seq = expected_seq;
+    let mut erased = 0u64;
     let files: Vec<_> = files
         .into_iter()
         .filter(|(no, _)| *no >= first_file)
@@ -152,6 +159,11 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
             if record.compute_hash() != record.hash {
                 return Err(broken(path, at, "hash mismatch (record altered)"));
             }
+            match super::subject::check(&record, key) {
+                Ok(super::subject::Subject::Erased) => erased += 1,
+                Ok(_) => {}
+                Err(reason) => return Err(broken(path, at, reason)),
+            }
             if head.as_ref().is_some_and(|h| h.seq == record.seq) {
                 hash_at = Some((record.seq, record.hash.clone()));
             }
@@ -190,5 +202,6 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
         files: files.len(),
         records,
         signature_checked: key.is_some() && head.is_some(),
+        erased,
     })
 }

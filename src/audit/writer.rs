@@ -195,6 +195,8 @@ pub struct State {
     /// records it names are synced, so it may lag the files, never lead
     /// (not even after a power loss).
     head_seq: u64,
+    /// Each record's subject salt.
+    salts: super::subject::Salts,
 }
 
 /// A point in the log at a record boundary, taken under the writer's lock
@@ -267,6 +269,7 @@ pub fn start_bounded(
         pending: Vec::new(),
         held: None,
         head_seq: seq,
+        salts: super::subject::Salts::new()?,
     }));
     let sync_queued = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let audit = Audit {
@@ -284,6 +287,7 @@ pub fn start_bounded(
         )),
         min_free_bytes: bounds.min_free_bytes,
         regions: Arc::default(),
+        maintenance: Arc::default(),
     };
     watch_windows_and_disk(&audit)?;
     let thread = std::thread::Builder::new()
@@ -582,6 +586,32 @@ impl State {
         })
     }
 
+    /// The audit HMAC key (erasure keys its pseudonyms and seals with it).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.config.key
+    }
+
+    /// The number of the file being written.
+    pub(crate) fn file_no(&self) -> u64 {
+        self.file_no
+    }
+
+    /// Whether a failed batch waits to be written (its records are in the
+    /// chain, not yet in the file).
+    pub(crate) fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Continues on the file now at the current file's path (erasure put a
+    /// rewritten copy there): appends go to it, from its end.
+    pub(crate) fn reopen(&mut self) -> io::Result<()> {
+        let path = self.config.dir.join(file_name(self.file_no));
+        let file = OpenOptions::new().append(true).open(&path)?;
+        self.file_bytes = file.metadata()?.len();
+        self.file = file;
+        Ok(())
+    }
+
     /// Brings the index up to the last record written (the writer thread
     /// at each sync; a query before it reads the index).
     pub(crate) fn catch_up(&mut self) {
@@ -628,7 +658,7 @@ impl State {
             // `None`: a flush barrier: no record, answered with the batch.
             let Some(e) = m.event.take() else { continue };
             self.seq += 1;
-            let record = Record {
+            let mut record = Record {
                 seq: self.seq,
                 event_id: uuid::Uuid::now_v7().to_string(),
                 timestamp: timestamp.clone(),
@@ -641,9 +671,17 @@ impl State {
                 user_agent: e.user_agent,
                 severity: e.event_type.severity(),
                 request_id: e.request_id,
+                subject_digest: None,
+                subject_salt: None,
+                subject_seal: None,
                 prev_hash: std::mem::take(&mut self.hash),
                 hash: String::new(),
             };
+            // The personal fields' commitment (see `subject`): what lets
+            // erasure pseudonymise them later without breaking the chain.
+            let salt = self.salts.next_salt();
+            record.subject_digest = Some(super::subject::digest(&salt, &record));
+            record.subject_salt = Some(crate::model::hex(&salt));
             let start = self.out.len();
             self.hash = record.append_to(&mut self.out);
             if self.index.is_some() {

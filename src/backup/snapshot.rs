@@ -232,6 +232,10 @@ fn encode_store(
 /// remove old files meanwhile: the anchor is read first and a file gone
 /// before it was opened makes the whole listing start over (a few times).
 fn cut_audit(audit: &Audit) -> Result<AuditPart, BackupError> {
+    // No erasure rewrites a file between the cut and the opens below (the
+    // opened files are read as they were, whatever is renamed over them
+    // later): the lengths cut are those of the files opened.
+    let _no_rewrite = audit.maintenance_blocking();
     let Cut {
         file_no,
         file_bytes,

@@ -182,7 +182,7 @@ async fn verify_stream(
                     break 'pages;
                 }
             };
-            report.broken = check_row(row, seq, &record);
+            report.broken = check_row(row, seq, &record, key);
             if report.broken.is_some() {
                 break 'pages;
             }
@@ -249,10 +249,14 @@ async fn verify_stream(
 
 /// A row's columns against its line (the line is what the hash covers;
 /// the columns are what queries filter on).
-fn check_row(row: &tokio_postgres::Row, seq: u64, record: &Record) -> Option<String> {
+fn check_row(row: &tokio_postgres::Row, seq: u64, record: &Record, key: &[u8]) -> Option<String> {
     let broken = |why: &str| Some(format!("record {seq}: {why}"));
     if record.compute_hash() != record.hash {
         return broken("hash mismatch (record altered)");
+    }
+    // Personal fields against their digest, or an erased record's seal.
+    if let Err(why) = crate::audit::subject::check(record, Some(key)) {
+        return broken(why);
     }
     if record.seq != seq || row.get::<_, String>(6) != record.hash {
         return broken("the row's seq or hash is not its record's (row altered)");
