@@ -54,7 +54,7 @@ pub(super) fn evaluate(i: &Inputs<'_>) -> Vec<Control> {
                 "audit-chain" => audit_chain(i.chain, i.audit),
                 "audit-retention" => audit_retention(i),
                 "data-residency" => residency(i),
-                "erasure" => erasure(),
+                "erasure" => erasure(i.audit),
                 other => (
                     Status::Fail,
                     format!("no check is implemented for {other}"),
@@ -391,11 +391,30 @@ fn audit_chain(chain: &Option<ChainCheck>, audit: Option<&Audit>) -> Outcome {
     }
 }
 
-fn erasure() -> Outcome {
+/// GDPR Art. 17: what deleting a user does to their records. Pass when
+/// the audit log is on (deleting a user then pseudonymises them in it,
+/// keeping `audit verify` passing); warn when it is off, since nothing
+/// then records that an erasure happened; the shared copy is rewritten too
+/// when records are shipped to PostgreSQL.
+fn erasure(audit: Option<&Audit>) -> Outcome {
+    let Some(audit) = audit else {
+        return (
+            Status::Warn,
+            "audit.enabled = false: DELETE /admin/v1/tenants/{tenant}/users/{user} removes the user and ends their sessions, but no record of the erasure (or of anything else) is kept".into(),
+            "Turn the audit log on (audit.enabled = true) so erasures are themselves recorded.".into(),
+        );
+    };
+    let shared = if audit.shipping().is_some() {
+        " and in the rows shipped to PostgreSQL"
+    } else {
+        ""
+    };
     (
         Status::Pass,
-        "erasure through the admin API: DELETE /admin/v1/tenants/{tenant}/users/{user} removes a user (a tombstone keeps single sign-on from recreating it) and ends their sessions; DELETE /admin/v1/tenants/{tenant} removes a tenant; audit records are purged after the tenant's retention_days".into(),
-        "Erase on request through those endpoints; the deletion itself is audited (user.deleted, tenant.deleted).".into(),
+        format!(
+            "DELETE /admin/v1/tenants/{{tenant}}/users/{{user}} removes the user, ends their sessions and replaces their id, email, address and user agent in the tenant's audit records (log files, query index{shared}) with a keyed pseudonym (erased-…, HMAC with the audit key); the chain still verifies, and the deletion is recorded under the pseudonym only; backups taken before keep the plaintext"
+        ),
+        "Answer erasure requests through that endpoint; re-take (or expire) backups made before an erasure, which still hold the plaintext.".into(),
     )
 }
 
