@@ -49,21 +49,53 @@ fn seen_for(up: &Upstream, tenant: &str) -> usize {
         .count()
 }
 
+/// costguard with a default upstream and two regional ones (us-east-1,
+/// eu-west-1), its store under `dir`.
+struct Regions {
+    fallback: Upstream,
+    us: Upstream,
+    eu: Upstream,
+    dir: tempfile::TempDir,
+    store: std::path::PathBuf,
+    cg: Sidecar,
+}
+
+impl Regions {
+    async fn start() -> Self {
+        let (fallback, us, eu) = (
+            Upstream::start().await,
+            Upstream::start().await,
+            Upstream::start().await,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("data");
+        let extra = format!(
+            "[proxy.region_upstreams]\n\"us-east-1\" = \"{}\"\n\"eu-west-1\" = \"{}\"\n",
+            us.url(),
+            eu.url()
+        );
+        let cg = start(&fallback, &store, &extra);
+        Self {
+            fallback,
+            us,
+            eu,
+            dir,
+            store,
+            cg,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_tenant_reaches_only_its_regions_upstream() {
-    let (fallback, us, eu) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("data");
-    let extra = format!(
-        "[proxy.region_upstreams]\n\"us-east-1\" = \"{}\"\n\"eu-west-1\" = \"{}\"\n",
-        us.url(),
-        eu.url()
-    );
-    let cg = start(&fallback, &store, &extra);
+    let Regions {
+        fallback,
+        us,
+        eu,
+        dir: _dir,
+        store,
+        cg,
+    } = Regions::start().await;
     let (a, a_key) = tenant_in(&cg, None);
     let (b, b_key) = tenant_in(&cg, Some("eu-west-1"));
     let (c, c_key) = tenant_in(&cg, Some("ap-south-1"));
@@ -142,19 +174,14 @@ async fn each_tenant_reaches_only_its_regions_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_a_system_admin_moves_a_tenant_and_its_traffic_follows_at_once() {
-    let (fallback, us, eu) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("data");
-    let extra = format!(
-        "[proxy.region_upstreams]\n\"us-east-1\" = \"{}\"\n\"eu-west-1\" = \"{}\"\n",
-        us.url(),
-        eu.url()
-    );
-    let cg = start(&fallback, &store, &extra);
+    let Regions {
+        fallback,
+        us,
+        eu,
+        dir: _dir,
+        store,
+        cg,
+    } = Regions::start().await;
     let (t, key) = tenant_in(&cg, None);
     let (_, tenant_admin) = cg.create_key(&t, &["admin"]);
     assert_eq!(costs(&cg, &t, &key).status, 200);
@@ -193,6 +220,7 @@ async fn only_a_system_admin_moves_a_tenant_and_its_traffic_follows_at_once() {
     assert_eq!(status, 200, "{moved}");
     assert_eq!(costs(&cg, &t, &key).status, 200);
     assert_eq!((seen_for(&us, &t), seen_for(&eu, &t)), (2, 1));
+    assert_eq!(fallback.count(), 0);
     flush(&cg);
 
     let all = records(&store.join("audit"));
