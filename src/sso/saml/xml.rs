@@ -171,6 +171,14 @@ fn malformed(e: impl std::fmt::Display) -> XmlError {
     XmlError::Malformed(e.to_string())
 }
 
+/// Whether `c` may appear in an XML 1.0 document (production [2] Char),
+/// literally or as a character reference. libxml2 refuses a document with
+/// any other: this reader must not accept what the signature check cannot
+/// read the same way.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
 fn start(
     reader: &NsReader<&[u8]>,
     ns: Option<String>,
@@ -187,6 +195,9 @@ fn start(
         let value = a
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|_| XmlError::Entity)?;
+        if !value.chars().all(is_xml_char) {
+            return Err(XmlError::Entity);
+        }
         attrs.push(Attr {
             ns: namespace(ans)?,
             name: String::from_utf8_lossy(local.as_ref()).into_owned(),
@@ -203,6 +214,11 @@ fn start(
 
 /// Parses a whole document into its root element.
 pub fn parse(xml: &str) -> Result<Element, XmlError> {
+    if !xml.chars().all(is_xml_char) {
+        return Err(malformed(
+            "a character XML does not allow (NUL, a control character, U+FFFE, U+FFFF)",
+        ));
+    }
     let mut reader = NsReader::from_str(xml);
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
@@ -265,7 +281,14 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 let c = if r.is_char_ref() {
                     r.resolve_char_ref()
                         .map_err(|_| XmlError::Entity)?
-                        .ok_or(XmlError::Entity)?
+                        .ok_or(XmlError::Entity)
+                        .and_then(|c| {
+                            if is_xml_char(c) {
+                                Ok(c)
+                            } else {
+                                Err(XmlError::Entity)
+                            }
+                        })?
                 } else {
                     match r.decode().map_err(malformed)?.as_ref() {
                         "lt" => '<',
@@ -288,15 +311,16 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                 // naming another encoding would make libxml2 (which checks
                 // the signatures) read a different document than this
                 // parser: UTF-7 hides markup from one and not the other.
-                if let Some(enc) = d.encoding() {
-                    let enc = enc.map_err(malformed)?;
-                    if !enc.eq_ignore_ascii_case(b"utf-8") && !enc.eq_ignore_ascii_case(b"utf8") {
-                        return Err(XmlError::Encoding);
-                    }
+                // The declaration is read whole and strictly (XML 1.0
+                // [23]), so none that this reader skips over (a second
+                // `encoding`, `ENCODING`, a stray character) can name an
+                // encoding that libxml2 honours: only `version="1.0"`,
+                // then an optional UTF-8 `encoding`, then an optional
+                // `standalone`, once each, in that order.
+                if reader.buffer_position() != d.len() as u64 + 4 {
+                    return Err(malformed("XML declaration not at the start"));
                 }
-                if d.version().map_err(malformed)?.as_ref() != b"1.0" {
-                    return Err(XmlError::Encoding);
-                }
+                check_declaration(&d)?;
             }
             Event::Eof => break,
         }
@@ -305,6 +329,57 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
         return Err(malformed("unclosed element"));
     }
     root.ok_or_else(|| malformed("no root element"))
+}
+
+/// The content of an XML declaration (after `<?`, before `?>`), by XML
+/// 1.0's production [23]: `xml` S `version` Eq `"1.0"`, then optionally S
+/// `encoding` Eq a UTF-8 name, then optionally S `standalone` Eq
+/// `yes`|`no`, then optional S; each value in matching single or double
+/// quotes; Eq is `=` with optional S around it. Anything else is refused.
+fn check_declaration(decl: &[u8]) -> Result<(), XmlError> {
+    fn is_space(b: u8) -> bool {
+        matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+    }
+    fn spaces(s: &[u8]) -> (&[u8], bool) {
+        let n = s.iter().take_while(|b| is_space(**b)).count();
+        (&s[n..], n > 0)
+    }
+    // S name Eq quoted-value; returns the value and the rest.
+    fn pair<'a>(s: &'a [u8], name: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let (s, had_space) = spaces(s);
+        let s = s.strip_prefix(name).filter(|_| had_space)?;
+        let (s, _) = spaces(s);
+        let s = s.strip_prefix(b"=")?;
+        let (s, _) = spaces(s);
+        let (&quote, s) = s.split_first()?;
+        if quote != b'"' && quote != b'\'' {
+            return None;
+        }
+        let end = s.iter().position(|b| *b == quote)?;
+        Some((&s[..end], &s[end + 1..]))
+    }
+    let bad = || XmlError::Encoding;
+    let rest = decl.strip_prefix(b"xml").ok_or_else(bad)?;
+    let (version, mut rest) = pair(rest, b"version").ok_or_else(bad)?;
+    if version != b"1.0" {
+        return Err(bad());
+    }
+    if let Some((encoding, after)) = pair(rest, b"encoding") {
+        if !encoding.eq_ignore_ascii_case(b"utf-8") && !encoding.eq_ignore_ascii_case(b"utf8") {
+            return Err(bad());
+        }
+        rest = after;
+    }
+    if let Some((standalone, after)) = pair(rest, b"standalone") {
+        if standalone != b"yes" && standalone != b"no" {
+            return Err(bad());
+        }
+        rest = after;
+    }
+    if !spaces(rest).0.is_empty() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,6 +426,60 @@ mod tests {
             assert_eq!(parse(decl), Err(XmlError::Encoding), "{decl}");
         }
         assert!(parse(r#"<?xml version="1.0" encoding="utf-8"?><r/>"#).is_ok());
+        assert!(parse("<?xml version='1.0' encoding = 'UTF-8' standalone='yes' ?>\n<r/>").is_ok());
+    }
+
+    /// Found by the `saml_xml` fuzz target (libxml2 differential): NUL and
+    /// other characters outside XML's Char, literal or as references, were
+    /// accepted here and refused by libxml2.
+    #[test]
+    fn characters_xml_does_not_allow_are_refused() {
+        assert!(matches!(
+            parse("<r>a\u{0}b</r>"),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("<r a=\"\u{1}\"/>"),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse("<r>\u{FFFE}</r>"),
+            Err(XmlError::Malformed(_))
+        ));
+        assert_eq!(parse("<r>&#0;</r>"), Err(XmlError::Entity));
+        assert_eq!(parse("<r>&#x1F;</r>"), Err(XmlError::Entity));
+        assert_eq!(parse("<r a=\"&#1;\"/>"), Err(XmlError::Entity));
+        assert_eq!(parse("<r>&#xFFFF;</r>"), Err(XmlError::Entity));
+        let ok = parse("<r a=\"&#9;&#xA;&#x10000;\">\t&#13;\u{E000}\u{10FFFF}</r>").unwrap();
+        assert_eq!(ok.attr("a"), Some("\t\n\u{10000}"));
+    }
+
+    /// Found by the `saml_xml` fuzz target (libxml2 differential): a
+    /// declaration this reader skipped over but libxml2 reads differently
+    /// (or refuses), so an encoding could hide from the shape checker.
+    #[test]
+    fn a_declaration_is_read_whole_and_strictly() {
+        for decl in [
+            "<?xml version='1.0' encodi)ng='UTF-4'?><r>+ADw-x/+AD4-</r>",
+            r#"<?xml version="1.0" encoding="UTF-8" encoding="UTF-7"?><r>+ADw-x/+AD4-</r>"#,
+            r#"<?xml version="1.0" ENCODING="UTF-7"?><r>+ADw-x/+AD4-</r>"#,
+            r#"<?xml version="1.0" standalone="yes" encoding="UTF-7"?><r/>"#,
+            r#"<?xml version="1.0" standalone="maybe"?><r/>"#,
+            r#"<?xml version="1.0"encoding="UTF-8"?><r/>"#,
+            r#"<?xml encoding="UTF-8" version="1.0"?><r/>"#,
+            r#"<?xml version="1.0' encoding="UTF-8"?><r/>"#,
+            r#"<?xml version="1.0" x="y"?><r/>"#,
+            r#"<?xml?><r/>"#,
+        ] {
+            assert_eq!(parse(decl), Err(XmlError::Encoding), "{decl}");
+        }
+        // Only at the very start.
+        for late in [
+            " <?xml version=\"1.0\"?><r/>",
+            "<r><?xml version=\"1.0\"?></r>",
+        ] {
+            assert!(parse(late).is_err(), "{late}");
+        }
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert_eq!(parse(&deep), Err(XmlError::TooLarge));
     }
