@@ -179,15 +179,55 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// XML 1.0's NameStartChar (production [4]), without `:`.
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// XML 1.0's NameChar (production [4a]), without `:`.
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// Whether `name` is a QName of Namespaces in XML (an NCName, or two
+/// joined by one `:`). quick-xml takes any bytes up to a delimiter as a
+/// name, while libxml2 stops at the first character that cannot be in one
+/// (`<Assertion$x>` is `Assertion` to it): names must read the same.
+fn is_qname(name: &[u8]) -> bool {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let ncname = |s: &str| {
+        let mut chars = s.chars();
+        chars.next().is_some_and(is_name_start) && chars.all(is_name_char)
+    };
+    match name.split_once(':') {
+        Some((prefix, local)) => ncname(prefix) && ncname(local),
+        None => ncname(name),
+    }
+}
+
 fn start(
     reader: &NsReader<&[u8]>,
     ns: Option<String>,
     e: &BytesStart<'_>,
 ) -> Result<Element, XmlError> {
+    if !is_qname(e.name().as_ref()) {
+        return Err(malformed("an element name XML does not allow"));
+    }
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(malformed)?;
         let key = a.key;
+        if !is_qname(key.as_ref()) {
+            return Err(malformed("an attribute name XML does not allow"));
+        }
         if key.as_namespace_binding().is_some() {
             continue;
         }
@@ -427,6 +467,38 @@ mod tests {
         }
         assert!(parse(r#"<?xml version="1.0" encoding="utf-8"?><r/>"#).is_ok());
         assert!(parse("<?xml version='1.0' encoding = 'UTF-8' standalone='yes' ?>\n<r/>").is_ok());
+    }
+
+    /// Found by the `saml_xml` fuzz target (libxml2 differential):
+    /// `<rIs$$r/>` was the element `rIs$$r` here and `rIs` to libxml2; a
+    /// name must be a QName, so `<saml:Assertion$x>` cannot be an
+    /// Assertion to the signature check and something else to the shape
+    /// rules.
+    #[test]
+    fn names_must_be_qnames() {
+        for bad in [
+            "<rIs$$r/>",
+            "<saml:Assertion$x/>",
+            "<a:b:c/>",
+            "<:r/>",
+            "<r: />",
+            "<1r/>",
+            "<-r/>",
+            "<r a$b=\"1\"/>",
+            "<r :a=\"1\"/>",
+            "<r a:b:c=\"1\"/>",
+            "<r>\u{0}</r>",
+        ] {
+            assert!(matches!(parse(bad), Err(XmlError::Malformed(_))), "{bad}");
+        }
+        for ok in [
+            "<r/>",
+            "<x:r xmlns:x=\"urn:x\"/>",
+            "<r-1.a_b\u{B7}\u{E9}/>",
+            "<\u{E9}t\u{E9} a-b.c=\"1\" _d=\"2\"/>",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
     }
 
     /// Found by the `saml_xml` fuzz target (libxml2 differential): NUL and
