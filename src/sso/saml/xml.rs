@@ -213,6 +213,17 @@ fn is_qname(name: &[u8]) -> bool {
     }
 }
 
+/// A processing instruction's target: a name without `:` other than
+/// `xml` (any case), followed by white space or the end.
+fn pi_target_ok(raw: &[u8]) -> bool {
+    let end = raw
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .unwrap_or(raw.len());
+    let target = &raw[..end];
+    is_qname(target) && !target.contains(&b':') && !target.eq_ignore_ascii_case(b"xml")
+}
+
 fn start(
     reader: &NsReader<&[u8]>,
     ns: Option<String>,
@@ -221,6 +232,25 @@ fn start(
     if !is_qname(e.name().as_ref()) {
         return Err(malformed("an element name XML does not allow"));
     }
+    // Attributes are separated by white space ([40]): quick-xml reads
+    // `a="1"b="2"` as two, libxml2 refuses or drops one.
+    let mut quote = None;
+    let mut closed = false;
+    for &b in &**e {
+        if closed && !matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
+            return Err(malformed("attributes not separated by white space"));
+        }
+        closed = false;
+        match quote {
+            Some(q) if b == q => {
+                quote = None;
+                closed = true;
+            }
+            Some(_) => {}
+            None if b == b'"' || b == b'\'' => quote = Some(b),
+            None => {}
+        }
+    }
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(malformed)?;
@@ -228,7 +258,17 @@ fn start(
         if !is_qname(key.as_ref()) {
             return Err(malformed("an attribute name XML does not allow"));
         }
+        // XML forbids a literal `<` in an attribute value (AttValue, [10]);
+        // quick-xml reads on to the quote, libxml2 (recovering) ends the
+        // tag there and reads what follows as markup.
+        if a.value.contains(&b'<') {
+            return Err(malformed("'<' in an attribute value"));
+        }
         if key.as_namespace_binding().is_some() {
+            // Namespaces in XML 1.0: a prefix cannot be undeclared.
+            if key.as_ref() != b"xmlns" && a.value.is_empty() {
+                return Err(malformed("an empty prefixed namespace declaration"));
+            }
             continue;
         }
         let (ans, local) = reader.resolver().resolve_attribute(key);
@@ -315,7 +355,13 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                     None => root = Some(el),
                 }
             }
-            Event::Text(t) => push_text(&mut stack, &t.decode().map_err(malformed)?)?,
+            Event::Text(t) => {
+                // `]]>` may not appear in text ([14]).
+                if t.windows(3).any(|w| w == b"]]>") {
+                    return Err(malformed("']]>' in text"));
+                }
+                push_text(&mut stack, &t.decode().map_err(malformed)?)?
+            }
             Event::CData(t) => push_text(&mut stack, &t.decode().map_err(malformed)?)?,
             Event::GeneralRef(r) => {
                 let c = if r.is_char_ref() {
@@ -340,6 +386,18 @@ pub fn parse(xml: &str) -> Result<Element, XmlError> {
                     }
                 };
                 push_text(&mut stack, c.encode_utf8(&mut [0; 4]))?;
+            }
+            // A comment may not hold `--` nor end with `-` ([15]); a
+            // processing instruction's target is a name other than `xml`,
+            // then white space or the end ([16], [17]). libxml2 recovers
+            // from these in its own way.
+            Event::Comment(c) if c.windows(2).any(|w| w == b"--") || c.ends_with(b"-") => {
+                return Err(malformed("'--' in a comment"));
+            }
+            Event::PI(p) if !pi_target_ok(&p) => {
+                return Err(malformed(
+                    "a processing instruction without a proper target",
+                ));
             }
             Event::Comment(_) | Event::PI(_) => {
                 if let Some(top) = stack.last_mut() {
@@ -488,6 +546,21 @@ mod tests {
             "<r :a=\"1\"/>",
             "<r a:b:c=\"1\"/>",
             "<r>\u{0}</r>",
+            // Found next: libxml2 (recovering) ended the tag at the `<`
+            // and moved the rest of the Assertion out of it.
+            "<r a=\"x</r><evil/>\"/>",
+            "<r a='<'/>",
+            // And the rest of XML's well-formedness that quick-xml lets
+            // through and libxml2 recovers from in its own way.
+            "<r a=\"1\"b=\"2\"/>",
+            "<r><!-- a -- b --></r>",
+            "<r><!-- a ---></r>",
+            "<r>]]></r>",
+            "<r><?pi?><?AuthnInstant\"1.0\"?></r>",
+            "<?AuthnInstant\"1.0\" encoding=\"UTF-7\"[?><r/>",
+            "<r><?xml x?></r>",
+            "<r><?a:b x?></r>",
+            "<r xmlns:a=\"\"/>",
         ] {
             assert!(matches!(parse(bad), Err(XmlError::Malformed(_))), "{bad}");
         }
@@ -496,6 +569,8 @@ mod tests {
             "<x:r xmlns:x=\"urn:x\"/>",
             "<r-1.a_b\u{B7}\u{E9}/>",
             "<\u{E9}t\u{E9} a-b.c=\"1\" _d=\"2\"/>",
+            "<r a='1'\n\tb=\"2\" ><!-- a - b --><?pi x?><?xml-stylesheet a?>]]</r >",
+            "<r xmlns=\"\"/>",
         ] {
             assert!(parse(ok).is_ok(), "{ok}");
         }
