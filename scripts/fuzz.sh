@@ -22,7 +22,11 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 flags=(-s none -a)
-cargo +nightly fuzz build "${flags[@]}"
+# FUZZ_NO_BUILD=1: run the binaries already built (while a rebuild runs).
+if [ -z "${FUZZ_NO_BUILD:-}" ]; then
+  cargo +nightly fuzz build "${flags[@]}"
+fi
+bin=target/x86_64-unknown-linux-gnu/release
 status=0
 printf '%-16s %12s %8s %6s %7s %6s  %s\n' target execs exec/s secs cov ft result
 for t in "${targets[@]}"; do
@@ -30,7 +34,7 @@ for t in "${targets[@]}"; do
   log=$(mktemp)
   mkdir -p "corpus/$t" "artifacts/$t"
   rc=0
-  cargo +nightly fuzz run "${flags[@]}" "$t" "$scratch" "corpus/$t" -- \
+  "$bin/$t" "$scratch" "corpus/$t" \
     -max_total_time="$secs" -timeout=20 -rss_limit_mb=3072 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)

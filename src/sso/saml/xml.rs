@@ -294,6 +294,16 @@ fn start(
 
 /// Parses a whole document into its root element.
 pub fn parse(xml: &str) -> Result<Element, XmlError> {
+    // End-of-line handling (XML 1.0 §2.11), before anything else, as
+    // libxml2 does: `\r\n` and a lone `\r` are read as `\n` (a `&#13;`
+    // reference still gives `\r`).
+    let normalized;
+    let xml = if xml.contains('\r') {
+        normalized = xml.replace("\r\n", "\n").replace('\r', "\n");
+        normalized.as_str()
+    } else {
+        xml
+    };
     if !xml.chars().all(is_xml_char) {
         return Err(malformed(
             "a character XML does not allow (NUL, a control character, U+FFFE, U+FFFF)",
@@ -574,6 +584,16 @@ mod tests {
         ] {
             assert!(parse(ok).is_ok(), "{ok}");
         }
+    }
+
+    /// Found by the `saml_xml` fuzz target (libxml2 differential): a `\r`
+    /// in text stayed `\r` here and was `\n` to libxml2 (and so to the
+    /// signature's canonical form).
+    #[test]
+    fn line_ends_are_normalized_as_xml_says() {
+        let doc = parse("<r a=\"x\r\ny\">a\r\nb\rc&#13;<![CDATA[d\r\ne]]></r>").unwrap();
+        assert_eq!(doc.text(), "a\nb\nc\rd\ne");
+        assert_eq!(doc.attr("a"), Some("x y"));
     }
 
     /// Found by the `saml_xml` fuzz target (libxml2 differential): NUL and
