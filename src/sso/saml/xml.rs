@@ -269,6 +269,11 @@ fn start(
             if key.as_ref() != b"xmlns" && a.value.is_empty() {
                 return Err(malformed("an empty prefixed namespace declaration"));
             }
+            // The resolver reads the declared URI raw; libxml2 resolves
+            // references in it. No SAML namespace needs one.
+            if a.value.contains(&b'&') {
+                return Err(malformed("a reference in a namespace URI"));
+            }
             continue;
         }
         let (ans, local) = reader.resolver().resolve_attribute(key);
@@ -571,6 +576,9 @@ mod tests {
             "<r><?xml x?></r>",
             "<r><?a:b x?></r>",
             "<r xmlns:a=\"\"/>",
+            // A namespace URI was raw here and resolved by libxml2.
+            "<r xmlns:b=\"ur1;&amp;$lt;\"><b:c/></r>",
+            "<s:r xmlns:s=\"urn:oasis:names:tc:SAML:2.0:&#97;ssertion\"/>",
         ] {
             assert!(matches!(parse(bad), Err(XmlError::Malformed(_))), "{bad}");
         }
