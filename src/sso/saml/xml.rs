@@ -270,8 +270,12 @@ fn start(
                 return Err(malformed("an empty prefixed namespace declaration"));
             }
             // The resolver reads the declared URI raw; libxml2 resolves
-            // references in it. No SAML namespace needs one.
-            if a.value.contains(&b'&') {
+            // references and normalizes white space in it. No SAML
+            // namespace needs either.
+            if a.value
+                .iter()
+                .any(|b| matches!(b, b'&' | b'\t' | b'\n' | b'\r'))
+            {
                 return Err(malformed("a reference in a namespace URI"));
             }
             continue;
@@ -579,6 +583,8 @@ mod tests {
             // A namespace URI was raw here and resolved by libxml2.
             "<r xmlns:b=\"ur1;&amp;$lt;\"><b:c/></r>",
             "<s:r xmlns:s=\"urn:oasis:names:tc:SAML:2.0:&#97;ssertion\"/>",
+            "<s:r xmlns:s=\"urn:oasis:names:tc:SA\tML:2.0:assertion\"/>",
+            "<r xmlns=\"urn:a\nb\"/>",
         ] {
             assert!(matches!(parse(bad), Err(XmlError::Malformed(_))), "{bad}");
         }
