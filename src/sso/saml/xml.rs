@@ -229,7 +229,9 @@ fn start(
     ns: Option<String>,
     e: &BytesStart<'_>,
 ) -> Result<Element, XmlError> {
-    if !is_qname(e.name().as_ref()) {
+    // Namespaces in XML: no element has the prefix `xmlns` (quick-xml
+    // gave `<xmlns:xs/>` the xmlns namespace, libxml2 no namespace).
+    if !is_qname(e.name().as_ref()) || e.name().as_ref().starts_with(b"xmlns:") {
         return Err(malformed("an element name XML does not allow"));
     }
     // Attributes are separated by white space ([40]): quick-xml reads
@@ -585,6 +587,7 @@ mod tests {
             "<s:r xmlns:s=\"urn:oasis:names:tc:SAML:2.0:&#97;ssertion\"/>",
             "<s:r xmlns:s=\"urn:oasis:names:tc:SA\tML:2.0:assertion\"/>",
             "<r xmlns=\"urn:a\nb\"/>",
+            "<xmlns:xs />",
         ] {
             assert!(matches!(parse(bad), Err(XmlError::Malformed(_))), "{bad}");
         }
