@@ -85,6 +85,9 @@ pub mod demo;
 pub mod echo;
 pub mod fanout;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generation;
 pub mod grants;
 pub mod header_pattern;

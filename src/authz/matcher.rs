@@ -87,10 +87,14 @@ impl Endpoint {
 
     fn add(&mut self, methods: &[Method], route: usize) -> Result<(), usize> {
         if methods.is_empty() {
-            return match self.any.replace(route) {
-                Some(existing) => Err(existing),
-                None => Ok(()),
-            };
+            // Never replace the slot of an earlier route: the refused
+            // route's id is never pushed, and a third route of the same
+            // shape would then be reported against that id (out of bounds).
+            if let Some(existing) = self.any {
+                return Err(existing);
+            }
+            self.any = Some(route);
+            return Ok(());
         }
         for m in methods {
             if let Some((_, existing)) = self.by_method.iter().find(|(x, _)| x == m) {
@@ -430,5 +434,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Found by the authorization oracle (tests/authz_oracle.rs): a second
+    /// any-method route on a path took the first one's slot with an id that
+    /// was never added, and a third then indexed past the routes (a panic
+    /// in `policy::compile`, so in a policy reload or `policy check`).
+    #[test]
+    fn repeated_any_method_routes_are_conflicts_not_a_panic() {
+        let mut m = Matcher::default();
+        m.add(route(&[], "/a/{x}", Permission::ViewCosts)).unwrap();
+        for again in ["/a/{y}", "/a/{z}", "/a/{w}"] {
+            let err = m
+                .add(route(&[], again, Permission::ExportCosts))
+                .unwrap_err();
+            assert_eq!(err, PatternError::Conflict("test:/a/{x}".into()), "{again}");
+        }
+        assert_eq!(m.routes().len(), 1);
+        let found = m.find(&Method::GET, "/a/1").unwrap();
+        assert_eq!(&*found.route.pattern, "/a/{x}");
+        assert_eq!(found.param("x"), Some("1"));
     }
 }

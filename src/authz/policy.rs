@@ -271,32 +271,39 @@ pub fn compile(files: &[(String, String)]) -> Result<Policy, PolicyError> {
             );
         }
     }
-    // Resolve includes (depth-bounded, so a cycle is an error, not a hang).
+    // Resolve includes: each role reachable from `role` is visited once
+    // (so a diamond, two paths to the same role, is fine, and a cycle
+    // elsewhere cannot hang this), and reaching `role` itself is a cycle.
     let mut roles: HashMap<Box<str>, Permissions> = HashMap::new();
     for (role, def) in &defs {
         let mut perms = def.permissions;
-        let mut stack: Vec<(&str, usize)> =
-            def.includes.iter().map(|(n, l)| (n.as_str(), *l)).collect();
-        let mut seen = vec![role.as_str()];
-        while let Some((inc, line)) = stack.pop() {
+        // (included role, its line, the role that includes it)
+        let mut stack: Vec<(&str, usize, &str)> = def
+            .includes
+            .iter()
+            .map(|(n, l)| (n.as_str(), *l, role.as_str()))
+            .collect();
+        let mut seen: Vec<&str> = Vec::new();
+        while let Some((inc, line, by)) = stack.pop() {
             match defs.get(inc) {
                 None => problems.push(PolicyProblem {
                     file: def.file.to_string(),
                     line,
                     message: format!("role {role:?} includes unknown role {inc:?}"),
                 }),
-                Some(_) if seen.contains(&inc) => {
+                Some(_) if inc == role.as_str() => {
                     problems.push(PolicyProblem {
                         file: def.file.to_string(),
                         line,
-                        message: format!("role {role:?} includes itself (through {inc:?})"),
+                        message: format!("role {role:?} includes itself (through {by:?})"),
                     });
                     break;
                 }
+                Some(_) if seen.contains(&inc) => {}
                 Some(other) => {
                     seen.push(inc);
                     perms = perms.union(other.permissions);
-                    stack.extend(other.includes.iter().map(|(n, l)| (n.as_str(), *l)));
+                    stack.extend(other.includes.iter().map(|(n, l)| (n.as_str(), *l, inc)));
                 }
             }
         }

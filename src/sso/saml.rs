@@ -600,6 +600,12 @@ fn bearer_confirmation(
     Err(first_error.unwrap_or(SamlError::Missing("bearer_confirmation")))
 }
 
+/// [`check_shape`] of a parsed document, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_check_shape(doc: &Element) -> Result<(String, String, bool, bool), SamlError> {
+    check_shape(doc)
+}
+
 /// The structural rules of step 2. Returns the Assertion's ID, the
 /// Response's ID, and which of the two carry a signature.
 fn check_shape(doc: &Element) -> Result<(String, String, bool, bool), SamlError> {

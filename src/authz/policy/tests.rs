@@ -129,6 +129,42 @@ fn includes_and_shadow_files_compile() {
     );
 }
 
+/// Found by the authorization oracle (tests/authz_oracle.rs): a role that
+/// reaches another through two includes (a diamond) is not a cycle, and
+/// was refused as one ("includes itself").
+#[test]
+fn a_diamond_of_includes_is_not_a_cycle() {
+    let diamond = "[roles.base]\npermissions = [\"view_costs\"]\n\
+                   [roles.left]\npermissions = [\"export_costs\"]\nincludes = [\"base\"]\n\
+                   [roles.right]\npermissions = [\"view_budgets\"]\nincludes = [\"base\"]\n\
+                   [roles.top]\nincludes = [\"left\", \"right\", \"base\"]\n";
+    let p = compile(&files(&[("roles.toml", diamond)])).unwrap();
+    assert_eq!(
+        p.role("top"),
+        Some(Permissions::of(&[
+            Permission::ViewCosts,
+            Permission::ExportCosts,
+            Permission::ViewBudgets
+        ]))
+    );
+    // A real cycle below the role being resolved is still one, and names
+    // the role whose include closes it.
+    let cyclic = "[roles.top]\nincludes = [\"a\"]\n[roles.a]\nincludes = [\"b\"]\n[roles.b]\nincludes = [\"a\"]\n";
+    let found = problems(&[("r.toml", cyclic)]);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("role \"a\" includes itself (through \"b\")")),
+        "{found:?}"
+    );
+    let selfish = "[roles.a]\nincludes = [\"a\"]\n";
+    assert!(
+        problems(&[("r.toml", selfish)])
+            .iter()
+            .any(|p| p.contains("includes itself"))
+    );
+}
+
 #[test]
 fn project_query_names_a_parameter_on_a_route_without_a_project_segment() {
     let ok = "[[routes]]\nmethod = \"GET\"\npath = \"/t/{tenant}/exports\"\npermission = \"view_costs\"\nproject_query = \"project_id\"\n";
