@@ -607,12 +607,10 @@ where
             .await;
         let permit = decision?;
         // A system admin's call on another tenant's route: that tenant's
-        // budget (cost routes) and data region.
+        // budget (cost routes) and data region (the upstream, the records).
         let crossing = permit.crosses_tenants();
         let target = match permit.tenant() {
-            Some(t) if crossing && (permit.cost() || this.upstreams.enforced()) => {
-                this.authn.tenant(t).await?
-            }
+            Some(t) if crossing => this.authn.tenant(t).await?,
             _ => None,
         };
         // The data concerned is the named tenant's; one that does not

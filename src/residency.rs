@@ -65,11 +65,6 @@ where
 }
 
 impl<B> Upstreams<B> {
-    /// Whether requests are held to their tenant's region.
-    pub fn enforced(&self) -> bool {
-        !self.regions.is_empty()
-    }
-
     /// The upstream for a request about a tenant in `region` (`None`: the
     /// request is about no tenant; `Some("")`: about a tenant that could
     /// not be found, which is refused when residency is on).
