@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use support::audit::{get, of_type, records, start, verify, viewer};
+use support::audit::{get, log_files, of_type, records, start, verify, viewer};
 use support::{Sidecar, Upstream};
 
 /// An admin action (recorded and synced in order after the proxied
@@ -266,16 +266,7 @@ async fn tampering_is_detected() {
     cg.terminate();
     assert!(cg.wait(Duration::from_secs(10)).success());
     let log = store.join("audit");
-    let files = std::fs::read_dir(&log)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "jsonl")
-        })
-        .count();
+    let files = log_files(&log).len();
     assert!(files >= 4, "rotation made {files} files");
     assert_eq!(verify(&log).0, 0, "{}", verify(&log).1);
 
@@ -344,13 +335,7 @@ async fn tampering_is_detected() {
 }
 
 fn support_last_file(dir: &Path) -> PathBuf {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    files.pop().unwrap()
+    log_files(dir).pop().unwrap()
 }
 
 async fn hammer(url: String, key: String, n: usize, conns: usize) -> (usize, usize) {

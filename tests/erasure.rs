@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use support::audit::{get, records, start, verify};
+use support::audit::{get, log_files, records, start, verify};
 use support::{Sidecar, Upstream};
 
 const USER: &str = "alice-7f3a";
@@ -66,13 +66,7 @@ fn config(dir: &Path) -> String {
 
 /// Every log file's lines, in order.
 fn lines(log: &Path) -> Vec<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    files
+    log_files(log)
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
@@ -132,13 +126,7 @@ type Damage<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// Rewrites the first line of the log (in a copy) for which `f` returns a
 /// new line.
 fn damage(log: &Path, f: Damage<'_>) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    for file in files {
+    for file in log_files(log) {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut out = Vec::new();
         let mut done = false;
@@ -210,16 +198,7 @@ async fn deleting_a_user_pseudonymises_them_and_the_log_still_verifies() {
         .filter(|r| r["user_id"] == USER)
         .count();
     assert!(own >= 30, "{own} records of the user");
-    let files = std::fs::read_dir(&log)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "jsonl")
-        })
-        .count();
+    let files = log_files(&log).len();
     assert!(files >= 4, "erasure spans several files: {files}");
     // Every line that names nobody erased (bob's included).
     let untouched: Vec<&String> = before

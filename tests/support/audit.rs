@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{RawResponse, Sidecar, Upstream, cli, config_for, raw_request};
 
-/// Every record in `dir`'s log files, in order.
-pub fn records(dir: &Path) -> Vec<Value> {
+/// `dir`'s log files (`*.jsonl`), oldest first.
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -15,6 +15,11 @@ pub fn records(dir: &Path) -> Vec<Value> {
         .collect();
     files.sort();
     files
+}
+
+/// Every record in `dir`'s log files, in order.
+pub fn records(dir: &Path) -> Vec<Value> {
+    log_files(dir)
         .iter()
         .flat_map(|f| {
             std::fs::read_to_string(f)
