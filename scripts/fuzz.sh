@@ -7,7 +7,8 @@
 #
 #   scripts/fuzz.sh [--keep] [SECONDS] [TARGET...]     (default: 30 s, every target)
 #
-# --keep: merge what the run found into the committed corpus (minimized).
+# --keep: merge what the run found into the committed corpus (libFuzzer's
+# -merge=1: only inputs that add coverage, at most 16 KiB each).
 # Needs nightly and cargo-fuzz (scripts/install-fuzz.sh); fails if either
 # is missing. Builds with -s none (see README "Fuzzing": the crate forbids
 # unsafe code) and debug assertions (overflow checks on).
@@ -43,14 +44,15 @@ for t in "${targets[@]}"; do
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   if [ "$rc" -eq 0 ]; then result=ok; else result="FINDING (exit $rc)"; status=1; fi
   printf '%-16s %12s %8s %6s %7s %6s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "$secs" "${cov:-?}" "${ft:-?}" "$result"
+  # A target's own running count (authz_oracle: decisions compared).
+  grep '^oracle: ' "$log" | tail -1 | sed 's/^/    /' || true
   if [ "$rc" -ne 0 ]; then
     grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -20
     cp "$log" "artifacts/$t/last-run.log"
   elif [ "$keep" -eq 1 ]; then
-    cargo +nightly fuzz cmin "${flags[@]}" "$t" "$scratch" >/dev/null 2>&1 || true
-    for f in "$scratch"/*; do
-      [ -f "$f" ] && [ "$(stat -c %s "$f")" -le 16384 ] && cp -n "$f" "corpus/$t/"
-    done
+    # libFuzzer's merge: only the inputs that add coverage to the corpus.
+    "$bin/$t" -merge=1 -max_len=16384 -timeout=20 -rss_limit_mb=3072 \
+      "corpus/$t" "$scratch" >/dev/null 2>&1
   fi
   rm -rf "$scratch" "$log"
 done

@@ -374,17 +374,21 @@ fn audit_command(command: AuditCommand) -> ExitCode {
                 (n, true) => format!("; {n} erased records, seals verified"),
                 (n, false) => format!("; {n} erased records, seals NOT checked: no key"),
             };
+            let after_head = match report.after_head {
+                0 => String::new(),
+                n => format!(
+                    "; {n} records after the signed head (written just before a crash, or appended: the signature does not cover them)"
+                ),
+            };
             println!(
-                "{}: OK ({} records in {} files; head signature {}{erased})",
+                "{}: OK ({} records in {} files; head signature {}{erased}{after_head})",
                 dir.display(),
                 report.records,
                 report.files,
                 if report.signature_checked {
                     "verified"
-                } else if key.is_none() {
-                    "NOT checked: no key"
                 } else {
-                    "not written yet: nothing recorded"
+                    "NOT checked: no key"
                 }
             );
             ExitCode::SUCCESS

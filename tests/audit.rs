@@ -323,6 +323,63 @@ async fn tampering_is_detected() {
         &|d| std::fs::remove_file(support_last_file(d)).unwrap(),
         "audit.head",
     );
+    // Every file and the head removed, or the files removed and the head
+    // emptied: no longer an intact empty log.
+    let every_file = |d: &Path| {
+        for f in log_files(d) {
+            std::fs::remove_file(f).unwrap();
+        }
+    };
+    case(
+        "every file and the head deleted",
+        &|d| {
+            every_file(d);
+            std::fs::remove_file(d.join("audit.head")).unwrap();
+        },
+        "audit.head: head missing",
+    );
+    case(
+        "every file deleted, the head emptied",
+        &|d| {
+            every_file(d);
+            std::fs::write(d.join("audit.head"), "").unwrap();
+        },
+        "audit.head: the head is empty",
+    );
+    // The record's fields unchanged, its line not: a field the record does
+    // not know, white space, an escape.
+    for (name, edit) in [
+        ("added field", r#"{"granted":true,"seq":"#),
+        ("white space", r#"{ "seq":"#),
+    ] {
+        case(
+            name,
+            &|d| {
+                rewrite(&d.join("audit-000002.jsonl"), |t| {
+                    t.replacen(r#"{"seq":"#, edit, 1)
+                })
+            },
+            "audit-000002.jsonl:1: the line is not as written",
+        );
+    }
+    case(
+        "escaped character",
+        &|d| {
+            rewrite(&d.join("audit-000002.jsonl"), |t| {
+                t.replacen("/v1/x", r"\/v1/x", 1)
+            })
+        },
+        "audit-000002.jsonl:1: the line is not as written",
+    );
+    case(
+        "blank line",
+        &|d| {
+            rewrite(&d.join("audit-000002.jsonl"), |t| {
+                t.replacen('\n', "\n\n", 1)
+            })
+        },
+        "audit-000002.jsonl:2: empty line",
+    );
     case(
         "forged head",
         &|d| {

@@ -209,11 +209,12 @@ pub struct Cut {
     /// Its length at the cut (what was appended before, in the page cache
     /// if not yet synced: a copy reads it back the same).
     pub file_bytes: u64,
-    /// A head naming the last record before the cut, signed with the log's
-    /// key as the writer signs its own (`None`: nothing recorded yet). It
-    /// is the head the writer would write after its next sync; `verify`
-    /// checks a copy with it exactly as it checks the live log.
-    pub head: Option<Head>,
+    /// A head naming the last record before the cut (record 0 when
+    /// nothing was recorded yet), signed with the log's key as the writer
+    /// signs its own. It is the head the writer would write after its next
+    /// sync; `verify` checks a copy with it exactly as it checks the live
+    /// log.
+    pub head: Head,
 }
 
 /// Ids whose index hash the writer remembers.
@@ -244,6 +245,31 @@ pub fn start_bounded(
         .truncate(false)
         .write(true)
         .open(config.dir.join(HEAD))?;
+    let written = fs::read(config.dir.join(HEAD))?;
+    // Records the head signed are gone from the files (cut while stopped):
+    // continuing would chain over the gap and hide it from `audit verify`.
+    if let Ok(signed) = serde_json::from_slice::<Head>(&written)
+        && signed.is_signed_by(&config.key)
+        && signed.seq > seq
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the audit log in {} ends at record {seq} but its signed head names record {}: records were removed while costguard was stopped; run `costguard audit verify` on it, then move the directory aside (keep it as evidence) to start a new log",
+                config.dir.display(),
+                signed.seq
+            ),
+        ));
+    }
+    // A new log's head is signed at once (record 0, or the last record of
+    // a log whose head was never written), so `audit verify` can tell an
+    // empty log from one whose files and head were all removed.
+    if written.iter().all(u8::is_ascii_whitespace) {
+        use std::os::unix::fs::FileExt;
+        let signed = Head::signed(&config.key, file_name(file_no), seq, hash.clone());
+        head.write_all_at(&signed.block(), 0)?;
+        head.sync_all()?;
+    }
     sync_dir(&config.dir)?;
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(config.capacity.max(1));
@@ -571,14 +597,12 @@ impl State {
                 "a batch waits to be written; try the backup again".into(),
             ));
         }
-        let head = (self.seq > 0).then(|| {
-            Head::signed(
-                &self.config.key,
-                file_name(self.file_no),
-                self.seq,
-                self.hash.clone(),
-            )
-        });
+        let head = Head::signed(
+            &self.config.key,
+            file_name(self.file_no),
+            self.seq,
+            self.hash.clone(),
+        );
         Ok(Cut {
             file_no: self.file_no,
             file_bytes: self.file_bytes,

@@ -289,7 +289,7 @@ fn cut_audit(audit: &Audit) -> Result<AuditPart, BackupError> {
         return Ok(AuditPart {
             files: out,
             anchor,
-            head,
+            head: Some(head),
             first_seq,
         });
     }
