@@ -8,7 +8,7 @@
 #   scripts/fuzz.sh [--keep] [SECONDS] [TARGET...]     (default: 30 s, every target)
 #
 # --keep: merge what the run found into the committed corpus (libFuzzer's
-# -merge=1: only inputs that add coverage, at most 16 KiB each).
+# -merge=1: only inputs that add coverage, at most 4 KiB each).
 # Needs nightly and cargo-fuzz (scripts/install-fuzz.sh); fails if either
 # is missing. Builds with -s none (see README "Fuzzing": the crate forbids
 # unsafe code) and debug assertions (overflow checks on).
@@ -51,7 +51,7 @@ for t in "${targets[@]}"; do
     cp "$log" "artifacts/$t/last-run.log"
   elif [ "$keep" -eq 1 ]; then
     # libFuzzer's merge: only the inputs that add coverage to the corpus.
-    "$bin/$t" -merge=1 -max_len=16384 -timeout=20 -rss_limit_mb=3072 \
+    "$bin/$t" -merge=1 -max_len=4096 -timeout=20 -rss_limit_mb=3072 \
       "corpus/$t" "$scratch" >/dev/null 2>&1
   fi
   rm -rf "$scratch" "$log"
