@@ -2,7 +2,18 @@
 
 #![allow(dead_code)]
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+/// Every method a policy route may name.
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// Header lines `name: value` (one per `\n`); lines that are not a valid
 /// field are skipped, as hyper would have refused them. Names are ASCII

@@ -15,21 +15,10 @@ use std::sync::OnceLock;
 
 use costguard::authz::path;
 use costguard::authz::policy::{self, Policy};
-use http::Method;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
 mod common;
-
-const METHODS: [Method; 7] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::OPTIONS,
-];
 
 fn policy() -> &'static Policy {
     static P: OnceLock<Policy> = OnceLock::new();
@@ -65,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!d.is_empty() || i + 1 == raw.len(), "empty segment in {path:?}");
     }
 
-    let method = &METHODS[m as usize % METHODS.len()];
+    let method = &common::METHODS[m as usize % common::METHODS.len()];
     let Some(found) = policy().enforce.find(method, path) else {
         return;
     };

@@ -14,6 +14,9 @@ use costguard::authz::policy::{self, Policy};
 use http::Method;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common.rs"]
+mod common;
+
 const ROLES: &str = r#"
 [roles.viewer]
 permissions = ["view_costs", "view_budgets"]
@@ -21,16 +24,6 @@ permissions = ["view_costs", "view_budgets"]
 permissions = ["*"]
 includes = ["viewer"]
 "#;
-
-const METHODS: [Method; 7] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::OPTIONS,
-];
 
 fn probes(p: &Policy) -> Vec<String> {
     let mut out = vec!["/".to_string()];
@@ -74,7 +67,7 @@ fn same_decisions(a: &Policy, b: &Policy, what: &str) {
         assert_eq!(a.role(r), b.role(r), "role {r}: {what}");
     }
     for path in probes(a).iter().chain(&probes(b)) {
-        for m in &METHODS {
+        for m in &common::METHODS {
             for shadow in [false, true] {
                 assert_eq!(
                     decide(a, shadow, m, path),

@@ -84,8 +84,12 @@ fn micros(field: &str, value: &str) -> Result<i64, ApiError> {
 }
 
 /// The tenant a caller may read: its own (or, for system_admin, the one
-/// asked for, or all).
-fn scope(caller: &Caller, asked: Option<&str>) -> Result<Option<String>, ApiError> {
+/// asked for, or all), if it holds one of `needs` there.
+pub(super) fn scope(
+    caller: &Caller,
+    asked: Option<&str>,
+    needs: &[Permission],
+) -> Result<Option<String>, ApiError> {
     let own = match caller {
         Caller::Key(p, _) if !caller.permissions().contains(Permission::SystemAdmin) => {
             Some(p.tenant_id.to_string())
@@ -96,10 +100,7 @@ fn scope(caller: &Caller, asked: Option<&str>) -> Result<Option<String>, ApiErro
         (Some(own), None) => Some(own),
         (_, asked) => asked.map(str::to_string),
     };
-    caller.authorize(
-        Some(tenant.as_deref().unwrap_or("*")),
-        &[Permission::ViewAuditLogs],
-    )?;
+    caller.authorize(Some(tenant.as_deref().unwrap_or("*")), needs)?;
     Ok(tenant)
 }
 
@@ -130,7 +131,11 @@ pub async fn query(
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
-    let tenant = scope(caller, params.get("tenant_id").map(String::as_str))?;
+    let tenant = scope(
+        caller,
+        params.get("tenant_id").map(String::as_str),
+        &[Permission::ViewAuditLogs],
+    )?;
     let limit = match params.get("limit") {
         Some(l) => l
             .parse::<usize>()
@@ -202,8 +207,12 @@ pub async fn report(
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Value, ApiError> {
-    let tenant = scope(caller, params.get("tenant_id").map(String::as_str))?
-        .ok_or_else(|| ApiError::bad("tenant_id is required"))?;
+    let tenant = scope(
+        caller,
+        params.get("tenant_id").map(String::as_str),
+        &[Permission::ViewAuditLogs],
+    )?
+    .ok_or_else(|| ApiError::bad("tenant_id is required"))?;
     let days = match params.get("days") {
         Some(d) => d
             .parse::<i64>()

@@ -16,7 +16,7 @@ use http::{Method, Request, Response, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::audit_query::query_params;
+use super::audit_query::{query_params, scope};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::ops::AdminOps;
@@ -44,18 +44,7 @@ pub(super) async fn report(
             "unknown query parameter {unknown:?} (only tenant_id)"
         )));
     }
-    let asked = params.get("tenant_id").map(String::as_str);
-    let own = match caller {
-        Caller::Key(p, _) if !caller.permissions().contains(Permission::SystemAdmin) => {
-            Some(p.tenant_id.to_string())
-        }
-        _ => None,
-    };
-    let tenant = match (own, asked) {
-        (Some(own), None) => Some(own),
-        (_, asked) => asked.map(str::to_string),
-    };
-    caller.authorize(Some(tenant.as_deref().unwrap_or("*")), READERS)?;
+    let tenant = scope(caller, params.get("tenant_id").map(String::as_str), READERS)?;
     let compliance = ops.compliance.as_ref().ok_or_else(|| {
         ApiError::NotFound("the compliance report is not available on this server".into())
     })?;

@@ -242,7 +242,6 @@ pub fn verify(dir: &Path, key: Option<&[u8]>) -> Result<Report, Broken> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
     use crate::audit::writer::{self, WriterConfig};
@@ -250,19 +249,7 @@ mod tests {
     const KEY: &[u8] = b"verify-unit-test-key-0123456789a";
 
     fn start(dir: &Path) -> std::io::Result<(crate::audit::Audit, writer::Writer)> {
-        writer::start(
-            WriterConfig {
-                dir: dir.to_path_buf(),
-                key: KEY.to_vec(),
-                max_file_bytes: 1 << 20,
-                rotate_interval: Duration::from_secs(3600),
-                capacity: 16,
-                batch_interval: Duration::from_millis(1),
-                stdout: false,
-                fail_open: false,
-            },
-            None,
-        )
+        writer::start(WriterConfig::for_test(dir, KEY), None)
     }
 
     /// A writer started and stopped after `records` records.

@@ -63,6 +63,24 @@ pub struct WriterConfig {
     pub fail_open: bool,
 }
 
+#[cfg(test)]
+impl WriterConfig {
+    /// A log in `dir` signed with `key` for unit tests: fail-closed, no
+    /// stdout copy, one file until 1 MiB, batches of at most 1 ms.
+    pub(crate) fn for_test(dir: &std::path::Path, key: &[u8]) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            key: key.to_vec(),
+            max_file_bytes: 1 << 20,
+            rotate_interval: Duration::from_secs(3600),
+            capacity: 64,
+            batch_interval: Duration::from_millis(1),
+            stdout: false,
+            fail_open: false,
+        }
+    }
+}
+
 /// What keeps the log small whoever calls: bounds beside [`WriterConfig`]
 /// (`[audit]`'s `max_field_bytes`, `anonymous_window`,
 /// `anonymous_max_sources`, `min_free_bytes`).

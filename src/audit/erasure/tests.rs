@@ -1,5 +1,4 @@
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
@@ -14,14 +13,9 @@ fn start(dir: &Path, max_file_bytes: u64) -> (Audit, writer::Writer, Arc<Index>)
     let index = Arc::new(Index::open(dir).unwrap());
     let (audit, w) = writer::start(
         WriterConfig {
-            dir: dir.to_path_buf(),
-            key: KEY.to_vec(),
             max_file_bytes,
-            rotate_interval: Duration::from_secs(3600),
             capacity: 1024,
-            batch_interval: Duration::from_millis(1),
-            stdout: false,
-            fail_open: false,
+            ..WriterConfig::for_test(dir, KEY)
         },
         Some(index.clone()),
     )

@@ -206,14 +206,9 @@ mod tests {
         let dir = tmp.path().join("audit");
         let (audit, _w) = writer::start(
             WriterConfig {
-                dir: dir.clone(),
-                key: b"reader-test-key-0123456789".to_vec(),
                 max_file_bytes: 2048,
-                rotate_interval: Duration::from_secs(3600),
-                capacity: 64,
                 batch_interval: Duration::ZERO,
-                stdout: false,
-                fail_open: false,
+                ..WriterConfig::for_test(&dir, b"reader-test-key-0123456789")
             },
             None,
         )
